@@ -1,0 +1,40 @@
+# JoinedUp: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: demo test bench lint system-deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[analytics,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the browser tests and benchmarks need (chromium for Playwright, wrk for load).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium wrk; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) *.db *.db-wal *.db-shm

@@ -1,0 +1,51 @@
+"""The FastAPI application: FHIR REST, bulk export, auth (and, as they land, domain APIs and pages)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.responses import RedirectResponse
+
+from joinedup import __version__
+from joinedup.api import auth, export, fhir_routes
+from joinedup.api.responses import install_error_handlers
+from joinedup.config import Settings, get_settings
+from joinedup.governance.gate import get_gate
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for one database."""
+    settings = settings or get_settings()
+    gate = get_gate(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        gate.audit.flush()
+
+    app = FastAPI(title="JoinedUp", version=__version__, lifespan=lifespan,
+                  description="Open integrated care platform: FHIR R4 shared care record, bulk data, "
+                              "governance and care coordination APIs.")
+    app.state.settings = settings
+    app.state.gate = gate
+    install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(export.router)
+    app.include_router(fhir_routes.everything_router)
+    app.include_router(fhir_routes.router)
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse("/docs")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def health():
+        return {"status": "ok", "version": __version__}
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory joinedup.api.app:app_from_env`."""
+    return create_app()

@@ -1,0 +1,277 @@
+"""FHIR R4 REST routes at /fhir: thin handlers over the gate."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from joinedup.api.auth import current_user, get_gate
+from joinedup.api.capability import capability_statement
+from joinedup.api.responses import FHIR_JSON, FhirResponse
+from joinedup.fhir.bundles import apply_elements, apply_summary, searchset
+from joinedup.fhir.errors import FhirError, info_outcome
+from joinedup.fhir.validation import parse_json
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.store.repository import Stored, Written
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def _resource_response(s: Stored, status: int = 200, extra: dict | None = None) -> FhirResponse:
+    headers = {"ETag": _etag(s.version)}
+    if s.last_updated:
+        headers["Last-Modified"] = s.last_updated
+    if extra:
+        headers.update(extra)
+    return FhirResponse(s.content, status_code=status, headers=headers)
+
+
+def _written_response(request: Request, w: Written, created: bool) -> Response:
+    loc = f"{base_url(request)}/{w.rtype}/{w.id}/_history/{w.version}"
+    headers = {"ETag": _etag(w.version), "Location": loc, "Content-Location": loc}
+    prefer = request.headers.get("prefer", "")
+    status = 201 if created else 200
+    if "return=minimal" in prefer:
+        return Response(status_code=status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        return FhirResponse(info_outcome(f"{w.rtype}/{w.id} saved as version {w.version}"), status_code=status,
+                            headers=headers)
+    return FhirResponse(w.resource, status_code=status, headers=headers)
+
+
+async def _body(request: Request):
+    ctype = request.headers.get("content-type", "")
+    if ctype and "json" not in ctype:
+        raise FhirError(415, f"Content-Type '{ctype}' is not supported; send application/fhir+json",
+                        code="not-supported")
+    return parse_json(await request.body())
+
+
+def _check_format(request: Request) -> None:
+    fmt = request.query_params.get("_format")
+    if fmt and "json" not in fmt:
+        raise FhirError(406, f"_format '{fmt}' is not supported; this server speaks application/fhir+json",
+                        code="not-supported")
+
+
+@router.get("/metadata", summary="CapabilityStatement")
+async def metadata(request: Request):
+    return FhirResponse(capability_statement(base_url(request), request.app.state.gate.store.params))
+
+
+@router.post("", summary="Process a transaction or batch Bundle")
+async def bundle(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    body = await _body(request)
+    return FhirResponse(gate.bundle(who, body, base_url=base_url(request)))
+
+
+@router.get("/_history", summary="System history")
+async def system_history(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return _history(request, who, gate, None, None)
+
+
+# Bulk export routes are registered before the generic type routes (see api/export.py).
+
+@router.get("/{rtype}", summary="Search a resource type")
+async def search_get(rtype: str, request: Request, who: Principal = Depends(current_user),
+                     gate: Gate = Depends(get_gate)):
+    _check_format(request)
+    return _search(request, who, gate, rtype, list(request.query_params.multi_items()))
+
+
+@router.post("/{rtype}/_search", summary="Search a resource type (form-encoded POST)")
+async def search_post(rtype: str, request: Request, who: Principal = Depends(current_user),
+                      gate: Gate = Depends(get_gate)):
+    form = await request.form()
+    params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+    return _search(request, who, gate, rtype, params)
+
+
+def _search(request: Request, who: Principal, gate: Gate, rtype: str, params: list[tuple[str, str]]):
+    strict = "handling=strict" in request.headers.get("prefer", "")
+    query_text = f"{rtype}?{urlencode(params)}" if params else rtype
+    settings = request.app.state.settings
+    result = gate.search(who, rtype, params, strict=strict, query_text=query_text,
+                         default_count=settings.default_page_size, max_count=settings.max_page_size)
+    base = base_url(request)
+    plan = result.plan
+    entries = []
+    for s in result.matches:
+        content = s.content
+        if plan.elements:
+            content = apply_elements(dict(content), plan.elements)
+        elif plan.summary in ("true", "text", "data"):
+            content = apply_summary(dict(content), plan.summary)
+        entries.append({"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": content, "search": {"mode": "match"}})
+    for s in result.included:
+        entries.append({"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content,
+                        "search": {"mode": "include"}})
+    kept = [(k, v) for k, v in (plan.used + _controls(params)) if k != "_offset"]
+    path = f"{base}/{rtype}"
+
+    def link(relation: str, offset: int) -> dict:
+        q = kept + ([("_offset", str(offset))] if offset else [])
+        return {"relation": relation, "url": f"{path}?{urlencode(q)}" if q else path}
+
+    links = [link("self", plan.offset)]
+    if plan.summary != "count" and plan.count:
+        links.append(link("first", 0))
+        if result.has_more:
+            links.append(link("next", plan.offset + plan.count))
+        if plan.offset > 0:
+            links.append(link("previous", max(0, plan.offset - plan.count)))
+        if result.total is not None and result.total > 0:
+            links.append(link("last", ((result.total - 1) // plan.count) * plan.count))
+    bundle = searchset(entries, total=result.total, links=links)
+    if plan.ignored:
+        bundle["entry"].append({"resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "warning", "code": "not-supported",
+                       "diagnostics": f"Ignored unknown search parameter(s): {', '.join(plan.ignored)}"}]},
+            "search": {"mode": "outcome"}})
+    return FhirResponse(bundle)
+
+
+def _controls(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in params if k in ("_count", "_sort", "_summary", "_elements", "_total")
+            or k.startswith("_include") or k.startswith("_revinclude")]
+
+
+@router.post("/{rtype}", summary="Create a resource (conditional with If-None-Exist)")
+async def create(rtype: str, request: Request, who: Principal = Depends(current_user),
+                 gate: Gate = Depends(get_gate)):
+    body = await _body(request)
+    if isinstance(body, dict) and body.get("resourceType") != rtype:
+        raise FhirError(400, f"resourceType '{body.get('resourceType')}' does not match the URL's type '{rtype}'",
+                        expression=["resourceType"])
+    written = gate.create(who, body, if_none_exist=request.headers.get("if-none-exist"))
+    if written.status == "exists":
+        return _written_response(request, written, created=False)
+    return _written_response(request, written, created=True)
+
+
+@router.get("/{rtype}/_history", summary="Type history")
+async def type_history(rtype: str, request: Request, who: Principal = Depends(current_user),
+                       gate: Gate = Depends(get_gate)):
+    return _history(request, who, gate, rtype, None)
+
+
+@router.get("/{rtype}/{rid}", summary="Read a resource")
+async def read(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
+               gate: Gate = Depends(get_gate)):
+    _check_format(request)
+    s = gate.read(who, rtype, rid)
+    inm = request.headers.get("if-none-match")
+    if inm and inm.strip() in (_etag(s.version), f'"{s.version}"'):
+        return Response(status_code=304, headers={"ETag": _etag(s.version)})
+    summary = request.query_params.get("_summary")
+    elements = request.query_params.get("_elements")
+    if elements:
+        s.content = apply_elements(dict(s.content), [e.strip() for e in elements.split(",") if e.strip()])
+    elif summary in ("true", "text", "data"):
+        s.content = apply_summary(dict(s.content), summary)
+    return _resource_response(s)
+
+
+@router.put("/{rtype}/{rid}", summary="Update (or create with a given id) a resource; If-Match for locking")
+async def update(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
+                 gate: Gate = Depends(get_gate)):
+    body = await _body(request)
+    written = gate.update(who, rtype, rid, body, if_match=request.headers.get("if-match"))
+    return _written_response(request, written, created=written.status == "created")
+
+
+@router.delete("/{rtype}/{rid}", summary="Delete a resource")
+async def delete(rtype: str, rid: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    written = gate.delete(who, rtype, rid)
+    text = f"{rtype}/{rid} deleted" if written else f"{rtype}/{rid} was not present; nothing to delete"
+    headers = {"ETag": _etag(written.version)} if written else None
+    return FhirResponse(info_outcome(text), status_code=200, headers=headers)
+
+
+@router.get("/{rtype}/{rid}/_history", summary="Instance history")
+async def instance_history(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
+                           gate: Gate = Depends(get_gate)):
+    return _history(request, who, gate, rtype, rid)
+
+
+@router.get("/{rtype}/{rid}/_history/{vid}", summary="Read one version (vread)")
+async def vread(rtype: str, rid: str, vid: str, who: Principal = Depends(current_user),
+                gate: Gate = Depends(get_gate)):
+    if not vid.isdigit():
+        raise FhirError(400, f"Version id '{vid}' must be a whole number", code="value")
+    s = gate.read(who, rtype, rid, version=int(vid))
+    return _resource_response(s)
+
+
+def _history(request: Request, who: Principal, gate: Gate, rtype: str | None, rid: str | None):
+    q = request.query_params
+    count = q.get("_count", "50")
+    offset = q.get("_offset", "0")
+    if not count.isdigit() or not offset.isdigit():
+        raise FhirError(400, "_count and _offset must be whole numbers", code="value")
+    since = q.get("_since")
+    since_norm = None
+    if since:
+        from joinedup.fhir.search_params import date_range
+
+        rng = date_range(since)
+        if rng is None:
+            raise FhirError(400, f"_since '{since}' is not a valid instant", code="value", expression=["_since"])
+        since_norm = rng[0]
+    count_i = min(int(count), request.app.state.settings.max_page_size)
+    total, rows = gate.history(who, rtype=rtype, rid=rid, since=since_norm, count=count_i, offset=int(offset))
+    base = base_url(request)
+    entries = []
+    for row in rows:
+        full = f"{base}/{row['rtype']}/{row['id']}"
+        entry = {"fullUrl": full,
+                 "request": {"method": "DELETE" if row["deleted"] else row["method"],
+                             "url": f"{row['rtype']}/{row['id']}" if row["method"] != "POST" else row["rtype"]},
+                 "response": {"status": "204" if row["deleted"] else ("201" if row["version"] == 1 else "200"),
+                              "etag": _etag(row["version"])}}
+        if not row["deleted"]:
+            entry["resource"] = row["content"]
+        entries.append(entry)
+    path = str(request.url).split("?")[0]
+    links = [{"relation": "self", "url": str(request.url)}]
+    if int(offset) + count_i < total:
+        nq = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [("_offset", str(int(offset) + count_i))]
+        links.append({"relation": "next", "url": f"{path}?{urlencode(nq)}"})
+    return FhirResponse({"resourceType": "Bundle", "type": "history", "total": total, "link": links,
+                         "entry": entries})
+
+
+everything_router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+
+@everything_router.get("/Patient/{pid}/$everything", summary="Everything about one patient")
+async def everything(pid: str, request: Request, who: Principal = Depends(current_user),
+                     gate: Gate = Depends(get_gate)):
+    q = request.query_params
+    since = None
+    if q.get("_since"):
+        from joinedup.fhir.search_params import date_range
+
+        rng = date_range(q["_since"])
+        if rng is None:
+            raise FhirError(400, f"_since '{q['_since']}' is not a valid instant", code="value")
+        since = rng[0]
+    types = {t.strip() for t in q.get("_type", "").split(",") if t.strip()} or None
+    items = gate.everything(who, pid, since=since, types=types)
+    base = base_url(request)
+    entries = [{"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}}
+               for s in items]
+    return FhirResponse(searchset(entries, total=len(entries), links=[{"relation": "self", "url": str(request.url)}]),
+                        media_type=FHIR_JSON)

@@ -1,0 +1,343 @@
+"""Search-parameter definitions (data file) compiled into fast extractors of index rows."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from importlib import resources as pkg_resources
+from typing import Any, Callable, Iterable
+
+import yaml
+
+# Parameters every type supports (handled from meta / resource columns).
+COMMON = {
+    "_id": "token",
+    "_lastUpdated": "date",
+    "_source": "uri",
+    "_tag": "token",
+    "_security": "token",
+    "_profile": "uri",
+}
+CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
+_SEG = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<choice>\[x\])?(?:\[(?P<fk>[A-Za-z]+)=(?P<fv>[^\]]+)\])?$")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter of one resource type."""
+
+    name: str
+    type: str
+    paths: tuple[str, ...] = ()
+    target: frozenset[str] = frozenset()
+    components: tuple[str, ...] = ()
+    extract: Callable[[dict], list[Any]] | None = field(default=None, compare=False, repr=False)
+
+
+def _compile_path(path: str) -> Callable[[dict], list[Any]]:
+    segs = []
+    for raw in path.split("."):
+        m = _SEG.match(raw)
+        if not m:
+            raise ValueError(f"bad search path segment {raw!r} in {path!r}")
+        segs.append((m["name"], bool(m["choice"]), m["fk"], m["fv"]))
+
+    def run(resource: dict) -> list[Any]:
+        nodes: list[Any] = [resource]
+        for name, choice, fk, fv in segs:
+            nxt: list[Any] = []
+            for node in nodes:
+                if not isinstance(node, dict):
+                    continue
+                if choice:
+                    n = len(name)
+                    values = [v for k, v in node.items()
+                              if k.startswith(name) and len(k) > n and k[n].isupper()]
+                else:
+                    v = node.get(name)
+                    values = [] if v is None else [v]
+                for v in values:
+                    if isinstance(v, list):
+                        nxt.extend(v)
+                    else:
+                        nxt.append(v)
+            if fk is not None:
+                nxt = [x for x in nxt if isinstance(x, dict) and str(x.get(fk)) == fv]
+            nodes = nxt
+            if not nodes:
+                return nodes
+        return nodes
+
+    return run
+
+
+def _compile_paths(paths: Iterable[str]) -> Callable[[dict], list[Any]]:
+    runs = [_compile_path(p) for p in paths]
+    if len(runs) == 1:
+        return runs[0]
+
+    def run(resource: dict) -> list[Any]:
+        out: list[Any] = []
+        for r in runs:
+            out.extend(r(resource))
+        return out
+
+    return run
+
+
+class SearchParameters:
+    """Registry of search parameters per resource type, with the patient-compartment links."""
+
+    def __init__(self, definitions: dict[str, dict[str, Any]]) -> None:
+        self.by_type: dict[str, dict[str, SearchParam]] = {}
+        self.compartment: dict[str, tuple[SearchParam, ...]] = {}
+        for rtype, params in definitions.items():
+            compiled: dict[str, SearchParam] = {}
+            for name, spec in params.items():
+                if name.startswith("_"):
+                    continue
+                paths = tuple(spec.get("path") or ())
+                compiled[name] = SearchParam(
+                    name=name, type=spec["type"], paths=paths,
+                    target=frozenset(spec.get("target") or ()),
+                    components=tuple(spec.get("components") or ()),
+                    extract=_compile_paths(paths) if paths else None,
+                )
+            self.by_type[rtype] = compiled
+            self.compartment[rtype] = tuple(
+                compiled[p] for p in (params.get("_compartment") or []) if p in compiled
+            )
+
+    def params(self, rtype: str) -> dict[str, SearchParam]:
+        """Search parameters defined for a type (empty for types stored without search support)."""
+        return self.by_type.get(rtype, {})
+
+    def get(self, rtype: str, name: str) -> SearchParam | None:
+        if name in COMMON:
+            return SearchParam(name=name, type=COMMON[name])
+        return self.by_type.get(rtype, {}).get(name)
+
+    def patient_of(self, resource: dict) -> str | None:
+        """The id of the patient whose compartment holds this resource, if any."""
+        rtype = resource.get("resourceType")
+        if rtype == "Patient":
+            return resource.get("id")
+        for param in self.compartment.get(rtype, ()):
+            for value in param.extract(resource):
+                ref = value.get("reference") if isinstance(value, dict) else None
+                if isinstance(ref, str):
+                    t, i = split_reference(ref)
+                    if t == "Patient" and i:
+                        return i
+        return None
+
+    def index_rows(self, resource: dict) -> dict[str, list[tuple]]:
+        """Index rows per table kind for one resource: tuples without (res_type, res_id)."""
+        rtype = resource["resourceType"]
+        rows: dict[str, list[tuple]] = {"token": [], "string": [], "date": [], "reference": [],
+                                        "quantity": [], "uri": []}
+        meta = resource.get("meta") or {}
+        for tag in meta.get("tag") or ():
+            rows["token"].append(("_tag", tag.get("system"), _clip(tag.get("code")), None))
+        for sec in meta.get("security") or ():
+            rows["token"].append(("_security", sec.get("system"), _clip(sec.get("code")), None))
+        for prof in meta.get("profile") or ():
+            rows["uri"].append(("_profile", _clip(prof, 512)))
+        for param in self.by_type.get(rtype, {}).values():
+            if param.extract is None:
+                continue
+            values = param.extract(resource)
+            if values:
+                INDEXERS[param.type](param, values, rows)
+        return rows
+
+
+def _clip(value: Any, n: int = 255) -> Any:
+    if isinstance(value, str) and len(value) > n:
+        return value[:n]
+    return value
+
+
+def normalise(text: str) -> str:
+    """Lower-case, accent-free form used for default string matching."""
+    if text.isascii():
+        return text.lower()[:255]
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()[:255]
+
+
+def _token(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["token"]
+    name = param.name
+    for v in values:
+        if isinstance(v, str):
+            out.append((name, None, _clip(v), None))
+        elif isinstance(v, bool):
+            out.append((name, None, "true" if v else "false", None))
+        elif isinstance(v, dict):
+            if "coding" in v or ("text" in v and "value" not in v and "code" not in v):
+                text = v.get("text")
+                for c in v.get("coding") or ():
+                    display = c.get("display")
+                    out.append((name, c.get("system"), _clip(c.get("code")),
+                                normalise(display) if isinstance(display, str) else None))
+                if isinstance(text, str):
+                    out.append((name, None, None, normalise(text)))
+            elif "code" in v:
+                display = v.get("display")
+                out.append((name, v.get("system"), _clip(v.get("code")),
+                            normalise(display) if isinstance(display, str) else None))
+            elif "value" in v:
+                system = v.get("system")
+                if system in CONTACT_SYSTEMS:
+                    system = None
+                val = v.get("value")
+                if val is not None:
+                    out.append((name, system, _clip(str(val)), None))
+
+
+def _string(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["string"]
+    name = param.name
+
+    def add(s: Any) -> None:
+        if isinstance(s, str) and s:
+            out.append((name, normalise(s), _clip(s)))
+
+    for v in values:
+        if isinstance(v, str):
+            add(v)
+        elif isinstance(v, dict):
+            for key in ("family", "text", "city", "district", "state", "postalCode", "country"):
+                add(v.get(key))
+            for key in ("given", "prefix", "suffix", "line"):
+                for part in v.get(key) or ():
+                    add(part)
+            if "display" in v and "reference" in v:
+                add(v.get("display"))
+
+
+def split_reference(ref: str) -> tuple[str | None, str | None]:
+    """(type, id) of a relative or absolute literal reference; (None, None) otherwise."""
+    if "?" in ref or ref.startswith(("urn:", "#")):
+        return None, None
+    parts = ref.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1]
+    return None, None
+
+
+def _reference(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["reference"]
+    name = param.name
+    target = param.target
+    for v in values:
+        ref = v.get("reference") if isinstance(v, dict) else v if isinstance(v, str) else None
+        if not isinstance(ref, str):
+            continue
+        t, i = split_reference(ref)
+        if t is None:
+            out.append((name, None, None, _clip(ref, 512)))
+        elif not target or t in target:
+            out.append((name, t, i, None))
+
+
+def _quantity(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["quantity"]
+    name = param.name
+    for v in values:
+        if isinstance(v, dict) and isinstance(v.get("value"), (int, float)):
+            out.append((name, float(v["value"]), v.get("system"), _clip(v.get("code"), 64),
+                        _clip(v.get("unit"), 64)))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((name, float(v), None, None, None))
+        elif isinstance(v, dict) and isinstance(v.get("low"), dict):  # Range
+            _quantity(param, [v["low"], v.get("high") or {}], rows)
+
+
+def _uri(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["uri"]
+    for v in values:
+        if isinstance(v, str):
+            out.append((param.name, _clip(v, 512)))
+
+
+def _date(param: SearchParam, values: list[Any], rows: dict) -> None:
+    out = rows["date"]
+    name = param.name
+    for v in values:
+        if isinstance(v, str):
+            rng = date_range(v)
+            if rng:
+                out.append((name, *rng))
+        elif isinstance(v, dict):
+            if "start" in v or "end" in v:  # Period
+                lo = date_range(v["start"]) if isinstance(v.get("start"), str) else None
+                hi = date_range(v["end"]) if isinstance(v.get("end"), str) else None
+                out.append((name, lo[0] if lo else MIN_DATE, hi[1] if hi else MAX_DATE))
+            elif "event" in v:  # Timing
+                for e in v.get("event") or ():
+                    rng = date_range(e) if isinstance(e, str) else None
+                    if rng:
+                        out.append((name, *rng))
+            elif "boundsPeriod" in (v.get("repeat") or {}):
+                _date(param, [v["repeat"]["boundsPeriod"]], rows)
+
+
+MIN_DATE = "0001-01-01T00:00:00.000000"
+MAX_DATE = "9999-12-31T23:59:59.999999"
+_FMT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+@lru_cache(maxsize=65536)
+def date_range(value: str) -> tuple[str, str] | None:
+    """The UTC [low, high] range a FHIR date, dateTime or instant stands for; None if unparseable."""
+    try:
+        n = len(value)
+        if n == 4:
+            y = int(value)
+            return f"{y:04d}-01-01T00:00:00.000000", f"{y:04d}-12-31T23:59:59.999999"
+        if n == 7:
+            start = datetime(int(value[:4]), int(value[5:7]), 1)
+            nxt = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1)
+            return start.strftime(_FMT), (nxt - timedelta(microseconds=1)).strftime(_FMT)
+        if n == 10:
+            datetime(int(value[:4]), int(value[5:7]), int(value[8:10]))
+            return f"{value}T00:00:00.000000", f"{value}T23:59:59.999999"
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if dt.tzinfo is not None:
+            dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+        low = dt.strftime(_FMT)
+        time_part = value[11:]
+        if "." in time_part:
+            return low, low
+        if len(time_part) >= 8 and time_part[5:6] == ":":
+            return low, (dt + timedelta(seconds=1, microseconds=-1)).strftime(_FMT)
+        return low, (dt + timedelta(minutes=1, microseconds=-1)).strftime(_FMT)
+    except (ValueError, IndexError):
+        return None
+
+
+INDEXERS: dict[str, Callable[[SearchParam, list[Any], dict], None]] = {
+    "token": _token,
+    "string": _string,
+    "reference": _reference,
+    "quantity": _quantity,
+    "number": _quantity,
+    "uri": _uri,
+    "date": _date,
+    "composite": lambda p, v, r: None,
+    "special": lambda p, v, r: None,
+}
+
+
+@lru_cache(maxsize=1)
+def registry() -> SearchParameters:
+    """The search-parameter registry loaded from the package data file."""
+    text = pkg_resources.files("joinedup.fhir").joinpath("search_parameters.yaml").read_text()
+    return SearchParameters(yaml.safe_load(text))

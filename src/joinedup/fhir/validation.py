@@ -1,0 +1,114 @@
+"""Validation at the edge: JSON shape, resource type, the R4B model, NHS numbers."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from joinedup.fhir.errors import FhirError
+from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@lru_cache(maxsize=None)
+def model_class(resource_type: str):
+    """The fhir.resources R4B model for a resource type, or None when the type is unknown."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    if not resource_type or not resource_type[0].isupper():
+        return None
+    try:
+        cls = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return None
+    if cls.__name__ != resource_type or not hasattr(cls, "get_resource_type"):
+        return None
+    return cls
+
+
+def is_resource_type(name: str) -> bool:
+    """True when name is a FHIR resource type this server can store."""
+    return model_class(name) is not None and name not in {"Bundle", "OperationOutcome", "Parameters"}
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body, refusing anything that is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, f"The body is not valid JSON: {exc}", code="structure") from None
+
+
+def require_type(resource: Any, expected: str | None = None) -> str:
+    """Check the body is a resource (of the expected type); return its type."""
+    if not isinstance(resource, dict):
+        raise FhirError(400, "The body must be a JSON object holding a FHIR resource", code="structure")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise FhirError(400, "The resource has no resourceType", code="required", expression=["resourceType"])
+    if model_class(rtype) is None:
+        raise FhirError(400, f"Unknown resource type '{rtype}'", code="not-supported",
+                        expression=["resourceType"])
+    if expected and rtype != expected:
+        raise FhirError(400, f"resourceType '{rtype}' does not match the URL's type '{expected}'",
+                        code="invalid", expression=["resourceType"])
+    return rtype
+
+
+def _location(rtype: str, loc: tuple) -> str:
+    out = rtype
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("__root__",):
+            continue
+        else:
+            out += f".{part}"
+    return out
+
+
+def validate_resource(resource: Any, expected: str | None = None) -> str:
+    """Validate a resource fully (structure, R4B model, NHS numbers); return its type or raise FhirError."""
+    from pydantic import ValidationError
+
+    rtype = require_type(resource, expected)
+    rid = resource.get("id")
+    if rid is not None and (not isinstance(rid, str) or not ID_RE.match(rid)):
+        raise FhirError(422, f"Resource id '{rid}' is not a valid FHIR id", expression=[f"{rtype}.id"])
+    try:
+        model_class(rtype).model_validate(resource)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors()[:20]:
+            where = _location(rtype, tuple(err.get("loc") or ()))
+            issues.append({"severity": "error", "code": "invalid",
+                           "diagnostics": f"{where}: {err.get('msg')}", "expression": [where]})
+        raise FhirError(422, issues[0]["diagnostics"], issues=issues) from None
+    except (ValueError, TypeError) as exc:
+        raise FhirError(422, f"{rtype}: {exc}") from None
+    check_nhs_numbers(resource, rtype)
+    return rtype
+
+
+def check_nhs_numbers(resource: dict, rtype: str) -> None:
+    """Refuse any identifier with the NHS number system whose value fails the modulus 11 check."""
+    for path, value in _nhs_identifiers(resource, rtype):
+        if not is_valid(value):
+            raise FhirError(422, f"{path} has NHS number '{value}', which fails the modulus 11 check",
+                            code="value", expression=[path])
+
+
+def _nhs_identifiers(node: Any, path: str):
+    if isinstance(node, dict):
+        if node.get("system") == NHS_NUMBER_SYSTEM and "value" in node:
+            yield path, str(node.get("value"))
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                yield from _nhs_identifiers(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _nhs_identifiers(item, f"{path}[{i}]")

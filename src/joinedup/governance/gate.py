@@ -1,0 +1,569 @@
+"""The one gate: every path to data (API, web, CLI, CDS Hooks, exports, analytics) goes through here.
+
+Each method asks the policy decision point, writes to the audit, and only then touches the store.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import sqlalchemy as sa
+
+from joinedup.fhir.bundles import (METHOD_ORDER, check_bundle, conditional_references, rewrite_references,
+                                   split_url)
+from joinedup.fhir.errors import FhirError, gone, not_found
+from joinedup.fhir.search_params import split_reference
+from joinedup.fhir.validation import is_resource_type, validate_resource
+from joinedup.governance import policy
+from joinedup.governance.audit import AuditWriter, search_events
+from joinedup.governance.identity import Principal
+from joinedup.store import schema, search
+from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
+
+DIRECTORY_GROUP = "directory"
+
+
+@dataclass
+class SearchResult:
+    """A page of search matches plus included resources."""
+
+    total: int | None
+    matches: list[Stored]
+    included: list[Stored]
+    has_more: bool
+    plan: search.SearchPlan
+    extra: dict = field(default_factory=dict)
+
+
+class Gate:
+    """Policy + audit in front of the store."""
+
+    def __init__(self, store: Store, audit: AuditWriter) -> None:
+        self.store = store
+        self.audit = audit
+
+    # -- the decision ---------------------------------------------------------------------------
+    def check(self, who: Principal, action: str, rtype: str | None, *, patient_id: str | None = None,
+              entity: str | None = None, query: str | None = None) -> policy.Decision:
+        """Ask the policy; audit and raise 403 on refusal."""
+        decision = policy.decide(who, action, rtype, patient_id=patient_id)
+        if not decision:
+            self.audit.record(who, action, allowed=False, reason=decision.reason, entity=entity,
+                              patient_id=patient_id, query=query)
+            raise FhirError(403, f"Access refused: {decision.reason}. {how_to_get_access(who)}",
+                            code="forbidden")
+        return decision
+
+    def restriction(self, who: Principal, decision: policy.Decision, rtype: str | None) -> list[Any]:
+        """SQL conditions narrowing a search to what the principal may see."""
+        r = schema.resource
+        if decision.patient_only and policy.type_rule(rtype or "Patient")["group"] != DIRECTORY_GROUP:
+            return [r.c.patient_id == decision.patient_only]
+        return []
+
+    # -- reads ----------------------------------------------------------------------------------
+    def read(self, who: Principal, rtype: str, rid: str, *, version: int | None = None) -> Stored:
+        """Read (or vread) one resource."""
+        _known_type(rtype)
+        if rtype == "AuditEvent":
+            return self._read_audit(who, rid)
+        stored = self.store.read(rtype, rid) if version is None else self.store.vread(rtype, rid, version)
+        entity = f"{rtype}/{rid}" + (f"/_history/{version}" if version else "")
+        patient = stored.patient_id if stored else None
+        if stored is not None and version is not None and patient is None:
+            current = self.store.read(rtype, rid)
+            patient = current.patient_id if current else None
+        action = "vread" if version else "read"
+        decision = self.check(who, action, rtype, patient_id=patient, entity=entity)
+        if decision.patient_only and patient != decision.patient_only and \
+                policy.type_rule(rtype)["group"] != DIRECTORY_GROUP:
+            self.audit.record(who, action, allowed=False, reason="not part of this person's own record",
+                              entity=entity, patient_id=patient)
+            raise FhirError(403, "Access refused: a patient account can only see its own record.",
+                            code="forbidden")
+        if stored is None:
+            self.audit.record(who, action, allowed=True, reason="not found", entity=entity)
+            if version is not None and self.store.read(rtype, rid) is not None:
+                raise FhirError(404, f"{rtype}/{rid} has no version {version}", code="not-found")
+            raise not_found(rtype, rid)
+        self.audit.record(who, action, allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
+        if stored.deleted:
+            raise gone(rtype, rid)
+        return stored
+
+    def search(self, who: Principal, rtype: str, params: list[tuple[str, str]], *, strict: bool = False,
+               query_text: str | None = None, default_count: int = 50, max_count: int = 1000) -> SearchResult:
+        """Search one resource type; includes and totals only ever cover what the principal may see."""
+        _known_type(rtype)
+        if rtype == "AuditEvent":
+            return self._search_audit(who, params, query_text)
+        patient_param = _patient_filter(params)
+        decision = self.check(who, "search", rtype, patient_id=patient_param, query=query_text)
+        plan = search.parse(params, rtype, self.store.params, strict=strict, default_count=default_count,
+                            max_count=max_count)
+        for inc in plan.include + plan.revinclude:
+            self.check(who, "search", inc.source_type if inc in plan.revinclude else (inc.target_type or None),
+                       query=query_text)
+        restrict = self.restriction(who, decision, rtype)
+        total, page, included, has_more = search.execute(self.store, plan, restrict or None)
+        if decision.patient_only:
+            included = [s for s in included if s.patient_id in (None, decision.patient_only)
+                        and (s.patient_id or policy.type_rule(s.rtype)["group"] == DIRECTORY_GROUP)]
+        patients = sorted({s.patient_id for s in page if s.patient_id})
+        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=rtype,
+                          patient_id=patients[0] if len(patients) == 1 else patient_param, query=query_text,
+                          detail={"returned": len(page) + len(included)} if page else None)
+        return SearchResult(total, page, included, has_more, plan)
+
+    def history(self, who: Principal, *, rtype: str | None = None, rid: str | None = None,
+                since: str | None = None, count: int = 50, offset: int = 0) -> tuple[int, list[dict]]:
+        """Instance, type or system history."""
+        if rtype:
+            _known_type(rtype)
+        patient = None
+        if rtype and rid:
+            cur = self.store.read(rtype, rid)
+            if cur is None:
+                self.check(who, "history", rtype, entity=f"{rtype}/{rid}")
+                raise not_found(rtype, rid)
+            patient = cur.patient_id
+        decision = self.check(who, "history", rtype, patient_id=patient,
+                              entity=f"{rtype}/{rid}" if rid else rtype)
+        if decision.patient_only and (not rid or patient != decision.patient_only):
+            self.audit.record(who, "history", allowed=False, reason="history is limited to one's own entries",
+                              entity=rtype)
+            raise FhirError(403, "Access refused: a patient account can read the history of its own entries only.",
+                            code="forbidden")
+        total, rows = self.store.history(rtype=rtype, rid=rid, since=since, count=count, offset=offset)
+        self.audit.record(who, "history", allowed=True, reason=decision.reason,
+                          entity=f"{rtype}/{rid}" if rid else (rtype or "system"), patient_id=patient)
+        return total, rows
+
+    def everything(self, who: Principal, patient_id: str, *, since: str | None = None,
+                   types: set[str] | None = None) -> list[Stored]:
+        """Patient/$everything: the Patient, their compartment and the resources it references."""
+        patient = self.store.read("Patient", patient_id)
+        entity = f"Patient/{patient_id}"
+        decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
+        if patient is None or patient.deleted:
+            self.audit.record(who, "everything", allowed=True, reason="not found", entity=entity)
+            raise not_found("Patient", patient_id) if patient is None else gone("Patient", patient_id)
+        items = [s for s in self.store.compartment(patient_id, types=types, since=since)
+                 if policy.decide(who, "read", s.rtype, patient_id=patient_id)]
+        have = {(s.rtype, s.id) for s in items}
+        refs: list[tuple[str, str]] = []
+        for s in items:
+            _collect_refs(s.content, refs)
+        extra = [k for k in dict.fromkeys(refs) if k not in have and (not types or k[0] in types)]
+        linked = [s for s in self.store.read_many(extra)
+                  if s.patient_id in (None, patient_id) and policy.decide(who, "read", s.rtype,
+                                                                          patient_id=patient_id)]
+        self.audit.record(who, "everything", allowed=True, reason=decision.reason, entity=entity,
+                          patient_id=patient_id, detail={"returned": len(items) + len(linked)})
+        return items + linked
+
+    # -- writes ---------------------------------------------------------------------------------
+    def create(self, who: Principal, resource: dict, *, if_none_exist: str | None = None) -> Written:
+        """Create a resource with a server-assigned id (or return the match for If-None-Exist)."""
+        rtype = validate_resource(resource)
+        decision = self._check_write(who, "create", resource)
+        if if_none_exist:
+            match = self._conditional_match(who, rtype, if_none_exist)
+            if match is not None:
+                return Written(rtype, match.id, match.version, "exists", match.content, match.last_updated)
+        resource = copy.deepcopy(resource)
+        resource["id"] = new_id()
+        prepared = self._prepare(who, resource)
+        with self.store.writing() as conn:
+            written = self.store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
+        self.audit.record(who, "create", allowed=True, reason=decision.reason, entity=f"{rtype}/{written.id}",
+                          patient_id=prepared.patient_id)
+        return written
+
+    def update(self, who: Principal, rtype: str, rid: str, resource: dict, *,
+               if_match: str | None = None) -> Written:
+        """Update (or create with a client id) a resource; If-Match must name the current version."""
+        validate_resource(resource, rtype)
+        if resource.get("id") != rid:
+            raise FhirError(400, f"The resource id '{resource.get('id')}' does not match the URL id '{rid}'",
+                            code="invalid", expression=[f"{rtype}.id"])
+        current = self.store.read(rtype, rid)
+        decision = self._check_write(who, "update", resource,
+                                     current_patient=current.patient_id if current else None)
+        prepared = self._prepare(who, copy.deepcopy(resource))
+        with self.store.writing() as conn:
+            if if_match is not None:
+                _check_if_match(self.store, conn, rtype, rid, if_match)
+            written = self.store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
+        self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
+                          patient_id=prepared.patient_id)
+        return written
+
+    def delete(self, who: Principal, rtype: str, rid: str) -> Written | None:
+        """Delete a resource (idempotent: deleting what is not there is not an error)."""
+        _known_type(rtype)
+        current = self.store.read(rtype, rid)
+        patient = current.patient_id if current else None
+        decision = self.check(who, "delete", rtype, patient_id=patient, entity=f"{rtype}/{rid}")
+        with self.store.writing() as conn:
+            written = self.store.delete(conn, rtype, rid)
+        self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
+                          patient_id=patient)
+        return written
+
+    def bundle(self, who: Principal, bundle: Any, *, base_url: str = "") -> dict:
+        """Process a transaction (atomic) or batch Bundle; returns the response Bundle."""
+        btype = check_bundle(bundle)
+        if btype == "batch":
+            return self._batch(who, bundle, base_url)
+        return self._transaction(who, bundle, base_url)
+
+    def import_resources(self, who: Principal, items: list[Prepared], *, label: str) -> list[Written]:
+        """Bulk-load prepared resources (one transaction per batch); audited per batch."""
+        decision = self.check(who, "import", None, entity=label)
+        with self.store.writing() as conn:
+            written = self.store.write_prepared(conn, items, method="PUT")
+        self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
+                          detail={"resources": len(items),
+                                  "written": sum(1 for w in written if w.status != "unchanged")})
+        return written
+
+    def export(self, who: Principal, types: Iterable[str], *, since: str | None = None,
+               patient_ids: set[str] | None = None, label: str = "export") -> Iterator[Stored]:
+        """Stream resources for a bulk export, each type checked and audited."""
+        for rtype in types:
+            decision = self.check(who, "export", rtype, entity=label)
+            n = 0
+            for s in self.store.iter_type(rtype, since=since):
+                if patient_ids is not None and s.patient_id not in patient_ids and rtype != "Patient":
+                    continue
+                if patient_ids is not None and rtype == "Patient" and s.id not in patient_ids:
+                    continue
+                if decision.patient_only and s.patient_id != decision.patient_only:
+                    continue
+                n += 1
+                yield s
+            self.audit.record(who, "export", allowed=True, reason=decision.reason, entity=f"{label}:{rtype}",
+                              detail={"resources": n})
+
+    def types_present(self, who: Principal) -> list[str]:
+        self.check(who, "export", None, entity="types")
+        return self.store.types_present()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _check_write(self, who: Principal, action: str, resource: dict, *,
+                     current_patient: str | None = None) -> policy.Decision:
+        rtype = resource["resourceType"]
+        patient = self.store.params.patient_of(resource)
+        entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
+        decision = self.check(who, action, rtype, patient_id=patient, entity=entity)
+        if current_patient and current_patient != patient:
+            self.check(who, action, rtype, patient_id=current_patient, entity=entity)
+        if decision.patient_only and patient != decision.patient_only:
+            self.audit.record(who, action, allowed=False, reason="not this person's own record", entity=entity)
+            raise FhirError(403, "Access refused: a patient account can only add to its own record.",
+                            code="forbidden")
+        return decision
+
+    def _prepare(self, who: Principal, resource: dict) -> Prepared:
+        source = who.source
+        if source and who.role != "system":
+            meta = dict(resource.get("meta") or {})
+            meta["source"] = source
+            resource["meta"] = meta
+        return prepare(resource, source=source, validate=False, params=self.store.params)
+
+    def _conditional_match(self, who: Principal, rtype: str, query: str) -> Stored | None:
+        params = split_url(f"{rtype}?{query.lstrip('?')}")[2]
+        if not params:
+            raise FhirError(400, "If-None-Exist needs search parameters", code="value")
+        result = self.search(who, rtype, params, strict=True, query_text=f"{rtype}?{query}")
+        if result.total is not None and result.total > 1 or len(result.matches) > 1:
+            raise FhirError(412, f"If-None-Exist '{query}' matches more than one {rtype}", code="duplicate")
+        return result.matches[0] if result.matches else None
+
+    def _resolve_conditional(self, who: Principal, ref: str, *, strict: bool) -> str | None:
+        rtype, _, query = ref.partition("?")
+        if not is_resource_type(rtype):
+            return None
+        params = split_url(f"{rtype}?{query}")[2]
+        try:
+            result = self.search(who, rtype, params, strict=False, query_text=ref)
+        except FhirError:
+            if strict:
+                raise
+            return None
+        if len(result.matches) == 1 and not result.has_more:
+            return f"{rtype}/{result.matches[0].id}"
+        if strict:
+            n = "no" if not result.matches else "more than one"
+            raise FhirError(412, f"Conditional reference '{ref}' matches {n} {rtype}", code="not-found")
+        return None
+
+    def _transaction(self, who: Principal, bundle: dict, base_url: str) -> dict:
+        entries = bundle.get("entry") or []
+        order = sorted(range(len(entries)), key=lambda i: METHOD_ORDER[entries[i]["request"]["method"]])
+        mapping: dict[str, str] = {}
+        plans: dict[int, dict[str, Any]] = {}
+        # 1. assign ids, resolve conditional creates and updates
+        for i in order:
+            e = entries[i]
+            req = e["request"]
+            method = req["method"]
+            rtype, rid, query = split_url(req["url"])
+            _known_type(rtype, where=f"Bundle.entry[{i}].request.url")
+            full_url = e.get("fullUrl")
+            if method == "POST":
+                match = self._conditional_match(who, rtype, req["ifNoneExist"]) if req.get("ifNoneExist") else None
+                target = match.id if match else new_id()
+                plans[i] = {"kind": "exists" if match else "create", "rtype": rtype, "id": target, "match": match}
+            elif method == "PUT":
+                if rid is None:
+                    if not query:
+                        raise FhirError(400, f"Bundle.entry[{i}]: PUT needs Type/id or a conditional URL",
+                                        expression=[f"Bundle.entry[{i}].request.url"])
+                    result = self.search(who, rtype, query, strict=True, query_text=req["url"])
+                    if len(result.matches) > 1:
+                        raise FhirError(412, f"Bundle.entry[{i}]: conditional update matches several {rtype}",
+                                        code="duplicate")
+                    rid = result.matches[0].id if result.matches else new_id()
+                plans[i] = {"kind": "put", "rtype": rtype, "id": rid, "if_match": req.get("ifMatch")}
+            elif method == "DELETE":
+                if rid is None:
+                    raise FhirError(400, f"Bundle.entry[{i}]: conditional delete is not supported",
+                                    code="not-supported")
+                plans[i] = {"kind": "delete", "rtype": rtype, "id": rid}
+            elif method == "PATCH":
+                raise FhirError(400, f"Bundle.entry[{i}]: PATCH is not supported", code="not-supported")
+            else:
+                plans[i] = {"kind": "get", "url": req["url"]}
+            if full_url and plans[i].get("id") and plans[i]["kind"] != "get":
+                mapping[full_url] = f"{rtype}/{plans[i]['id']}"
+        # 2. rewrite references and resolve conditional references; validate; ask the policy
+        prepared: dict[int, Prepared] = {}
+        for i in order:
+            plan = plans[i]
+            if plan["kind"] not in ("create", "put"):
+                if plan["kind"] == "delete":
+                    cur = self.store.read(plan["rtype"], plan["id"])
+                    self.check(who, "delete", plan["rtype"], patient_id=cur.patient_id if cur else None,
+                               entity=f"{plan['rtype']}/{plan['id']}")
+                continue
+            resource = copy.deepcopy(entries[i]["resource"])
+            rewrite_references(resource, mapping)
+            cond = {ref: self._resolve_conditional(who, ref, strict=True)
+                    for ref in conditional_references(resource)}
+            rewrite_references(resource, cond)
+            resource["id"] = plan["id"]
+            try:
+                validate_resource(resource, plan["rtype"])
+            except FhirError as exc:
+                raise _entry_error(exc, i) from None
+            current = self.store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
+            self._check_write(who, "update" if plan["kind"] == "put" else "create", resource,
+                              current_patient=current.patient_id if current else None)
+            prepared[i] = self._prepare(who, resource)
+        # 3. write everything in one database transaction
+        responses: dict[int, dict] = {}
+        with self.store.writing() as conn:
+            for i in order:
+                plan = plans[i]
+                if plan["kind"] == "delete":
+                    self.store.delete(conn, plan["rtype"], plan["id"])
+                    responses[i] = {"status": "204 No Content"}
+                elif plan["kind"] == "exists":
+                    m = plan["match"]
+                    responses[i] = _entry_response("200 OK", m.rtype, m.id, m.version, m.last_updated, base_url)
+                elif plan["kind"] in ("create", "put"):
+                    if plan.get("if_match"):
+                        _check_if_match(self.store, conn, plan["rtype"], plan["id"], plan["if_match"])
+                    w = self.store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
+                                                  else "PUT", skip_unchanged=False)[0]
+                    status = "201 Created" if w.status == "created" else "200 OK"
+                    responses[i] = _entry_response(status, w.rtype, w.id, w.version, w.last_updated, base_url)
+                    responses[i]["resource"] = w.resource
+        for i in order:
+            plan = plans[i]
+            if plan["kind"] in ("create", "put", "delete"):
+                p = prepared.get(i)
+                self.audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
+                                  allowed=True, reason="transaction", entity=f"{plan['rtype']}/{plan['id']}",
+                                  patient_id=p.patient_id if p else None)
+            elif plan["kind"] == "get":
+                responses[i] = self._bundle_get(who, plan["url"], base_url)
+        out_entries = []
+        for i in range(len(entries)):
+            resp = responses[i]
+            entry: dict[str, Any] = {}
+            if "resource" in resp:
+                entry["resource"] = resp.pop("resource")
+            entry["response"] = resp
+            out_entries.append(entry)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out_entries}
+
+    def _batch(self, who: Principal, bundle: dict, base_url: str) -> dict:
+        out = []
+        for i, e in enumerate(bundle.get("entry") or []):
+            single = {"resourceType": "Bundle", "type": "transaction", "entry": [e]}
+            try:
+                if e["request"]["method"] == "GET":
+                    resp = self._bundle_get(who, e["request"]["url"], base_url)
+                    entry = {"response": resp}
+                    if "resource" in resp:
+                        entry["resource"] = resp.pop("resource")
+                    out.append(entry)
+                    continue
+                result = self._transaction(who, single, base_url)
+                out.append(result["entry"][0])
+            except FhirError as exc:
+                out.append({"response": {"status": f"{exc.status} {_reason(exc.status)}",
+                                         "outcome": exc.outcome()}})
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+    def _bundle_get(self, who: Principal, url: str, base_url: str) -> dict:
+        try:
+            rtype, rid, query = split_url(url)
+            _known_type(rtype)
+            if rid:
+                s = self.read(who, rtype, rid)
+                resp = _entry_response("200 OK", rtype, rid, s.version, s.last_updated, base_url)
+                resp["resource"] = s.content
+                return resp
+            result = self.search(who, rtype, query, query_text=url)
+            entries = [{"fullUrl": f"{base_url}/{s.rtype}/{s.id}", "resource": s.content,
+                        "search": {"mode": "match"}} for s in result.matches]
+            return {"status": "200 OK", "resource": {"resourceType": "Bundle", "type": "searchset",
+                                                     "total": result.total, "entry": entries}}
+        except FhirError as exc:
+            return {"status": f"{exc.status} {_reason(exc.status)}", "outcome": exc.outcome()}
+
+    def _read_audit(self, who: Principal, rid: str) -> Stored:
+        decision = self.check(who, "read", "AuditEvent", entity=f"AuditEvent/{rid}")
+        a = schema.audit_event
+        with self.store.reading() as conn:
+            row = conn.execute(sa.select(a.c.content, a.c.patient_id, a.c.recorded).where(a.c.id == rid)).first()
+        if row is None:
+            raise not_found("AuditEvent", rid)
+        if decision.patient_only and row[1] != decision.patient_only:
+            raise FhirError(403, "Access refused: this audit entry is not about your record.", code="forbidden")
+        import orjson
+
+        self.audit.record(who, "read", allowed=True, reason=decision.reason, entity=f"AuditEvent/{rid}")
+        return Stored("AuditEvent", rid, 1, False, orjson.loads(row[0]), row[2])
+
+    def _search_audit(self, who: Principal, params: list[tuple[str, str]], query_text: str | None) -> SearchResult:
+        q = {k: v for k, v in params}
+        patient = q.get("patient") or q.get("entity")
+        if patient and "/" in patient:
+            patient = patient.split("/")[-1]
+        decision = self.check(who, "search", "AuditEvent", patient_id=patient, query=query_text)
+        if decision.patient_only:
+            if patient and patient != decision.patient_only:
+                raise FhirError(403, "Access refused: you can see who looked at your own record only.",
+                                code="forbidden")
+            patient = decision.patient_only
+        plan = search.parse([(k, v) for k, v in params if k in ("_count", "_offset")], "AuditEvent",
+                            self.store.params)
+        since = until = None
+        for k, v in params:
+            if k == "date":
+                prefix, value = (v[:2], v[2:]) if v[:2] in ("ge", "gt", "le", "lt") else ("eq", v)
+                if prefix in ("ge", "gt"):
+                    since = value
+                elif prefix in ("le", "lt"):
+                    until = value
+        total, events = search_events(self.store, patient_id=patient, user_name=q.get("agent-name") or q.get("agent"),
+                                      action=q.get("subtype"), outcome={"0": "allowed", "8": "refused"}.get(
+                                          q.get("outcome", ""), None), since=since, until=until,
+                                      count=plan.count, offset=plan.offset)
+        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity="AuditEvent",
+                          patient_id=patient, query=query_text)
+        matches = [Stored("AuditEvent", ev["id"], 1, False, ev, ev.get("recorded", "")) for ev in events]
+        return SearchResult(total, matches, [], plan.offset + len(matches) < total, plan)
+
+
+def how_to_get_access(who: Principal) -> str:
+    """Plain advice shown with a refusal."""
+    if who.role == "patient":
+        return "Ask your GP practice if you think you should be able to see this."
+    if who.role == "analyst":
+        return "Analysts work with de-identified extracts and published aggregates, not individual records."
+    return ("If you are caring for this person, ask to be added to their care team, or use emergency access "
+            "(break-glass) with a reason if it is an emergency.")
+
+
+def _known_type(rtype: str, where: str | None = None) -> None:
+    if not is_resource_type(rtype):
+        raise FhirError(404 if where is None else 400, f"Unknown resource type '{rtype}'", code="not-supported",
+                        expression=[where] if where else None)
+
+
+def _patient_filter(params: list[tuple[str, str]]) -> str | None:
+    for k, v in params:
+        if k in ("patient", "subject", "patient:Patient", "subject:Patient", "_id") and "," not in v:
+            t, i = split_reference(v)
+            return i if t in (None, "Patient") and i else (v if t is None and "/" not in v else None)
+    return None
+
+
+def _collect_refs(node: Any, out: list[tuple[str, str]]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                t, i = split_reference(v)
+                if t and i and t != "Patient":
+                    out.append((t, i))
+            elif isinstance(v, (dict, list)):
+                _collect_refs(v, out)
+    elif isinstance(node, list):
+        for item in node:
+            _collect_refs(item, out)
+
+
+def _check_if_match(store: Store, conn, rtype: str, rid: str, if_match: str) -> None:
+    want = if_match.strip()
+    if want.startswith("W/"):
+        want = want[2:]
+    want = want.strip('"')
+    current = store.current_versions(conn, rtype, [rid], lock=True).get(rid)
+    have = str(current[0]) if current and not current[2] else None
+    if have != want:
+        raise FhirError(412, f"{rtype}/{rid} is at version {have or 'none'}, not {want}: reload and try again",
+                        code="conflict")
+
+
+def _entry_response(status: str, rtype: str, rid: str, version: int, last_updated: str, base_url: str) -> dict:
+    resp = {"status": status, "location": f"{rtype}/{rid}/_history/{version}", "etag": f'W/"{version}"'}
+    if last_updated:
+        resp["lastModified"] = last_updated
+    return resp
+
+
+def _entry_error(exc: FhirError, i: int) -> FhirError:
+    issues = [dict(issue, diagnostics=f"Bundle.entry[{i}]: {issue.get('diagnostics')}") for issue in exc.issues]
+    return FhirError(exc.status, issues[0]["diagnostics"], issues=issues)
+
+
+def _reason(status: int) -> str:
+    return {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 409: "Conflict", 410: "Gone", 412: "Precondition Failed",
+            422: "Unprocessable Entity"}.get(status, "Error")
+
+
+_gates: dict[str, Gate] = {}
+
+
+def get_gate(url: str | None = None) -> Gate:
+    """The shared gate (store + audit writer) for a database URL."""
+    from joinedup.config import get_settings
+    from joinedup.store.repository import get_store
+
+    settings = get_settings()
+    url = url or settings.database_url
+    gate = _gates.get(url)
+    if gate is None:
+        store = get_store(url)
+        gate = _gates[url] = Gate(store, AuditWriter(store, settings.audit_flush_ms))
+    return gate

@@ -1,0 +1,225 @@
+"""Bulk import of FHIR NDJSON files and Bundles: streaming, batched, idempotent, with a rejects file."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import orjson
+
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.store.repository import Prepared, prepare
+
+BATCH = 2000
+
+
+@dataclass
+class ImportReport:
+    """What an import did."""
+
+    files: int = 0
+    read: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    rejects_path: str | None = None
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Reject:
+    file: str
+    line: int
+    reason: str
+    text: str
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """Files to import: NDJSON (optionally gzipped) and JSON Bundles, found in files or directories."""
+    found: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found.extend(sorted(x for x in p.rglob("*") if x.is_file() and _importable(x)))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {p}")
+    return found
+
+
+def _importable(p: Path) -> bool:
+    name = p.name.lower()
+    if name in ("log.ndjson", "ground-truth.json", "ground-truth.ndjson", "manifest.json") or "rejects" in name:
+        return False
+    return name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".json", ".json.gz"))
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _records(path: Path) -> Iterator[tuple[int, bytes | dict]]:
+    """(line number, raw line or resource dict) from one file."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".ndjson", ".jsonl")):
+        with _open(path) as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    yield n, line
+        return
+    with _open(path) as fh:
+        data = fh.read()
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        yield 1, data[:2000] + b"\x00" + str(exc).encode()
+        return
+    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        yield from _bundle_resources(doc)
+    else:
+        yield 1, doc
+
+
+def _bundle_resources(bundle: dict) -> Iterator[tuple[int, dict]]:
+    """Resources of a collection/transaction/batch Bundle with urn:uuid references made relative."""
+    entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    mapping: dict[str, str] = {}
+    for e in entries:
+        res = e["resource"]
+        full = e.get("fullUrl") or ""
+        if not res.get("id") and full.startswith("urn:uuid:"):
+            res["id"] = full[9:]
+        if full and res.get("id") and res.get("resourceType"):
+            mapping[full] = f"{res['resourceType']}/{res['id']}"
+    from joinedup.fhir.bundles import rewrite_references
+
+    for i, e in enumerate(entries, 1):
+        yield i, rewrite_references(e["resource"], mapping)
+
+
+def prepare_many(records: list[tuple[str, int, bytes | dict]], source: str | None) -> tuple[list[Prepared], list[Reject]]:
+    """Validate and index a batch of records (runs in worker processes)."""
+    ok: list[Prepared] = []
+    bad: list[Reject] = []
+    for file, line, rec in records:
+        text = rec if isinstance(rec, bytes) else None
+        try:
+            if isinstance(rec, bytes):
+                if b"\x00" in rec:
+                    raw, _, err = rec.partition(b"\x00")
+                    raise FhirError(400, f"not valid JSON: {err.decode(errors='replace')}")
+                try:
+                    rec = orjson.loads(rec)
+                except orjson.JSONDecodeError as exc:
+                    raise FhirError(400, f"not valid JSON: {exc}") from None
+            if isinstance(rec, dict) and not rec.get("id"):
+                raise FhirError(400, "resource has no id (bulk import keeps the ids it is given)")
+            ok.append(prepare(rec, source=source))
+        except FhirError as exc:
+            raw_text = text.decode(errors="replace").rstrip("\n") if text is not None else \
+                orjson.dumps(rec).decode()
+            bad.append(Reject(file, line, exc.diagnostics, raw_text[:100000]))
+    return ok, bad
+
+
+def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: str | None = None,
+                 rejects: Path | None = None, workers: int = 1, batch: int = BATCH,
+                 progress: Callable[[int, int], None] | None = None) -> ImportReport:
+    """Import files through the gate; bad records go to the rejects file and never stop the rest."""
+    files = discover([Path(p) for p in paths])
+    gate.check(who, "import", None, entity=",".join(str(f) for f in files)[:255])
+    report = ImportReport(files=len(files))
+    total_bytes = sum(f.stat().st_size for f in files)
+    done_bytes = 0
+    start = time.perf_counter()
+    rejects_fh = None
+
+    def write_rejects(items: list[Reject]) -> None:
+        nonlocal rejects_fh
+        if not items:
+            return
+        if rejects_fh is None:
+            path = rejects or Path(f"joinedup-rejects-{time.strftime('%Y%m%d-%H%M%S')}.ndjson")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rejects_fh = path.open("ab")
+            report.rejects_path = str(path)
+        for r in items:
+            rejects_fh.write(orjson.dumps({"file": r.file, "line": r.line, "reason": r.reason, "record": r.text}))
+            rejects_fh.write(b"\n")
+        report.rejected += len(items)
+
+    def store(prepared: list[Prepared], label: str) -> None:
+        if not prepared:
+            return
+        for w in gate.import_resources(who, prepared, label=label):
+            if w.status == "created":
+                report.created += 1
+            elif w.status == "updated":
+                report.updated += 1
+            else:
+                report.unchanged += 1
+            report.by_type[w.rtype] = report.by_type.get(w.rtype, 0) + 1
+
+    def batches() -> Iterator[tuple[str, list[tuple[str, int, bytes | dict]], int]]:
+        for f in files:
+            chunk: list[tuple[str, int, bytes | dict]] = []
+            size = f.stat().st_size
+            consumed = reported = 0
+            for line, rec in _records(f):
+                chunk.append((str(f), line, rec))
+                consumed += len(rec) if isinstance(rec, bytes) else 0
+                if len(chunk) >= batch:
+                    yield str(f), chunk, min(consumed, size) - reported
+                    reported = min(consumed, size)
+                    chunk = []
+            yield str(f), chunk, size - reported
+
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        pending = []
+        for label, chunk, nbytes in batches():
+            report.read += len(chunk)
+            if pool is None:
+                ok, bad = prepare_many(chunk, source)
+                write_rejects(bad)
+                store(ok, label)
+            else:
+                pending.append((label, pool.submit(prepare_many, chunk, source)))
+                while len(pending) > workers * 2:
+                    done_label, fut = pending.pop(0)
+                    ok, bad = fut.result()
+                    write_rejects(bad)
+                    store(ok, done_label)
+            done_bytes = min(total_bytes, done_bytes + nbytes)
+            if progress:
+                progress(done_bytes, total_bytes)
+        for done_label, fut in pending:
+            ok, bad = fut.result()
+            write_rejects(bad)
+            store(ok, done_label)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if rejects_fh is not None:
+            rejects_fh.close()
+    report.seconds = time.perf_counter() - start
+    if progress:
+        progress(total_bytes, total_bytes)
+    return report
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))

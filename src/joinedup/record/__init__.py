@@ -1,0 +1,1 @@
+"""JoinedUp record domain."""

@@ -1,0 +1,421 @@
+"""The resource store: versioned writes with their search-index rows, reads, history.
+
+Only `joinedup.governance.gate` calls this module: every other path reaches data through the gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+import orjson
+import sqlalchemy as sa
+
+from joinedup.fhir.errors import FhirError
+from joinedup.fhir.search_params import SearchParameters, registry
+from joinedup.fhir.validation import validate_resource
+from joinedup.store.engine import engine_for
+
+INDEX_SQL = {
+    "token": ("idx_token", ("param", "system", "code", "text")),
+    "string": ("idx_string", ("param", "value_norm", "value_exact")),
+    "date": ("idx_date", ("param", "low", "high")),
+    "reference": ("idx_reference", ("param", "target_type", "target_id", "target_url")),
+    "quantity": ("idx_quantity", ("param", "value", "system", "code", "unit")),
+    "uri": ("idx_uri", ("param", "value")),
+}
+
+
+def now_instant() -> tuple[str, str]:
+    """(FHIR instant for meta.lastUpdated, normalised UTC column value) for this moment."""
+    now = datetime.now(timezone.utc)
+    return now.isoformat(timespec="microseconds").replace("+00:00", "Z"), now.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def content_hash(resource: dict) -> str:
+    """Hash of a resource's content, ignoring the server-managed version and timestamp."""
+    meta = resource.get("meta")
+    if meta and ("versionId" in meta or "lastUpdated" in meta):
+        resource = dict(resource)
+        resource["meta"] = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if not resource["meta"]:
+            del resource["meta"]
+    return hashlib.sha1(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class Prepared:
+    """A validated resource with its index rows, ready to be written."""
+
+    rtype: str
+    id: str
+    resource: dict
+    hash: str
+    patient_id: str | None
+    source: str | None
+    rows: dict[str, list[tuple]]
+
+
+def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
+            params: SearchParameters | None = None, assign_id: bool = False) -> Prepared:
+    """Validate a resource and compute its index rows (pure: safe to run in a worker process)."""
+    params = params or registry()
+    if validate:
+        validate_resource(resource)
+    if assign_id and not resource.get("id"):
+        resource["id"] = new_id()
+    rid = resource.get("id")
+    if not rid:
+        raise FhirError(400, f"{resource.get('resourceType')} has no id", code="required",
+                        expression=[f"{resource.get('resourceType')}.id"])
+    meta = resource.get("meta")
+    src = (meta or {}).get("source") or source
+    if src and (not meta or meta.get("source") != src):
+        resource["meta"] = {**(meta or {}), "source": src}
+    return Prepared(
+        rtype=resource["resourceType"], id=rid, resource=resource, hash=content_hash(resource),
+        patient_id=params.patient_of(resource), source=src, rows=params.index_rows(resource),
+    )
+
+
+@dataclass
+class Written:
+    """Outcome of one write."""
+
+    rtype: str
+    id: str
+    version: int
+    status: str  # created | updated | unchanged | deleted
+    resource: dict | None = None
+    last_updated: str = ""
+
+
+@dataclass
+class Stored:
+    """A resource as held: current content plus version bookkeeping."""
+
+    rtype: str
+    id: str
+    version: int
+    deleted: bool
+    content: dict | None
+    last_updated: str = ""
+    source: str | None = None
+    patient_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Store:
+    """The store over one database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+        self.dialect = self.engine.dialect.name
+        self.params = registry()
+        self._pg = self.dialect == "postgresql"
+        ph = "%s" if self._pg else "?"
+        jsonp = "%s::jsonb" if self._pg else "?"
+        self._sql_upsert = (
+            "INSERT INTO resource (res_type, id, version, last_updated, source, patient_id, deleted,"
+            f" content_hash, content) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp})"
+            " ON CONFLICT (res_type, id) DO UPDATE SET version=excluded.version,"
+            " last_updated=excluded.last_updated, source=excluded.source, patient_id=excluded.patient_id,"
+            " deleted=excluded.deleted, content_hash=excluded.content_hash, content=excluded.content"
+        )
+        self._sql_version = (
+            "INSERT INTO resource_version (res_type, id, version, last_updated, source, deleted, method,"
+            f" content) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp})"
+        )
+        self._sql_index = {
+            kind: (f"INSERT INTO {table} (res_type, res_id, {', '.join(cols)}) VALUES "
+                   f"({', '.join([ph] * (len(cols) + 2))})")
+            for kind, (table, cols) in INDEX_SQL.items()
+        }
+        self._sql_unindex = {
+            table: f"DELETE FROM {table} WHERE res_id = {ph} AND res_type = {ph}"
+            for table, _ in INDEX_SQL.values()
+        }
+        self._sql_read = (f"SELECT version, deleted, content, last_updated, source, patient_id FROM resource"
+                          f" WHERE res_type = {ph} AND id = {ph}")
+        self._ph = ph
+
+    # -- connections ---------------------------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A connection for reads."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def writing(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE so writers queue instead of deadlocking)."""
+        with self.engine.connect() as conn:
+            if self._pg:
+                with conn.begin():
+                    yield conn
+                return
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+    def _load(self, value: Any) -> Any:
+        if value is None or isinstance(value, dict):
+            return value
+        return orjson.loads(value)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def read(self, rtype: str, rid: str, conn: sa.Connection | None = None) -> Stored | None:
+        """The current version of a resource (tombstone when deleted), or None if never stored."""
+        if conn is None:
+            with self.reading() as c:
+                return self.read(rtype, rid, c)
+        row = conn.exec_driver_sql(self._sql_read, (rtype, rid)).first()
+        if row is None:
+            return None
+        return Stored(rtype, rid, row[0], bool(row[1]), self._load(row[2]), row[3], row[4], row[5])
+
+    def read_many(self, keys: Iterable[tuple[str, str]], conn: sa.Connection | None = None) -> list[Stored]:
+        """Current, non-deleted resources for (type, id) pairs, in no particular order."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return []
+        if conn is None:
+            with self.reading() as c:
+                return self.read_many(keys, c)
+        r = _resource_table()
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        out: list[Stored] = []
+        for t, ids in by_type.items():
+            for chunk in _chunks(ids, 500):
+                rows = conn.execute(sa.select(r.c.id, r.c.version, r.c.content, r.c.last_updated,
+                                              r.c.source, r.c.patient_id)
+                                    .where(r.c.res_type == t, r.c.id.in_(chunk), r.c.deleted.is_(False)))
+                out.extend(Stored(t, row[0], row[1], False, self._load(row[2]), row[3], row[4], row[5])
+                           for row in rows)
+        return out
+
+    def vread(self, rtype: str, rid: str, version: int) -> Stored | None:
+        """A specific version of a resource."""
+        v = _version_table()
+        with self.reading() as conn:
+            row = conn.execute(sa.select(v.c.deleted, v.c.content, v.c.last_updated, v.c.source)
+                               .where(v.c.res_type == rtype, v.c.id == rid, v.c.version == version)).first()
+        if row is None:
+            return None
+        return Stored(rtype, rid, version, bool(row[0]), self._load(row[1]), row[2], row[3])
+
+    def history(self, *, rtype: str | None = None, rid: str | None = None, since: str | None = None,
+                count: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """Versions newest first, as (total, [{rtype, id, version, deleted, method, content, last_updated}])."""
+        v = _version_table()
+        cond = []
+        if rtype:
+            cond.append(v.c.res_type == rtype)
+        if rid:
+            cond.append(v.c.id == rid)
+        if since:
+            cond.append(v.c.last_updated >= since)
+        with self.reading() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(v).where(*cond)).scalar_one()
+            rows = conn.execute(
+                sa.select(v.c.res_type, v.c.id, v.c.version, v.c.deleted, v.c.method, v.c.content,
+                          v.c.last_updated)
+                .where(*cond).order_by(v.c.last_updated.desc(), v.c.version.desc())
+                .limit(count).offset(offset)
+            ).all()
+        return total, [
+            {"rtype": r[0], "id": r[1], "version": r[2], "deleted": bool(r[3]), "method": r[4],
+             "content": self._load(r[5]), "last_updated": r[6]} for r in rows
+        ]
+
+    def compartment(self, patient_id: str, *, types: set[str] | None = None,
+                    since: str | None = None) -> list[Stored]:
+        """Every current resource in a patient's compartment (the Patient itself included)."""
+        r = _resource_table()
+        cond = [r.c.patient_id == patient_id, r.c.deleted.is_(False)]
+        if types:
+            cond.append(r.c.res_type.in_(sorted(types)))
+        if since:
+            cond.append(r.c.last_updated >= since)
+        with self.reading() as conn:
+            rows = conn.execute(sa.select(r.c.res_type, r.c.id, r.c.version, r.c.content, r.c.last_updated,
+                                          r.c.source).where(*cond).order_by(r.c.res_type, r.c.id)).all()
+        return [Stored(x[0], x[1], x[2], False, self._load(x[3]), x[4], x[5], patient_id) for x in rows]
+
+    def iter_type(self, rtype: str, *, since: str | None = None, batch: int = 2000) -> Iterator[Stored]:
+        """Stream every current resource of a type (keyset paging, constant memory)."""
+        r = _resource_table()
+        last = ""
+        while True:
+            cond = [r.c.res_type == rtype, r.c.deleted.is_(False), r.c.id > last]
+            if since:
+                cond.append(r.c.last_updated >= since)
+            with self.reading() as conn:
+                rows = conn.execute(sa.select(r.c.id, r.c.version, r.c.content, r.c.last_updated, r.c.source,
+                                              r.c.patient_id)
+                                    .where(*cond).order_by(r.c.id).limit(batch)).all()
+            if not rows:
+                return
+            for x in rows:
+                yield Stored(rtype, x[0], x[1], False, self._load(x[2]), x[3], x[4], x[5])
+            last = rows[-1][0]
+
+    def types_present(self) -> list[str]:
+        """Resource types with at least one current resource."""
+        r = _resource_table()
+        with self.reading() as conn:
+            return [x[0] for x in conn.execute(sa.select(r.c.res_type).where(r.c.deleted.is_(False))
+                                               .group_by(r.c.res_type).order_by(r.c.res_type))]
+
+    # -- writes --------------------------------------------------------------------------------
+    def current_versions(self, conn: sa.Connection, rtype: str, ids: list[str],
+                         lock: bool = False) -> dict[str, tuple[int, str | None, bool]]:
+        """{id: (version, content_hash, deleted)} for the ids that exist."""
+        r = _resource_table()
+        out: dict[str, tuple[int, str | None, bool]] = {}
+        for chunk in _chunks(ids, 500):
+            q = sa.select(r.c.id, r.c.version, r.c.content_hash, r.c.deleted).where(
+                r.c.res_type == rtype, r.c.id.in_(chunk))
+            if lock and self._pg:
+                q = q.with_for_update()
+            for row in conn.execute(q):
+                out[row[0]] = (row[1], row[2], bool(row[3]))
+        return out
+
+    def write_prepared(self, conn: sa.Connection, items: list[Prepared], *, method: str = "PUT",
+                       skip_unchanged: bool = True) -> list[Written]:
+        """Write prepared resources in the caller's transaction: versions, current rows, index rows."""
+        by_type: dict[str, list[str]] = {}
+        for p in items:
+            by_type.setdefault(p.rtype, []).append(p.id)
+        existing: dict[tuple[str, str], tuple[int, str | None, bool]] = {}
+        for t, ids in by_type.items():
+            for i, v in self.current_versions(conn, t, ids, lock=True).items():
+                existing[(t, i)] = v
+        meta_instant, column_instant = now_instant()
+        upserts, versions, unindex = [], [], []
+        index_rows: dict[str, list[tuple]] = {k: [] for k in INDEX_SQL}
+        results: list[Written] = []
+        seen: dict[tuple[str, str], int] = {}
+        for p in items:
+            key = (p.rtype, p.id)
+            old = existing.get(key)
+            if key in seen:  # same id twice in one batch: the later one is a new version
+                old = (seen[key], None, False)
+            if old and skip_unchanged and not old[2] and old[1] == p.hash:
+                results.append(Written(p.rtype, p.id, old[0], "unchanged"))
+                continue
+            version = (old[0] + 1) if old else 1
+            seen[key] = version
+            res = p.resource
+            meta = dict(res.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = meta_instant
+            res["meta"] = meta
+            doc = orjson.dumps(res).decode()
+            upserts.append((p.rtype, p.id, version, column_instant, p.source, p.patient_id, False, p.hash, doc))
+            versions.append((p.rtype, p.id, version, column_instant, p.source, False,
+                             "PUT" if old else ("POST" if method == "POST" else "PUT"), doc))
+            if old:
+                unindex.append((p.id, p.rtype))
+            for kind, rows in p.rows.items():
+                if rows:
+                    index_rows[kind].extend((p.rtype, p.id, *row) for row in rows)
+            results.append(Written(p.rtype, p.id, version, "updated" if old and not old[2] else "created",
+                                   res, meta_instant))
+        self._flush(conn, upserts, versions, unindex, index_rows)
+        return results
+
+    def _flush(self, conn, upserts, versions, unindex, index_rows) -> None:
+        if not upserts:
+            return
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()
+        try:
+            if unindex:
+                for sql in self._sql_unindex.values():
+                    cur.executemany(sql, unindex)
+            cur.executemany(self._sql_version, versions)
+            cur.executemany(self._sql_upsert, upserts)
+            for kind, rows in index_rows.items():
+                if rows:
+                    cur.executemany(self._sql_index[kind], rows)
+        finally:
+            cur.close()
+
+    def delete(self, conn: sa.Connection, rtype: str, rid: str) -> Written | None:
+        """Delete (tombstone) a resource in the caller's transaction; None when it was not there."""
+        cur_v = self.current_versions(conn, rtype, [rid], lock=True).get(rid)
+        if cur_v is None or cur_v[2]:
+            return None
+        version = cur_v[0] + 1
+        meta_instant, column_instant = now_instant()
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()
+        ph = self._ph
+        try:
+            for sql in self._sql_unindex.values():
+                cur.execute(sql, (rid, rtype))
+            cur.execute(self._sql_version, (rtype, rid, version, column_instant, None, True, "DELETE", None))
+            cur.execute(f"UPDATE resource SET version = {ph}, last_updated = {ph}, deleted = {ph},"
+                        f" content_hash = NULL WHERE res_type = {ph} AND id = {ph}",
+                        (version, column_instant, True, rtype, rid))
+        finally:
+            cur.close()
+        return Written(rtype, rid, version, "deleted", None, meta_instant)
+
+    def reset(self) -> None:
+        """Remove every row (tests and demo reloads only)."""
+        from joinedup.store.schema import metadata
+
+        with self.writing() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+
+
+def _chunks(seq: list, n: int) -> Iterator[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _resource_table():
+    from joinedup.store.schema import resource
+
+    return resource
+
+
+def _version_table():
+    from joinedup.store.schema import resource_version
+
+    return resource_version
+
+
+_stores: dict[str, Store] = {}
+
+
+def get_store(url: str | None = None) -> Store:
+    """The shared Store for a database URL (default: the configured one)."""
+    if url is None:
+        from joinedup.config import get_settings
+
+        url = get_settings().database_url
+    store = _stores.get(url)
+    if store is None:
+        store = _stores[url] = Store(url)
+    return store

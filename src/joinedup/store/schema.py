@@ -1,0 +1,159 @@
+"""Tables of the resource store: versioned JSON resources plus typed search-index tables."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JsonDoc = sa.JSON().with_variant(JSONB(), "postgresql")
+Id = sa.String(64)
+Type = sa.String(64)
+
+# The current version of every resource (deleted ones kept as tombstones for 410 Gone).
+resource = sa.Table(
+    "resource", metadata,
+    sa.Column("res_type", Type, primary_key=True),
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("last_updated", sa.String(40), nullable=False),
+    sa.Column("source", sa.String(255)),
+    sa.Column("patient_id", Id),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    sa.Column("content_hash", sa.String(40)),
+    sa.Column("content", JsonDoc),
+)
+sa.Index("ix_resource_patient", resource.c.patient_id)
+sa.Index("ix_resource_type_updated", resource.c.res_type, resource.c.last_updated)
+sa.Index("ix_resource_source", resource.c.source)
+
+# Every version ever written, the current one included.
+resource_version = sa.Table(
+    "resource_version", metadata,
+    sa.Column("res_type", Type, primary_key=True),
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("last_updated", sa.String(40), nullable=False),
+    sa.Column("source", sa.String(255)),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("content", JsonDoc),
+)
+sa.Index("ix_version_updated", resource_version.c.last_updated)
+sa.Index("ix_version_type_updated", resource_version.c.res_type, resource_version.c.last_updated)
+
+
+def _index_table(name: str, *columns: sa.Column, lookup: tuple[str, ...]) -> sa.Table:
+    table = sa.Table(
+        name, metadata,
+        sa.Column("res_type", Type, nullable=False),
+        sa.Column("res_id", Id, nullable=False),
+        sa.Column("param", sa.String(64), nullable=False),
+        *columns,
+    )
+    sa.Index(f"ix_{name}_lookup", table.c.res_type, table.c.param, *(table.c[c] for c in lookup))
+    sa.Index(f"ix_{name}_res", table.c.res_id, table.c.res_type)
+    return table
+
+
+idx_token = _index_table(
+    "idx_token",
+    sa.Column("system", sa.String(255)),
+    sa.Column("code", sa.String(255)),
+    sa.Column("text", sa.String(255)),
+    lookup=("code",),
+)
+idx_string = _index_table(
+    "idx_string",
+    sa.Column("value_norm", sa.String(255)),
+    sa.Column("value_exact", sa.String(255)),
+    lookup=("value_norm",),
+)
+idx_date = _index_table(
+    "idx_date",
+    sa.Column("low", sa.String(32)),
+    sa.Column("high", sa.String(32)),
+    lookup=("low",),
+)
+idx_reference = _index_table(
+    "idx_reference",
+    sa.Column("target_type", sa.String(64)),
+    sa.Column("target_id", sa.String(255)),
+    sa.Column("target_url", sa.String(512)),
+    lookup=("target_id",),
+)
+sa.Index("ix_idx_reference_target", idx_reference.c.target_id, idx_reference.c.target_type)
+idx_quantity = _index_table(
+    "idx_quantity",
+    sa.Column("value", sa.Float),
+    sa.Column("system", sa.String(255)),
+    sa.Column("code", sa.String(64)),
+    sa.Column("unit", sa.String(64)),
+    lookup=("value",),
+)
+idx_uri = _index_table(
+    "idx_uri",
+    sa.Column("value", sa.String(512)),
+    lookup=("value",),
+)
+
+INDEX_TABLES = {
+    "token": idx_token,
+    "string": idx_string,
+    "date": idx_date,
+    "reference": idx_reference,
+    "quantity": idx_quantity,
+    "number": idx_quantity,
+    "uri": idx_uri,
+}
+
+# Users, tokens, audit and bulk-export jobs: platform tables, not clinical data.
+app_user = sa.Table(
+    "app_user", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("display", sa.String(255)),
+    sa.Column("practitioner_id", Id),
+    sa.Column("organization_id", Id),
+    sa.Column("patient_id", Id),
+    sa.Column("password_hash", sa.String(255)),
+    sa.Column("created", sa.String(40), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+)
+api_token = sa.Table(
+    "api_token", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_name", sa.String(128), sa.ForeignKey("app_user.name"), nullable=False),
+    sa.Column("created", sa.String(40), nullable=False),
+    sa.Column("expires", sa.String(40), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+audit_event = sa.Table(
+    "audit_event", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", Id, nullable=False, unique=True),
+    sa.Column("recorded", sa.String(40), nullable=False),
+    sa.Column("user_name", sa.String(128)),
+    sa.Column("role", sa.String(64)),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("patient_id", Id),
+    sa.Column("entity", sa.String(255)),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+)
+sa.Index("ix_audit_patient", audit_event.c.patient_id, audit_event.c.recorded)
+sa.Index("ix_audit_user", audit_event.c.user_name, audit_event.c.recorded)
+export_job = sa.Table(
+    "export_job", metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_name", sa.String(128), nullable=False),
+    sa.Column("request", sa.String(2048), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created", sa.String(40), nullable=False),
+    sa.Column("transaction_time", sa.String(40)),
+    sa.Column("output", sa.Text),
+    sa.Column("error", sa.Text),
+)

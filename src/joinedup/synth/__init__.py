@@ -1,0 +1,1 @@
+"""JoinedUp synth domain."""

@@ -1,0 +1,1 @@
+"""JoinedUp web domain."""
