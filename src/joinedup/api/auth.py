@@ -12,7 +12,7 @@ from joinedup.governance.identity import Principal, authenticate, login
 router = APIRouter(tags=["auth"])
 
 
-def get_gate(request: Request) -> Gate:
+async def get_gate(request: Request) -> Gate:
     return request.app.state.gate
 
 
@@ -23,7 +23,7 @@ def bearer(request: Request) -> str | None:
     return request.cookies.get("joinedup_token")
 
 
-def current_user(request: Request) -> Principal:
+async def current_user(request: Request) -> Principal:
     """The authenticated principal, or a 401 OperationOutcome."""
     gate: Gate = request.app.state.gate
     token = bearer(request)

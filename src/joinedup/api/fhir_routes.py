@@ -28,10 +28,19 @@ def _etag(version: int) -> str:
     return f'W/"{version}"'
 
 
+def http_date(instant: str) -> str:
+    """RFC 7231 date for a stored UTC timestamp."""
+    from datetime import datetime, timezone
+    from email.utils import format_datetime
+
+    dt = datetime.fromisoformat(instant.rstrip("Z")[:26]).replace(tzinfo=timezone.utc)
+    return format_datetime(dt, usegmt=True)
+
+
 def _resource_response(s: Stored, status: int = 200, extra: dict | None = None) -> FhirResponse:
     headers = {"ETag": _etag(s.version)}
     if s.last_updated:
-        headers["Last-Modified"] = s.last_updated
+        headers["Last-Modified"] = http_date(s.last_updated)
     if extra:
         headers.update(extra)
     return FhirResponse(s.content, status_code=status, headers=headers)

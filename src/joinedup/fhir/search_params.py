@@ -35,6 +35,18 @@ class SearchParam:
     target: frozenset[str] = frozenset()
     components: tuple[str, ...] = ()
     extract: Callable[[dict], list[Any]] | None = field(default=None, compare=False, repr=False)
+    heads: tuple[tuple[str, bool], ...] = ()  # first path segment of each path: (name, is choice)
+
+    def may_apply(self, resource: dict) -> bool:
+        """Cheap pre-check: does the resource have the top-level element any path starts from?"""
+        for name, choice in self.heads:
+            if choice:
+                n = len(name)
+                if any(k.startswith(name) and len(k) > n and k[n].isupper() for k in resource):
+                    return True
+            elif name in resource:
+                return True
+        return False
 
 
 def _compile_path(path: str) -> Callable[[dict], list[Any]]:
@@ -74,6 +86,11 @@ def _compile_path(path: str) -> Callable[[dict], list[Any]]:
     return run
 
 
+def _head(path: str) -> tuple[str, bool]:
+    m = _SEG.match(path.split(".", 1)[0])
+    return (m["name"], bool(m["choice"])) if m else (path, False)
+
+
 def _compile_paths(paths: Iterable[str]) -> Callable[[dict], list[Any]]:
     runs = [_compile_path(p) for p in paths]
     if len(runs) == 1:
@@ -105,6 +122,7 @@ class SearchParameters:
                     target=frozenset(spec.get("target") or ()),
                     components=tuple(spec.get("components") or ()),
                     extract=_compile_paths(paths) if paths else None,
+                    heads=tuple(_head(p) for p in paths),
                 )
             self.by_type[rtype] = compiled
             self.compartment[rtype] = tuple(
@@ -147,7 +165,7 @@ class SearchParameters:
         for prof in meta.get("profile") or ():
             rows["uri"].append(("_profile", _clip(prof, 512)))
         for param in self.by_type.get(rtype, {}).values():
-            if param.extract is None:
+            if param.extract is None or not param.may_apply(resource):
                 continue
             values = param.extract(resource)
             if values:

@@ -71,14 +71,23 @@ def _location(rtype: str, loc: tuple) -> str:
     return out
 
 
-def validate_resource(resource: Any, expected: str | None = None) -> str:
-    """Validate a resource fully (structure, R4B model, NHS numbers); return its type or raise FhirError."""
+def validate_resource(resource: Any, expected: str | None = None, *, serialized: bytes | None = None) -> str:
+    """Validate a resource fully (structure, R4B model, NHS numbers); return its type or raise FhirError.
+
+    The fast structural validator settles the common case; anything it doubts goes to the R4B models.
+    """
     from pydantic import ValidationError
+
+    from joinedup.fhir.fastvalid import is_certainly_valid
 
     rtype = require_type(resource, expected)
     rid = resource.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID_RE.match(rid)):
         raise FhirError(422, f"Resource id '{rid}' is not a valid FHIR id", expression=[f"{rtype}.id"])
+    if is_certainly_valid(resource):
+        if serialized is None or NHS_NUMBER_SYSTEM.encode() in serialized:
+            check_nhs_numbers(resource, rtype)
+        return rtype
     try:
         model_class(rtype).model_validate(resource)
     except ValidationError as exc:

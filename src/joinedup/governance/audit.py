@@ -34,7 +34,7 @@ class Pending:
     outcome: str
     patient_id: str | None
     entity: str | None
-    content: dict[str, Any]
+    content: tuple
 
 
 def event_hash(prev_hash: str, content: str) -> str:
@@ -58,9 +58,23 @@ class AuditWriter:
     def record(self, who: Principal | None, action: str, *, allowed: bool, reason: str,
                entity: str | None = None, patient_id: str | None = None, query: str | None = None,
                detail: dict[str, Any] | None = None) -> None:
-        """Queue one AuditEvent."""
+        """Queue one AuditEvent (built and chained by the writer thread, off the request path)."""
         recorded = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        outcome = "0" if allowed else "8"
+        p = Pending(recorded, who.name if who else None, who.role if who else None, action,
+                    "allowed" if allowed else "refused", patient_id, entity,
+                    (who, allowed, reason, query, detail))
+        with self._lock:
+            self._buf.append(p)
+            n = len(self._buf)
+        if self._thread is None or not self._thread.is_alive():
+            self._ensure_thread()
+        if n >= 2000:
+            self._wake.set()
+
+    @staticmethod
+    def build_event(p: Pending) -> dict[str, Any]:
+        """The FHIR AuditEvent for a queued record."""
+        who, allowed, reason, query, detail = p.content
         agent: dict[str, Any] = {"requestor": True,
                                  "who": {"display": who.name if who else "anonymous"},
                                  "role": [{"text": who.role if who else "none"}]}
@@ -74,19 +88,19 @@ class AuditWriter:
             "resourceType": "AuditEvent",
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
                      "display": "RESTful Operation"},
-            "subtype": [{"system": REST_INTERACTION, "code": action}],
-            "action": ACTION_CODE.get(action, "E"),
-            "recorded": recorded,
-            "outcome": outcome,
+            "subtype": [{"system": REST_INTERACTION, "code": p.action}],
+            "action": ACTION_CODE.get(p.action, "E"),
+            "recorded": p.recorded,
+            "outcome": "0" if allowed else "8",
             "outcomeDesc": reason[:1000],
             "agent": [agent],
             "source": {"observer": {"display": "JoinedUp"}},
         }
         entities = []
-        if entity:
-            entities.append({"what": {"reference": entity}})
-        if patient_id and entity != f"Patient/{patient_id}":
-            entities.append({"what": {"reference": f"Patient/{patient_id}"},
+        if p.entity:
+            entities.append({"what": {"reference": p.entity}})
+        if p.patient_id and p.entity != f"Patient/{p.patient_id}":
+            entities.append({"what": {"reference": f"Patient/{p.patient_id}"},
                              "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
                                       "code": "1", "display": "Patient"}})
         if query:
@@ -95,14 +109,7 @@ class AuditWriter:
             entities.append({"detail": [{"type": k, "valueString": str(v)[:500]} for k, v in detail.items()]})
         if entities:
             event["entity"] = entities
-        p = Pending(recorded, who.name if who else None, who.role if who else None, action,
-                    "allowed" if allowed else "refused", patient_id, entity, event)
-        with self._lock:
-            self._buf.append(p)
-            n = len(self._buf)
-        self._ensure_thread()
-        if n >= 2000:
-            self._wake.set()
+        return event
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -146,19 +153,24 @@ class AuditWriter:
             rows = []
             for p in batch:
                 seq += 1
-                ev = dict(p.content)
+                ev = self.build_event(p)
                 ev["id"] = str(uuid.uuid4())
                 ev["extension"] = [{"url": "https://joinedup.example/fhir/StructureDefinition/audit-chain",
                                     "extension": [{"url": "sequence", "valueInteger": seq},
                                                   {"url": "previousHash", "valueString": prev}]}]
                 text = orjson.dumps(ev, option=orjson.OPT_SORT_KEYS).decode()
                 h = event_hash(prev, text)
-                rows.append({"seq": seq, "id": ev["id"], "recorded": p.recorded, "user_name": p.user_name,
-                             "role": p.role, "action": p.action, "outcome": p.outcome,
-                             "patient_id": p.patient_id, "entity": p.entity, "prev_hash": prev, "hash": h,
-                             "content": text})
+                rows.append((seq, ev["id"], p.recorded, p.user_name, p.role, p.action, p.outcome,
+                             p.patient_id, (p.entity or "")[:255] or None, prev, h, text))
                 prev = h
-            conn.execute(a.insert(), rows)
+            ph = "%s" if self.store.dialect == "postgresql" else "?"
+            cur = conn.connection.driver_connection.cursor()
+            try:
+                cur.executemany(
+                    "INSERT INTO audit_event (seq, id, recorded, user_name, role, action, outcome, patient_id,"
+                    f" entity, prev_hash, hash, content) VALUES ({', '.join([ph] * 12)})", rows)
+            finally:
+                cur.close()
 
     def close(self) -> None:
         """Stop the background thread after writing what is buffered."""

@@ -537,7 +537,7 @@ def _check_if_match(store: Store, conn, rtype: str, rid: str, if_match: str) -> 
 def _entry_response(status: str, rtype: str, rid: str, version: int, last_updated: str, base_url: str) -> dict:
     resp = {"status": status, "location": f"{rtype}/{rid}/_history/{version}", "etag": f'W/"{version}"'}
     if last_updated:
-        resp["lastModified"] = last_updated
+        resp["lastModified"] = last_updated if last_updated.endswith("Z") else last_updated + "Z"
     return resp
 
 

@@ -127,7 +127,7 @@ def prepare_many(records: list[tuple[str, int, bytes | dict]], source: str | Non
                     raise FhirError(400, f"not valid JSON: {exc}") from None
             if isinstance(rec, dict) and not rec.get("id"):
                 raise FhirError(400, "resource has no id (bulk import keeps the ids it is given)")
-            ok.append(prepare(rec, source=source))
+            ok.append(prepare(rec, source=source, keep=False))
         except FhirError as exc:
             raw_text = text.decode(errors="replace").rstrip("\n") if text is not None else \
                 orjson.dumps(rec).decode()

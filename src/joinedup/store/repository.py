@@ -32,23 +32,28 @@ INDEX_SQL = {
 
 def now_instant() -> tuple[str, str]:
     """(FHIR instant for meta.lastUpdated, normalised UTC column value) for this moment."""
-    now = datetime.now(timezone.utc)
-    return now.isoformat(timespec="microseconds").replace("+00:00", "Z"), now.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    column = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return column + "Z", column
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def content_hash(resource: dict) -> str:
-    """Hash of a resource's content, ignoring the server-managed version and timestamp."""
+def canonical(resource: dict) -> bytes:
+    """Canonical JSON of a resource's content, without the server-managed version and timestamp."""
     meta = resource.get("meta")
     if meta and ("versionId" in meta or "lastUpdated" in meta):
         resource = dict(resource)
         resource["meta"] = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
         if not resource["meta"]:
             del resource["meta"]
-    return hashlib.sha1(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(resource: dict) -> str:
+    """Hash of a resource's content, ignoring the server-managed version and timestamp."""
+    return hashlib.sha1(canonical(resource)).hexdigest()
 
 
 @dataclass
@@ -57,7 +62,8 @@ class Prepared:
 
     rtype: str
     id: str
-    resource: dict
+    resource: dict | None  # None when only the stored form is needed (bulk import workers)
+    doc: str  # canonical JSON as stored (no versionId/lastUpdated: those come from the row)
     hash: str
     patient_id: str | None
     source: str | None
@@ -65,11 +71,9 @@ class Prepared:
 
 
 def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
-            params: SearchParameters | None = None, assign_id: bool = False) -> Prepared:
+            params: SearchParameters | None = None, assign_id: bool = False, keep: bool = True) -> Prepared:
     """Validate a resource and compute its index rows (pure: safe to run in a worker process)."""
     params = params or registry()
-    if validate:
-        validate_resource(resource)
     if assign_id and not resource.get("id"):
         resource["id"] = new_id()
     rid = resource.get("id")
@@ -80,9 +84,13 @@ def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
     src = (meta or {}).get("source") or source
     if src and (not meta or meta.get("source") != src):
         resource["meta"] = {**(meta or {}), "source": src}
+    doc = canonical(resource)
+    if validate:
+        validate_resource(resource, serialized=doc)
     return Prepared(
-        rtype=resource["resourceType"], id=rid, resource=resource, hash=content_hash(resource),
-        patient_id=params.patient_of(resource), source=src, rows=params.index_rows(resource),
+        rtype=resource["resourceType"], id=rid, resource=resource if keep else None, doc=doc.decode(),
+        hash=hashlib.sha1(doc).hexdigest(), patient_id=params.patient_of(resource), source=src,
+        rows=params.index_rows(resource),
     )
 
 
@@ -172,10 +180,20 @@ class Store:
                 raise
             conn.exec_driver_sql("COMMIT")
 
-    def _load(self, value: Any) -> Any:
-        if value is None or isinstance(value, dict):
-            return value
-        return orjson.loads(value)
+    @staticmethod
+    def _load(value: Any, version: int, last_updated: str) -> Any:
+        """Stored JSON → resource, with meta.versionId and meta.lastUpdated from the row."""
+        if value is None:
+            return None
+        doc = value if isinstance(value, dict) else orjson.loads(value)
+        meta = doc.get("meta")
+        meta = dict(meta) if meta else {}
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = last_updated + "Z"
+        doc["meta"] = meta
+        # resourceType, id and meta first, as people and most FHIR tools expect to read them
+        return {"resourceType": doc.pop("resourceType", None), "id": doc.pop("id", None), "meta": doc.pop("meta"),
+                **doc}
 
     # -- reads ---------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str, conn: sa.Connection | None = None) -> Stored | None:
@@ -186,7 +204,8 @@ class Store:
         row = conn.exec_driver_sql(self._sql_read, (rtype, rid)).first()
         if row is None:
             return None
-        return Stored(rtype, rid, row[0], bool(row[1]), self._load(row[2]), row[3], row[4], row[5])
+        return Stored(rtype, rid, row[0], bool(row[1]), self._load(row[2], row[0], row[3]), row[3], row[4],
+                      row[5])
 
     def read_many(self, keys: Iterable[tuple[str, str]], conn: sa.Connection | None = None) -> list[Stored]:
         """Current, non-deleted resources for (type, id) pairs, in no particular order."""
@@ -206,7 +225,7 @@ class Store:
                 rows = conn.execute(sa.select(r.c.id, r.c.version, r.c.content, r.c.last_updated,
                                               r.c.source, r.c.patient_id)
                                     .where(r.c.res_type == t, r.c.id.in_(chunk), r.c.deleted.is_(False)))
-                out.extend(Stored(t, row[0], row[1], False, self._load(row[2]), row[3], row[4], row[5])
+                out.extend(Stored(t, row[0], row[1], False, self._load(row[2], row[1], row[3]), row[3], row[4], row[5])
                            for row in rows)
         return out
 
@@ -218,7 +237,7 @@ class Store:
                                .where(v.c.res_type == rtype, v.c.id == rid, v.c.version == version)).first()
         if row is None:
             return None
-        return Stored(rtype, rid, version, bool(row[0]), self._load(row[1]), row[2], row[3])
+        return Stored(rtype, rid, version, bool(row[0]), self._load(row[1], version, row[2]), row[2], row[3])
 
     def history(self, *, rtype: str | None = None, rid: str | None = None, since: str | None = None,
                 count: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
@@ -241,7 +260,7 @@ class Store:
             ).all()
         return total, [
             {"rtype": r[0], "id": r[1], "version": r[2], "deleted": bool(r[3]), "method": r[4],
-             "content": self._load(r[5]), "last_updated": r[6]} for r in rows
+             "content": self._load(r[5], r[2], r[6]), "last_updated": r[6]} for r in rows
         ]
 
     def compartment(self, patient_id: str, *, types: set[str] | None = None,
@@ -256,7 +275,8 @@ class Store:
         with self.reading() as conn:
             rows = conn.execute(sa.select(r.c.res_type, r.c.id, r.c.version, r.c.content, r.c.last_updated,
                                           r.c.source).where(*cond).order_by(r.c.res_type, r.c.id)).all()
-        return [Stored(x[0], x[1], x[2], False, self._load(x[3]), x[4], x[5], patient_id) for x in rows]
+        return [Stored(x[0], x[1], x[2], False, self._load(x[3], x[2], x[4]), x[4], x[5], patient_id)
+                for x in rows]
 
     def iter_type(self, rtype: str, *, since: str | None = None, batch: int = 2000) -> Iterator[Stored]:
         """Stream every current resource of a type (keyset paging, constant memory)."""
@@ -273,7 +293,7 @@ class Store:
             if not rows:
                 return
             for x in rows:
-                yield Stored(rtype, x[0], x[1], False, self._load(x[2]), x[3], x[4], x[5])
+                yield Stored(rtype, x[0], x[1], False, self._load(x[2], x[1], x[3]), x[3], x[4], x[5])
             last = rows[-1][0]
 
     def types_present(self) -> list[str]:
@@ -323,12 +343,14 @@ class Store:
                 continue
             version = (old[0] + 1) if old else 1
             seen[key] = version
-            res = p.resource
-            meta = dict(res.get("meta") or {})
-            meta["versionId"] = str(version)
-            meta["lastUpdated"] = meta_instant
-            res["meta"] = meta
-            doc = orjson.dumps(res).decode()
+            res = None
+            if p.resource is not None:
+                res = p.resource
+                meta = dict(res.get("meta") or {})
+                meta["versionId"] = str(version)
+                meta["lastUpdated"] = meta_instant
+                res["meta"] = meta
+            doc = p.doc
             upserts.append((p.rtype, p.id, version, column_instant, p.source, p.patient_id, False, p.hash, doc))
             versions.append((p.rtype, p.id, version, column_instant, p.source, False,
                              "PUT" if old else ("POST" if method == "POST" else "PUT"), doc))

@@ -66,14 +66,16 @@ def parse(params: list[tuple[str, str]], rtype: str, registry: SearchParameters,
             _control(plan, raw_name, raw_value, registry, max_count)
             continue
         name, _, modifier = raw_name.partition(":")
+        if "." in name:
+            raise _bad(f"Chained search '{raw_name}' is not supported; search the referenced type first", raw_name)
+        if name == "_has" or name.startswith("_has"):
+            raise _bad(f"Reverse chaining '{raw_name}' is not supported", raw_name)
         param = registry.get(rtype, name)
         if param is None or param.type in ("composite", "special"):
             if strict:
                 raise _bad(f"Unknown or unsupported search parameter '{raw_name}' for {rtype}", raw_name)
             plan.ignored.append(raw_name)
             continue
-        if "." in name:
-            raise _bad(f"Chained search '{raw_name}' is not supported", raw_name)
         plan.used.append((raw_name, raw_value))
         plan.where.append(_clause(r, rtype, param, modifier, raw_value))
     return plan
@@ -315,7 +317,7 @@ def execute(store, plan: SearchPlan, restrict: list[Any] | None = None):
         from joinedup.store.repository import Stored
 
         has_more = len(rows) > plan.count
-        page = [Stored(plan.rtype, x[0], x[1], False, store._load(x[2]), x[3], x[4], x[5])
+        page = [Stored(plan.rtype, x[0], x[1], False, store._load(x[2], x[1], x[3]), x[3], x[4], x[5])
                 for x in rows[: plan.count]]
         if total is None and plan.total != "none":
             if not has_more:

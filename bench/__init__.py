@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them all; each prints figures and writes bench/results/*.json."""
