@@ -31,7 +31,7 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest
 
 bench: $(STAMP) system-deps
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         import gc
 
+        gate.store.optimize()
         gc.collect()
         gc.freeze()  # long-lived startup objects leave the collector's scans: shorter pauses under load
         yield

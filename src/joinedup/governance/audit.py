@@ -37,8 +37,10 @@ class Pending:
     content: tuple
 
 
-def event_hash(prev_hash: str, content: str) -> str:
-    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+def event_hash(prev_hash: str, content: str, columns: tuple) -> str:
+    """Chain hash over the previous hash, the AuditEvent JSON and every searchable column of the row."""
+    cols = "\x1f".join("" if c is None else str(c) for c in columns)
+    return hashlib.sha256(f"{prev_hash}\x1e{content}\x1e{cols}".encode()).hexdigest()
 
 
 class AuditWriter:
@@ -159,9 +161,10 @@ class AuditWriter:
                                     "extension": [{"url": "sequence", "valueInteger": seq},
                                                   {"url": "previousHash", "valueString": prev}]}]
                 text = orjson.dumps(ev, option=orjson.OPT_SORT_KEYS).decode()
-                h = event_hash(prev, text)
-                rows.append((seq, ev["id"], p.recorded, p.user_name, p.role, p.action, p.outcome,
-                             p.patient_id, (p.entity or "")[:255] or None, prev, h, text))
+                columns = (seq, ev["id"], p.recorded, p.user_name, p.role, p.action, p.outcome, p.patient_id,
+                           (p.entity or "")[:255] or None)
+                h = event_hash(prev, text, columns)
+                rows.append((*columns, prev, h, text))
                 prev = h
             ph = "%s" if self.store.dialect == "postgresql" else "?"
             cur = conn.connection.driver_connection.cursor()
@@ -203,7 +206,7 @@ def verify_chain(store) -> ChainReport:
     expected_seq = 1
     checked = 0
     with store.reading() as conn:
-        for seq, prev_hash, h, content in _stream(conn, a):
+        for seq, prev_hash, h, content, *columns in _stream(conn, a):
             if seq != expected_seq:
                 return ChainReport(False, checked, expected_seq,
                                    f"entry {expected_seq} is missing (next entry found is {seq})")
@@ -217,7 +220,7 @@ def verify_chain(store) -> ChainReport:
                     return ChainReport(False, checked, seq, f"entry {seq} carries chain fields that do not match")
             except (ValueError, KeyError, IndexError, TypeError):
                 return ChainReport(False, checked, seq, f"entry {seq} is not a readable AuditEvent")
-            if event_hash(prev, content) != h:
+            if event_hash(prev, content, (seq, *columns)) != h:
                 return ChainReport(False, checked, seq, f"entry {seq} was modified (hash does not match)")
             prev = h
             expected_seq += 1
@@ -228,7 +231,8 @@ def verify_chain(store) -> ChainReport:
 def _stream(conn, a) -> Iterator[tuple]:
     last = 0
     while True:
-        rows = conn.execute(sa.select(a.c.seq, a.c.prev_hash, a.c.hash, a.c.content)
+        rows = conn.execute(sa.select(a.c.seq, a.c.prev_hash, a.c.hash, a.c.content, a.c.id, a.c.recorded,
+                                      a.c.user_name, a.c.role, a.c.action, a.c.outcome, a.c.patient_id, a.c.entity)
                             .where(a.c.seq > last).order_by(a.c.seq).limit(5000)).all()
         if not rows:
             return

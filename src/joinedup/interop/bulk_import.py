@@ -215,6 +215,8 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             pool.shutdown()
         if rejects_fh is not None:
             rejects_fh.close()
+    if report.created or report.updated:
+        gate.store.optimize()  # new data shapes the query plans: refresh the planner's statistics
     report.seconds = time.perf_counter() - start
     if progress:
         progress(total_bytes, total_bytes)

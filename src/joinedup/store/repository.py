@@ -402,6 +402,16 @@ class Store:
             cur.close()
         return Written(rtype, rid, version, "deleted", None, meta_instant)
 
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (after bulk loads, and at start-up)."""
+        with self.engine.connect() as conn:
+            if self._pg:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+            else:
+                conn.exec_driver_sql("PRAGMA analysis_limit=4000")
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
+
     def reset(self) -> None:
         """Remove every row (tests and demo reloads only)."""
         from joinedup.store.schema import metadata

@@ -35,6 +35,20 @@ class Include:
 
 
 @dataclass
+class Clause:
+    """One search condition: as an IN-subquery (to drive the query) or as a correlated EXISTS (to filter)."""
+
+    rank: int  # lower = expected to be more selective; the lowest-ranked clause drives the query
+    driver: Any
+    filter: Any
+
+
+# Which clauses are likely to be most selective (first one drives the query, the rest filter by EXISTS).
+RANK = {"reference": 1, "uri": 2, "string": 3, "token": 4, "quantity": 5, "number": 5, "date": 6}
+SELECTIVE_TOKENS = {"identifier", "_id", "email", "phone", "telecom"}
+
+
+@dataclass
 class SearchPlan:
     """A parsed search: filters as SQL clauses plus result controls."""
 
@@ -50,6 +64,7 @@ class SearchPlan:
     total: str | None = None
     ignored: list[str] = field(default_factory=list)
     used: list[tuple[str, str]] = field(default_factory=list)
+    clauses: list[Clause] = field(default_factory=list)
 
 
 def _bad(msg: str, param: str | None = None) -> FhirError:
@@ -77,7 +92,9 @@ def parse(params: list[tuple[str, str]], rtype: str, registry: SearchParameters,
             plan.ignored.append(raw_name)
             continue
         plan.used.append((raw_name, raw_value))
-        plan.where.append(_clause(r, rtype, param, modifier, raw_value))
+        plan.clauses.append(_clause(r, rtype, param, modifier, raw_value))
+    plan.clauses.sort(key=lambda c: c.rank)
+    plan.where = [c.driver if i == 0 else c.filter for i, c in enumerate(plan.clauses)]
     return plan
 
 
@@ -127,13 +144,14 @@ def _split_prefix(value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _clause(r: sa.Table, rtype: str, param: SearchParam, modifier: str, raw: str):
+def _clause(r: sa.Table, rtype: str, param: SearchParam, modifier: str, raw: str) -> Clause:
     name = param.name
     if modifier == "missing":
         if raw not in ("true", "false"):
             raise _bad(f"{name}:missing takes true or false, not '{raw}'", name)
         present = _present(r, rtype, param)
-        return ~present if raw == "true" else present
+        cond = ~present if raw == "true" else present
+        return Clause(9, cond, cond)
     values = [_unescape(v) for v in _SPLIT_COMMA.split(raw)]
     values = [v for v in values if v != ""]
     if not values:
@@ -141,11 +159,14 @@ def _clause(r: sa.Table, rtype: str, param: SearchParam, modifier: str, raw: str
 
     if name == "_id":
         cond = r.c.id.in_(values)
-        return ~cond if modifier == "not" else cond
+        return Clause(9 if modifier == "not" else 0, ~cond if modifier == "not" else cond,
+                      ~cond if modifier == "not" else cond)
     if name == "_lastUpdated":
-        return sa.or_(*[_date_cond(r.c.last_updated, r.c.last_updated, v, name) for v in values])
+        cond = sa.or_(*[_date_cond(r.c.last_updated, r.c.last_updated, v, name) for v in values])
+        return Clause(8, cond, cond)
     if name == "_source":
-        return r.c.source.in_(values)
+        cond = r.c.source.in_(values)
+        return Clause(7, cond, cond)
 
     kind = param.type
     table = schema.INDEX_TABLES[kind]
@@ -163,10 +184,15 @@ def _clause(r: sa.Table, rtype: str, param: SearchParam, modifier: str, raw: str
             ors.append(_quantity_cond(table, v, name, kind))
         elif kind == "uri":
             ors.append(_uri_cond(table, v, modifier))
-    sub = sa.select(table.c.res_id).where(table.c.res_type == rtype, table.c.param == name, sa.or_(*ors))
+    match = [table.c.res_type == rtype, table.c.param == name, sa.or_(*ors)]
+    sub = sa.select(table.c.res_id).where(*match)
+    exists = sa.exists().where(table.c.res_id == r.c.id, *match)
     if modifier == "not" and kind == "token":
-        return ~r.c.id.in_(sub)
-    return r.c.id.in_(sub)
+        return Clause(9, ~r.c.id.in_(sub), ~exists)
+    rank = RANK.get(kind, 6)
+    if kind == "token" and (name in SELECTIVE_TOKENS or modifier == "text"):
+        rank = 2
+    return Clause(rank, r.c.id.in_(sub), exists)
 
 
 def _present(r: sa.Table, rtype: str, param: SearchParam):
@@ -287,9 +313,9 @@ def sort_key(r: sa.Table, rtype: str, key: str, desc: bool, registry: SearchPara
         return r.c.last_updated.desc() if desc else r.c.last_updated.asc()
     param = registry.get(rtype, key)
     table = schema.INDEX_TABLES[param.type]
-    col = {"date": table.c.low if not desc else table.c.high, "string": table.c.get("value_norm"),
-           "token": table.c.get("code"), "quantity": table.c.get("value"), "number": table.c.get("value"),
-           "uri": table.c.get("value"), "reference": table.c.get("target_id")}[param.type]
+    column = {"date": "high" if desc else "low", "string": "value_norm", "token": "code", "quantity": "value",
+              "number": "value", "uri": "value", "reference": "target_id"}[param.type]
+    col = table.c[column]
     agg = sa.func.max(col) if desc else sa.func.min(col)
     sub = (sa.select(agg).where(table.c.res_id == r.c.id, table.c.res_type == rtype, table.c.param == key)
            .scalar_subquery())
