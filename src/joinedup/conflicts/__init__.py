@@ -1,1 +1,1 @@
-"""JoinedUp conflicts domain."""
+"""JoinedUp conflicts domain: multimorbidity conflict detection and least-harm resolution."""

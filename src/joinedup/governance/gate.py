@@ -248,6 +248,22 @@ class Gate:
             self.audit.record(who, "export", allowed=True, reason=decision.reason, entity=f"{label}:{rtype}",
                               detail={"resources": n})
 
+    def records(self, who: Principal, *, purpose: str, types: set[str] | None = None
+                ) -> Iterator[tuple[Stored, list[Stored]]]:
+        """Stream whole records (Patient + compartment) for population work such as case-finding screens.
+
+        Checked once for the population and audited as one access with the purpose and the count.
+        """
+        decision = self.check(who, "search", "Patient", entity=f"population:{purpose}")
+        n = 0
+        for patient, items in self.store.iter_records(types=types):
+            if decision.patient_only and patient.id != decision.patient_only:
+                continue
+            n += 1
+            yield patient, items
+        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=f"population:{purpose}",
+                          detail={"records": n})
+
     def types_present(self, who: Principal) -> list[str]:
         self.check(who, "export", None, entity="types")
         return self.store.types_present()

@@ -296,6 +296,28 @@ class Store:
                 yield Stored(rtype, x[0], x[1], False, self._load(x[2], x[1], x[3]), x[3], x[4], x[5])
             last = rows[-1][0]
 
+    def iter_records(self, *, types: set[str] | None = None, batch: int = 500
+                     ) -> Iterator[tuple[Stored, list[Stored]]]:
+        """Stream every patient with their compartment (optionally only some types), batch by batch."""
+        r = _resource_table()
+        patients = self.iter_type("Patient", batch=batch)
+        while True:
+            chunk = [p for _, p in zip(range(batch), patients)]
+            if not chunk:
+                return
+            ids = [p.id for p in chunk]
+            cond = [r.c.patient_id.in_(ids), r.c.deleted.is_(False), r.c.res_type != "Patient"]
+            if types:
+                cond.append(r.c.res_type.in_(sorted(types)))
+            grouped: dict[str, list[Stored]] = {i: [] for i in ids}
+            with self.reading() as conn:
+                for x in conn.execute(sa.select(r.c.res_type, r.c.id, r.c.version, r.c.content, r.c.last_updated,
+                                                r.c.source, r.c.patient_id).where(*cond)):
+                    grouped[x[6]].append(Stored(x[0], x[1], x[2], False, self._load(x[3], x[2], x[4]), x[4], x[5],
+                                                x[6]))
+            for p in chunk:
+                yield p, grouped[p.id]
+
     def types_present(self) -> list[str]:
         """Resource types with at least one current resource."""
         r = _resource_table()

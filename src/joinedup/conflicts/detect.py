@@ -1,0 +1,387 @@
+"""Recognise a person's FHIR resources and detect conflicts against the compiled knowledge base."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date
+from itertools import product
+from typing import Any
+
+from .knowledge import (
+    SYSTEM_ICD10,
+    SYSTEM_LOINC,
+    SYSTEM_SCT,
+    Knowledge,
+    code_system,
+    recognise_condition_text,
+    recognise_icd10,
+    recognise_medicine_text,
+)
+from .models import SEVERITY_ORDER, AllergyItem, Finding, MedItem, PatientRecord, ResultItem
+
+ACTIVE_MED_STATEMENT = {"active", "intended", "on-hold"}
+ACTIVE_MED_REQUEST = {"active", "on-hold"}
+INACTIVE_CONDITION = {"resolved", "inactive", "remission"}
+BAD_VERIFICATION = {"refuted", "entered-in-error"}
+BAD_OBS_STATUS = {"entered-in-error", "cancelled"}
+
+
+def _ref(res: dict[str, Any]) -> str:
+    return f"{res.get('resourceType')}/{res.get('id')}"
+
+
+def _status_code(cc: Any) -> str | None:
+    if isinstance(cc, dict):
+        for c in cc.get("coding") or []:
+            if c.get("code"):
+                return str(c["code"])
+        return cc.get("text")
+    return None
+
+
+def _concept_text(cc: dict[str, Any] | None) -> str:
+    if not cc:
+        return ""
+    if cc.get("text"):
+        return str(cc["text"])
+    for c in cc.get("coding") or []:
+        if c.get("display"):
+            return str(c["display"])
+    return ""
+
+
+def _codes(cc: dict[str, Any] | None) -> list[tuple[str | None, str, str]]:
+    out = []
+    for c in (cc or {}).get("coding") or []:
+        if c.get("code") is not None:
+            out.append((code_system(c.get("system")), str(c["code"]), str(c.get("system") or "")))
+    return out
+
+
+def recognise_medicine(kb: Knowledge, concept: dict[str, Any] | None) -> tuple[frozenset[str], list[str]]:
+    """Ingredients for a medication CodeableConcept: codes first, then display/text."""
+    for system, code, _ in _codes(concept):
+        if system:
+            hit = kb.med_codes.get((system, code))
+            if hit:
+                return frozenset(hit), []
+    texts = []
+    if concept:
+        if concept.get("text"):
+            texts.append(str(concept["text"]))
+        texts.extend(str(c["display"]) for c in concept.get("coding") or [] if c.get("display"))
+    missing: list[str] = []
+    for t in texts:
+        ings, miss = recognise_medicine_text(kb, t)
+        if ings:
+            return ings, miss
+        missing = miss or [t]
+    return frozenset(), missing
+
+
+def _is_regular(res: dict[str, Any]) -> bool:
+    cot = _status_code(res.get("courseOfTherapyType"))
+    if cot and cot.lower() in {"acute"}:
+        return False
+    for d in res.get("dosageInstruction") or res.get("dosage") or []:
+        if d.get("asNeededBoolean") is True or d.get("asNeededCodeableConcept"):
+            return False
+    return True
+
+
+def _medication_concept(res: dict[str, Any], by_ref: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    if res.get("medicationCodeableConcept"):
+        return res["medicationCodeableConcept"]
+    mref = (res.get("medicationReference") or {}).get("reference")
+    if not mref:
+        return None
+    if mref.startswith("#"):
+        for c in res.get("contained") or []:
+            if c.get("id") == mref[1:]:
+                return c.get("code")
+        return None
+    med = by_ref.get(mref)
+    return (med or {}).get("code")
+
+
+def _age(birth: str | None, today: date) -> int | None:
+    try:
+        y, m, d = (int(x) for x in (birth or "")[:10].split("-"))
+    except ValueError:
+        return None
+    return today.year - y - ((today.month, today.day) < (m, d))
+
+
+def _obs_value(res: dict[str, Any]) -> float | None:
+    vq = res.get("valueQuantity")
+    if isinstance(vq, dict) and isinstance(vq.get("value"), (int, float)):
+        return float(vq["value"])
+    return None
+
+
+def build_record(
+    kb: Knowledge,
+    resources: Iterable[dict[str, Any]],
+    draft_orders: Iterable[dict[str, Any]] = (),
+    today: date | None = None,
+) -> PatientRecord:
+    """Recognise the person's resources into a PatientRecord (unrecognised items are kept, never dropped)."""
+    resources = [r for r in resources if isinstance(r, dict)]
+    by_ref = {_ref(r): r for r in resources if r.get("resourceType") == "Medication"}
+    rec = PatientRecord()
+    unrec = rec.unrecognised
+    today = today or date.today()
+
+    def add_med(res: dict[str, Any], draft: bool) -> None:
+        concept = _medication_concept(res, by_ref)
+        ings, missing = recognise_medicine(kb, concept)
+        ref = _ref(res)
+        text = _concept_text(concept) or "(no medication code or text)"
+        if not ings:
+            unrec.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
+                          "codes": [c for _, c, _ in _codes(concept)], "reason": "medicine not recognised"})
+            return
+        if missing:
+            unrec.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
+                          "codes": [], "reason": "component not recognised: " + "; ".join(missing)})
+        rec.meds.append(MedItem(
+            ref=ref, display=text, ingredients=ings, classes=kb.classes_of(ings), regular=_is_regular(res),
+            draft=draft, acb=sum(kb.ingredient_acb.get(i, 0) for i in ings),
+            falls_risk=any(kb.ingredient_falls.get(i, False) for i in ings),
+        ))
+
+    for res in resources:
+        rt = res.get("resourceType")
+        if rt == "Patient":
+            rec.patient = _ref(res)
+            rec.age = _age(res.get("birthDate"), today)
+        elif rt == "MedicationStatement":
+            if str(res.get("status", "")).lower() in ACTIVE_MED_STATEMENT:
+                add_med(res, False)
+        elif rt == "MedicationRequest":
+            if str(res.get("status", "")).lower() in ACTIVE_MED_REQUEST and res.get("intent", "order") != "proposal":
+                add_med(res, False)
+        elif rt == "Condition":
+            status = (_status_code(res.get("clinicalStatus")) or "active").lower()
+            verification = (_status_code(res.get("verificationStatus")) or "").lower()
+            if verification in BAD_VERIFICATION:
+                continue
+            key = None
+            for system, code, _ in _codes(res.get("code")):
+                if system == SYSTEM_SCT:
+                    key = kb.condition_codes.get((SYSTEM_SCT, code))
+                elif system == SYSTEM_ICD10:
+                    key = recognise_icd10(kb, code)
+                if key:
+                    break
+            if key is None:
+                key = recognise_condition_text(kb, _concept_text(res.get("code")))
+            if key is None:
+                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                              "codes": [c for _, c, _ in _codes(res.get("code"))], "reason": "condition not recognised"})
+                continue
+            if status in INACTIVE_CONDITION and key not in kb.history_counts:
+                continue
+            rec.conditions.setdefault(key, []).append(_ref(res))
+        elif rt == "Observation":
+            if str(res.get("status", "")).lower() in BAD_OBS_STATUS:
+                continue
+            key = None
+            for system, code, _ in _codes(res.get("code")):
+                if system == SYSTEM_LOINC:
+                    key = kb.result_loinc.get(code)
+                    if key:
+                        break
+            if key is None:
+                hits = kb.result_text.match(_concept_text(res.get("code")))
+                key = hits[0][0] if hits else None
+            value = _obs_value(res)
+            if key is None or value is None:
+                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                              "codes": [c for _, c, _ in _codes(res.get("code"))],
+                              "reason": "observation not used by any rule" if key is None else "no numeric value"})
+                continue
+            when = str(res.get("effectiveDateTime") or res.get("issued") or "")
+            prev = rec.results.get(key)
+            if prev is None or when >= prev.when:
+                rec.results[key] = ResultItem(key=key, value=value, ref=_ref(res), when=when)
+        elif rt == "AllergyIntolerance":
+            status = (_status_code(res.get("clinicalStatus")) or "active").lower()
+            verification = (_status_code(res.get("verificationStatus")) or "").lower()
+            if status != "active" or verification in BAD_VERIFICATION:
+                continue
+            ings, _ = recognise_medicine(kb, res.get("code"))
+            if not ings:
+                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                              "codes": [c for _, c, _ in _codes(res.get("code"))],
+                              "reason": "allergen not recognised as a medicine"})
+                continue
+            cls = kb.classes_of(ings)
+            # a penicillin or NSAID allergy is a class allergy (cross-sensitivity)
+            rec.allergies.append(AllergyItem(ref=_ref(res), ingredients=ings,
+                                             classes=cls & {"penicillin", "nsaid"}))
+    for res in draft_orders or ():
+        if isinstance(res, dict):
+            add_med(res, True)
+    return rec
+
+
+def _fid(rule: str, involves: list[str]) -> str:
+    h = hashlib.sha1("|".join([rule, *involves]).encode()).hexdigest()[:10]
+    return f"{rule}:{h}"
+
+
+def _finding(rule: dict[str, Any], involves: Iterable[str], summary: str | None = None,
+             detail: str | None = None, kind: str | None = None) -> Finding:
+    inv = list(dict.fromkeys(involves))
+    return Finding(
+        id=_fid(rule["id"], inv), kind=kind or rule["kind"], severity=rule["severity"],
+        summary=summary or rule["summary"], detail=detail or str(rule.get("detail", "")).strip(),
+        involves=inv, rule=rule["id"], sources=list(rule.get("sources", [])),
+    )
+
+
+def _matches(med: MedItem, ingredients: frozenset[str]) -> bool:
+    return not med.ingredients.isdisjoint(ingredients)
+
+
+def _cond_refs(rec: PatientRecord, keys: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for k in keys:
+        out.extend(rec.conditions.get(k, ()))
+    return out
+
+
+def _compare(value: float, op: str, target: Any) -> bool:
+    if op == "<":
+        return value < target
+    if op == "<=":
+        return value <= target
+    if op == ">":
+        return value > target
+    if op == ">=":
+        return value >= target
+    if op == "between":
+        lo, hi = target
+        return lo <= value < hi
+    raise ValueError(op)
+
+
+def detect(kb: Knowledge, rec: PatientRecord) -> list[Finding]:
+    """Run every rule over a recognised record; deterministic order (severity, rule, involves)."""
+    findings: list[Finding] = []
+    meds = rec.meds
+    conds = rec.conditions
+    for rule in kb.rules:
+        if rule["id"] in rec.resolved_ids:
+            continue
+        kind = rule["kind"]
+        drugs = rule["_drugs"]
+        if rule.get("allergy"):
+            for a in rec.allergies:
+                for m in meds:
+                    if (m.ingredients & a.ingredients) or (m.classes & a.classes):
+                        findings.append(_finding(rule, [m.ref, a.ref],
+                                                 summary=f"{m.display}: recorded allergy or intolerance"))
+            continue
+        if "burden" in rule:
+            b = rule["burden"]
+            if b["type"] == "acb":
+                contrib = [m for m in meds if m.acb > 0]
+                total = sum(m.acb for m in contrib)
+                if total >= b["threshold"]:
+                    findings.append(_finding(rule, [m.ref for m in contrib],
+                                             summary=f"{rule['summary']}: total ACB score {total}"))
+            elif b["type"] == "regular_count":
+                regular = [m for m in meds if m.regular]
+                n = len(regular)
+                if n >= b["threshold"] and ("below" not in b or n < b["below"]):
+                    findings.append(_finding(rule, [m.ref for m in regular],
+                                             summary=f"{rule['summary']} ({n} regular medicines)"))
+            elif b["type"] == "falls_risk_count":
+                fr = [m for m in meds if m.falls_risk]
+                if len(fr) >= b["threshold"]:
+                    findings.append(_finding(rule, [m.ref for m in fr]))
+            continue
+        if kind == "duplicate":
+            for cls in rule["duplicate_classes"]:
+                group = [m for m in meds if cls in m.classes and (m.regular or not rule.get("regular_only"))]
+                if len(group) >= 2 and len(frozenset().union(*(m.ingredients for m in group))) >= 2:
+                    label = kb.class_display.get(cls, cls.replace("_", " "))
+                    findings.append(_finding(rule, [m.ref for m in group],
+                                             summary=f"Duplicate {label}: {', '.join(m.display for m in group)}"))
+            continue
+        if rule["_unless"] and any(_matches(m, s.ingredients) for s in rule["_unless"] for m in meds):
+            continue
+        if kind == "drug-drug":
+            cands = [[m for m in meds if _matches(m, s.ingredients)] for s in drugs]
+            if not all(cands):
+                continue
+            seen: set[frozenset[str]] = set()
+            for combo in product(*cands):
+                refs = [m.ref for m in combo]
+                if len(set(refs)) < len(refs) and any(
+                    len(m.ingredients) < 2 for m in combo if refs.count(m.ref) > 1
+                ):
+                    continue
+                key = frozenset(refs)
+                if key in seen:
+                    continue
+                seen.add(key)
+                findings.append(_finding(rule, refs))
+            continue
+        if kind == "drug-disease" and rule["_conditions"]:
+            crefs = _cond_refs(rec, rule["_conditions"])
+            if not crefs:
+                continue
+            for m in meds:
+                if _matches(m, drugs[0].ingredients) and (m.regular or not rule.get("regular_only")):
+                    findings.append(_finding(rule, [m.ref, *crefs]))
+            continue
+        if kind == "drug-result":
+            spec = rule["result"]
+            res = rec.results.get(spec["code"])
+            if res is None or not _compare(res.value, spec["op"], spec["value"]):
+                continue
+            for m in meds:
+                if _matches(m, drugs[0].ingredients):
+                    if rule.get("dose_adjustable") and m.dose_reduced:
+                        continue
+                    findings.append(_finding(rule, [m.ref, res.ref],
+                                             summary=f"{rule['summary']} ({res.key} {res.value:g})"))
+    # lifestyle clashes between conditions
+    for clash in kb.lifestyle:
+        if clash["id"] in rec.resolved_ids:
+            continue
+        if "conditions" in clash:
+            keys = clash["conditions"]
+            if not all(k in conds for k in keys):
+                continue
+        else:
+            keys = [k for k in clash["conditions_any_two"] if k in conds]
+            if len(keys) < 2:
+                continue
+        findings.append(_finding({**clash, "kind": "lifestyle", "rule": clash["id"]}, _cond_refs(rec, keys)))
+    # administration-timing clashes
+    for t in kb.timing:
+        a, b = t["_drugs"]
+        for ma in meds:
+            if not _matches(ma, a.ingredients):
+                continue
+            for mb in meds:
+                if mb is ma or not _matches(mb, b.ingredients):
+                    continue
+                if frozenset((ma.ref, mb.ref)) in rec.separated:
+                    continue
+                findings.append(_finding({**t, "kind": "schedule"}, [ma.ref, mb.ref]))
+    # separate condition reviews that could be one multimorbidity review
+    rv = kb.reviews
+    if rv and rv["id"] not in rec.resolved_ids:
+        due = [k for k in kb.guidance if k in conds and kb.guidance[k].get("review")]
+        if len(due) >= int(rv.get("min_reviews", 2)):
+            names = ", ".join(kb.guidance[k]["review"]["name"] for k in due)
+            findings.append(_finding({**rv, "kind": "schedule"}, _cond_refs(rec, due),
+                                     summary=f"{rv['summary']} ({names})"))
+    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.involves))
+    return findings

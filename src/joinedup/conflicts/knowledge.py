@@ -1,0 +1,347 @@
+"""Load the conflict knowledge base from package YAML once and compile it into dicts/sets for fast matching."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+KNOWLEDGE_PACKAGE = "joinedup.knowledge"
+
+_TOKEN = re.compile(r"[a-z][a-z0-9'\-]*")
+_COMPONENT_SPLIT = re.compile(r"\s+/\s+|\s+\+\s+|\s+and\s+|\s+with\s+|\s*;\s*")
+_SKIP_PREFIXES = ("no ", "not ", "suspected ", "possible ", "query ", "?", "family history", "fh ", "denies ")
+_SHORT = 3  # synonyms this short only match when they are the whole text
+# strength/form/packaging words: a " / "-separated component made only of these is not an unrecognised ingredient
+_FORM_TEXT = """
+dose doses inhaler inhalers tablet tablets capsule capsules oral solution suspension injection injectable cream gel
+day days pack system spray modified release extended chewable effervescent gastro resistant dispersible human regular
+microgram micrograms mcg unit units unt actuat actuation mucosal drug implant auto injector intrauterine vaginal
+inhalation hour hours powder liquid sachet sachets drops eye ear nasal patch patches film coated soluble sugar free
+per with plus and ml mg
+"""
+_FORM_WORDS = frozenset(_FORM_TEXT.split())
+
+SYSTEM_RXNORM = "rxnorm"
+SYSTEM_SCT = "sct"  # SNOMED CT and dm+d share the SNOMED identifier space
+SYSTEM_ICD10 = "icd10"
+SYSTEM_LOINC = "loinc"
+
+
+def code_system(system: str | None) -> str | None:
+    """Map a FHIR coding system URI to an internal system key."""
+    if not system:
+        return None
+    s = system.lower()
+    if "rxnorm" in s:
+        return SYSTEM_RXNORM
+    if "snomed" in s or "dmd" in s:
+        return SYSTEM_SCT
+    if "icd-10" in s or "icd10" in s:
+        return SYSTEM_ICD10
+    if "loinc" in s:
+        return SYSTEM_LOINC
+    return None
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case and tidy a display string (keeps hyphens inside words, e.g. co-amilofruse)."""
+    t = text.lower().replace("[", " ").replace("]", " ").replace("(", " ").replace(")", " ")
+    t = t.replace("’", "'")
+    return " ".join(t.split())
+
+
+def tokens(text: str) -> list[str]:
+    """Words of a normalised text; numbers, strengths and punctuation drop out."""
+    return [w.strip("-'") for w in _TOKEN.findall(text) if w.strip("-'")]
+
+
+@dataclass
+class PhraseIndex:
+    """Longest-match phrase dictionary over word n-grams."""
+
+    phrases: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    whole: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    max_len: int = 1
+
+    def add(self, phrase: str, values: tuple[str, ...]) -> None:
+        """Register a phrase (lower-case) mapping to values."""
+        norm = normalise_text(phrase)
+        words = tuple(tokens(norm))
+        if not words:
+            return
+        if len(norm) <= _SHORT:
+            self.whole[norm] = values
+            return
+        for variant in {words, tuple(w for part in words for w in part.split("-") if w)}:
+            existing = self.phrases.get(variant)
+            self.phrases[variant] = values if existing is None else tuple(dict.fromkeys(existing + values))
+            self.max_len = max(self.max_len, len(variant))
+
+    def match(self, text: str) -> list[tuple[str, ...]]:
+        """Return the value tuples of all longest, non-overlapping matches in text."""
+        norm = normalise_text(text)
+        if norm in self.whole:
+            return [self.whole[norm]]
+        words = tokens(norm)
+        found: list[tuple[str, ...]] = []
+        i, n = 0, len(words)
+        while i < n:
+            for size in range(min(self.max_len, n - i), 0, -1):
+                hit = self.phrases.get(tuple(words[i : i + size]))
+                if hit is not None:
+                    found.append(hit)
+                    i += size
+                    break
+            else:
+                i += 1
+        return found
+
+
+@dataclass
+class Selector:
+    """A compiled medicine selector: the set of ingredient keys it matches."""
+
+    ingredients: frozenset[str]
+    label: str
+
+
+@dataclass
+class Knowledge:
+    """The compiled knowledge base."""
+
+    version: str
+    medicines: dict[str, dict[str, Any]]
+    ingredient_classes: dict[str, frozenset[str]]
+    ingredient_acb: dict[str, int]
+    ingredient_falls: dict[str, bool]
+    class_display: dict[str, str]
+    falls_sources: dict[str, str]
+    med_codes: dict[tuple[str, str], tuple[str, ...]]
+    med_text: PhraseIndex
+    condition_display: dict[str, str]
+    condition_codes: dict[tuple[str, str], str]
+    condition_icd10: list[tuple[str, str]]
+    condition_text: PhraseIndex
+    history_counts: frozenset[str]
+    result_loinc: dict[str, str]
+    result_text: PhraseIndex
+    rules: list[dict[str, Any]]
+    guidance: dict[str, dict[str, Any]]
+    lifestyle: list[dict[str, Any]]
+    timing: list[dict[str, Any]]
+    reviews: dict[str, Any]
+    severity_weights: dict[str, int]
+    acb_source: str
+
+    def selector(self, spec: dict[str, Any]) -> Selector:
+        """Compile a selector spec ({class}, {any_class}, {ingredient}, {any_ingredient}, {falls_risk})."""
+        if "class" in spec:
+            cls = {spec["class"]}
+        elif "any_class" in spec:
+            cls = set(spec["any_class"])
+        else:
+            cls = set()
+        if cls:
+            ings = {k for k, c in self.ingredient_classes.items() if c & cls}
+            return Selector(frozenset(ings), "/".join(sorted(cls)))
+        if "ingredient" in spec:
+            return Selector(frozenset({spec["ingredient"]}), spec["ingredient"])
+        if "any_ingredient" in spec:
+            return Selector(frozenset(spec["any_ingredient"]), "/".join(spec["any_ingredient"]))
+        if spec.get("falls_risk"):
+            return Selector(frozenset(k for k, v in self.ingredient_falls.items() if v), "falls-risk medicine")
+        raise ValueError(f"unknown selector {spec!r}")
+
+    def classes_of(self, ingredients: frozenset[str]) -> frozenset[str]:
+        """Union of (expanded) classes of ingredients."""
+        out: set[str] = set()
+        for i in ingredients:
+            out |= self.ingredient_classes.get(i, frozenset())
+        return frozenset(out)
+
+    def display_of(self, ingredient: str) -> str:
+        """Human-readable name of an ingredient key."""
+        syn = self.medicines.get(ingredient, {}).get("synonyms") or [ingredient.replace("_", " ")]
+        return str(syn[0])
+
+
+def _read(name: str) -> dict[str, Any]:
+    path = resources.files(KNOWLEDGE_PACKAGE).joinpath(name)
+    with path.open("r", encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def _expand(classes: list[str], class_meta: dict[str, Any]) -> frozenset[str]:
+    out: set[str] = set()
+    stack = list(classes)
+    while stack:
+        c = stack.pop()
+        if c in out:
+            continue
+        out.add(c)
+        stack.extend((class_meta.get(c) or {}).get("implies", []) or [])
+    return frozenset(out)
+
+
+def compile_knowledge(
+    conditions: dict[str, Any],
+    medicines: dict[str, Any],
+    rules: dict[str, Any],
+    guidance: dict[str, Any],
+    lifestyle: dict[str, Any],
+    schedules: dict[str, Any],
+) -> Knowledge:
+    """Build the compiled knowledge from parsed YAML documents."""
+    class_meta = medicines.get("classes", {}) or {}
+    falls_sources = medicines.get("falls_risk_classes", {}) or {}
+    meds = medicines["medicines"]
+    ingredient_classes: dict[str, frozenset[str]] = {}
+    ingredient_acb: dict[str, int] = {}
+    ingredient_falls: dict[str, bool] = {}
+    med_codes: dict[tuple[str, str], tuple[str, ...]] = {}
+    med_text = PhraseIndex()
+    for key, m in meds.items():
+        classes = _expand(list(m.get("classes", [])), class_meta)
+        ingredient_classes[key] = classes
+        ingredient_acb[key] = int(m.get("anticholinergic_burden") or 0)
+        ingredient_falls[key] = bool(classes & set(falls_sources))
+        target = tuple(m.get("ingredients") or [key])
+        if target != (key,):
+            # a fixed-combination entry (e.g. diclofenac with misoprostol): keep its own key for classes
+            target = (key,)
+        for code in m.get("rxnorm", []) or []:
+            med_codes[(SYSTEM_RXNORM, str(code))] = target
+        for code in (m.get("dmd", []) or []) + (m.get("snomed", []) or []):
+            med_codes[(SYSTEM_SCT, str(code))] = target
+        for syn in [key.replace("_", " ")] + list(m.get("synonyms", []) or []):
+            med_text.add(str(syn), target)
+    for name, parts in (medicines.get("combinations", {}) or {}).items():
+        med_text.add(str(name), tuple(parts))
+
+    condition_display: dict[str, str] = {}
+    condition_codes: dict[tuple[str, str], str] = {}
+    condition_icd10: list[tuple[str, str]] = []
+    condition_text = PhraseIndex()
+    history: set[str] = set()
+    for key, c in conditions["conditions"].items():
+        condition_display[key] = c.get("display", key)
+        for s in c.get("snomed", []) or []:
+            condition_codes[(SYSTEM_SCT, str(s["code"]))] = key
+        for p in c.get("icd10", []) or []:
+            condition_icd10.append((str(p).replace(".", "").upper(), key))
+        for t in [c.get("display", "")] + list(c.get("text", []) or []):
+            if t:
+                condition_text.add(str(t), (key,))
+        if c.get("history_counts"):
+            history.add(key)
+    condition_icd10.sort(key=lambda x: -len(x[0]))
+
+    result_loinc: dict[str, str] = {}
+    result_text = PhraseIndex()
+    for key, r in (rules.get("results", {}) or {}).items():
+        for code in r.get("loinc", []) or []:
+            result_loinc[str(code)] = key
+        for t in r.get("text", []) or []:
+            result_text.add(str(t), (key,))
+
+    kb = Knowledge(
+        version=str(rules.get("version", "")),
+        medicines=meds,
+        ingredient_classes=ingredient_classes,
+        ingredient_acb=ingredient_acb,
+        ingredient_falls=ingredient_falls,
+        class_display={k: (v or {}).get("display", k) for k, v in class_meta.items()},
+        falls_sources=falls_sources,
+        med_codes=med_codes,
+        med_text=med_text,
+        condition_display=condition_display,
+        condition_codes=condition_codes,
+        condition_icd10=condition_icd10,
+        condition_text=condition_text,
+        history_counts=frozenset(history),
+        result_loinc=result_loinc,
+        result_text=result_text,
+        rules=[],
+        guidance=guidance.get("guidance", {}) or {},
+        lifestyle=lifestyle.get("clashes", []) or [],
+        timing=[],
+        reviews=(schedules.get("reviews") or {}),
+        severity_weights=dict(rules.get("severity_weights") or {"critical": 1000, "high": 100, "moderate": 20, "low": 3}),
+        acb_source=str(medicines.get("acb_source", "")),
+    )
+    compiled_rules = []
+    for r in rules.get("rules", []) or []:
+        cr = dict(r)
+        cr["_drugs"] = [kb.selector(s) for s in r.get("drugs", []) or []]
+        cr["_unless"] = [kb.selector(s) for s in r.get("unless", []) or []]
+        excl: set[str] = set()
+        for s in r.get("exclude_drugs", []) or []:
+            excl |= kb.selector(s).ingredients
+        cr["_exclude"] = frozenset(excl)
+        if cr["_drugs"] and excl:
+            cr["_drugs"] = [Selector(sel.ingredients - excl, sel.label) for sel in cr["_drugs"]]
+        cr["_conditions"] = tuple(r.get("conditions", []) or [])
+        compiled_rules.append(cr)
+    kb.rules = compiled_rules
+    timing = []
+    for t in schedules.get("timing", []) or []:
+        ct = dict(t)
+        ct["_drugs"] = [kb.selector(s) for s in t.get("drugs", [])]
+        timing.append(ct)
+    kb.timing = timing
+    return kb
+
+
+@lru_cache(maxsize=1)
+def load_knowledge() -> Knowledge:
+    """Load and compile the packaged knowledge base (cached once per process)."""
+    return compile_knowledge(
+        _read("conditions.yaml"),
+        _read("medicines.yaml"),
+        _read("conflicts/rules.yaml"),
+        _read("conflicts/guidance.yaml"),
+        _read("conflicts/lifestyle.yaml"),
+        _read("conflicts/schedules.yaml"),
+    )
+
+
+def recognise_medicine_text(kb: Knowledge, text: str) -> tuple[frozenset[str], list[str]]:
+    """Ingredients named in free text, and the components that matched nothing."""
+    norm = normalise_text(text)
+    found: set[str] = set()
+    missing: list[str] = []
+    parts = [p for p in _COMPONENT_SPLIT.split(norm) if p.strip()] or [norm]
+    for part in parts:
+        hits = kb.med_text.match(part)
+        if hits:
+            for h in hits:
+                found.update(h)
+        elif tokens(part):
+            missing.append(part.strip())
+    if found and missing:
+        # a component may be a strength/form fragment split off by " / " (e.g. "70 unt/ml"): only report words
+        missing = [m for m in missing if any(len(w) > 3 and w not in _FORM_WORDS for w in tokens(m))]
+    return frozenset(found), missing
+
+
+def recognise_condition_text(kb: Knowledge, text: str) -> str | None:
+    """Condition key named in free text, or None (negated/uncertain/family-history text never matches)."""
+    norm = normalise_text(text)
+    if not norm or norm.startswith(_SKIP_PREFIXES) or "family history" in norm:
+        return None
+    hits = kb.condition_text.match(norm)
+    return hits[0][0] if hits else None
+
+
+def recognise_icd10(kb: Knowledge, code: str) -> str | None:
+    """Condition key for an ICD-10 code by category prefix."""
+    c = code.replace(".", "").upper().strip()
+    for prefix, key in kb.condition_icd10:
+        if c.startswith(prefix):
+            return key
+    return None

@@ -1,0 +1,86 @@
+"""Data shapes used by the conflict engine (plain dataclasses: fast to build per record)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class MedItem:
+    """One active medicine line (MedicationStatement/MedicationRequest or draft order)."""
+
+    ref: str
+    display: str
+    ingredients: frozenset[str]
+    classes: frozenset[str]
+    regular: bool = True
+    draft: bool = False
+    acb: int = 0
+    falls_risk: bool = False
+    dose_reduced: bool = False
+    proposed: bool = False
+
+
+@dataclass(slots=True)
+class ResultItem:
+    """Latest value of one result type (eGFR, potassium)."""
+
+    key: str
+    value: float
+    ref: str
+    when: str = ""
+
+
+@dataclass(slots=True)
+class AllergyItem:
+    """An active allergy/intolerance recognised to medicine ingredients or classes."""
+
+    ref: str
+    ingredients: frozenset[str]
+    classes: frozenset[str]
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    """The parsed, recognised view of one person's record."""
+
+    patient: str | None = None
+    age: int | None = None
+    meds: list[MedItem] = field(default_factory=list)
+    conditions: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, ResultItem] = field(default_factory=dict)
+    allergies: list[AllergyItem] = field(default_factory=list)
+    unrecognised: list[dict[str, Any]] = field(default_factory=list)
+    separated: set[frozenset[str]] = field(default_factory=set)
+    resolved_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Finding:
+    """One detected conflict."""
+
+    id: str
+    kind: str
+    severity: str
+    summary: str
+    detail: str
+    involves: list[str]
+    rule: str
+    sources: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Serialise to the public JSON shape."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "summary": self.summary,
+            "detail": self.detail,
+            "involves": list(self.involves),
+            "rule": self.rule,
+            "sources": list(self.sources),
+        }
+
+
+SEVERITY_ORDER = {"critical": 0, "high": 1, "moderate": 2, "low": 3}
