@@ -13,6 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from joinedup.config import get_settings
+from joinedup.conflicts.cli import app as conflicts_app
+from joinedup.synth.cli import generate_command
 
 app = typer.Typer(help="JoinedUp: an open integrated care platform (FHIR shared care record, governance, "
                        "care coordination, population health).", no_args_is_help=True, add_completion=False)
@@ -190,33 +192,20 @@ def demo(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
 
     gate = _gate()
     users = load_demo(gate, patients=patients, seed=seed, data_dir=data_dir, console=console)
-    table = Table("user", "role", "password", "token", title="Demo log-ins")
+    table = Table("user", "role", "password", title="Demo log-ins (web app and POST /auth/token)")
     for u in users:
-        table.add_row(u["name"], u["role"], u["password"], u["token"])
+        table.add_row(u["name"], u["role"], u["password"])
     out.print(table)
+    out.print("Bearer tokens for the API (Authorization: Bearer ...):")
+    for u in users:
+        out.print(f"  {u['name']:<18} {u['token']}", highlight=False, soft_wrap=True)
     out.print(f"API: http://{host}:{port}/fhir   docs: http://{host}:{port}/docs   web: http://{host}:{port}/")
     if serve_app:
         serve(host=host, port=port, workers=1, log_level="warning")
 
 
-def _register_optional() -> None:
-    """Mount the command groups of domains that are present."""
-    try:
-        from joinedup.synth.cli import generate_command
-
-        app.command("generate", help="Generate a synthetic integrated care system as FHIR NDJSON.")(
-            generate_command)
-    except ImportError:
-        pass
-    try:
-        from joinedup.conflicts.cli import app as conflicts_app
-
-        app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine.")
-    except ImportError:
-        pass
-
-
-_register_optional()
+app.command("generate", help="Generate a synthetic integrated care system as FHIR NDJSON.")(generate_command)
+app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
 
 
 if __name__ == "__main__":  # pragma: no cover

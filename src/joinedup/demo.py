@@ -1,0 +1,100 @@
+"""`joinedup demo` / `make demo`: generate and load a synthetic ICS, and create demo users of several roles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import SYSTEM, add_user, issue_token
+
+DEMO_PASSWORD = "demo"
+
+# (user name, role, PractitionerRole.code text to pick a practitioner by, display)
+PROFESSIONALS = [
+    ("dr.gp", "gp", "GP", "GP"),
+    ("nurse.practice", "practice-nurse", "Practice nurse", "Practice nurse"),
+    ("pharmacist", "pharmacist", "Practice pharmacist", "Practice pharmacist"),
+    ("dr.consultant", "consultant", "Consultant", "Hospital consultant"),
+    ("nurse.specialist", "specialist-nurse", "Specialist nurse", "Specialist nurse"),
+    ("nurse.community", "community-nurse", "Community nurse", "Community nurse"),
+    ("social.worker", "social-worker", "Social worker", "Social worker"),
+    ("key.worker", "care-coordinator", "Care coordinator", "Care coordinator / key worker"),
+]
+
+
+def load_demo(gate: Gate, *, patients: int, seed: int, data_dir: Path, console: Console | None = None,
+              workers: int = 2) -> list[dict[str, str]]:
+    """Generate (unless already there for these settings) and import the population; return demo log-ins."""
+    from joinedup.interop.bulk_import import import_paths
+    from joinedup.synth.service import generate
+
+    console = console or Console(stderr=True)
+    manifest = data_dir / "manifest.json"
+    current = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if current.get("patients") != patients or current.get("seed") != seed:
+        console.print(f"generating a synthetic integrated care system of {patients:,} people (seed {seed}) ...")
+        result = generate(patients=patients, seed=seed, out=data_dir, workers=workers, force=True)
+        console.print(f"  {result.resources:,} resources written to {data_dir}")
+    console.print("loading it into the shared record ...")
+    report = import_paths(gate, SYSTEM, [data_dir], workers=workers, rejects=data_dir / "rejects.ndjson")
+    gate.audit.flush()
+    console.print(f"  {report.read:,} resources in {report.seconds:.0f}s: {report.created:,} new, "
+                  f"{report.updated:,} changed, {report.unchanged:,} unchanged, {report.rejected:,} rejected")
+    return create_demo_users(gate, data_dir)
+
+
+def _roles_by_text(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    path = data_dir / "PractitionerRole.ndjson"
+    if not path.exists():
+        return out
+    with path.open("rb") as fh:
+        for line in fh:
+            role = orjson.loads(line)
+            for code in role.get("code") or []:
+                text = code.get("text") or ""
+                out.setdefault(text, []).append(role)
+    return out
+
+
+def _demo_patient(data_dir: Path) -> str | None:
+    """A person with planted prescribing problems (the most interesting record to show), else the first."""
+    truth = data_dir / "ground-truth.ndjson"
+    if truth.exists():
+        with truth.open("rb") as fh:
+            for line in fh:
+                rec = orjson.loads(line)
+                if rec.get("kind") == "prescribing_problem" and rec.get("patient"):
+                    return rec["patient"].split("/", 1)[1]
+    return None
+
+
+def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
+    """Demo users linked to practitioners and organisations of the generated system, with tokens."""
+    roles = _roles_by_text(data_dir)
+    users: list[dict[str, str]] = []
+
+    def add(name: str, role: str, display: str, **links: str | None) -> None:
+        add_user(gate.store, name=name, role=role, display=display, password=DEMO_PASSWORD, replace=True, **links)
+        users.append({"name": name, "role": role, "password": DEMO_PASSWORD, "token": issue_token(gate.store, name)})
+
+    add("admin", "system", "Integration account")
+    for name, role, text, display in PROFESSIONALS:
+        candidates = roles.get(text) or []
+        if not candidates:
+            continue
+        pr = candidates[0]
+        practitioner = (pr.get("practitioner") or {}).get("reference", "").split("/")[-1] or None
+        organization = (pr.get("organization") or {}).get("reference", "").split("/")[-1] or None
+        add(name, role, display, practitioner=practitioner, organization=organization)
+    add("analyst", "analyst", "ICS analyst")
+    add("privacy.officer", "privacy-officer", "Privacy officer")
+    patient = _demo_patient(data_dir)
+    if patient:
+        add("patient", "patient", "Patient (demo)", patient=patient)
+    return users
