@@ -22,8 +22,8 @@ users_app = typer.Typer(help="Manage users (roles, practitioner and organisation
 audit_app = typer.Typer(help="Check and read the tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def fail(message: str) -> None:
