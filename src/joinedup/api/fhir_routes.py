@@ -12,7 +12,7 @@ from joinedup.api.capability import capability_statement
 from joinedup.api.responses import FHIR_JSON, FhirResponse
 from joinedup.fhir.bundles import apply_elements, apply_summary, searchset
 from joinedup.fhir.errors import FhirError, info_outcome
-from joinedup.fhir.validation import parse_json
+from joinedup.fhir.validation import is_resource_type, parse_json
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.store.repository import Stored, Written
@@ -77,6 +77,11 @@ def _check_format(request: Request) -> None:
 @router.get("/metadata", summary="CapabilityStatement")
 async def metadata(request: Request):
     return FhirResponse(capability_statement(base_url(request), request.app.state.gate.store.params))
+
+
+@router.api_route("/metadata", methods=["POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+async def metadata_not_allowed():
+    raise FhirError(405, "The CapabilityStatement is read-only: use GET /fhir/metadata", code="not-supported")
 
 
 @router.post("", summary="Process a transaction or batch Bundle")
@@ -160,6 +165,8 @@ def _controls(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 @router.post("/{rtype}", summary="Create a resource (conditional with If-None-Exist)")
 async def create(rtype: str, request: Request, who: Principal = Depends(current_user),
                  gate: Gate = Depends(get_gate)):
+    if not is_resource_type(rtype):
+        raise FhirError(404, f"Unknown resource type '{rtype}'", code="not-supported")
     body = await _body(request)
     if isinstance(body, dict) and body.get("resourceType") != rtype:
         raise FhirError(400, f"resourceType '{body.get('resourceType')}' does not match the URL's type '{rtype}'",

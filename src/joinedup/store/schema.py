@@ -157,3 +157,74 @@ export_job = sa.Table(
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
 )
+
+# -- Information governance (revision 0003): access facts derived from FHIR resources on write ----------
+# Who has a legitimate relationship with whom: one row per (patient, practitioner or organisation, basis),
+# derived from Patient.generalPractitioner/managingOrganization/meta.source, CareTeam, EpisodeOfCare,
+# open ServiceRequest/Task/CommunicationRequest/Communication. `basis` is the resource it came from.
+care_relationship = sa.Table(
+    "care_relationship", metadata,
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("practitioner_id", Id),
+    sa.Column("organization_id", Id),
+    sa.Column("basis", sa.String(140), nullable=False),
+    sa.Column("ends", sa.String(40)),
+)
+sa.Index("ix_care_relationship_practitioner", care_relationship.c.practitioner_id, care_relationship.c.patient_id)
+sa.Index("ix_care_relationship_organization", care_relationship.c.organization_id, care_relationship.c.patient_id)
+sa.Index("ix_care_relationship_basis", care_relationship.c.basis)
+sa.Index("ix_care_relationship_patient", care_relationship.c.patient_id)
+
+# A person's choices from active Consent resources: objection to sharing ('all' or one 'organization')
+# and the National Data Opt-out ('opt-out').
+patient_choice = sa.Table(
+    "patient_choice", metadata,
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("organization_id", Id),
+    sa.Column("basis", sa.String(140), nullable=False),
+)
+sa.Index("ix_patient_choice_patient", patient_choice.c.patient_id, patient_choice.c.kind)
+sa.Index("ix_patient_choice_basis", patient_choice.c.basis)
+
+# Entries visible only within the recording organisation: sealed (meta.security R) or marked private
+# (meta.security V, the JoinedUp 'private' tag, or named in a Consent's deny provision.data).
+restricted_item = sa.Table(
+    "restricted_item", metadata,
+    sa.Column("res_type", Type, nullable=False),
+    sa.Column("res_id", Id, nullable=False),
+    sa.Column("patient_id", Id),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("basis", sa.String(140), nullable=False),
+)
+sa.Index("ix_restricted_item_res", restricted_item.c.res_id, restricted_item.c.res_type)
+sa.Index("ix_restricted_item_basis", restricted_item.c.basis)
+
+# Break-glass grants, which are also the privacy officer's review queue.
+break_glass = sa.Table(
+    "break_glass", metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_name", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("practitioner_id", Id),
+    sa.Column("organization_id", Id),
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("reason_category", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("granted", sa.String(40), nullable=False),
+    sa.Column("expires", sa.String(40), nullable=False),
+    sa.Column("review_outcome", sa.String(16)),
+    sa.Column("review_note", sa.Text),
+    sa.Column("reviewed_by", sa.String(128)),
+    sa.Column("reviewed_at", sa.String(40)),
+)
+sa.Index("ix_break_glass_user", break_glass.c.user_name, break_glass.c.expires)
+sa.Index("ix_break_glass_review", break_glass.c.review_outcome, break_glass.c.granted)
+
+# One row: a token replaced whenever access facts change, so other processes know to reload their caches.
+governance_epoch = sa.Table(
+    "governance_epoch", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("token", sa.String(64), nullable=False),
+)
