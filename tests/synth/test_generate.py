@@ -263,7 +263,7 @@ def test_ground_truth_agrees_with_the_data(population):
                 assert la["birthDate"] == gp["birthDate"]
             else:
                 assert la["birthDate"] != gp["birthDate"]
-        else:
+        elif t["kind"] == "discrepancy":
             a, b = index[t["a"]["resource"]], index[t["b"]["resource"]]
             assert a["meta"]["source"] == t["a"]["organization"] and b["meta"]["source"] == t["b"]["organization"]
             if t["type"] == "dose_changed_in_hospital":
@@ -324,3 +324,140 @@ def test_cli_generates_and_rejects_bad_options(tmp_path):
     (tmp_path / "y" / "keep.txt").write_text("x")
     bad = runner.invoke(app, ["generate", "--patients", "5", "--out", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "not empty" in bad.output
+
+
+def _subject_of(r: dict) -> str | None:
+    x = r.get("subject") or r.get("patient")
+    return x.get("reference") if isinstance(x, dict) else None
+
+
+def _dates_of(r: dict) -> list[str]:
+    out = []
+    for key in ("authoredOn", "effectiveDateTime", "sent", "dateAsserted", "recordedDate", "date"):
+        if key in r:
+            out.append(r[key])
+    for key in ("period", "effectivePeriod"):
+        if key in r:
+            out += [v for v in r[key].values()]
+    return out
+
+
+def test_deaths_are_recorded_and_activity_stops_at_death(population):
+    truth = [t for t in _truth(population) if t["kind"] == "death"]
+    assert truth, "no deaths in the population"
+    patients = {p["id"]: p for p in read_ndjson(population, "Patient")}
+    died = {t["patient"]: t for t in truth}
+    # every deceased patient is in the truth and vice versa
+    deceased = {f"Patient/{p['id']}" for p in patients.values() if "deceasedDateTime" in p}
+    assert deceased == set(died)
+    ages = []
+    for pat, t in died.items():
+        assert patients[pat.split("/")[1]]["deceasedDateTime"] == t["date"]
+        assert t["place"] in ("hospital", "home", "care_home")
+        ages.append(t["age"])
+    # social care records of the same people
+    sc_of = {t["record"]: t["patient"] for t in _truth(population) if t["kind"] == "same_person"}
+    encounters = {}
+    for r in _all(population):
+        if r["resourceType"] in ("Patient", "Organization", "Location", "Practitioner", "PractitionerRole"):
+            continue
+        subj = _subject_of(r)
+        subj = sc_of.get(subj, subj)
+        if subj in died:
+            limit = died[subj]["date"]
+            for d in _dates_of(r):
+                assert d[:10] <= limit[:10], (r["resourceType"], r["id"], d, limit)
+            if r["resourceType"] == "Encounter":
+                encounters[r["id"]] = r
+    for t in truth:
+        if t["place"] == "hospital":
+            enc = encounters[t["resources"][1].split("/")[1]]
+            assert enc["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "exp"
+            assert enc["period"]["end"] == t["date"]
+    # deaths concentrate in the oldest: ONS-order crude rate among 80+ over 3 years, few under 60
+    old = [p for p in patients.values() if p["id"].startswith("p-")
+           and (TODAY - date.fromisoformat(p["birthDate"])).days // 365 >= 80]
+    share_old = sum(f"Patient/{p['id']}" in died for p in old) / len(old)
+    assert 0.1 < share_old < 0.45, share_old
+    assert min(ages) >= 57 and 0.005 < len(died) / N < 0.05
+
+
+def test_encounter_and_document_types_are_coded(population):
+    k = knowledge()
+    codes = {v["code"] for v in k["organisations"]["encounter_types"].values()}
+    seen = collections.Counter()
+    for e in read_ndjson(population, "Encounter"):
+        t = e["type"][0]
+        assert t["text"]
+        if "coding" in t:
+            assert t["coding"][0]["system"] == "http://snomed.info/sct" and t["coding"][0]["code"] in codes
+            seen[t["coding"][0]["code"]] += 1
+    assert {"11429006", "185317003", "439708006"} <= set(seen)
+    docs = list(read_ndjson(population, "DocumentReference"))
+    assert docs and all(d["type"]["coding"][0]["code"] == "373942005" for d in docs)
+
+
+def test_guideline_medicines_per_condition_at_plausible_rates(population):
+    k = knowledge()
+    prods = {p["vmp"]: p for p in k["medicines"]["products"].values()}
+    cond = k["conditions"]["conditions"]
+    code2key = {c["snomed"]["code"]: key for key, c in cond.items()}
+    has: dict[str, set[str]] = collections.defaultdict(set)
+    for c in read_ndjson(population, "Condition"):
+        if c["meta"]["source"].startswith("Organization/org-gp-"):
+            key = code2key.get(c["code"]["coding"][0]["code"])
+            if key:
+                has[c["subject"]["reference"]].add(key)
+    classes: dict[str, set[str]] = collections.defaultdict(set)
+    sex = {f"Patient/{p['id']}": p["gender"] for p in read_ndjson(population, "Patient")}
+    for m in read_ndjson(population, "MedicationRequest"):
+        p = prods[m["medicationCodeableConcept"]["coding"][0]["code"]]
+        classes[m["subject"]["reference"]].update(p["classes"])
+        if p["key"] == "valproate_500_mr":
+            assert sex[m["subject"]["reference"]] == "male"     # MHRA: no valproate for women here
+
+    def rate(condition: str, wanted: set[str]) -> float:
+        people = [p for p, s in has.items() if condition in s]
+        assert people, condition
+        return sum(bool(classes[p] & wanted) for p in people) / len(people)
+
+    # (condition, classes, low, high): guideline-typical treatment rates (see medicines.yaml regimens)
+    for condition, wanted, lo, hi in (
+            ("depression", {"ssri", "antidepressant_other"}, 0.5, 0.8),
+            ("hypothyroidism", {"thyroid_hormone"}, 0.85, 1.0),
+            ("dementia", {"acetylcholinesterase_inhibitor", "nmda_antagonist"}, 0.35, 0.9),
+            ("osteoporosis", {"bisphosphonate_oral"}, 0.4, 0.8),
+            ("heart_failure", {"beta_blocker"}, 0.5, 0.9),
+            ("type2_diabetes", {"sulfonylurea", "sglt2_inhibitor"}, 0.25, 0.65),
+            ("epilepsy", {"antiepileptic"}, 0.6, 1.0)):
+        assert lo <= rate(condition, wanted) <= hi, condition
+    assert any("antimuscarinic_bladder" in c for c in classes.values())
+
+
+def test_conflict_engine_recognises_every_generated_medicine(population):
+    from joinedup.conflicts.service import check_record
+
+    by_patient: dict[str, list[dict]] = collections.defaultdict(list)
+    for rtype in ("MedicationRequest", "MedicationStatement"):
+        for r in read_ndjson(population, rtype):
+            by_patient[r["subject"]["reference"]].append(r)
+    seen_products = set()
+    batch: list[dict] = []
+    for pat, resources in by_patient.items():
+        new = {r["medicationCodeableConcept"]["coding"][0]["code"] for r in resources} - seen_products
+        if not new:
+            continue
+        seen_products |= new
+        batch.append(pat)
+        result = check_record(resources=resources, resolve_conflicts=False, today=TODAY)
+        assert not result["unrecognised"], (pat, result["unrecognised"])
+    k = knowledge()
+    # every product the generator knows appears at least once in a population this size, or is checked alone
+    for key, p in k["medicines"]["products"].items():
+        if p["vmp"] in seen_products:
+            continue
+        res = {"resourceType": "MedicationRequest", "id": "x", "status": "active", "intent": "order",
+               "subject": {"reference": "Patient/x"},
+               "medicationCodeableConcept": {"coding": [{"system": "https://dmd.nhs.uk", "code": p["vmp"],
+                                                         "display": p["display"]}], "text": p["display"]}}
+        assert not check_record(resources=[res], resolve_conflicts=False, today=TODAY)["unrecognised"], key

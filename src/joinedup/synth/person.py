@@ -41,6 +41,8 @@ CLASS_EMER = {"system": ACT, "code": "EMER", "display": "emergency"}
 CLASS_IMP = {"system": ACT, "code": "IMP", "display": "inpatient encounter"}
 CLASS_HH = {"system": ACT, "code": "HH", "display": "home health"}
 CLASS_VR = {"system": ACT, "code": "VR", "display": "virtual"}
+DIED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp",
+                    "display": "Expired"}], "text": "Died in hospital"}
 ACTIVE = {"coding": [{"system": CLIN, "code": "active"}]}
 CONFIRMED = {"coding": [{"system": VER, "code": "confirmed"}]}
 CAT_VITAL = [{"coding": [{"system": OBS_CAT, "code": "vital-signs", "display": "Vital Signs"}]}]
@@ -119,6 +121,7 @@ class Context:
         self.discrepancies = med["discrepancies"]
         self.appropriate_nsaid = med["appropriate_nsaid"]
         self.acute_courses = med["acute_courses"]
+        self.extra_prescribing = med.get("extra_prescribing", {})
         self.med_concept = {}
         self.dosage = {}
         for key, p in self.products.items():
@@ -137,6 +140,15 @@ class Context:
         self.social = pop["social_care"]
         self.carer = pop["carer"]
         self.care_home = pop["care_home"]
+        self.mortality = pop["mortality"]
+        self.enc_type = {}
+        for text, v in o.get("encounter_types", {}).items():
+            self.enc_type[text] = [{"coding": [{"system": SCT, "code": v["code"], "display": v["display"]}],
+                                    "text": text}]
+        dsum = o["document_types"]["discharge_summary"]
+        self.discharge_type = {"coding": [{"system": SCT, "code": dsum["code"], "display": dsum["display"]}],
+                               "text": "Discharge summary"}
+        self.calibration = {key: c.get("calibration", 1.0) for key, c in self.cond.items()}
         # dates: day offset -> ISO string, from 110 years before today to today
         self.date_base = self.today_ord - 110 * 366
         self._dates: dict[int, str] = {}
@@ -265,6 +277,10 @@ class Person:
         self.social_worker: str | None = None
         self.admissions = 0
         self.doc_for_switch: dict[str, str] = {}
+        self.end = ctx.today_ord        # last day of activity: the reference date, or the day of death
+        self.death: tuple[int, str] | None = None
+        self.death_minute: int | None = None
+        self.death_encounter: str | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
     def nid(self, prefix: str) -> str:
@@ -288,6 +304,7 @@ class Person:
         self.carers()
         self.care_team()
         self.problems_truth()
+        self.death_truth()
 
     def demographics(self) -> None:
         c, rng = self.c, self.rng
@@ -336,14 +353,16 @@ class Person:
                     if dep in present:
                         p *= rr
                 p /= c.norm[key][sex][b]
+            p *= c.calibration[key]
             if rng.random() < min(p, 0.95):
                 present[key] = True
+        self.decide_death(present)
         # onset, stage, record on the GP problem list
         for key in c.cond_order:
             if key not in present:
                 continue
             if rng.random() < 0.12 or self.age < 4:
-                onset = self.rand_day(max(c.t0, self.birth_ord + 1), c.today_ord - 30)
+                onset = self.rand_day(max(c.t0, self.birth_ord + 1), self.end - 30)
             else:
                 lo_age = max(0, self.age - 25)
                 onset_age = rng.uniform(lo_age, max(lo_age, self.age - 3))
@@ -372,6 +391,31 @@ class Person:
                 "recorder": ref("Practitioner", self.usual_gp),
             })
 
+    def decide_death(self, present: dict[str, bool]) -> None:
+        """Whether (and when, where) this person dies during the activity window (ONS rates x multimorbidity)."""
+        c, rng = self.c, self.rng
+        m = c.mortality
+        x = rng.random()    # drawn for everyone so later draws do not depend on age
+        if self.age < m["by_age"][0][0]:
+            return
+        rate = next(r[2] if self.male else r[3] for r in m["by_age"] if r[0] <= self.age <= r[1])
+        f = m["factor"]
+        factor = f["base"] + f["per_condition"] * len(present) + sum(v for k, v in m["conditions"].items()
+                                                                     if k in present)
+        rate *= min(factor, f["max"])
+        if x >= 1 - math.exp(-rate * c.years):
+            return
+        day = c.t0 + 30 + rng.randrange(max(1, c.days - 31))
+        y = rng.random()
+        place = "hospital"
+        for key, share in m["place"].items():
+            if y < share:
+                place = key
+                break
+            y -= share
+        self.end = day
+        self.death = (day, place)
+
     # -- medicines ---------------------------------------------------------------------------------------
     def groups(self) -> set[str]:
         out: set[str] = set()
@@ -398,7 +442,7 @@ class Person:
     def med_start(self, reason: str | None) -> int:
         c = self.c
         onset = self.conds[reason]["onset"] if reason in self.conds else c.t0
-        return max(onset + self.rng.randrange(0, 60), self.birth_ord + 1)
+        return min(max(onset + self.rng.randrange(0, 60), self.birth_ord + 1), max(self.end - 1, self.birth_ord + 1))
 
     def medicines(self) -> None:
         c, rng = self.c, self.rng
@@ -421,7 +465,9 @@ class Person:
                 if any(x in cls for x in line.get("skip_if_classes", ())):
                     continue
                 have = self.groups()
-                options = [o for o in line["options"] if not set(c.products[o["product"]]["groups"]) & have]
+                options = [o for o in line["options"] if not set(c.products[o["product"]]["groups"]) & have
+                           and c.products[o["product"]].get("sex", "male" if self.male else "female")
+                           == ("male" if self.male else "female")]
                 if not options:
                     continue
                 self.add_med(_weighted(rng, options)["product"], self.med_start(key), key)
@@ -439,10 +485,16 @@ class Person:
             self.add_med(_weighted(rng, an["options"])["product"], self.med_start(reason), reason)
             if self.age >= an["ppi_from_age"] and "ppi" not in g:
                 self.add_med("omeprazole_20", self.med_start(reason), reason)
+        # prescribing for problems outside the condition list (overactive bladder in older women)
+        for key, x in c.extra_prescribing.items():
+            p = x["p_frail"] if ({"frailty", "falls"} & set(self.conds)) else x["p"]
+            if (("male" if self.male else "female") == x["sex"] and self.age >= x["min_age"]
+                    and x["product"] not in {m["product"] for m in self.meds} and rng.random() < p):
+                self.add_med(x["product"], self.rand_day(c.t0, self.end - 30), None)
         # acute courses
         for key, course in c.acute_courses.items():
             if key in self.conds and "falls" not in self.conds and rng.random() < course["p"]:
-                start = self.rand_day(c.t0, c.today_ord - 30)
+                start = self.rand_day(c.t0, self.end - 30)
                 self.add_med(course["product"], start, key, course="acute", end=start + course["days"])
         self.plant_problems()
         for m in self.meds:
@@ -453,12 +505,12 @@ class Person:
         conds = self.conds
         stage = conds.get("ckd", {}).get("stage", "")
         p = c.problems
-        recent = max(c.t0, c.today_ord - 540)
+        recent = max(c.t0, self.end - 540)
 
         def plant(kind: str, reason: str | None) -> None:
             product = _weighted(rng, p[kind]["products"])["product"]
             start = self.rand_day(max(recent, self.conds[reason]["onset"] if reason in conds else recent),
-                                  c.today_ord - 14)
+                                  self.end - 14)
             self.add_med(product, start, reason, planted=kind)
 
         g = self.groups
@@ -589,16 +641,18 @@ class Person:
     def encounter(self, org: str, cls: dict, type_text: str, day: int, minute: int, minutes: int,
                   practitioner: str | None, location: str | None, end_day: int | None = None,
                   service: str | None = None, subject: dict | None = None, sensitive: bool = False,
-                  extra: dict | None = None) -> str:
+                  extra: dict | None = None, end_minute: int | None = None) -> str:
         c = self.c
         eid = self.nid("enc")
         end_ord = end_day if end_day is not None else day
         end_min = minute + minutes if end_day is None else minute
+        if end_minute is not None:
+            end_min = end_minute
         if end_min >= 1440:
             end_min = 1439
         res: dict[str, Any] = {
             "resourceType": "Encounter", "id": eid, "meta": c.meta[(org, "R")] if sensitive else c.meta[org],
-            "status": "finished", "class": cls, "type": [{"text": type_text}],
+            "status": "finished", "class": cls, "type": c.enc_type.get(type_text) or [{"text": type_text}],
             "subject": subject or self.pref,
             "period": {"start": c.dt(day, minute), "end": c.dt(end_ord, end_min)},
             "serviceProvider": c.org_ref[org],
@@ -621,7 +675,7 @@ class Person:
             + (a["female_16_45"] if (not self.male and 16 <= self.age <= 45) else 0)
         n = _poisson(rng, min(lam, a["max"]) * c.years)
         prac = self.practice
-        days = sorted(self.rand_day(max(c.t0, self.birth_ord), c.today_ord) for _ in range(n))
+        days = sorted(self.rand_day(max(c.t0, self.birth_ord), self.end) for _ in range(n))
         cv = {"hypertension", "type2_diabetes", "ckd", "ihd", "stroke_tia", "heart_failure"} & set(self.conds)
         resp = {"copd", "heart_failure", "asthma"} & set(self.conds)
         last_weight = -10_000
@@ -665,24 +719,26 @@ class Person:
             every = 90 if stage[:1] in ("4", "5") else 365
             if renal:
                 d = c.t0 + rng.randrange(0, every)
-                while d < c.today_ord:
+                while d < self.end:
                     self.renal_bloods(d)
                     d += every + rng.randrange(-20, 21)
             elif rng.random() < 0.25:
-                self.renal_bloods(self.rand_day(c.t0, c.today_ord))
+                self.renal_bloods(self.rand_day(c.t0, self.end))
             if "type2_diabetes" in self.conds:
                 d = c.t0 + rng.randrange(0, 180)
-                while d < c.today_ord:
+                while d < self.end:
                     self.hba1c(d)
                     d += 180 + rng.randrange(-20, 21)
             elif self.age >= 40 and rng.random() < 0.2:
-                self.hba1c(self.rand_day(c.t0, c.today_ord))
+                self.hba1c(self.rand_day(c.t0, self.end))
         # GP registration
-        reg_start = max(self.birth_ord, c.today_ord - rng.randrange(0, 40 * 365))
+        reg_start = max(self.birth_ord, self.end - rng.randrange(0, 40 * 365))
         self.emit("EpisodeOfCare", {
-            "resourceType": "EpisodeOfCare", "id": self.nid("eoc"), "meta": c.meta[self.org], "status": "active",
+            "resourceType": "EpisodeOfCare", "id": self.nid("eoc"), "meta": c.meta[self.org],
+            "status": "finished" if self.death else "active",
             "type": [{"text": "GP registration"}], "patient": self.pref,
-            "managingOrganization": c.org_ref[self.org], "period": {"start": c.day(reg_start)},
+            "managingOrganization": c.org_ref[self.org],
+            "period": {"start": c.day(reg_start), **({"end": c.day(self.end)} if self.death else {})},
             "careManager": ref("Practitioner", self.usual_gp),
         })
 
@@ -731,13 +787,13 @@ class Person:
             display = ac["specialty_display"][spec]
             new_referral = rng.random() < 0.4
             if new_referral:
-                ref_day = self.rand_day(c.t0, c.today_ord - 30)
+                ref_day = self.rand_day(c.t0, self.end - 30)
                 wait = max(7, int(rng.gauss(c.act["referral_wait_days"]["mean"], c.act["referral_wait_days"]["sd"])))
                 first = ref_day + wait
                 sid = self.nid("srq")
                 self.emit("ServiceRequest", {
                     "resourceType": "ServiceRequest", "id": sid, "meta": c.meta[self.org],
-                    "status": "completed" if first < c.today_ord else "active", "intent": "order",
+                    "status": "completed" if first < self.end else "active", "intent": "order",
                     "category": [{"text": "Outpatient referral"}], "code": {"text": f"Referral to {display}"},
                     "subject": self.pref, "authoredOn": c.day(ref_day), "requester": ref("Practitioner", self.usual_gp),
                     "performer": [c.org_ref[c.ac]], "reasonReference": [ref("Condition", self.conds[key]["id"])],
@@ -748,7 +804,7 @@ class Person:
                 day = c.t0 + rng.randrange(0, 200)
                 based = None
             first_visit = True
-            while day < c.today_ord:
+            while day < self.end:
                 eid = self.encounter(c.ac, CLASS_AMB, "Outpatient appointment", day, rng.randrange(540, 1020, 15),
                                      20, consultant if rng.random() < 0.7 else rng.choice(ac["nurses"][spec]), clinic,
                                      service=display, extra=based if first_visit else None)
@@ -769,7 +825,7 @@ class Person:
             spec = rng.choice(specs)
             consultant = rng.choice(ac["consultants"][spec])
             key = next(k for k in self.conds if c.specialist.get(k, {}).get("specialty") == spec)
-            sent = self.rand_day(c.t0, c.today_ord - 20)
+            sent = self.rand_day(c.t0, self.end - 20)
             minute = rng.randrange(480, 1080)
             qid = self.nid("com")
             self.emit("Communication", {
@@ -785,7 +841,7 @@ class Person:
                 delay = rng.lognormvariate(math.log(aag["median_days"]), aag["sigma"])
                 rmin = minute + int(delay * 1440)
                 rday, rmin = sent + rmin // 1440, rmin % 1440
-                if rday < c.today_ord:
+                if rday < self.end:
                     self.emit("Communication", {
                         "resourceType": "Communication", "id": self.nid("com"), "meta": c.meta[c.ac],
                         "status": "completed", "category": [{"text": "Advice and guidance response"}],
@@ -799,13 +855,13 @@ class Person:
         n_ae = _poisson(rng, (ae["base"] + ae["per_condition"] * self.n_cond
                               + (ae["age_80_plus"] if self.age >= 80 else 0)) * c.years)
         for _ in range(n_ae):
-            day = self.rand_day(max(c.t0, self.birth_ord), c.today_ord)
+            day = self.rand_day(max(c.t0, self.birth_ord), self.end)
             self.encounter(c.ac, CLASS_EMER, "Emergency department attendance", day, rng.randrange(0, 1300),
                            rng.randrange(90, 300), None, ac["ae"], service="Emergency medicine")
         ad = c.act["admission_per_year"]
         lam = (ad["base"] + ad["per_condition"] * self.n_cond + (ad["frailty"] if "frailty" in self.conds else 0)
                + (ad["age_80_plus"] if self.age >= 80 else 0)) * c.years
-        days = sorted(self.rand_day(max(c.t0, self.birth_ord), c.today_ord - 2) for _ in range(_poisson(rng, lam)))
+        days = sorted(self.rand_day(max(c.t0, self.birth_ord), self.end - 2) for _ in range(_poisson(rng, lam)))
         last_discharge = -1
         for day in days:
             if day <= last_discharge:
@@ -813,8 +869,38 @@ class Person:
             last_discharge = self.admission(day)
             if rng.random() < c.act["readmission_30d"]:
                 re_day = last_discharge + rng.randrange(2, 30)
-                if re_day < c.today_ord - 2:
+                if re_day < self.end - 2:
                     last_discharge = self.admission(re_day)
+        if self.death and self.death[1] == "hospital":
+            self.final_admission(last_discharge)
+
+    def final_admission(self, last_discharge: int) -> None:
+        """The emergency admission in which the person dies: A&E, then an inpatient stay ending on the day of death."""
+        c, rng = self.c, self.rng
+        ac = c.system.acute
+        day_of_death = self.death[0]
+        start = min(day_of_death, max(last_discharge + 1, day_of_death - max(0, int(rng.lognormvariate(1.6, 0.8)))))
+        reasons = [k for k in self.conds if k in ADMISSION_SPECIALTY]
+        reason = rng.choice(reasons) if reasons else None
+        spec = ADMISSION_SPECIALTY.get(reason, "older_people")
+        ward = ac["wards"].get(SPECIALTY_WARD.get(spec, "general"), ac["wards"]["general"])
+        consultant = rng.choice(ac["consultants"][spec])
+        minute = rng.randrange(0, 1000)
+        self.admissions += 1
+        self.encounter(c.ac, CLASS_EMER, "Emergency department attendance", start, minute, 180, None, ac["ae"],
+                       service="Emergency medicine")
+        extra: dict[str, Any] = {"hospitalization": {"admitSource": {"text": "Emergency department"},
+                                                     "dischargeDisposition": DIED}}
+        if reason:
+            extra["reasonReference"] = [ref("Condition", self.conds[reason]["id"])]
+        death_minute = rng.randrange(0, 1440)
+        if day_of_death == start:
+            death_minute = max(death_minute, min(minute + 200, 1439))
+        self.death_minute = death_minute
+        eid = self.encounter(c.ac, CLASS_IMP, "Emergency admission", start, min(minute + 200, 1439), 0, consultant,
+                             ward, end_day=day_of_death, service=ac["specialty_display"][spec], extra=extra,
+                             end_minute=death_minute)
+        self.death_encounter = eid
 
     def admission(self, day: int) -> int:
         c, rng = self.c, self.rng
@@ -829,7 +915,7 @@ class Person:
         consultant = rng.choice(ac["consultants"][spec])
         los_med = c.act["los_days"]["median_80_plus" if self.age >= 80 else "median"]
         los = max(1, int(rng.lognormvariate(math.log(los_med), 0.7)))
-        discharge = min(day + los, c.today_ord - 1)
+        discharge = min(day + los, self.end - 1)
         minute = rng.randrange(0, 1200)
         self.encounter(c.ac, CLASS_EMER, "Emergency department attendance", day, minute, 180, None, ac["ae"],
                        service="Emergency medicine")
@@ -906,7 +992,7 @@ class Person:
             })
             lines.append(f"{np_['display']}: NEW - started in hospital instead of {c.products[switch['product']]['display']}")
             # the GP adds the new medicine from the discharge letter but does not stop the old one
-            start = min(discharge + rng.randrange(2, 10), c.today_ord - 1)
+            start = min(discharge + rng.randrange(2, 10), self.end - 1)
             new = self.add_med(new_product, start, switch["reason"], planted="duplicate_class_after_discharge")
             new["replaces"] = switch["id"]
             new["document"] = doc_id
@@ -916,7 +1002,7 @@ class Person:
                 + "\n".join(lines) + "\nGP actions: please review medicines as above.\n")
         self.emit("DocumentReference", {
             "resourceType": "DocumentReference", "id": doc_id, "meta": c.meta[c.ac], "status": "current",
-            "type": {"text": "Discharge summary"}, "subject": self.pref, "date": c.dt(discharge, 900),
+            "type": c.discharge_type, "subject": self.pref, "date": c.dt(discharge, 900),
             "author": [ref("Practitioner", consultant)], "custodian": c.org_ref[c.ac],
             "content": [{"attachment": {"contentType": "text/plain", "language": "en-GB",
                                         "data": base64.b64encode(text.encode()).decode(),
@@ -939,11 +1025,11 @@ class Person:
             self.community_staff = nurse
             team = cm["teams"]["matrons" if complex_ else "district_nursing"]
             months = rng.randint(*a["months"])
-            start = self.rand_day(c.t0, c.today_ord - 30)
+            start = self.rand_day(c.t0, self.end - 30)
             n = months * a["visits_per_month"]
             day = start
             for j in range(n):
-                if day >= c.today_ord:
+                if day >= self.end:
                     break
                 eid = self.encounter(c.cm, CLASS_HH, "Community nursing visit", day, rng.randrange(540, 1020, 10),
                                      30, nurse, team, service="District nursing" if not complex_ else "Community matron")
@@ -961,7 +1047,7 @@ class Person:
                 day += rng.randrange(7, 21)
         if "falls" in self.conds and rng.random() < c.act["physio_after_falls"]:
             physio = rng.choice(cm["physios"])
-            day = self.rand_day(c.t0, c.today_ord - 60)
+            day = self.rand_day(c.t0, self.end - 60)
             for _ in range(rng.randint(3, 6)):
                 self.encounter(c.cm, CLASS_HH, "Physiotherapy (falls prevention)", day, rng.randrange(540, 1020, 15),
                                45, physio, cm["teams"]["therapies"], service="Community therapies")
@@ -970,7 +1056,7 @@ class Person:
         target = "heart_failure" if "heart_failure" in self.conds else ("copd" if "copd" in self.conds else None)
         if target and rng.random() < rm[target]:
             weeks = rng.randint(*rm["weeks"])
-            day = self.rand_day(c.t0, c.today_ord - weeks * 7)
+            day = self.rand_day(c.t0, self.end - weeks * 7)
             method = "Home remote monitoring (patient-entered)"
             bmi_w = (80.0 if self.male else 68.0) + rng.gauss(0, 8)
             for _ in range(weeks * rm["readings_per_week"]):
@@ -996,10 +1082,10 @@ class Person:
             memory = key == "dementia"
             team = mh["teams"]["memory" if memory else "cmht"]
             clinician = rng.choice(mh["consultants"] if memory or rng.random() < 0.4 else mh["nurses"])
-            day = self.rand_day(c.t0, c.today_ord - 30)
+            day = self.rand_day(c.t0, self.end - 30)
             sensitive = (not memory) and rng.random() < share
             for j in range(rng.randint(2, 6)):
-                if day >= c.today_ord:
+                if day >= self.end:
                     break
                 self.encounter(c.mh, CLASS_AMB, "Memory assessment" if memory else "Mental health review", day,
                                rng.randrange(540, 1020, 15), 45, clinician, team,
@@ -1067,19 +1153,22 @@ class Person:
         self.truth({"kind": "same_person", "patient": f"Patient/{self.pid}", "record": f"Patient/{scid}",
                     "organization": f"Organization/{c.la}", "variations": variations})
         scref = ref("Patient", scid)
-        day = self.rand_day(c.t0, c.today_ord - 60)
+        day = self.rand_day(c.t0, self.end - 60)
         self.encounter(c.la, CLASS_HH, "Care Act needs assessment", day, rng.randrange(540, 960, 15), 90, sw,
                        la["location"], service="Adult social care", subject=scref)
         review = day + rng.randrange(300, 400)
-        if review < c.today_ord:
+        if review < self.end:
             self.encounter(c.la, CLASS_HH, "Care and support plan review", review, rng.randrange(540, 960, 15), 60,
                            sw, la["location"], service="Adult social care", subject=scref)
         start = day + rng.randrange(7, 45)
-        if start < c.today_ord:
+        if start < self.end:
             ended = rng.random() < 0.2
             period = {"start": c.day(start)}
             if ended:
-                period["end"] = c.day(min(c.today_ord - 1, start + rng.randrange(30, 400)))
+                period["end"] = c.day(min(self.end - 1, start + rng.randrange(30, 400)))
+            elif self.death:
+                ended = True
+                period["end"] = c.day(self.end)
             kind = "Residential care placement" if self.care_home else "Home care package"
             self.emit("EpisodeOfCare", {
                 "resourceType": "EpisodeOfCare", "id": self.nid("eoc"), "meta": c.meta[c.la],
@@ -1099,7 +1188,25 @@ class Person:
             "gender": "male" if self.male else "female", "birthDate": c.day(self.birth_ord),
             "address": [self.address],
             "generalPractitioner": [c.org_ref[self.org], ref("Practitioner", self.usual_gp)],
+            **({"deceasedDateTime": self.death_dt()} if self.death else {}),
         })
+
+    def death_dt(self) -> str:
+        if self.death[1] != "hospital":
+            self.death_minute = getattr(self, "death_minute", None) or (self.i * 7 % 1440)
+        return self.c.dt(self.death[0], self.death_minute)
+
+    def death_truth(self) -> None:
+        if not self.death:
+            return
+        day, place = self.death
+        if place == "care_home" and not self.care_home:
+            place = "home"
+        resources = [f"Patient/{self.pid}"]
+        if place == "hospital":
+            resources.append(f"Encounter/{self.death_encounter}")
+        self.truth({"kind": "death", "patient": f"Patient/{self.pid}", "date": self.death_dt(), "place": place,
+                    "age": (day - self.birth_ord) // 365, "conditions": sorted(self.conds), "resources": resources})
 
     def carers(self) -> None:
         c, rng = self.c, self.rng
