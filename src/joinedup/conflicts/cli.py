@@ -20,6 +20,19 @@ class OutputFormat(str, Enum):
     text = "text"
 
 
+class ScreenFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+    both = "both"
+
+
+class Severity(str, Enum):
+    critical = "critical"
+    high = "high"
+    moderate = "moderate"
+    low = "low"
+
+
 @app.callback()
 def _group() -> None:
     """Multimorbidity conflict engine."""
@@ -71,3 +84,62 @@ def check(
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
         typer.echo(render_text(result))
+
+
+@app.command("screen")
+def screen_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for worklist.csv, practices.csv, screen.json")
+                   ] = Path("conflict-screen"),
+    format: Annotated[ScreenFormat, typer.Option("--format", "-f", help="csv, json or both",
+                                                 case_sensitive=False)] = ScreenFormat.both,
+    severity: Annotated[Severity, typer.Option("--severity", help="minimum severity to list",
+                                               case_sensitive=False)] = Severity.low,
+    practice: Annotated[str | None, typer.Option("--practice", help="only this practice (Organization/id, id or "
+                                                                    "name)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or summary")] = False,
+) -> None:
+    """Screen the whole store for conflicts (detection only) and write a worklist with counts per practice."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from joinedup.cli import _cli_principal
+    from joinedup.config import get_settings
+    from joinedup.fhir.errors import FhirError
+    from joinedup.governance.gate import get_gate
+
+    from . import screen
+
+    if out.exists() and not out.is_dir():
+        typer.echo(f"error: --out {out} exists and is not a directory", err=True)
+        raise typer.Exit(code=2)
+    console = Console(stderr=True)
+    gate = get_gate(get_settings().database_url)
+    who = _cli_principal()
+    formats = {"csv", "json"} if format == ScreenFormat.both else {format.value}
+    try:
+        total = gate.search(who, "Patient", [("_summary", "count")], query_text="Patient?_summary=count").total
+        with Progress(TextColumn("[bold]screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, disable=quiet or not console.is_terminal) as bar:
+            task = bar.add_task("screen", total=total)
+            result = screen.screen_population(gate=gate, who=who, severity=severity.value, practice=practice,
+                                              progress=lambda n: bar.update(task, completed=n))
+        files = screen.write_outputs(result, out=out, formats=formats)
+    except (screen.ScreenError, FhirError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        gate.audit.flush()
+    if not quiet:
+        table = Table(title=f"Conflict screen: {result.flagged} of {result.screened} people flagged "
+                            f"(severity >= {severity.value}) in {result.seconds:.1f} s")
+        for col in ("practice", "name", "screened", "flagged", "critical", "high", "moderate", "low"):
+            table.add_column(col, justify="left" if col in ("practice", "name") else "right")
+        for c in result.practices[:25]:
+            table.add_row(c["practice"], c["practice_name"], *(str(c[k]) for k in
+                          ("screened", "flagged", "critical", "high", "moderate", "low")))
+        if len(result.practices) > 25:
+            table.caption = f"... and {len(result.practices) - 25} more practices (see the files)"
+        console.print(table)
+    for f in files:
+        typer.echo(str(f))

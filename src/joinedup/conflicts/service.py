@@ -113,3 +113,11 @@ def read_bundle_file(*, path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{p} is not valid JSON ({msg})") from None
     bundle_resources(data)
     return data
+
+
+def screen_population(*, gate: Any, who: Any, severity: str | None = None, practice: str | None = None,
+                      today: date | None = None, progress: Any = None) -> Any:
+    """Population screen: detection only over every record the gate lets `who` see (see `conflicts.screen`)."""
+    from .screen import screen_population as _screen
+
+    return _screen(gate=gate, who=who, severity=severity, practice=practice, today=today, progress=progress)
