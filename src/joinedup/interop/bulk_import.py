@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -15,7 +16,7 @@ import orjson
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.store.repository import Prepared, prepare
+from joinedup.store.repository import prepare
 
 BATCH = 2000
 
@@ -135,6 +136,29 @@ def prepare_many(records: list[tuple[str, int, bytes | dict]], source: str | Non
     return ok, bad
 
 
+def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | dict]], source: str | None,
+               label: str) -> tuple[dict[str, int], dict[str, int], list[Reject]]:
+    """Validate, index and write one batch through the gate; returns (statuses, per-type counts, rejects)."""
+    ok, bad = prepare_many(chunk, source)
+    statuses: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    if ok:
+        for w in gate.import_resources(who, ok, label=label):
+            statuses[w.status] = statuses.get(w.status, 0) + 1
+            by_type[w.rtype] = by_type.get(w.rtype, 0) + 1
+    return statuses, by_type, bad
+
+
+def _load_in_worker(db_url: str, who: Principal, chunk, source, label):
+    from joinedup.governance.gate import get_gate
+
+    gate = get_gate(db_url)
+    try:
+        return load_chunk(gate, who, chunk, source, label)
+    finally:
+        gate.audit.flush()
+
+
 def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: str | None = None,
                  rejects: Path | None = None, workers: int = 1, batch: int = BATCH,
                  progress: Callable[[int, int], None] | None = None) -> ImportReport:
@@ -161,17 +185,14 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             rejects_fh.write(b"\n")
         report.rejected += len(items)
 
-    def store(prepared: list[Prepared], label: str) -> None:
-        if not prepared:
-            return
-        for w in gate.import_resources(who, prepared, label=label):
-            if w.status == "created":
-                report.created += 1
-            elif w.status == "updated":
-                report.updated += 1
-            else:
-                report.unchanged += 1
-            report.by_type[w.rtype] = report.by_type.get(w.rtype, 0) + 1
+    def tally(result: tuple[dict[str, int], dict[str, int], list[Reject]]) -> None:
+        statuses, by_type, bad = result
+        report.created += statuses.get("created", 0)
+        report.updated += statuses.get("updated", 0)
+        report.unchanged += statuses.get("unchanged", 0)
+        for t, n in by_type.items():
+            report.by_type[t] = report.by_type.get(t, 0) + n
+        write_rejects(bad)
 
     def batches() -> Iterator[tuple[str, list[tuple[str, int, bytes | dict]], int]]:
         for f in files:
@@ -187,29 +208,24 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
                     chunk = []
             yield str(f), chunk, size - reported
 
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    # Workers validate, index AND write their own batches (each in its own transaction through the gate), so
+    # preparing one batch overlaps with writing another. Spawned, not forked: no inherited connections.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
     try:
-        pending = []
+        pending: list = []
         for label, chunk, nbytes in batches():
             report.read += len(chunk)
             if pool is None:
-                ok, bad = prepare_many(chunk, source)
-                write_rejects(bad)
-                store(ok, label)
+                tally(load_chunk(gate, who, chunk, source, label))
             else:
-                pending.append((label, pool.submit(prepare_many, chunk, source)))
+                pending.append(pool.submit(_load_in_worker, gate.store.url, who, chunk, source, label))
                 while len(pending) > workers * 2:
-                    done_label, fut = pending.pop(0)
-                    ok, bad = fut.result()
-                    write_rejects(bad)
-                    store(ok, done_label)
+                    tally(pending.pop(0).result())
             done_bytes = min(total_bytes, done_bytes + nbytes)
             if progress:
                 progress(done_bytes, total_bytes)
-        for done_label, fut in pending:
-            ok, bad = fut.result()
-            write_rejects(bad)
-            store(ok, done_label)
+        for fut in pending:
+            tally(fut.result())
     finally:
         if pool is not None:
             pool.shutdown()
