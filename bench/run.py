@@ -6,7 +6,7 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts"]
+BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts", "bench.bench_record", "bench.bench_policy"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,796 @@
+"""The holistic view: merge one person's resources from every organisation into a summary and a timeline.
+
+Everything is read through the one gate (`Gate.everything` for the person, plus a search for other records
+with the same NHS number and one for organisations named only in meta.source); nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any
+
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.record.models import (
+    Alert,
+    Allergy,
+    CarePackage,
+    Carer,
+    Event,
+    Flag,
+    GpPractice,
+    Medicine,
+    MedicineEntry,
+    Person,
+    Problem,
+    ProblemEntry,
+    Professional,
+    Provenance,
+    Referral,
+    Result,
+    ResultPoint,
+    Source,
+    Summary,
+    Timeline,
+    WhatMatters,
+)
+
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+TIMELINE_TYPES = ("encounter", "appointment", "episode", "referral", "advice", "document")
+CHART_POINTS = 12
+_ACTIVE_MED = {"active", "on-hold", "intended"}
+_STOPPED_MED = {"stopped", "completed", "cancelled", "entered-in-error", "not-taken"}
+_OPEN_REFERRAL = {"draft", "active", "on-hold"}
+
+
+# -- public functions ---------------------------------------------------------------------------------------
+def summarise(*, gate: Gate, who: Principal, patient_id: str, today: date | None = None) -> Summary:
+    """The whole person on one screen: every section, every item with its source and freshness."""
+    bundle = _gather(gate=gate, who=who, patient_id=patient_id)
+    return _build(bundle, today=today or datetime.now(UTC).date())
+
+
+def timeline(*, gate: Gate, who: Principal, patient_id: str, setting: str | None = None,
+             type: str | None = None, today: date | None = None) -> Timeline:
+    """Contacts across settings, newest first, optionally filtered by setting and by type."""
+    if type and type not in TIMELINE_TYPES:
+        raise FhirError(400, f"Unknown timeline type '{type}': use one of {', '.join(TIMELINE_TYPES)}",
+                        code="value")
+    bundle = _gather(gate=gate, who=who, patient_id=patient_id)
+    events = _timeline(bundle, today or datetime.now(UTC).date())
+    return filter_timeline(patient_id=patient_id, events=events, setting=setting, type=type)
+
+
+def filter_timeline(*, patient_id: str, events: list[Event], setting: str | None = None,
+                    type: str | None = None) -> Timeline:
+    """Narrow a timeline to one setting and/or one type of event."""
+    settings = sorted({e.setting for e in events})
+    types = [t for t in TIMELINE_TYPES if any(e.type == t for e in events)]
+    chosen = [e for e in events if (not setting or e.setting == setting) and (not type or e.type == type)]
+    return Timeline(patient=patient_id, total=len(chosen), settings=settings, types=types, events=chosen)
+
+
+def parse_search(*, text: str) -> list[tuple[str, str]]:
+    """FHIR Patient search parameters for what a person typed: NHS number, date of birth and/or name."""
+    text = (text or "").strip()
+    params: list[tuple[str, str]] = []
+    digits = re.sub(r"[\s-]", "", text)
+    if digits.isdigit() and len(digits) == 10:
+        return [("identifier", f"{NHS_SYSTEM}|{digits}")]
+    rest = []
+    for word in text.replace(",", " ").split():
+        d = parse_date(word)
+        if d:
+            params.append(("birthdate", d))
+        else:
+            rest.append(word)
+    for word in rest:
+        params.append(("name", word))
+    return params
+
+
+def parse_date(text: str) -> str | None:
+    """ISO date from 'YYYY-MM-DD' or 'DD/MM/YYYY' (UK order), else None."""
+    m = re.fullmatch(r"(\d{4})-(\d{1,2})-(\d{1,2})", text) or None
+    if m:
+        y, mo, d = (int(x) for x in m.groups())
+    else:
+        m = re.fullmatch(r"(\d{1,2})[/.](\d{1,2})[/.](\d{4})", text)
+        if not m:
+            return None
+        d, mo, y = (int(x) for x in m.groups())
+    try:
+        return date(y, mo, d).isoformat()
+    except ValueError:
+        return None
+
+
+def my_patients(*, gate: Gate, who: Principal, limit: int = 200) -> list[dict[str, Any]]:
+    """People the professional cares for: in their care team, or registered with them as usual GP."""
+    if not who.practitioner_id:
+        return []
+    me = f"Practitioner/{who.practitioner_id}"
+    found: dict[str, dict[str, Any]] = {}
+    reasons: dict[str, set[str]] = {}
+
+    def add(patient: dict[str, Any], reason: str) -> None:
+        pid = patient.get("id")
+        if not pid:
+            return
+        found.setdefault(pid, patient)
+        reasons.setdefault(pid, set()).add(reason)
+
+    try:
+        gp = gate.search(who, "Patient", [("general-practitioner", me), ("_count", str(limit))])
+        for s in gp.matches:
+            add(s.content, "usual GP")
+    except FhirError as exc:
+        if exc.status != 403:
+            raise
+    try:
+        teams = gate.search(who, "CareTeam", [("participant", me), ("_include", "CareTeam:subject"),
+                                              ("_count", str(limit))])
+        patients = {s.id: s.content for s in teams.included if s.rtype == "Patient"}
+        for s in teams.matches:
+            role = "care team"
+            for p in s.content.get("participant") or []:
+                if (p.get("member") or {}).get("reference") == me and _role_text(p):
+                    role = f"care team ({_role_text(p)})"
+            ref = (s.content.get("subject") or {}).get("reference", "")
+            pid = ref.split("/", 1)[1] if ref.startswith("Patient/") else None
+            if pid and pid in patients:
+                add(patients[pid], role)
+    except FhirError as exc:
+        if exc.status != 403:
+            raise
+    out = []
+    for pid, p in found.items():
+        out.append({"id": pid, "name": _human_name(p), "nhs_number": _nhs_number(p), "birth_date": p.get("birthDate"),
+                    "gender": p.get("gender"), "why": ", ".join(sorted(reasons[pid]))})
+    out.sort(key=lambda r: (r["name"].split(" ")[-1].lower(), r["name"].lower()))
+    return out
+
+
+def find_by_nhs_number(*, gate: Gate, who: Principal, nhs_number: str) -> list[dict[str, Any]]:
+    """Patients holding this NHS number (the person's main record first)."""
+    result = gate.search(who, "Patient", [("identifier", f"{NHS_SYSTEM}|{nhs_number}"), ("_count", "20")])
+    people = [s.content for s in result.matches]
+    people.sort(key=lambda p: (bool(p.get("link")) is False and bool(p.get("generalPractitioner")) is False,
+                               p.get("id", "")))
+    return people
+
+
+# -- gathering ----------------------------------------------------------------------------------------------
+class _Bundle:
+    """The person's resources, indexed, with the organisation directory needed to name sources."""
+
+    def __init__(self, patient_id: str) -> None:
+        self.patient_id = patient_id
+        self.patient: dict[str, Any] = {}
+        self.by_type: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        self.by_ref: dict[str, dict[str, Any]] = {}
+        self.linked_records: list[str] = []
+        self.count = 0
+        self._sources: dict[str | None, Source] = {}
+
+    def add(self, content: dict[str, Any], last_updated: str) -> None:
+        rtype = content.get("resourceType")
+        ref = f"{rtype}/{content.get('id')}"
+        if ref in self.by_ref:
+            return
+        self.by_ref[ref] = content
+        self.by_type.setdefault(rtype, []).append((content, last_updated))
+        self.count += 1
+
+    def of(self, rtype: str) -> list[tuple[dict[str, Any], str]]:
+        return self.by_type.get(rtype, [])
+
+    def source(self, content: dict[str, Any]) -> Source:
+        src = (content.get("meta") or {}).get("source")
+        org_id = src.split("/", 1)[1] if isinstance(src, str) and src.startswith("Organization/") else None
+        hit = self._sources.get(org_id)
+        if hit is None:
+            org = self.by_ref.get(f"Organization/{org_id}") if org_id else None
+            hit = self._sources[org_id] = organisation_source(org, org_id)
+        return hit
+
+    def prov(self, content: dict[str, Any], last_updated: str, recorded: str | None) -> Provenance:
+        return Provenance(ref=f"{content.get('resourceType')}/{content.get('id')}", source=self.source(content),
+                          recorded=_day(recorded), last_updated=_instant(last_updated))
+
+    def name_of(self, ref: str | None) -> str | None:
+        if not ref:
+            return None
+        res = self.by_ref.get(ref)
+        if res is None:
+            return None
+        if res.get("resourceType") in ("Practitioner", "Patient", "RelatedPerson"):
+            return _human_name(res)
+        return res.get("name") or res.get("title")
+
+
+def _gather(*, gate: Gate, who: Principal, patient_id: str) -> _Bundle:
+    stored = gate.everything(who, patient_id)
+    b = _Bundle(patient_id)
+    for s in stored:
+        if s.content is not None:
+            b.add(s.content, s.last_updated)
+    b.patient = b.by_ref.get(f"Patient/{patient_id}") or {}
+    # other organisations' records of the same person: linked explicitly, or holding the same NHS number
+    others = {(lk.get("other") or {}).get("reference", "").split("/", 1)[-1]
+              for lk in b.patient.get("link") or [] if (lk.get("other") or {}).get("reference", "")
+              .startswith("Patient/")}
+    nhs = _nhs_number(b.patient)
+    if nhs:
+        try:
+            same = gate.search(who, "Patient", [("identifier", f"{NHS_SYSTEM}|{nhs}"), ("_count", "20")])
+            others.update(s.id for s in same.matches)
+        except FhirError as exc:
+            if exc.status != 403:
+                raise
+    others.discard(patient_id)
+    others.discard("")
+    for other in sorted(others):
+        try:
+            for s in gate.everything(who, other):
+                if s.content is not None:
+                    b.add(s.content, s.last_updated)
+            b.linked_records.append(f"Patient/{other}")
+        except FhirError as exc:
+            if exc.status not in (403, 404, 410):
+                raise
+    # organisations named only in meta.source (one directory search through the gate)
+    wanted = set()
+    for items in b.by_type.values():
+        for content, _ in items:
+            src = (content.get("meta") or {}).get("source")
+            if isinstance(src, str) and src.startswith("Organization/") and src not in b.by_ref:
+                wanted.add(src.split("/", 1)[1])
+    if wanted:
+        try:
+            orgs = gate.search(who, "Organization", [("_id", ",".join(sorted(wanted))),
+                                                     ("_count", str(len(wanted)))])
+            for s in orgs.matches:
+                b.add(s.content, s.last_updated)
+        except FhirError as exc:
+            if exc.status != 403:
+                raise
+    return b
+
+
+# -- organisations and settings -----------------------------------------------------------------------------
+_SETTING_WORDS = [
+    ("Mental health", ("mental health", "psychiatr", "memory assessment", "talking therap")),
+    ("Social care", ("social care", "council", "social services", "local authority")),
+    ("Care home", ("care home", "nursing home", "residential home")),
+    ("Pharmacy", ("pharmacy", "chemist")),
+    ("Community", ("community", "district nursing")),
+    ("Hospital", ("hospital", "infirmary", "acute", "teaching hospitals", "foundation trust")),
+    ("GP practice", ("surgery", "medical centre", "medical center", "health centre", "practice", "primary care")),
+]
+_ODS_PREFIX = [(re.compile(r"^[A-HJ-NP-Z]\d{5}$"), "GP practice"), (re.compile(r"^F[A-Z0-9]{4}$"), "Pharmacy"),
+               (re.compile(r"^V[A-Z0-9]{4}$"), "Care home")]
+
+
+def organisation_source(org: dict[str, Any] | None, org_id: str | None) -> Source:
+    """Name and care setting of an organisation (from its name, type and ODS code)."""
+    if org is None:
+        return Source(id=org_id, name=f"Organisation {org_id}" if org_id else "Unknown organisation",
+                      setting=_setting_from_text(org_id or "") or "Other")
+    name = org.get("name") or f"Organisation {org_id}"
+    setting = _setting_from_text(name)
+    if setting is None:
+        for ident in org.get("identifier") or []:
+            if "ods" in (ident.get("system") or ""):
+                for pattern, s in _ODS_PREFIX:
+                    if pattern.match(ident.get("value") or ""):
+                        setting = s
+        types = " ".join(c.get("display") or c.get("code") or "" for t in org.get("type") or []
+                         for c in t.get("coding") or [])
+        setting = setting or _setting_from_text(types) or "Other"
+    return Source(id=org_id, name=name, setting=setting)
+
+
+def _setting_from_text(text: str) -> str | None:
+    t = text.lower()
+    for setting, words in _SETTING_WORDS:
+        if any(w in t for w in words):
+            return setting
+    if t.startswith("org-gp"):
+        return "GP practice"
+    return None
+
+
+# -- building the summary -----------------------------------------------------------------------------------
+def _build(b: _Bundle, *, today: date) -> Summary:
+    p = b.patient
+    p_lu = next((lu for c, lu in b.of("Patient") if c is p), None)
+    person = Person(id=b.patient_id, name=_human_name(p), nhs_number=_nhs_number(p), birth_date=p.get("birthDate"),
+                    age=_age(p.get("birthDate"), today), gender=p.get("gender"), address=_address(p),
+                    telecom=[t.get("value") for t in p.get("telecom") or [] if t.get("value")],
+                    provenance=b.prov(p, p_lu or "", None))
+    key_worker, care_team = _care_team(b)
+    events = _timeline(b, today)
+    orgs: dict[str | None, Source] = {}
+    for items in b.by_type.values():
+        for content, _ in items:
+            if content.get("resourceType") in ("Organization", "Practitioner", "PractitionerRole", "Location"):
+                continue
+            src = b.source(content)
+            if src.id:
+                orgs.setdefault(src.id, src)
+    return Summary(
+        person=person, gp_practice=_gp(b), key_worker=key_worker, care_team=care_team,
+        problems=_problems(b), medicines=_medicines(b), allergies=_allergies(b), results=_results(b),
+        timeline=events, referrals=_referrals(b), social_care=_social_care(b), carers=_carers(b),
+        alerts=_alerts(b), what_matters=_what_matters(b),
+        organisations=sorted(orgs.values(), key=lambda s: (s.setting, s.name)),
+        linked_records=b.linked_records, resources=b.count,
+        generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _gp(b: _Bundle) -> GpPractice:
+    out = GpPractice()
+    for g in b.patient.get("generalPractitioner") or []:
+        ref = g.get("reference") or ""
+        if ref.startswith("Organization/") and not out.practice:
+            out.practice, out.practice_id = b.name_of(ref) or g.get("display") or ref, ref.split("/", 1)[1]
+        elif ref.startswith("Practitioner") and not out.usual_gp:
+            out.usual_gp, out.usual_gp_id = b.name_of(ref) or g.get("display") or ref, ref.split("/", 1)[1]
+    return out
+
+
+def _care_team(b: _Bundle) -> tuple[Professional | None, list[Professional]]:
+    key_worker = None
+    members: dict[str, Professional] = {}
+    for team, lu in b.of("CareTeam"):
+        if team.get("status") not in (None, "active", "proposed"):
+            continue
+        prov = b.prov(team, lu, (team.get("period") or {}).get("start"))
+        for part in team.get("participant") or []:
+            ref = (part.get("member") or {}).get("reference")
+            if not ref:
+                continue
+            role = _role_text(part)
+            org = b.name_of((part.get("onBehalfOf") or {}).get("reference"))
+            pro = Professional(name=b.name_of(ref) or (part.get("member") or {}).get("display") or ref, role=role,
+                               organisation=org, practitioner_id=ref.split("/", 1)[1], provenance=prov)
+            members.setdefault(ref, pro)
+            if role and re.search(r"key worker|care co-?ordinator|care navigator", role, re.IGNORECASE) and key_worker is None:
+                key_worker = pro
+    return key_worker, list(members.values())
+
+
+def _problems(b: _Bundle) -> list[Problem]:
+    groups: dict[str, Problem] = {}
+    for c, lu in b.of("Condition"):
+        if _code(c.get("verificationStatus")) in ("entered-in-error", "refuted"):
+            continue
+        concept = c.get("code") or {}
+        sct = next((x for x in concept.get("coding") or [] if "snomed" in (x.get("system") or "")), None)
+        coding = sct or next(iter(concept.get("coding") or []), None) or {}
+        display = concept.get("text") or coding.get("display") or "Unnamed problem"
+        key = f"sct:{sct['code']}" if sct and sct.get("code") else f"text:{_norm(display)}"
+        status = _code(c.get("clinicalStatus")) or "active"
+        onset = _day(c.get("onsetDateTime") or (c.get("onsetPeriod") or {}).get("start"))
+        entry = ProblemEntry(display=display, status=status, onset=onset,
+                             provenance=b.prov(c, lu, c.get("recordedDate") or onset))
+        prob = groups.get(key)
+        if prob is None:
+            prob = groups[key] = Problem(key=key, display=coding.get("display") or display, code=coding.get("code"),
+                                         system=coding.get("system"), active=False, entries=[])
+        prob.entries.append(entry)
+    out = []
+    for prob in groups.values():
+        prob.active = any(e.status in ("active", "recurrence", "relapse") for e in prob.entries)
+        onsets = {e.onset for e in prob.entries if e.onset}
+        prob.onset = min(onsets) if onsets else None
+        prob.entries.sort(key=lambda e: (e.provenance.source.setting != "GP practice", e.provenance.source.name))
+        # a date given only to the month or year agrees with any day inside it
+        if any(not (a.startswith(b) or b.startswith(a)) for a in onsets for b in onsets):
+            per = "; ".join(f"{e.provenance.source.name}: {e.onset}" for e in prob.entries if e.onset)
+            prob.notes.append(f"Onset differs between records ({per})")
+        out.append(prob)
+    out.sort(key=lambda p: (not p.active, p.display.lower()))
+    return out
+
+
+_FORM = frozenset("""tablet tablets capsule capsules caplet caplets dispersible soluble effervescent modified release
+gastro-resistant gastro resistant oral solution suspension liquid injection cream ointment gel inhaler inhalers spray
+drops patch patches chewable film-coated coated sugar free mg microgram micrograms mcg ml g unit units dose doses
+sachet sachets powder for e/c m/r mr sr xl""".split())
+
+
+def medicine_key(concept: dict[str, Any] | None) -> tuple[str, str]:
+    """(ingredient key, readable name) of a medication concept: the words before the strength, form dropped."""
+    concept = concept or {}
+    text = concept.get("text") or next((c.get("display") for c in concept.get("coding") or []
+                                        if c.get("display")), None) or ""
+    words = []
+    for w in re.split(r"\s+", text.strip()):
+        lw = w.lower().strip("(),")
+        if not lw or re.search(r"\d", lw):
+            break
+        if lw in _FORM:
+            continue
+        words.append(lw)
+    if words:
+        key = " ".join(words)
+        return key, key[:1].upper() + key[1:]
+    code = next((c.get("code") for c in concept.get("coding") or [] if c.get("code")), None)
+    return (f"code:{code}" if code else "unknown"), (text or "Unnamed medicine")
+
+
+def _medicines(b: _Bundle) -> list[Medicine]:
+    groups: dict[str, tuple[str, list[MedicineEntry]]] = {}
+
+    def add(res: dict[str, Any], lu: str, kind: str, dosage: list[dict[str, Any]] | None, when: str | None) -> None:
+        concept = res.get("medicationCodeableConcept")
+        if concept is None:
+            mref = (res.get("medicationReference") or {}).get("reference")
+            concept = (b.by_ref.get(mref) or {}).get("code") if mref else None
+            concept = concept or {"text": (res.get("medicationReference") or {}).get("display") or ""}
+        key, name = medicine_key(concept)
+        product = concept.get("text") or next((c.get("display") for c in concept.get("coding") or []
+                                               if c.get("display")), name)
+        dose = next((d.get("text") for d in dosage or [] if d.get("text")), None)
+        note = next((n.get("text") for n in res.get("note") or [] if n.get("text")), None)
+        sr = res.get("statusReason")
+        reason = _text_list(sr) if isinstance(sr, list) else _text(sr)
+        entry = MedicineEntry(kind=kind, product=product, dose=dose, status=res.get("status") or "unknown",
+                              date=_day(when), note=reason or note, provenance=b.prov(res, lu, when))
+        groups.setdefault(key, (name, []))[1].append(entry)
+
+    for r, lu in b.of("MedicationRequest"):
+        if r.get("intent") in ("plan", "proposal") or r.get("status") == "draft":
+            continue
+        add(r, lu, "prescription", r.get("dosageInstruction"), r.get("authoredOn"))
+    for r, lu in b.of("MedicationStatement"):
+        when = r.get("dateAsserted") or (r.get("effectivePeriod") or {}).get("end") \
+            or (r.get("effectivePeriod") or {}).get("start") or r.get("effectiveDateTime")
+        add(r, lu, "statement", r.get("dosage"), when)
+
+    out = []
+    for key, (name, entries) in groups.items():
+        latest: dict[tuple[str | None, str], MedicineEntry] = {}
+        counts: dict[tuple[str | None, str], int] = {}
+        for e in sorted(entries, key=lambda e: (e.date or "", e.provenance.ref)):
+            k = (e.provenance.source.id, e.kind)
+            counts[k] = counts.get(k, 0) + 1
+            latest[k] = e
+        shown = []
+        for k, e in latest.items():
+            e.earlier = counts[k] - 1
+            shown.append(e)
+        shown.sort(key=lambda e: (e.provenance.source.setting != "GP practice", -_ord(e.date)))
+        superseded = [e for e in entries if not any(e is s for s in shown)]
+        med = Medicine(key=key, name=name, current=any(e.status in _ACTIVE_MED for e in shown), entries=shown,
+                       flags=_reconcile(shown) + _earlier_changes(shown, superseded))
+        out.append(med)
+    out.sort(key=lambda m: (not m.current, not m.flags, m.name.lower()))
+    return out
+
+
+def _reconcile(entries: list[MedicineEntry]) -> list[Flag]:
+    """Discrepancies between organisations' latest entries for one medicine."""
+    flags: list[Flag] = []
+    gp_active = [e for e in entries if e.kind == "prescription" and e.status in _ACTIVE_MED
+                 and e.provenance.source.setting == "GP practice"]
+    others = [e for e in entries if e.provenance.source.setting != "GP practice" or e.kind == "statement"]
+    for g in gp_active:
+        for o in others:
+            if o.provenance.source.id == g.provenance.source.id:
+                continue
+            if o.status in _STOPPED_MED and _ord(o.date) >= _ord(g.date):
+                where = "at discharge" if o.provenance.source.setting == "Hospital" else "by " + o.provenance.source.name
+                flags.append(Flag(kind="stopped_elsewhere_still_on_gp_list", severity="high",
+                                  text=f"Stopped {where} ({o.provenance.source.name}, {o.date or 'date unknown'})"
+                                       f" but still on the GP repeat list ({g.provenance.source.name})"))
+    active = [e for e in entries if e.status in _ACTIVE_MED]
+    doses = {}
+    for e in active:
+        if e.dose:
+            doses.setdefault(_norm(e.dose), []).append(e)
+    if len(doses) > 1:
+        ordered = sorted(doses.values(), key=lambda g: -max(_ord(e.date) for e in g))
+        parts = "; ".join(f"'{g[0].dose}' from " + ", ".join(
+            f"{e.provenance.source.name} ({e.date or 'undated'})" for e in g) for g in ordered)
+        flags.append(Flag(kind="dose_differs", severity="warning", text=f"Different doses: {parts}"))
+    products = {_norm(e.product) for e in active}
+    if len(products) > 1 and len(doses) <= 1:
+        flags.append(Flag(kind="product_differs", severity="info",
+                          text="Different products recorded: " + "; ".join(
+                              f"{e.provenance.source.name}: {e.product}" for e in active)))
+    return flags
+
+
+def _earlier_changes(shown: list[MedicineEntry], superseded: list[MedicineEntry]) -> list[Flag]:
+    """Changes made by another organisation after the GP's prescription, since superseded by a later entry."""
+    flags = []
+    for g in shown:
+        if g.kind != "prescription" or g.status not in _ACTIVE_MED or g.provenance.source.setting != "GP practice":
+            continue
+        for e in superseded:
+            if e.provenance.source.id == g.provenance.source.id or _ord(e.date) < _ord(g.date):
+                continue
+            if e.status in _STOPPED_MED:
+                what = "stopped"
+            elif e.dose and g.dose and _norm(e.dose) != _norm(g.dose):
+                what = f"changed to '{e.dose}'"
+            else:
+                continue
+            flags.append(Flag(kind="earlier_change", severity="info",
+                              text=f"{e.provenance.source.name} {what} on {e.date}; its later list no longer "
+                                   f"shows this change: check which is intended"))
+    return flags
+
+
+def _allergies(b: _Bundle) -> list[Allergy]:
+    out = []
+    for a, lu in b.of("AllergyIntolerance"):
+        if _code(a.get("verificationStatus")) in ("entered-in-error", "refuted"):
+            continue
+        reaction = "; ".join(m.get("text") or next((c.get("display") for c in m.get("coding") or []), "") or ""
+                             for r in a.get("reaction") or [] for m in r.get("manifestation") or []) or None
+        out.append(Allergy(substance=_text(a.get("code")) or "Unnamed substance", reaction=reaction,
+                           criticality=a.get("criticality"), status=_code(a.get("clinicalStatus")),
+                           provenance=b.prov(a, lu, a.get("recordedDate") or a.get("onsetDateTime"))))
+    return out
+
+
+def _results(b: _Bundle) -> list[Result]:
+    series: dict[str, list[tuple[str, float, str, str | None, dict, str]]] = {}
+    for o, lu in b.of("Observation"):
+        if o.get("status") in ("entered-in-error", "cancelled"):
+            continue
+        when = o.get("effectiveDateTime") or (o.get("effectivePeriod") or {}).get("start") or o.get("issued")
+        if not when:
+            continue
+        parts = [(o.get("code"), o.get("valueQuantity"))]
+        parts += [(c.get("code"), c.get("valueQuantity")) for c in o.get("component") or []]
+        for concept, q in parts:
+            if not q or not isinstance(q.get("value"), (int, float)):
+                continue
+            coding = next((c for c in (concept or {}).get("coding") or [] if "loinc" in (c.get("system") or "")),
+                          None) or next(iter((concept or {}).get("coding") or []), {})
+            code = coding.get("code") or _norm(_text(concept) or "")
+            display = coding.get("display") or _text(concept) or code
+            series.setdefault(code, []).append((when, float(q["value"]), display, q.get("unit"), o, lu))
+    out = []
+    for code, points in series.items():
+        points.sort(key=lambda p: p[0])
+        when, value, display, unit, o, lu = points[-1]
+        prev = points[-2][1] if len(points) > 1 else None
+        out.append(Result(code=code, display=_short_display(display), unit=unit, latest=value, latest_date=_day(when),
+                          previous=prev, trend=_trend(prev, value), count=len(points),
+                          points=[ResultPoint(date=_day(p[0]), value=p[1]) for p in points[-CHART_POINTS:]],
+                          provenance=b.prov(o, lu, when)))
+    out.sort(key=lambda r: r.latest_date, reverse=True)
+    return out
+
+
+def _trend(prev: float | None, value: float) -> str:
+    if prev is None:
+        return "none"
+    if abs(value - prev) <= max(abs(prev) * 0.03, 1e-9):
+        return "steady"
+    return "up" if value > prev else "down"
+
+
+def _short_display(display: str) -> str:
+    return {"Oxygen saturation in Arterial blood by Pulse oximetry": "Oxygen saturation (pulse oximetry)",
+            "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum, Plasma or Blood by "
+            "Creatinine-based formula (CKD-EPI)": "eGFR (CKD-EPI)"}.get(display, display)
+
+
+def _timeline(b: _Bundle, today: date) -> list[Event]:
+    now = today.isoformat()
+    events: list[Event] = []
+
+    def add(res: dict[str, Any], lu: str, *, when: str | None, end: str | None, etype: str, title: str,
+            detail: str | None = None, status: str | None = None, upcoming: bool | None = None) -> None:
+        src = b.source(res)
+        day = _day(when)
+        up = upcoming if upcoming is not None else bool(day and day > now)
+        events.append(Event(date=when, end=end, kind=res["resourceType"], type=etype, title=title, detail=detail,
+                            status=status, setting=src.setting, upcoming=up, provenance=b.prov(res, lu, when)))
+
+    for e, lu in b.of("Encounter"):
+        period = e.get("period") or {}
+        title = _text_list(e.get("type")) or (e.get("class") or {}).get("display") or "Contact"
+        where = b.name_of(next(((loc.get("location") or {}).get("reference") for loc in e.get("location") or []),
+                               None))
+        who = b.name_of(next(((p.get("individual") or {}).get("reference") for p in e.get("participant") or []),
+                             None))
+        detail = ", ".join(x for x in (_text(e.get("serviceType")), who, where) if x) or None
+        add(e, lu, when=period.get("start"), end=period.get("end"), etype="encounter", title=title, detail=detail,
+            status=e.get("status"), upcoming=e.get("status") in ("planned", "arrived") or None)
+    for a, lu in b.of("Appointment"):
+        title = a.get("description") or _text_list(a.get("serviceType")) or _text(a.get("appointmentType")) \
+            or "Appointment"
+        add(a, lu, when=a.get("start"), end=a.get("end"), etype="appointment", title=title,
+            status=a.get("status"), upcoming=(a.get("status") in ("booked", "pending", "proposed")
+                                              and _day(a.get("start") or "") >= now) or None)
+    for ep, lu in b.of("EpisodeOfCare"):
+        period = ep.get("period") or {}
+        manager = b.name_of((ep.get("careManager") or {}).get("reference"))
+        add(ep, lu, when=period.get("start"), end=period.get("end"), etype="episode",
+            title=_text_list(ep.get("type")) or "Episode of care", detail=f"Care manager: {manager}" if manager else None,
+            status=ep.get("status"), upcoming=False)
+    for sr, lu in b.of("ServiceRequest"):
+        to = ", ".join(b.name_of(p.get("reference")) or p.get("display") or "" for p in sr.get("performer") or [])
+        add(sr, lu, when=sr.get("authoredOn"), end=None, etype="referral",
+            title=_text(sr.get("code")) or _text_list(sr.get("category")) or "Referral",
+            detail=f"To {to}" if to else None, status=sr.get("status"), upcoming=False)
+    for c, lu in b.of("Communication"):
+        text = next((p.get("contentString") for p in c.get("payload") or [] if p.get("contentString")), None)
+        add(c, lu, when=c.get("sent") or c.get("received"), end=None, etype="advice",
+            title=_text_list(c.get("category")) or "Message", detail=text, status=c.get("status"), upcoming=False)
+    for d, lu in b.of("DocumentReference"):
+        if d.get("status") == "entered-in-error":
+            continue
+        title = _text(d.get("type")) or next((x.get("attachment", {}).get("title") for x in d.get("content") or []),
+                                             None) or "Document"
+        period = (d.get("context") or {}).get("period") or {}
+        detail = f"{period.get('start')} to {period.get('end')}" if period.get("start") else None
+        add(d, lu, when=d.get("date"), end=None, etype="document", title=title, detail=detail,
+            status=d.get("status"), upcoming=False)
+    events.sort(key=lambda e: e.date or "", reverse=True)
+    return events
+
+
+def _referrals(b: _Bundle) -> list[Referral]:
+    out = []
+    for sr, lu in b.of("ServiceRequest"):
+        if sr.get("status") not in _OPEN_REFERRAL:
+            continue
+        to = ", ".join(b.name_of(p.get("reference")) or p.get("display") or "" for p in sr.get("performer") or [])
+        out.append(Referral(kind="referral", title=_text(sr.get("code")) or "Referral", status=sr.get("status"),
+                            date=_day(sr.get("authoredOn")), to=to or None,
+                            detail=_text_list(sr.get("category")), provenance=b.prov(sr, lu, sr.get("authoredOn"))))
+    answered = {(r.get("reference") or "") for c, _ in b.of("Communication") for r in c.get("inResponseTo") or []}
+    for c, lu in b.of("Communication"):
+        cat = _text_list(c.get("category")) or ""
+        if "response" in cat.lower() or c.get("inResponseTo"):
+            continue
+        if f"Communication/{c.get('id')}" in answered or c.get("status") in ("entered-in-error", "stopped"):
+            continue
+        if "advice" not in cat.lower() and "request" not in cat.lower():
+            continue
+        to = ", ".join(b.name_of(r.get("reference")) or "" for r in c.get("recipient") or [])
+        text = next((p.get("contentString") for p in c.get("payload") or [] if p.get("contentString")), None)
+        out.append(Referral(kind="advice request", title=cat or "Advice request", status="awaiting reply",
+                            date=_day(c.get("sent")), to=to or None, detail=text,
+                            provenance=b.prov(c, lu, c.get("sent"))))
+    out.sort(key=lambda r: r.date or "", reverse=True)
+    return out
+
+
+def _social_care(b: _Bundle) -> list[CarePackage]:
+    out = []
+    for ep, lu in b.of("EpisodeOfCare"):
+        src = b.source(ep)
+        title = _text_list(ep.get("type")) or "Episode of care"
+        if src.setting not in ("Social care", "Care home") and "care package" not in title.lower():
+            continue
+        period = ep.get("period") or {}
+        out.append(CarePackage(title=title, status=ep.get("status"), start=_day(period.get("start")),
+                               end=_day(period.get("end")),
+                               manager=b.name_of((ep.get("careManager") or {}).get("reference")),
+                               provenance=b.prov(ep, lu, period.get("start"))))
+    out.sort(key=lambda c: (c.status != "active", c.start or ""), reverse=False)
+    return out
+
+
+def _carers(b: _Bundle) -> list[Carer]:
+    out = []
+    for rp, lu in b.of("RelatedPerson"):
+        if rp.get("active") is False:
+            continue
+        rel = ", ".join(x for x in (c.get("text") or next((k.get("display") for k in c.get("coding") or []), None)
+                                    for c in rp.get("relationship") or []) if x) or None
+        out.append(Carer(name=_human_name(rp), relationship=rel,
+                         telecom=[t.get("value") for t in rp.get("telecom") or [] if t.get("value")],
+                         provenance=b.prov(rp, lu, (rp.get("period") or {}).get("start"))))
+    return out
+
+
+def _alerts(b: _Bundle) -> list[Alert]:
+    out = []
+    for f, lu in b.of("Flag"):
+        if f.get("status") != "active":
+            continue
+        out.append(Alert(text=_text(f.get("code")) or "Alert", category=_text_list(f.get("category")),
+                         provenance=b.prov(f, lu, (f.get("period") or {}).get("start"))))
+    return out
+
+
+def _what_matters(b: _Bundle) -> list[WhatMatters]:
+    out = []
+    for g, lu in b.of("Goal"):
+        if g.get("lifecycleStatus") in ("cancelled", "entered-in-error", "rejected"):
+            continue
+        text = _text(g.get("description"))
+        if text:
+            out.append(WhatMatters(text=text, provenance=b.prov(g, lu, g.get("startDate"))))
+    for q, lu in b.of("Observation"):
+        if "what matters" in (_text(q.get("code")) or "").lower() and q.get("valueString"):
+            out.append(WhatMatters(text=q["valueString"], provenance=b.prov(q, lu, q.get("effectiveDateTime"))))
+    return out
+
+
+# -- small helpers ------------------------------------------------------------------------------------------
+def _human_name(res: dict[str, Any]) -> str:
+    names = res.get("name") or []
+    if isinstance(names, str):
+        return names
+    n = next((x for x in names if x.get("use") in (None, "official", "usual")), names[0] if names else None)
+    if not n:
+        return "Unnamed"
+    if n.get("text"):
+        return n["text"]
+    return " ".join([*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]).strip() or "Unnamed"
+
+
+def _nhs_number(res: dict[str, Any]) -> str | None:
+    return next((i.get("value") for i in res.get("identifier") or [] if i.get("system") == NHS_SYSTEM), None)
+
+
+def _address(res: dict[str, Any]) -> str | None:
+    a = next(iter(res.get("address") or []), None)
+    if not a:
+        return None
+    return a.get("text") or ", ".join(x for x in [*(a.get("line") or []), a.get("city"), a.get("postalCode")] if x)
+
+
+def _age(birth: str | None, today: date) -> int | None:
+    try:
+        y, m, d = (int(x) for x in (birth or "")[:10].split("-"))
+    except ValueError:
+        return None
+    return today.year - y - ((today.month, today.day) < (m, d))
+
+
+def _role_text(part: dict[str, Any]) -> str | None:
+    return next((r.get("text") or next((c.get("display") for c in r.get("coding") or []), None)
+                 for r in part.get("role") or []), None)
+
+
+def _code(cc: Any) -> str | None:
+    if not isinstance(cc, dict):
+        return None
+    return next((c.get("code") for c in cc.get("coding") or [] if c.get("code")), None) or cc.get("text")
+
+
+def _text(cc: Any) -> str | None:
+    if not isinstance(cc, dict):
+        return None
+    return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), None)
+
+
+def _text_list(ccs: Iterable[Any] | None) -> str | None:
+    return next((t for t in (_text(c) for c in ccs or []) if t), None)
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9.]+", " ", text.lower()).split())
+
+
+def _day(value: str | None) -> str | None:
+    return value[:10] if value else None
+
+
+def _instant(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value if value.endswith("Z") else value + "Z"
+
+
+def _ord(day: str | None) -> int:
+    try:
+        return date.fromisoformat((day or "")[:10]).toordinal()
+    except ValueError:
+        return 0
