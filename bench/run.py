@@ -6,7 +6,8 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts", "bench.bench_record", "bench.bench_policy"]
+BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts", "bench.bench_record", "bench.bench_policy",
+              "bench.bench_care_worklist", "bench.bench_notifications"]
 
 
 def main(argv: list[str]) -> int:
