@@ -14,6 +14,7 @@ from rich.table import Table
 
 from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
+from joinedup.governance import cli as governance_cli
 from joinedup.synth.cli import generate_command
 
 app = typer.Typer(help="JoinedUp: an open integrated care platform (FHIR shared care record, governance, "
@@ -145,6 +146,8 @@ def users_list() -> None:
     from joinedup.governance.identity import list_users
 
     table = Table("name", "role", "practitioner", "organization", "patient")
+    for column in table.columns:
+        column.overflow = "fold"
     for u in list_users(_gate().store):
         table.add_row(u.name, u.role, u.practitioner_id or "", u.organization_id or "", u.patient_id or "")
     out.print(table)
@@ -205,6 +208,9 @@ def demo(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
 
 
 app.command("generate", help="Generate a synthetic integrated care system as FHIR NDJSON.")(generate_command)
+app.command("sar")(governance_cli.sar_command)
+app.command("extract")(governance_cli.extract_command)
+app.add_typer(governance_cli.privacy_app, name="privacy")
 app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
 
 

@@ -10,7 +10,7 @@ import orjson
 from rich.console import Console
 
 from joinedup.governance.gate import Gate
-from joinedup.governance.identity import SYSTEM, add_user, issue_token
+from joinedup.governance.identity import SYSTEM, add_user, get_user, issue_token, login
 
 DEMO_PASSWORD = "demo"
 
@@ -80,8 +80,18 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
     users: list[dict[str, str]] = []
 
     def add(name: str, role: str, display: str, **links: str | None) -> None:
-        add_user(gate.store, name=name, role=role, display=display, password=DEMO_PASSWORD, replace=True, **links)
-        users.append({"name": name, "role": role, "password": DEMO_PASSWORD, "token": issue_token(gate.store, name)})
+        existing = get_user(gate.store, name)
+        if existing is not None and (existing.role != role or any(
+                getattr(existing, f"{k}_id") != v for k, v in links.items())):
+            # someone else's account with this name: leave it (and its password) alone
+            users.append({"name": name, "role": existing.role, "password": "(unchanged)",
+                          "token": issue_token(gate.store, name)})
+            return
+        if existing is None:
+            add_user(gate.store, name=name, role=role, display=display, password=DEMO_PASSWORD, **links)
+        token = login(gate.store, name, DEMO_PASSWORD)
+        users.append({"name": name, "role": role, "password": DEMO_PASSWORD if token else "(unchanged)",
+                      "token": token or issue_token(gate.store, name)})
 
     add("admin", "system", "Integration account")
     for name, role, text, display in PROFESSIONALS:

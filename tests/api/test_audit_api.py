@@ -26,7 +26,8 @@ def _entities(ev: dict) -> list[str]:
 
 @pytest.fixture()
 def patient(api, uid) -> str:
-    r = api.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"Audit{uid}"}]})
+    r = api.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"Audit{uid}"}],
+                                        "generalPractitioner": [{"reference": "Organization/practice-1"}]})
     assert r.status_code == 201
     return r.json()["id"]
 

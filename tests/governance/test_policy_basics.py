@@ -38,8 +38,11 @@ def world(api, uid) -> dict:
         json={"resourceType": "Patient", "id": SELF, "name": [{"family": "Self", "given": ["Pat"]}]},
     )
     assert r.status_code in (200, 201)
+    # registered with the gp user's practice (practice-1): a legitimate relationship for that user
     other = api.post(
-        "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"Other{uid}"}]}
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "name": [{"family": f"Other{uid}"}],
+              "generalPractitioner": [{"reference": "Organization/practice-1"}]},
     ).json()["id"]
     own_obs = api.post("/fhir/Observation", json=_obs(SELF, uid, "own")).json()["id"]
     other_obs = api.post("/fhir/Observation", json=_obs(other, uid, "other")).json()["id"]
@@ -145,3 +148,20 @@ def test_refusal_does_not_reveal_existence(server, uid):
     with server.client("analyst") as analyst:
         # the same refusal whether or not the record exists
         _refused(analyst.get(f"/fhir/Patient/does-not-exist-{uid}"))
+
+
+def test_gp_without_a_relationship_is_refused_with_an_explanation(server, api, uid):
+    stranger = api.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"Stranger{uid}"}],
+                                               "generalPractitioner": [{"reference": "Organization/elsewhere"}]}
+                        ).json()["id"]
+    obs = api.post("/fhir/Observation", json=_obs(stranger, uid, "stranger")).json()["id"]
+    with server.client("gp") as gp:
+        text = _refused(gp.get(f"/fhir/Patient/{stranger}"))
+        assert "legitimate relationship" in text and "break-glass" in text
+        _refused(gp.get(f"/fhir/Observation/{obs}"))
+        _refused(gp.get("/fhir/Observation", params={"subject": f"Patient/{stranger}"}))
+        _refused(gp.get(f"/fhir/Patient/{stranger}/$everything"))
+        _refused(gp.post("/fhir/Observation", json=_obs(stranger, uid, "gp-entry")))
+        # a search without a named patient simply does not show the stranger's entries
+        r = gp.get("/fhir/Observation", params={"identifier": f"https://joinedup.example/test/policy/{uid}|"})
+        assert r.status_code == 200 and r.json()["total"] == 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from joinedup import __version__
-from joinedup.api import auth, export, fhir_routes
+from joinedup.api import auth, export, fhir_routes, governance_routes
 from joinedup.api.responses import install_error_handlers
 from joinedup.config import Settings, get_settings
 from joinedup.governance.gate import get_gate
@@ -39,10 +39,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export.router)
     app.include_router(fhir_routes.everything_router)
     app.include_router(fhir_routes.router)
+    app.include_router(governance_routes.router)
+    governance_routes.install(app)
+    from joinedup.conflicts.routes import api_router as conflicts_api, cds_router
+    app.include_router(cds_router)
+    app.include_router(conflicts_api)
+    from joinedup.record import routes as record_routes
+    from joinedup.web import routes as web_routes
 
-    @app.get("/", include_in_schema=False)
-    async def root():
-        return RedirectResponse("/docs")
+    app.include_router(record_routes.router)
+    # care coordination routers (care plans, tasks, referrals, MDT, journey, notifications, virtual wards)
+    app.include_router(web_routes.router)  # "/" is the web home (search and my patients); /docs stays
+    app.mount("/static", StaticFiles(directory=web_routes.STATIC_DIR), name="static")
 
     @app.get("/healthz", include_in_schema=False)
     async def health():

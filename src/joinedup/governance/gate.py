@@ -6,23 +6,43 @@ Each method asks the policy decision point, writes to the audit, and only then t
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
-from joinedup.fhir.bundles import (METHOD_ORDER, check_bundle, conditional_references, rewrite_references,
-                                   split_url)
+from joinedup.fhir.bundles import (
+    METHOD_ORDER,
+    check_bundle,
+    conditional_references,
+    rewrite_references,
+    split_url,
+)
 from joinedup.fhir.errors import FhirError, gone, not_found
 from joinedup.fhir.search_params import split_reference
 from joinedup.fhir.validation import is_resource_type, validate_resource
 from joinedup.governance import policy
 from joinedup.governance.audit import AuditWriter, search_events
+from joinedup.governance.facts import AccessFacts
 from joinedup.governance.identity import Principal
 from joinedup.store import schema, search
 from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
 
 DIRECTORY_GROUP = "directory"
+# Purposes of population work that are not direct care: National Data Opt-out applies.
+SECONDARY_PURPOSES = {"research", "planning", "commissioning", "extract", "analytics"}
+
+# Notices the web layer shows with a response (e.g. "break-glass until ..."): a list per request, set by
+# the API middleware (see api/governance_routes.py); the gate appends to it.
+access_notices: ContextVar[list | None] = ContextVar("joinedup_access_notices", default=None)
+
+
+def _notice(text: str) -> None:
+    notices = access_notices.get()
+    if notices is not None and text not in notices:
+        notices.append(text)
 
 
 @dataclass
@@ -43,25 +63,78 @@ class Gate:
     def __init__(self, store: Store, audit: AuditWriter) -> None:
         self.store = store
         self.audit = audit
+        self.facts = AccessFacts(store)
+        # After-commit listeners (e.g. care notifications): fn(who, [Written]) — never a path to data.
+        self.listeners: list = []
+
+    def on_written(self, fn) -> None:
+        """Register fn(who, written) to be told about every committed write (after the gate's checks)."""
+        if fn not in self.listeners:
+            self.listeners.append(fn)
+
+    def _emit(self, who: Principal, written: list) -> None:
+        for fn in list(self.listeners):
+            try:
+                fn(who, [w for w in written if w is not None and w.status != "unchanged"])
+            except Exception:  # noqa: BLE001 - a failing listener must not undo a committed write
+                import logging
+
+                logging.getLogger("joinedup.gate").exception("write listener failed")
 
     # -- the decision ---------------------------------------------------------------------------
+    def facts_for(self, who: Principal, patient_id: str | None, item: Stored | None = None, *,
+                  label: str | None = None) -> policy.Facts | None:
+        """What the policy needs to know about this person (and entry) for this professional."""
+        if patient_id is None or who.role in ("system", "patient"):
+            return None
+        f = self.facts
+        rel = f.relationship(who, patient_id)
+        until = None if rel else f.break_glass_until(who, patient_id)
+        restricted, own = None, False
+        if item is not None:
+            restricted = label or f.label(item.rtype, item.id, item.content)
+            own = bool(who.source) and item.source == who.source
+        return policy.Facts(rel, until, f.objection(who, patient_id), restricted, own)
+
     def check(self, who: Principal, action: str, rtype: str | None, *, patient_id: str | None = None,
-              entity: str | None = None, query: str | None = None) -> policy.Decision:
+              entity: str | None = None, query: str | None = None, item: Stored | None = None,
+              facts: policy.Facts | None = None) -> policy.Decision:
         """Ask the policy; audit and raise 403 on refusal."""
-        decision = policy.decide(who, action, rtype, patient_id=patient_id)
+        if facts is None:
+            facts = self.facts_for(who, patient_id, item)
+        decision = policy.decide(who, action, rtype, patient_id=patient_id, facts=facts)
         if not decision:
             self.audit.record(who, action, allowed=False, reason=decision.reason, entity=entity,
                               patient_id=patient_id, query=query)
-            raise FhirError(403, f"Access refused: {decision.reason}. {how_to_get_access(who)}",
+            raise FhirError(403, f"Access refused: {decision.reason}. {how_to_get_access(who, decision)}",
                             code="forbidden")
+        if decision.break_glass_until:
+            _notice(f"break-glass until {decision.break_glass_until}Z (Patient/{patient_id})")
         return decision
 
+    def visible(self, who: Principal, s: Stored, action: str = "read") -> bool:
+        """Whether one entry may be shown to the principal (no audit: callers audit the whole response)."""
+        return bool(policy.decide(who, action, s.rtype, patient_id=s.patient_id,
+                                  facts=self.facts_for(who, s.patient_id, s)))
+
     def restriction(self, who: Principal, decision: policy.Decision, rtype: str | None) -> list[Any]:
-        """SQL conditions narrowing a search to what the principal may see."""
+        """SQL conditions narrowing a search (and its includes and totals) to what the principal may see."""
         r = schema.resource
-        if decision.patient_only and policy.type_rule(rtype or "Patient")["group"] != DIRECTORY_GROUP:
-            return [r.c.patient_id == decision.patient_only]
-        return []
+        if who.role == "system" or decision.activity == "*":
+            return []
+        if decision.patient_only:
+            directory = sorted(t for t, rule in policy.rules()["_type_rule"].items()
+                               if rule["group"] == DIRECTORY_GROUP)
+            return [sa.or_(r.c.patient_id == decision.patient_only,
+                           sa.and_(r.c.patient_id.is_(None), r.c.res_type.in_(directory)))]
+        conds = self.facts.restriction(who)
+        fallback_ok, readable, unreadable = policy.readable_types(who)
+        if fallback_ok:
+            if unreadable:
+                conds.append(~r.c.res_type.in_(sorted(unreadable)))
+        else:
+            conds.append(r.c.res_type.in_(sorted(readable)))
+        return conds
 
     # -- reads ----------------------------------------------------------------------------------
     def read(self, who: Principal, rtype: str, rid: str, *, version: int | None = None) -> Stored:
@@ -76,7 +149,14 @@ class Gate:
             current = self.store.read(rtype, rid)
             patient = current.patient_id if current else None
         action = "vread" if version else "read"
-        decision = self.check(who, action, rtype, patient_id=patient, entity=entity)
+        facts = None
+        if stored is not None and who.role not in ("system", "patient"):
+            label = self.facts.label(rtype, rid, stored.content)
+            if version is not None and not label:  # an older version: the current labels count too
+                current = self.store.read(rtype, rid)
+                label = self.facts.label(rtype, rid, current.content) if current else None
+            facts = self.facts_for(who, patient, stored, label=label)
+        decision = self.check(who, action, rtype, patient_id=patient, entity=entity, facts=facts)
         if decision.patient_only and patient != decision.patient_only and \
                 policy.type_rule(rtype)["group"] != DIRECTORY_GROUP:
             self.audit.record(who, action, allowed=False, reason="not part of this person's own record",
@@ -99,7 +179,7 @@ class Gate:
         _known_type(rtype)
         if rtype == "AuditEvent":
             return self._search_audit(who, params, query_text)
-        patient_param = _patient_filter(params)
+        patient_param = _patient_filter(params, rtype)
         decision = self.check(who, "search", rtype, patient_id=patient_param, query=query_text)
         plan = search.parse(params, rtype, self.store.params, strict=strict, default_count=default_count,
                             max_count=max_count)
@@ -112,6 +192,12 @@ class Gate:
             included = [s for s in included if s.patient_id in (None, decision.patient_only)
                         and (s.patient_id or policy.type_rule(s.rtype)["group"] == DIRECTORY_GROUP)]
         patients = sorted({s.patient_id for s in page if s.patient_id})
+        if who.role not in ("system", "patient"):
+            reach = self.facts.reach(who)
+            for pid in {s.patient_id for s in page + included if s.patient_id and s.patient_id not in reach}:
+                until = self.facts.break_glass_until(who, pid)
+                if until:
+                    _notice(f"break-glass until {until}Z (Patient/{pid})")
         self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=rtype,
                           patient_id=patients[0] if len(patients) == 1 else patient_param, query=query_text,
                           detail={"returned": len(page) + len(included)} if page else None)
@@ -123,6 +209,7 @@ class Gate:
         if rtype:
             _known_type(rtype)
         patient = None
+        cur = None
         if rtype and rid:
             cur = self.store.read(rtype, rid)
             if cur is None:
@@ -130,13 +217,25 @@ class Gate:
                 raise not_found(rtype, rid)
             patient = cur.patient_id
         decision = self.check(who, "history", rtype, patient_id=patient,
-                              entity=f"{rtype}/{rid}" if rid else rtype)
+                              entity=f"{rtype}/{rid}" if rid else rtype, item=cur)
+        if not rid and who.role != "system" and decision.activity != "*" and not decision.patient_only:
+            self.audit.record(who, "history", allowed=False, reason="type and system history span many "
+                              "people's records", entity=rtype or "system")
+            raise FhirError(403, "Access refused: type and system history span many people's records and are "
+                                 "available to the integration account only; search, or read the history of one "
+                                 "entry instead.", code="forbidden")
         if decision.patient_only and (not rid or patient != decision.patient_only):
             self.audit.record(who, "history", allowed=False, reason="history is limited to one's own entries",
                               entity=rtype)
             raise FhirError(403, "Access refused: a patient account can read the history of its own entries only.",
                             code="forbidden")
         total, rows = self.store.history(rtype=rtype, rid=rid, since=since, count=count, offset=offset)
+        if rid and who.role not in ("system", "patient") and decision.activity != "*":
+            # an older version may carry labels the current one does not: hide those versions
+            own = bool(who.source) and cur is not None and cur.source == who.source
+            kept = [row for row in rows if own or not self.facts.label(rtype, rid, row["content"])]
+            total -= len(rows) - len(kept)
+            rows = kept
         self.audit.record(who, "history", allowed=True, reason=decision.reason,
                           entity=f"{rtype}/{rid}" if rid else (rtype or "system"), patient_id=patient)
         return total, rows
@@ -151,15 +250,14 @@ class Gate:
             self.audit.record(who, "everything", allowed=True, reason="not found", entity=entity)
             raise not_found("Patient", patient_id) if patient is None else gone("Patient", patient_id)
         items = [s for s in self.store.compartment(patient_id, types=types, since=since)
-                 if policy.decide(who, "read", s.rtype, patient_id=patient_id)]
+                 if self.visible(who, s)]
         have = {(s.rtype, s.id) for s in items}
         refs: list[tuple[str, str]] = []
         for s in items:
             _collect_refs(s.content, refs)
         extra = [k for k in dict.fromkeys(refs) if k not in have and (not types or k[0] in types)]
         linked = [s for s in self.store.read_many(extra)
-                  if s.patient_id in (None, patient_id) and policy.decide(who, "read", s.rtype,
-                                                                          patient_id=patient_id)]
+                  if s.patient_id in (None, patient_id) and self.visible(who, s)]
         self.audit.record(who, "everything", allowed=True, reason=decision.reason, entity=entity,
                           patient_id=patient_id, detail={"returned": len(items) + len(linked)})
         return items + linked
@@ -178,8 +276,12 @@ class Gate:
         prepared = self._prepare(who, resource)
         with self.store.writing() as conn:
             written = self.store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
+            changed = self.facts.on_write(conn, [prepared], [written.status])
+        if changed:
+            self.facts.invalidate()
         self.audit.record(who, "create", allowed=True, reason=decision.reason, entity=f"{rtype}/{written.id}",
                           patient_id=prepared.patient_id)
+        self._emit(who, [written])
         return written
 
     def update(self, who: Principal, rtype: str, rid: str, resource: dict, *,
@@ -191,14 +293,18 @@ class Gate:
                             code="invalid", expression=[f"{rtype}.id"])
         current = self.store.read(rtype, rid)
         decision = self._check_write(who, "update", resource,
-                                     current_patient=current.patient_id if current else None)
+                                     current=current if current and not current.deleted else None)
         prepared = self._prepare(who, copy.deepcopy(resource))
         with self.store.writing() as conn:
             if if_match is not None:
                 _check_if_match(self.store, conn, rtype, rid, if_match)
             written = self.store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
+            changed = self.facts.on_write(conn, [prepared], [written.status])
+        if changed:
+            self.facts.invalidate()
         self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
                           patient_id=prepared.patient_id)
+        self._emit(who, [written])
         return written
 
     def delete(self, who: Principal, rtype: str, rid: str) -> Written | None:
@@ -206,11 +312,16 @@ class Gate:
         _known_type(rtype)
         current = self.store.read(rtype, rid)
         patient = current.patient_id if current else None
-        decision = self.check(who, "delete", rtype, patient_id=patient, entity=f"{rtype}/{rid}")
+        decision = self.check(who, "delete", rtype, patient_id=patient, entity=f"{rtype}/{rid}",
+                              item=current if current and not current.deleted else None)
         with self.store.writing() as conn:
             written = self.store.delete(conn, rtype, rid)
+            changed = self.facts.on_delete(conn, rtype, rid) if written else False
+        if changed:
+            self.facts.invalidate()
         self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
                           patient_id=patient)
+        self._emit(who, [written])
         return written
 
     def bundle(self, who: Principal, bundle: Any, *, base_url: str = "") -> dict:
@@ -225,9 +336,17 @@ class Gate:
         decision = self.check(who, "import", None, entity=label)
         with self.store.writing() as conn:
             written = self.store.write_prepared(conn, items, method="PUT")
+            changed = self.facts.on_write(conn, items, [w.status for w in written])
+        if changed:
+            self.facts.invalidate()
         self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
                           detail={"resources": len(items),
                                   "written": sum(1 for w in written if w.status != "unchanged")})
+        if self.listeners:
+            for w, p in zip(written, items):
+                if w.resource is None:
+                    w.resource = p.resource
+            self._emit(who, written)
         return written
 
     def export(self, who: Principal, types: Iterable[str], *, since: str | None = None,
@@ -253,16 +372,71 @@ class Gate:
         """Stream whole records (Patient + compartment) for population work such as case-finding screens.
 
         Checked once for the population and audited as one access with the purpose and the count.
+        Direct care (e.g. case-finding, risk stratification) is unaffected by the National Data Opt-out; a
+        secondary purpose (research, planning, ...) excludes opted-out people. A professional gets the people
+        they have a relationship with, each entry filtered as on every other path.
         """
         decision = self.check(who, "search", "Patient", entity=f"population:{purpose}")
-        n = 0
+        secondary = purpose.split(":")[0] in SECONDARY_PURPOSES
+        opted_out = self.facts.opted_out_ids() if secondary else set()
+        professional = who.role != "system" and decision.activity != "*" and not decision.patient_only
+        reach = self.facts.reach(who) if professional else None
+        n = excluded = 0
         for patient, items in self.store.iter_records(types=types):
             if decision.patient_only and patient.id != decision.patient_only:
                 continue
+            if patient.id in opted_out:
+                excluded += 1
+                continue
+            if reach is not None:
+                if patient.id not in reach:
+                    continue
+                items = [s for s in items if self.visible(who, s)]
             n += 1
             yield patient, items
+        detail = {"records": n}
+        if secondary:
+            detail["opted_out_excluded"] = excluded
         self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=f"population:{purpose}",
-                          detail={"records": n})
+                          detail=detail)
+
+    def deidentified_records(self, who: Principal, *, purpose: str, types: set[str] | None = None,
+                             key: str | None = None, birth_precision: str = "year") -> Iterator[list[dict]]:
+        """De-identified records for secondary use (analysts): opt-outs excluded, pseudonymised, no free text.
+
+        The only path by which the analyst role reaches record-level data; identifiable records never leave.
+        """
+        from joinedup.governance import deid
+
+        decision = self.check(who, "extract", None, entity=f"extract:{purpose}")
+        opted_out = self.facts.opted_out_ids()
+        n = excluded = 0
+        pseudo = deid.Pseudonymiser(key)
+        for patient, items in self.store.iter_records(types=types):
+            if patient.id in opted_out:
+                excluded += 1
+                continue
+            n += 1
+            yield [deid.deidentify(s.content, pseudo, birth_precision=birth_precision) for s in [patient, *items]]
+        self.audit.record(who, "extract", allowed=True, reason=decision.reason, entity=f"extract:{purpose}",
+                          detail={"records": n, "opted_out_excluded": excluded})
+
+    def access_log(self, who: Principal, patient_id: str | None = None, *, count: int = 200,
+                   offset: int = 0) -> tuple[int, list[dict]]:
+        """Who looked at a person's record (newest first): a patient their own, a privacy officer anyone's."""
+        decision = self.check(who, "search", "AuditEvent", patient_id=patient_id or who.patient_id,
+                              entity="access-log")
+        if decision.patient_only:
+            if patient_id and patient_id != decision.patient_only:
+                raise FhirError(403, "Access refused: you can see who looked at your own record only.",
+                                code="forbidden")
+            patient_id = decision.patient_only
+        if not patient_id:
+            raise FhirError(400, "Name the person whose access log you want", code="required")
+        total, events = search_events(self.store, patient_id=patient_id, count=count, offset=offset)
+        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity="access-log",
+                          patient_id=patient_id)
+        return total, [access_entry(ev) for ev in events]
 
     def types_present(self, who: Principal) -> list[str]:
         self.check(who, "export", None, entity="types")
@@ -270,13 +444,20 @@ class Gate:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_write(self, who: Principal, action: str, resource: dict, *,
-                     current_patient: str | None = None) -> policy.Decision:
+                     current: Stored | None = None) -> policy.Decision:
         rtype = resource["resourceType"]
         patient = self.store.params.patient_of(resource)
         entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
-        decision = self.check(who, action, rtype, patient_id=patient, entity=entity)
-        if current_patient and current_patient != patient:
-            self.check(who, action, rtype, patient_id=current_patient, entity=entity)
+        current_patient = current.patient_id if current else None
+        if current is None and rtype == "Patient" and who.role not in ("system", "patient"):
+            # registering a new person: the recording organisation becomes the holding organisation
+            decision = self.check(who, "create", rtype, patient_id=None, entity=entity)
+        else:
+            decision = self.check(who, action if current is not None else "create", rtype,
+                                  patient_id=patient, entity=entity,
+                                  item=current if current_patient == patient else None)
+        if current is not None and current_patient != patient:
+            self.check(who, action, rtype, patient_id=current_patient, entity=entity, item=current)
         if decision.patient_only and patient != decision.patient_only:
             self.audit.record(who, action, allowed=False, reason="not this person's own record", entity=entity)
             raise FhirError(403, "Access refused: a patient account can only add to its own record.",
@@ -365,7 +546,8 @@ class Gate:
                 if plan["kind"] == "delete":
                     cur = self.store.read(plan["rtype"], plan["id"])
                     self.check(who, "delete", plan["rtype"], patient_id=cur.patient_id if cur else None,
-                               entity=f"{plan['rtype']}/{plan['id']}")
+                               entity=f"{plan['rtype']}/{plan['id']}",
+                               item=cur if cur and not cur.deleted else None)
                 continue
             resource = copy.deepcopy(entries[i]["resource"])
             rewrite_references(resource, mapping)
@@ -379,15 +561,20 @@ class Gate:
                 raise _entry_error(exc, i) from None
             current = self.store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
             self._check_write(who, "update" if plan["kind"] == "put" else "create", resource,
-                              current_patient=current.patient_id if current else None)
+                              current=current if current and not current.deleted else None)
             prepared[i] = self._prepare(who, resource)
         # 3. write everything in one database transaction
         responses: dict[int, dict] = {}
+        changed = False
+        committed: list[Written] = []
         with self.store.writing() as conn:
             for i in order:
                 plan = plans[i]
                 if plan["kind"] == "delete":
-                    self.store.delete(conn, plan["rtype"], plan["id"])
+                    gone_w = self.store.delete(conn, plan["rtype"], plan["id"])
+                    if gone_w:
+                        committed.append(gone_w)
+                        changed = self.facts.on_delete(conn, plan["rtype"], plan["id"]) or changed
                     responses[i] = {"status": "204 No Content"}
                 elif plan["kind"] == "exists":
                     m = plan["match"]
@@ -397,9 +584,14 @@ class Gate:
                         _check_if_match(self.store, conn, plan["rtype"], plan["id"], plan["if_match"])
                     w = self.store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
                                                   else "PUT", skip_unchanged=False)[0]
+                    changed = self.facts.on_write(conn, [prepared[i]], [w.status]) or changed
+                    committed.append(w)
                     status = "201 Created" if w.status == "created" else "200 OK"
                     responses[i] = _entry_response(status, w.rtype, w.id, w.version, w.last_updated, base_url)
                     responses[i]["resource"] = w.resource
+        if changed:
+            self.facts.invalidate()
+        self._emit(who, committed)
         for i in order:
             plan = plans[i]
             if plan["kind"] in ("create", "put", "delete"):
@@ -500,14 +692,38 @@ class Gate:
         return SearchResult(total, matches, [], plan.offset + len(matches) < total, plan)
 
 
-def how_to_get_access(who: Principal) -> str:
+def how_to_get_access(who: Principal, decision: policy.Decision | None = None) -> str:
     """Plain advice shown with a refusal."""
+    reason = decision.reason if decision else ""
     if who.role == "patient":
         return "Ask your GP practice if you think you should be able to see this."
     if who.role == "analyst":
         return "Analysts work with de-identified extracts and published aggregates, not individual records."
-    return ("If you are caring for this person, ask to be added to their care team, or use emergency access "
-            "(break-glass) with a reason if it is an emergency.")
+    if who.role == "privacy-officer":
+        return "Privacy officers review the audit trail and break-glass use (GET /api/privacy/reviews)."
+    if "sealed" in reason or "private" in reason:
+        return "Ask the organisation that recorded it; sealed and private entries are not shared, even in an emergency."
+    if "objected" in reason:
+        return ("The person's choice is honoured on every path; ask the person, or the organisation that recorded "
+                "the entry, if you need it for their care.")
+    if "emergency-access" in policy.activities_of(who.role):
+        return ("If you are caring for this person, ask to be added to their care team or send a referral; in an "
+                "emergency use break-glass (POST /api/break-glass with patient, reason_category and reason): it "
+                "is time-limited and reviewed by the privacy officer.")
+    return "If you are caring for this person, ask to be added to their care team."
+
+
+def access_entry(ev: dict) -> dict:
+    """One line of an access log, from an AuditEvent."""
+    agent = (ev.get("agent") or [{}])[0]
+    sub = (ev.get("subtype") or [{}])[0].get("code")
+    what = [e["what"]["reference"] for e in ev.get("entity") or () if e.get("what", {}).get("reference")]
+    return {"when": ev.get("recorded"), "who": agent.get("who", {}).get("display"),
+            "practitioner": agent.get("who", {}).get("reference"),
+            "organisation": (agent.get("location") or {}).get("reference"),
+            "role": ((agent.get("role") or [{}])[0]).get("text"), "action": sub,
+            "outcome": "allowed" if ev.get("outcome") == "0" else "refused", "reason": ev.get("outcomeDesc"),
+            "what": what}
 
 
 def _known_type(rtype: str, where: str | None = None) -> None:
@@ -516,9 +732,10 @@ def _known_type(rtype: str, where: str | None = None) -> None:
                         expression=[where] if where else None)
 
 
-def _patient_filter(params: list[tuple[str, str]]) -> str | None:
+def _patient_filter(params: list[tuple[str, str]], rtype: str | None = None) -> str | None:
+    keys = ("patient", "subject", "patient:Patient", "subject:Patient") + (("_id",) if rtype == "Patient" else ())
     for k, v in params:
-        if k in ("patient", "subject", "patient:Patient", "subject:Patient", "_id") and "," not in v:
+        if k in keys and "," not in v:
             t, i = split_reference(v)
             return i if t in (None, "Patient") and i else (v if t is None and "/" not in v else None)
     return None
@@ -540,8 +757,7 @@ def _collect_refs(node: Any, out: list[tuple[str, str]]) -> None:
 
 def _check_if_match(store: Store, conn, rtype: str, rid: str, if_match: str) -> None:
     want = if_match.strip()
-    if want.startswith("W/"):
-        want = want[2:]
+    want = want.removeprefix("W/")
     want = want.strip('"')
     current = store.current_versions(conn, rtype, [rid], lock=True).get(rid)
     have = str(current[0]) if current and not current[2] else None

@@ -25,9 +25,32 @@ class Decision:
     reason: str
     activity: str | None = None
     patient_only: str | None = None  # restrict to this patient's compartment (patient self-access)
+    break_glass_until: str | None = None  # allowed only by an emergency (break-glass) grant until then
+    relationship: str | None = None  # the legitimate relationship that allowed it
 
     def __bool__(self) -> bool:
         return self.allowed
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the gate knows about the person (and the entry) an action concerns, for this principal."""
+
+    relationship: str | None = None  # kind of legitimate relationship (None: there is none)
+    break_glass_until: str | None = None  # an active emergency-access grant for this person, until then
+    objection: str | None = None  # 'all' | 'organisation': the person objects to sharing with this principal
+    restricted: str | None = None  # 'sealed' | 'private': the entry is visible only to its recording organisation
+    own_item: bool = False  # the entry was recorded by the principal's organisation
+
+
+NO_FACTS = Facts()
+# Actions about one entry (item-level rules apply); others act on a collection the gate narrows item by item.
+ITEM_ACTIONS = {"read", "vread", "update", "delete", "history"}
+OBJECTION_EXEMPT = frozenset({"Patient", "Consent"})  # who the person is, and the choices they made
+PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP = {"directory", "audit"}
+# Actions that are an activity in themselves (not an operation on a resource type).
+ACTIVITY_ACTIONS = {"break-glass": "emergency-access", "review": "review-audit",
+                    "extract": "pseudonymised-analytics"}
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +85,14 @@ def type_rule(rtype: str) -> dict[str, str]:
     return r["_type_rule"].get(rtype) or r["_fallback"]
 
 
+def readable_types(who: Principal) -> tuple[bool, set[str], set[str]]:
+    """(types not listed are readable?, listed types readable, listed types not readable) for a role."""
+    r = rules()
+    fallback_ok = _has(who, r["_fallback"]["read"])
+    readable = {t for t, rule in r["_type_rule"].items() if _has(who, rule["read"])}
+    return fallback_ok, readable, set(r["_type_rule"]) - readable
+
+
 def _has(who: Principal, activity: str) -> bool:
     acts = activities_of(who.role)
     if "*" in acts:
@@ -71,13 +102,26 @@ def _has(who: Principal, activity: str) -> bool:
     return activity in acts
 
 
-def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | None = None) -> Decision:
-    """Decide whether `who` may perform `action` on `rtype` (optionally within one patient's record)."""
+def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | None = None,
+           facts: Facts | None = None) -> Decision:
+    """Decide whether `who` may perform `action` on `rtype`, within one person's record when patient_id is given.
+
+    For a professional acting within a person's record the role must permit the activity AND there must be a
+    legitimate relationship (or an active break-glass grant); an entry that is sealed or marked private is
+    visible only to its recording organisation, and a person's objection to sharing hides entries recorded
+    elsewhere (except who they are and their choices). `facts` carries what the gate knows; without it a
+    person's record counts as one with no relationship.
+    """
     acts = activities_of(who.role)
     if not acts:
         return Decision(False, f"role '{who.role}' is not recognised")
     if "*" in acts:
         return Decision(True, "integration account", "*")
+    if action in ACTIVITY_ACTIONS:
+        needed = ACTIVITY_ACTIONS[action]
+        if needed in acts:
+            return Decision(True, f"role '{who.role}' may {needed.replace('-', ' ')}", needed)
+        return Decision(False, f"role '{who.role}' does not include '{needed}'", needed)
     if action == "import" or (action == "export" and who.role != "patient"):
         return Decision(False, f"only the integration account may {action} whole data sets", "bulk-load")
     rule = type_rule(rtype) if rtype else type_rule("Patient")
@@ -100,7 +144,29 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
         return Decision(True, "own record", "patient-self-access", patient_only=who.patient_id)
     if needed == "never":
         return Decision(False, f"{rtype} entries are written by the platform only", None)
-    if _has(who, needed):
-        return Decision(True, f"role '{who.role}' may {needed.replace('-', ' ')}", needed)
-    verb = "change" if is_write else "see"
-    return Decision(False, f"role '{who.role}' may not {verb} {rtype} entries (needs '{needed}')", needed)
+    if not _has(who, needed):
+        verb = "change" if is_write else "see"
+        return Decision(False, f"role '{who.role}' may not {verb} {rtype} entries (needs '{needed}')", needed)
+    base = f"role '{who.role}' may {needed.replace('-', ' ')}"
+    if patient_id is None or rule["group"] in PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP:
+        return Decision(True, base, needed)
+    f = facts or NO_FACTS
+    if not f.relationship and not f.break_glass_until:
+        return Decision(False, "you have no legitimate relationship with this person (not in their care team, "
+                               "not their registered or holding organisation, no open referral or advice request)",
+                        needed)
+    via = (f"relationship: {f.relationship}" if f.relationship
+           else f"emergency (break-glass) access until {f.break_glass_until}")
+    if action in ITEM_ACTIONS:
+        if f.restricted and not f.own_item:
+            what = "sealed" if f.restricted == "sealed" else "marked private by the person"
+            return Decision(False, f"this entry is {what} and visible only within the organisation that "
+                                   "recorded it", needed)
+        if f.objection and not f.own_item and rtype not in OBJECTION_EXEMPT:
+            whom = "anyone outside the organisation that recorded it" if f.objection == "all" \
+                else "your organisation"
+            return Decision(False, f"the person has objected to sharing this part of their record with {whom}",
+                            needed)
+    return Decision(True, f"{base}; {via}", needed,
+                    break_glass_until=None if f.relationship else f.break_glass_until,
+                    relationship=f.relationship)

@@ -228,3 +228,33 @@ governance_epoch = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("token", sa.String(64), nullable=False),
 )
+
+# -- Care notifications (revision 0004): the in-app inbox and per-user notification choices. Platform data,
+# not clinical FHIR: an item names its event, the person (by id only) and the resource it came from; patient
+# details are shown only by reading them through the gate when the inbox is read.
+inbox_item = sa.Table(
+    "inbox_item", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_name", sa.String(128), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("patient_id", Id),
+    sa.Column("source_ref", sa.String(140)),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("hits", sa.Integer, nullable=False, default=1),
+    sa.Column("occurred", sa.String(40)),
+    sa.Column("first_at", sa.String(40), nullable=False),
+    sa.Column("last_at", sa.String(40), nullable=False),
+    sa.Column("read_at", sa.String(40)),
+)
+sa.Index("ix_inbox_item_user", inbox_item.c.user_name, inbox_item.c.read_at, inbox_item.c.last_at)
+sa.Index("ix_inbox_item_collapse", inbox_item.c.user_name, inbox_item.c.event_type, inbox_item.c.patient_id,
+         inbox_item.c.source_ref)
+
+# Which event types each user wants in their inbox (no row = on).
+notification_preference = sa.Table(
+    "notification_preference", metadata,
+    sa.Column("user_name", sa.String(128), primary_key=True),
+    sa.Column("event_type", sa.String(32), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+)

@@ -1,0 +1,456 @@
+"""Access facts: who has a legitimate relationship with whom, what each person chose, which entries are sealed.
+
+The facts are derived from FHIR resources as they are written (in the same database transaction) into small
+tables, and cached per process so that a policy check is a dict lookup. The cache is dropped at once in the
+writing process and, in other processes, within `JOINEDUP_POLICY_REFRESH_MS` (default 200 ms), when they see
+the epoch token change.
+
+How the facts are read from FHIR (see docs/governance.md):
+
+* relationship — Patient.generalPractitioner (Organization = registered practice, Practitioner = named GP),
+  Patient.managingOrganization and the organisation that recorded the Patient resource (meta.source);
+  CareTeam (status active or absent, period not ended) participant.member / onBehalfOf and
+  managingOrganization; EpisodeOfCare (status active) managingOrganization and careManager; open referrals and
+  advice requests: ServiceRequest (active) performer and requester, Task (open) owner and requester,
+  CommunicationRequest (active) recipient and sender, Communication (preparation / in-progress) recipient and
+  sender.
+* objection — an active Consent with scope patient-privacy and a deny provision: no actor and no data = object
+  to all sharing; actor Organization/X = object to sharing with X; data references = those entries private.
+* National Data Opt-out — an active Consent whose policyRule has the code `national-data-opt-out` (system
+  OPT_OUT_SYSTEM).
+* sealed / private entries — meta.security code R (sealed by a clinician) or V (very restricted), or the
+  JoinedUp tag PRIVATE_TAG (marked private by the person).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+
+from joinedup.fhir.search_params import split_reference
+from joinedup.governance.policy import OBJECTION_EXEMPT
+from joinedup.store import schema
+
+if TYPE_CHECKING:
+    from joinedup.governance.identity import Principal
+    from joinedup.store.repository import Prepared
+
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+OPT_OUT_SYSTEM = "https://joinedup.example/fhir/CodeSystem/data-sharing"
+OPT_OUT_CODE = "national-data-opt-out"
+PRIVATE_TAG_SYSTEM = "https://joinedup.example/fhir/CodeSystem/data-sharing"
+PRIVATE_TAG_CODE = "private"
+REGISTRATION_WORDS = ("registration", "regist")
+
+# Resource types whose writes change relationships or choices.
+FACT_TYPES = {"Patient", "CareTeam", "EpisodeOfCare", "ServiceRequest", "Task", "CommunicationRequest",
+              "Communication", "Consent"}
+
+KIND_TEXT = {
+    "registered": "registered with your organisation",
+    "named-gp": "you are their named GP",
+    "holding": "your organisation holds their record",
+    "care-team": "member of their care team",
+    "episode": "open episode of care with your organisation",
+    "referral": "open referral or advice request",
+}
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _ref(node: Any) -> tuple[str | None, str | None]:
+    if isinstance(node, dict) and isinstance(node.get("reference"), str):
+        return split_reference(node["reference"])
+    return None, None
+
+
+def _ended(period: Any, now: str) -> str | None:
+    """The period's end (for the table), or 'past' when it has already ended."""
+    end = (period or {}).get("end") if isinstance(period, dict) else None
+    if not isinstance(end, str) or not end:
+        return None
+    return "past" if end[:19] <= now else end[:19]
+
+
+def item_label(resource: dict | None) -> str | None:
+    """'sealed' or 'private' when the entry's own security labels or tags restrict it, else None."""
+    if not resource:
+        return None
+    meta = resource.get("meta")
+    if not meta:
+        return None
+    label = None
+    for sec in meta.get("security") or ():
+        code = sec.get("code") if isinstance(sec, dict) else None
+        if code == "V":
+            return "private"
+        if code == "R":
+            label = "sealed"
+    for tag in meta.get("tag") or ():
+        if isinstance(tag, dict) and tag.get("code") == PRIVATE_TAG_CODE and tag.get("system") == PRIVATE_TAG_SYSTEM:
+            return "private"
+    return label
+
+
+def relationships_of(resource: dict, patient_id: str | None, now: str | None = None) -> list[tuple]:
+    """(kind, practitioner_id, organization_id, ends) rows a resource establishes for its patient."""
+    rtype = resource.get("resourceType")
+    now = now or _now_iso()
+    rows: list[tuple] = []
+
+    def add(kind: str, node: Any, ends: str | None = None) -> None:
+        t, i = _ref(node)
+        if not i:
+            return
+        if t == "Practitioner":
+            rows.append((kind, i, None, ends))
+        elif t == "Organization":
+            rows.append((kind, None, i, ends))
+
+    if not patient_id:
+        return rows
+    if rtype == "Patient":
+        if resource.get("active") is False:
+            return rows
+        for gp in resource.get("generalPractitioner") or ():
+            t, _ = _ref(gp)
+            add("registered" if t == "Organization" else "named-gp", gp)
+        add("holding", resource.get("managingOrganization"))
+        src = (resource.get("meta") or {}).get("source")
+        if isinstance(src, str) and src.startswith("Organization/"):
+            add("holding", {"reference": src})
+    elif rtype == "CareTeam":
+        if resource.get("status") not in (None, "active"):
+            return rows
+        ends = _ended(resource.get("period"), now)
+        if ends == "past":
+            return rows
+        for p in resource.get("participant") or ():
+            pend = _ended(p.get("period"), now) if isinstance(p, dict) else None
+            if pend == "past" or not isinstance(p, dict):
+                continue
+            add("care-team", p.get("member"), pend or ends)
+            add("care-team", p.get("onBehalfOf"), pend or ends)
+        for org in resource.get("managingOrganization") or ():
+            add("care-team", org, ends)
+    elif rtype == "EpisodeOfCare":
+        if resource.get("status") != "active":
+            return rows
+        ends = _ended(resource.get("period"), now)
+        if ends == "past":
+            return rows
+        kind = "episode"
+        for t in resource.get("type") or ():
+            words = " ".join([str(t.get("text") or "")] + [str(c.get("code") or "") + " " + str(c.get("display") or "")
+                                                            for c in t.get("coding") or ()]).lower()
+            if any(w in words for w in REGISTRATION_WORDS):
+                kind = "registered"
+        add(kind, resource.get("managingOrganization"), ends)
+        add(kind, resource.get("careManager"), ends)
+    elif rtype == "ServiceRequest":
+        if resource.get("status") != "active":
+            return rows
+        for p in resource.get("performer") or ():
+            add("referral", p)
+        add("referral", resource.get("requester"))
+    elif rtype == "Task":
+        if resource.get("status") not in ("requested", "received", "accepted", "ready", "in-progress", "on-hold"):
+            return rows
+        add("referral", resource.get("owner"))
+        add("referral", resource.get("requester"))
+    elif rtype == "CommunicationRequest":
+        if resource.get("status") != "active":
+            return rows
+        for r in resource.get("recipient") or ():
+            add("referral", r)
+        add("referral", resource.get("sender"))
+    elif rtype == "Communication":
+        if resource.get("status") not in ("preparation", "in-progress", "on-hold"):
+            return rows
+        for r in resource.get("recipient") or ():
+            add("referral", r)
+        add("referral", resource.get("sender"))
+    return rows
+
+
+def choices_of(resource: dict) -> tuple[list[tuple], list[tuple]]:
+    """From a Consent: ([(kind, organization_id)] choices, [(res_type, res_id)] private entries)."""
+    if resource.get("resourceType") != "Consent" or resource.get("status") != "active":
+        return [], []
+    choices: list[tuple] = []
+    private: list[tuple] = []
+    for rule in ([resource.get("policyRule")] if resource.get("policyRule") else []):
+        for c in rule.get("coding") or ():
+            if c.get("code") == OPT_OUT_CODE and c.get("system") in (OPT_OUT_SYSTEM, None):
+                choices.append(("opt-out", None))
+    if choices:
+        return choices, private
+    scopes = {c.get("code") for c in ((resource.get("scope") or {}).get("coding") or ())}
+    if "patient-privacy" not in scopes:
+        return [], []
+    top = resource.get("provision") or {}
+    provisions = [top] + list(top.get("provision") or [])
+    for prov in provisions:
+        if not isinstance(prov, dict) or prov.get("type") != "deny":
+            continue
+        actors = [_ref(a.get("reference")) for a in prov.get("actor") or () if isinstance(a, dict)]
+        data = [_ref(d.get("reference")) for d in prov.get("data") or () if isinstance(d, dict)]
+        orgs = [i for t, i in actors if t == "Organization" and i]
+        items = [(t, i) for t, i in data if t and i]
+        if items:
+            private.extend(items)
+        elif orgs:
+            choices.extend(("organization", o) for o in orgs)
+        elif not actors:
+            choices.append(("all", None))
+    return choices, private
+
+
+@dataclass
+class Choice:
+    objects_all: bool = False
+    objects_to: frozenset = frozenset()
+    opted_out: bool = False
+
+
+@dataclass
+class _Snapshot:
+    token: str | None
+    checked: float
+    choices: dict[str, Choice]
+    private: dict[tuple[str, str], str]
+    grants: dict[tuple[str, str], str]
+    reach: dict[tuple[str | None, str | None], dict[str, str]] = field(default_factory=dict)
+    generation: int = 0
+
+
+class AccessFacts:
+    """Maintains the fact tables on writes and answers policy questions from a per-process cache."""
+
+    def __init__(self, store, refresh_ms: int | None = None) -> None:
+        self.store = store
+        self.refresh = (refresh_ms if refresh_ms is not None
+                        else int(os.environ.get("JOINEDUP_POLICY_REFRESH_MS", "200"))) / 1000
+        self._snap: _Snapshot | None = None
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by invalidate(): a load that started before it is not kept
+
+    # -- maintenance on writes (inside the writer's transaction) -------------------------------------
+    def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None) -> bool:
+        """Re-derive facts for written resources; returns True when any fact table changed."""
+        rel_rows, choice_rows, restricted_rows, stale = [], [], [], []
+        now = _now_iso()
+        statuses = list(statuses) if statuses is not None else None
+        for n, p in enumerate(items):
+            status = statuses[n] if statuses is not None else "updated"
+            if status == "unchanged":
+                continue
+            relevant = p.rtype in FACT_TYPES
+            labelled = '"security"' in p.doc or '"tag"' in p.doc
+            if status != "created":
+                stale.append(f"{p.rtype}/{p.id}")
+            if not relevant and not labelled:
+                continue
+            resource = p.resource if p.resource is not None else orjson.loads(p.doc)
+            basis = f"{p.rtype}/{p.id}"
+            label = item_label(resource) if labelled else None
+            if label:
+                restricted_rows.append({"res_type": p.rtype, "res_id": p.id, "patient_id": p.patient_id,
+                                        "reason": label, "basis": basis})
+            if not relevant:
+                continue
+            for kind, prac, org, ends in relationships_of(resource, p.patient_id, now):
+                rel_rows.append({"patient_id": p.patient_id, "kind": kind, "practitioner_id": prac,
+                                 "organization_id": org, "basis": basis, "ends": ends})
+            if p.rtype == "Consent" and p.patient_id:
+                choices, private = choices_of(resource)
+                choice_rows.extend({"patient_id": p.patient_id, "kind": k, "organization_id": o, "basis": basis}
+                                   for k, o in choices)
+                restricted_rows.extend({"res_type": t, "res_id": i, "patient_id": p.patient_id,
+                                        "reason": "private", "basis": basis} for t, i in private)
+        changed = bool(rel_rows or choice_rows or restricted_rows)
+        if stale:
+            changed = self._forget(conn, stale) or changed
+        if rel_rows:
+            conn.execute(schema.care_relationship.insert(), rel_rows)
+        if choice_rows:
+            conn.execute(schema.patient_choice.insert(), choice_rows)
+        if restricted_rows:
+            conn.execute(schema.restricted_item.insert(), restricted_rows)
+        if changed:
+            self._bump(conn)
+        return changed
+
+    def on_delete(self, conn, rtype: str, rid: str) -> bool:
+        """Forget facts derived from a deleted resource."""
+        changed = self._forget(conn, [f"{rtype}/{rid}"])
+        if changed:
+            self._bump(conn)
+        return changed
+
+    def _forget(self, conn, bases: list[str]) -> bool:
+        n = 0
+        for i in range(0, len(bases), 500):
+            chunk = bases[i:i + 500]
+            for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item):
+                n += conn.execute(t.delete().where(t.c.basis.in_(chunk))).rowcount or 0
+        return n > 0
+
+    def _bump(self, conn) -> None:
+        e = schema.governance_epoch
+        token = uuid.uuid4().hex
+        if conn.execute(e.update().where(e.c.id == 1).values(token=token)).rowcount == 0:
+            conn.execute(e.insert().values(id=1, token=token))
+
+    def bump(self) -> None:
+        """Mark the facts changed (after writes to the break-glass table, or a reset)."""
+        with self.store.writing() as conn:
+            self._bump(conn)
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop this process's cache now."""
+        self._generation += 1
+        self._snap = None
+
+    # -- the cache ------------------------------------------------------------------------------------
+    def _token(self) -> str | None:
+        e = schema.governance_epoch
+        with self.store.reading() as conn:
+            row = conn.execute(sa.select(e.c.token).where(e.c.id == 1)).first()
+        return row[0] if row else None
+
+    def snapshot(self) -> _Snapshot:
+        snap = self._snap
+        now = time.monotonic()
+        if snap is not None and now - snap.checked < self.refresh:
+            return snap
+        generation = self._generation
+        token = self._token()
+        if snap is not None and snap.token == token:
+            snap.checked = now
+            return snap
+        with self._lock:
+            snap = self._load(token, now)
+            snap.generation = generation
+            if generation == self._generation:
+                self._snap = snap
+        return snap
+
+    def _load(self, token: str | None, now: float) -> _Snapshot:
+        c, ri, bg = schema.patient_choice, schema.restricted_item, schema.break_glass
+        choices: dict[str, Choice] = {}
+        private: dict[tuple[str, str], str] = {}
+        grants: dict[tuple[str, str], str] = {}
+        with self.store.reading() as conn:
+            for pid, kind, org in conn.execute(sa.select(c.c.patient_id, c.c.kind, c.c.organization_id)):
+                ch = choices.setdefault(pid, Choice())
+                if kind == "all":
+                    ch.objects_all = True
+                elif kind == "organization" and org:
+                    ch.objects_to = ch.objects_to | {org}
+                elif kind == "opt-out":
+                    ch.opted_out = True
+            for t, i, reason in conn.execute(sa.select(ri.c.res_type, ri.c.res_id, ri.c.reason)
+                                             .where(ri.c.basis.like("Consent/%"))):
+                private[(t, i)] = reason
+            for user, pid, expires in conn.execute(sa.select(bg.c.user_name, bg.c.patient_id, bg.c.expires)
+                                                   .where(bg.c.expires > _now_iso())):
+                key = (user, pid)
+                if expires > grants.get(key, ""):
+                    grants[key] = expires
+        return _Snapshot(token, now, choices, private, grants)
+
+    def reach(self, who: Principal) -> dict[str, str]:
+        """{patient_id: relationship kind} for every person this principal has a relationship with."""
+        snap = self.snapshot()
+        key = (who.practitioner_id, who.organization_id)
+        got = snap.reach.get(key)
+        if got is not None:
+            return got
+        if key == (None, None):
+            got = {}
+        else:
+            cr = schema.care_relationship
+            got = {}
+            with self.store.reading() as conn:
+                for pid, kind in conn.execute(sa.select(cr.c.patient_id, cr.c.kind).where(
+                        self._mine(cr, who), sa.or_(cr.c.ends.is_(None), cr.c.ends > _now_iso()))):
+                    got.setdefault(pid, kind)
+        if len(snap.reach) > 2000:
+            snap.reach.clear()
+        if snap.generation == self._generation:  # not invalidated while we were reading
+            snap.reach[key] = got
+        return got
+
+    @staticmethod
+    def _mine(cr, who: Principal):
+        conds = []
+        if who.practitioner_id:
+            conds.append(cr.c.practitioner_id == who.practitioner_id)
+        if who.organization_id:
+            conds.append(cr.c.organization_id == who.organization_id)
+        return sa.or_(*conds) if conds else sa.false()
+
+    def relationship(self, who: Principal, patient_id: str) -> str | None:
+        return self.reach(who).get(patient_id)
+
+    def break_glass_until(self, who: Principal, patient_id: str) -> str | None:
+        until = self.snapshot().grants.get((who.name, patient_id))
+        return until if until and until > _now_iso() else None
+
+    def choice(self, patient_id: str | None) -> Choice | None:
+        return self.snapshot().choices.get(patient_id) if patient_id else None
+
+    def objection(self, who: Principal, patient_id: str | None) -> str | None:
+        """'all' or 'organisation' when the person objects to sharing with this principal's organisation."""
+        ch = self.choice(patient_id)
+        if ch is None:
+            return None
+        if ch.objects_all:
+            return "all"
+        if who.organization_id and who.organization_id in ch.objects_to:
+            return "organisation"
+        return None
+
+    def opted_out(self, patient_id: str | None) -> bool:
+        ch = self.choice(patient_id)
+        return bool(ch and ch.opted_out)
+
+    def opted_out_ids(self) -> set[str]:
+        return {p for p, ch in self.snapshot().choices.items() if ch.opted_out}
+
+    def label(self, rtype: str, rid: str, content: dict | None) -> str | None:
+        """'sealed' / 'private' for an entry (own labels, or named private in a Consent)."""
+        return item_label(content) or self.snapshot().private.get((rtype, rid))
+
+    # -- search narrowing (SQL) -------------------------------------------------------------------------
+    def restriction(self, who: Principal) -> list[Any]:
+        """SQL conditions on `resource` that keep only what a professional may see (used by search & includes)."""
+        r = schema.resource
+        cr, pc, ri = schema.care_relationship, schema.patient_choice, schema.restricted_item
+        own = r.c.source == who.source if who.source else sa.false()
+        related = r.c.patient_id.in_(sa.select(cr.c.patient_id).where(
+            self._mine(cr, who), sa.or_(cr.c.ends.is_(None), cr.c.ends > _now_iso())))
+        grants = sorted(p for (u, p), until in self.snapshot().grants.items()
+                        if u == who.name and until > _now_iso())
+        if grants:
+            related = sa.or_(related, r.c.patient_id.in_(grants))
+        objecting = sa.select(pc.c.patient_id).where(
+            sa.or_(pc.c.kind == "all", sa.and_(pc.c.kind == "organization",
+                                               pc.c.organization_id == (who.organization_id or ""))))
+        shared = sa.or_(own, r.c.res_type.in_(sorted(OBJECTION_EXEMPT)), ~r.c.patient_id.in_(objecting))
+        unsealed = sa.or_(own, ~sa.exists().where(ri.c.res_id == r.c.id, ri.c.res_type == r.c.res_type))
+        return [sa.or_(r.c.patient_id.is_(None), sa.and_(related, shared, unsealed))]

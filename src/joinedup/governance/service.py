@@ -1,0 +1,210 @@
+"""Governance services: break-glass grants and their review queue, subject access reports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from joinedup.fhir.errors import FhirError
+from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
+from joinedup.governance.audit import search_events
+from joinedup.governance.gate import Gate, access_entry
+from joinedup.governance.identity import Principal
+from joinedup.store import schema
+
+# Why emergency access was needed (shown to the privacy officer with the free text).
+REASON_CATEGORIES = {
+    "emergency-treatment": "Emergency treatment: the person needs care now",
+    "unable-to-consent": "The person cannot take part in the decision (e.g. unconscious, lacks capacity)",
+    "safeguarding": "Safeguarding concern",
+    "urgent-clinical-need": "Urgent clinical need before a relationship can be set up",
+    "other": "Other (explain in the reason)",
+}
+REVIEW_OUTCOMES = ("appropriate", "inappropriate")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def break_glass_hours() -> float:
+    """How long a grant lasts (JOINEDUP_BREAK_GLASS_HOURS, default 4)."""
+    return float(os.environ.get("JOINEDUP_BREAK_GLASS_HOURS", "4"))
+
+
+def grant_break_glass(gate: Gate, who: Principal, *, patient_id: Any, reason_category: Any, reason: Any,
+                      hours: Any = None) -> dict[str, Any]:
+    """Emergency access to one person's record: needs a reason category and text; time-limited; queued for review."""
+    if not isinstance(patient_id, str) or not patient_id.strip():
+        raise FhirError(400, "break-glass needs 'patient': the id of the person (e.g. \"Patient/123\" or \"123\")",
+                        code="required", expression=["patient"])
+    patient_id = patient_id.strip().removeprefix("Patient/")
+    if reason_category not in REASON_CATEGORIES:
+        raise FhirError(400, f"'reason_category' must be one of: {', '.join(REASON_CATEGORIES)}",
+                        code="value", expression=["reason_category"])
+    if not isinstance(reason, str) or len(reason.strip()) < 10:
+        raise FhirError(400, "'reason' must say in words (at least 10 characters) why emergency access is needed",
+                        code="required", expression=["reason"])
+    if len(reason) > 2000:
+        raise FhirError(400, "'reason' is limited to 2000 characters", code="value", expression=["reason"])
+    limit = break_glass_hours()
+    if hours is None:
+        hours = limit
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= limit:
+        raise FhirError(400, f"'hours' must be a number above 0 and at most {limit:g}", code="value",
+                        expression=["hours"])
+    decision = gate.check(who, "break-glass", "Patient", patient_id=None, entity=f"Patient/{patient_id}")
+    patient = gate.store.read("Patient", patient_id)
+    if patient is None or patient.deleted:
+        raise FhirError(404, f"No person with id '{patient_id}'", code="not-found")
+    existing = gate.facts.relationship(who, patient_id)
+    if existing:
+        raise FhirError(409, f"You already have a relationship with this person ({existing}); "
+                             "break-glass is not needed", code="business-rule")
+    now = _now()
+    expires = now + timedelta(hours=float(hours))
+    grant_id = uuid.uuid4().hex
+    row = {"id": grant_id, "user_name": who.name, "role": who.role, "practitioner_id": who.practitioner_id,
+           "organization_id": who.organization_id, "patient_id": patient_id, "reason_category": reason_category,
+           "reason": reason.strip(), "granted": _iso(now), "expires": _iso(expires)}
+    with gate.store.writing() as conn:
+        conn.execute(schema.break_glass.insert().values(**row))
+        gate.facts._bump(conn)
+    gate.facts.invalidate()
+    gate.audit.record(who, "break-glass", allowed=True,
+                      reason=f"{decision.reason}; {reason_category}: {reason.strip()}"[:1000],
+                      entity=f"Patient/{patient_id}", patient_id=patient_id, detail={"grant": grant_id,
+                                                                                     "until": row["expires"]})
+    out = _grant_view(row)
+    objection = gate.facts.objection(who, patient_id)
+    out["notice"] = (f"Emergency access to this person's record until {out['expires']}. It is recorded and will be "
+                     "reviewed by the privacy officer. Sealed and private entries stay hidden")
+    if objection:
+        out["notice"] += ", and so do entries recorded elsewhere: the person has objected to sharing them"
+    out["notice"] += "."
+    return out
+
+
+def _grant_view(row: dict) -> dict[str, Any]:
+    now = _iso(_now())
+    return {"id": row["id"], "user": row["user_name"], "role": row["role"],
+            "practitioner": row.get("practitioner_id"), "organisation": row.get("organization_id"),
+            "patient": f"Patient/{row['patient_id']}", "reason_category": row["reason_category"],
+            "reason": row["reason"], "granted": row["granted"] + "Z", "expires": row["expires"] + "Z",
+            "active": row["expires"] > now, "outcome": row.get("review_outcome"), "note": row.get("review_note"),
+            "reviewed_by": row.get("reviewed_by"),
+            "reviewed_at": row["reviewed_at"] + "Z" if row.get("reviewed_at") else None}
+
+
+def my_grants(gate: Gate, who: Principal) -> list[dict[str, Any]]:
+    """The caller's active break-glass grants."""
+    bg = schema.break_glass
+    with gate.store.reading() as conn:
+        rows = conn.execute(sa.select(bg).where(bg.c.user_name == who.name, bg.c.expires > _iso(_now()))
+                            .order_by(bg.c.granted.desc())).mappings().all()
+    return [_grant_view(dict(r)) for r in rows]
+
+
+def review_queue(gate: Gate, who: Principal, *, status: str = "pending", limit: int = 200) -> list[dict[str, Any]]:
+    """Break-glass grants for the privacy officer: pending first (or all), with what was accessed under each."""
+    if status not in ("pending", "reviewed", "all"):
+        raise FhirError(400, "status must be pending, reviewed or all", code="value", expression=["status"])
+    decision = gate.check(who, "review", None, entity="privacy-reviews")
+    bg = schema.break_glass
+    q = sa.select(bg)
+    if status == "pending":
+        q = q.where(bg.c.review_outcome.is_(None))
+    elif status == "reviewed":
+        q = q.where(bg.c.review_outcome.is_not(None))
+    with gate.store.reading() as conn:
+        rows = conn.execute(q.order_by(bg.c.granted).limit(limit)).mappings().all()
+    gate.audit.flush()
+    out = []
+    for r in rows:
+        view = _grant_view(dict(r))
+        total, _ = search_events(gate.store, patient_id=r["patient_id"], user_name=r["user_name"],
+                                 since=r["granted"], until=r["expires"] + "Z", count=0)
+        view["accesses_during_grant"] = total
+        out.append(view)
+    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-reviews",
+                      detail={"listed": len(out), "status": status})
+    return out
+
+
+def record_review(gate: Gate, who: Principal, grant_id: str, *, outcome: Any, note: Any = None) -> dict[str, Any]:
+    """The privacy officer's outcome for one break-glass grant (appropriate / inappropriate, with a note)."""
+    if outcome not in REVIEW_OUTCOMES:
+        raise FhirError(400, "'outcome' must be 'appropriate' or 'inappropriate'", code="value",
+                        expression=["outcome"])
+    if note is not None and (not isinstance(note, str) or len(note) > 2000):
+        raise FhirError(400, "'note' must be text of at most 2000 characters", code="value", expression=["note"])
+    if outcome == "inappropriate" and not (note or "").strip():
+        raise FhirError(400, "say what was inappropriate in 'note' (it goes to the follow-up)", code="required",
+                        expression=["note"])
+    decision = gate.check(who, "review", None, entity=f"break-glass/{grant_id}")
+    bg = schema.break_glass
+    with gate.store.writing() as conn:
+        row = conn.execute(sa.select(bg).where(bg.c.id == grant_id)).mappings().first()
+        if row is None:
+            raise FhirError(404, f"No break-glass grant '{grant_id}'", code="not-found")
+        if row["user_name"] == who.name:
+            raise FhirError(403, "Access refused: nobody reviews their own emergency access.", code="forbidden")
+        if row["review_outcome"]:
+            raise FhirError(409, f"Grant {grant_id} was already reviewed ({row['review_outcome']} by "
+                                 f"{row['reviewed_by']})", code="conflict")
+        values = {"review_outcome": outcome, "review_note": (note or "").strip() or None, "reviewed_by": who.name,
+                  "reviewed_at": _iso(_now())}
+        conn.execute(bg.update().where(bg.c.id == grant_id).values(**values))
+    gate.audit.record(who, "review", allowed=True, reason=f"{decision.reason}; break-glass judged {outcome}",
+                      entity=f"break-glass/{grant_id}", patient_id=row["patient_id"],
+                      detail={"outcome": outcome, "user": row["user_name"]})
+    return _grant_view({**dict(row), **values})
+
+
+def normalise_nhs_number(value: str) -> str:
+    """Digits of an NHS number (spaces and dashes allowed), or ValueError with the reason."""
+    digits = "".join(ch for ch in value if ch not in " -")
+    if not digits.isdigit() or len(digits) != 10:
+        raise ValueError(f"'{value}' is not an NHS number (10 digits)")
+    if not is_valid(digits):
+        raise ValueError(f"'{value}' is not a valid NHS number (the check digit does not match)")
+    return digits
+
+
+def subject_access_report(gate: Gate, who: Principal, nhs_number: str) -> dict[str, Any]:
+    """A person's record (every entry) plus the log of who accessed it, for a subject access request."""
+    digits = normalise_nhs_number(nhs_number)
+    result = gate.search(who, "Patient", [("identifier", f"{NHS_NUMBER_SYSTEM}|{digits}"), ("_count", "100")],
+                         query_text=f"subject access request {digits}")
+    if not result.matches:
+        raise LookupError(f"no person with NHS number {digits}")
+    records = []
+    for patient in result.matches:
+        entries = gate.everything(who, patient.id)
+        gate.audit.flush()
+        total, log = gate.access_log(who, patient.id, count=100000)
+        records.append({"patient": f"Patient/{patient.id}", "entries": [s.content for s in entries],
+                        "access_log": log, "access_log_total": total})
+    return {"report": "subject access report", "nhs_number": digits,
+            "generated": _now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "generated_by": who.name, "records": records}
+
+
+__all__ = [
+    "REASON_CATEGORIES",
+    "access_entry",
+    "grant_break_glass",
+    "my_grants",
+    "normalise_nhs_number",
+    "record_review",
+    "review_queue",
+    "subject_access_report",
+]
