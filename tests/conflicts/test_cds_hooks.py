@@ -138,7 +138,8 @@ def test_patient_view_without_prefetch_reads_the_store(server, api, uid) -> None
     fetched = r2.json()["extension"]["example.joinedup.read-from-store"]
     assert "patient" not in fetched and "allergies" in fetched and "conditions" in fetched
     assert _rules(r2) == _rules(r)
-    # the access was made as the caller, through the gate, and audited
+    # the access was made as the caller, through the gate, and audited (once the writer has flushed)
+    server.gate.audit.flush()
     with server.client("admin") as c:
         audit = c.get("/fhir/AuditEvent", params={"patient": pid, "agent-name": "gp"})
     assert audit.status_code == 200 and audit.json().get("total", 0) >= 1
