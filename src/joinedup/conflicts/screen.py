@@ -109,14 +109,15 @@ def _practice_matcher(gate: Any, who: Principal, practice: str | None) -> Callab
 
 def iter_screen(*, gate: Any, who: Principal, severity: str | None = None, practice: str | None = None,
                 today: date | None = None, progress: Callable[[int], None] | None = None,
-                every: int = 500) -> Iterator[tuple[str, dict[str, Any] | None]]:
+                every: int = 500, shard: tuple[int, int] | None = None
+                ) -> Iterator[tuple[str, dict[str, Any] | None]]:
     """Stream (practice, row or None) per person in store order; a row only when the person is flagged."""
     kb = load_knowledge()
     threshold = SEVERITY_ORDER[check_severity(severity)]
     matcher = _practice_matcher(gate, who, practice)
     today = today or date.today()
     n = 0
-    for patient, items in gate.records(who, purpose=PURPOSE, types=SCREEN_TYPES):
+    for patient, items in gate.records(who, purpose=PURPOSE, types=SCREEN_TYPES, shard=shard):
         n += 1
         if progress is not None and n % every == 0:
             progress(n)
@@ -163,17 +164,10 @@ def _practice_names(gate: Any, who: Principal, refs: list[str]) -> dict[str, str
     return names
 
 
-def screen_population(*, gate: Any, who: Principal, severity: str | None = None, practice: str | None = None,
-                      today: date | None = None, progress: Callable[[int], None] | None = None
-                      ) -> ScreenResult:
-    """Screen every record the principal may see: detection only, streamed (constant memory per person)."""
-    sev = check_severity(severity)
-    started = time.perf_counter()
-    per_practice: dict[str, dict[str, Any]] = {}
-    worklist: list[dict[str, Any]] = []
+def _tally(rows: Iterator[tuple[str, dict[str, Any] | None]], per_practice: dict[str, dict[str, Any]],
+           worklist: list[dict[str, Any]]) -> int:
     screened = 0
-    for prac, row in iter_screen(gate=gate, who=who, severity=sev, practice=practice, today=today,
-                                 progress=progress):
+    for prac, row in rows:
         screened += 1
         c = per_practice.get(prac)
         if c is None:
@@ -185,6 +179,80 @@ def screen_population(*, gate: Any, who: Principal, severity: str | None = None,
             for s in SEVERITIES:
                 c[s] += row[s]
             worklist.append(row)
+    return screened
+
+
+_shared_count = None
+
+
+def _init_shard(counter) -> None:
+    global _shared_count
+    _shared_count = counter
+
+
+def _screen_shard(db_url: str, who: Principal, severity: str, practice: str | None, today: date | None,
+                  shard: tuple[int, int]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]:
+    """One process's share of a population screen (spawned: its own connections and gate)."""
+    from joinedup.governance.gate import get_gate
+
+    gate = get_gate(db_url)
+    last = 0
+
+    def progress(n: int) -> None:
+        nonlocal last
+        if _shared_count is not None:
+            with _shared_count.get_lock():
+                _shared_count.value += n - last
+        last = n
+
+    per_practice: dict[str, dict[str, Any]] = {}
+    worklist: list[dict[str, Any]] = []
+    try:
+        screened = _tally(iter_screen(gate=gate, who=who, severity=severity, practice=practice, today=today,
+                                      progress=progress, every=200, shard=shard), per_practice, worklist)
+    finally:
+        gate.audit.flush()
+    return per_practice, worklist, screened
+
+
+def screen_population(*, gate: Any, who: Principal, severity: str | None = None, practice: str | None = None,
+                      today: date | None = None, progress: Callable[[int], None] | None = None,
+                      workers: int = 1) -> ScreenResult:
+    """Screen every record the principal may see: detection only, streamed (constant memory per person).
+
+    workers > 1 splits the population between processes (each reads its share through the gate).
+    """
+    sev = check_severity(severity)
+    started = time.perf_counter()
+    per_practice: dict[str, dict[str, Any]] = {}
+    worklist: list[dict[str, Any]] = []
+    if workers <= 1:
+        screened = _tally(iter_screen(gate=gate, who=who, severity=sev, practice=practice, today=today,
+                                      progress=progress), per_practice, worklist)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("q", 0)
+        screened = 0
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_shard,
+                                 initargs=(counter,)) as pool:
+            pending = {pool.submit(_screen_shard, gate.store.url, who, sev, practice, today, (k, workers))
+                       for k in range(workers)}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                if progress is not None:
+                    progress(counter.value)
+                for fut in done:
+                    part, rows, n = fut.result()
+                    screened += n
+                    worklist.extend(rows)
+                    for prac, c in part.items():
+                        mine = per_practice.setdefault(prac, {**c, "screened": 0, "flagged": 0,
+                                                               **dict.fromkeys(SEVERITIES, 0)})
+                        for key in ("screened", "flagged", *SEVERITIES):
+                            mine[key] += c[key]
     names = _practice_names(gate, who, sorted(per_practice)) if per_practice else {}
     for ref, c in per_practice.items():
         c["practice_name"] = names.get(ref, "")

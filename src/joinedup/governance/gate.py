@@ -367,8 +367,8 @@ class Gate:
             self.audit.record(who, "export", allowed=True, reason=decision.reason, entity=f"{label}:{rtype}",
                               detail={"resources": n})
 
-    def records(self, who: Principal, *, purpose: str, types: set[str] | None = None
-                ) -> Iterator[tuple[Stored, list[Stored]]]:
+    def records(self, who: Principal, *, purpose: str, types: set[str] | None = None,
+                shard: tuple[int, int] | None = None) -> Iterator[tuple[Stored, list[Stored]]]:
         """Stream whole records (Patient + compartment) for population work such as case-finding screens.
 
         Checked once for the population and audited as one access with the purpose and the count.
@@ -382,7 +382,7 @@ class Gate:
         professional = who.role != "system" and decision.activity != "*" and not decision.patient_only
         reach = self.facts.reach(who) if professional else None
         n = excluded = 0
-        for patient, items in self.store.iter_records(types=types):
+        for patient, items in self.store.iter_records(types=types, shard=shard):
             if decision.patient_only and patient.id != decision.patient_only:
                 continue
             if patient.id in opted_out:

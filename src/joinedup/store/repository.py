@@ -296,15 +296,22 @@ class Store:
                 yield Stored(rtype, x[0], x[1], False, self._load(x[2], x[1], x[3]), x[3], x[4], x[5])
             last = rows[-1][0]
 
-    def iter_records(self, *, types: set[str] | None = None, batch: int = 500
-                     ) -> Iterator[tuple[Stored, list[Stored]]]:
-        """Stream every patient with their compartment (optionally only some types), batch by batch."""
+    def iter_records(self, *, types: set[str] | None = None, batch: int = 500,
+                     shard: tuple[int, int] | None = None) -> Iterator[tuple[Stored, list[Stored]]]:
+        """Stream every patient with their compartment (optionally only some types), batch by batch.
+
+        shard=(k, n) yields only every n-th batch starting at k, so n processes can share a population.
+        """
         r = _resource_table()
         patients = self.iter_type("Patient", batch=batch)
+        index = -1
         while True:
             chunk = [p for _, p in zip(range(batch), patients)]
             if not chunk:
                 return
+            index += 1
+            if shard is not None and index % shard[1] != shard[0]:
+                continue
             ids = [p.id for p in chunk]
             cond = [r.c.patient_id.in_(ids), r.c.deleted.is_(False), r.c.res_type != "Patient"]
             if types:
