@@ -19,7 +19,9 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from joinedup.api.auth import bearer
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import is_valid as valid_nhs_number
-from joinedup.governance.gate import Gate, how_to_get_access
+from joinedup.governance.gate import Gate, access_notices, how_to_get_access
+from joinedup.governance.policy import activities_of
+from joinedup.governance.service import REASON_CATEGORIES, grant_break_glass
 from joinedup.governance.identity import Principal, authenticate, login
 from joinedup.governance.policy import rules
 from joinedup.record import service
@@ -102,7 +104,9 @@ def _role_name(role: str) -> str:
 
 def page(request: Request, name: str, context: dict[str, Any], *, who: Principal | None = None,
          status: int = 200) -> HTMLResponse:
-    ctx = {"who": who, "role_name": _role_name(who.role) if who else None, "headings": HEADINGS, **context}
+    # break-glass (and any other access notice) the gate raised while serving this request: shown on the page
+    ctx = {"who": who, "role_name": _role_name(who.role) if who else None, "headings": HEADINGS,
+           "access_notices": list(access_notices.get() or []), **context}
     return templates.TemplateResponse(request, name, ctx, status_code=status)
 
 
@@ -111,14 +115,35 @@ _TITLES = {400: "That request was not understood", 401: "Please log in", 403: "Y
 
 
 def error_page(request: Request, status: int, message: str, *, who: Principal | None = None,
-               advice: str | None = None) -> HTMLResponse:
+               advice: str | None = None, patient_id: str | None = None) -> HTMLResponse:
     """A clear page for bad input and refusals (the same status code as the API would give)."""
     if status == 403 and advice is None and who is not None:
         advice = how_to_get_access(who)
         if advice in message:
             message = message.replace(advice, "").strip()
+    # professionals refused for want of a relationship may ask for emergency access to that person
+    emergency = bool(status == 403 and patient_id and who is not None
+                     and "emergency-access" in activities_of(who.role))
     return page(request, "error.html", {"status": status, "title": _TITLES.get(status, "Something went wrong"),
-                                        "message": message, "advice": advice}, who=who, status=status)
+                                        "message": message, "advice": advice, "patient_id": patient_id,
+                                        "emergency": emergency, "reason_categories": REASON_CATEGORIES},
+                who=who, status=status)
+
+
+@router.post("/patients/{patient_id}/break-glass")
+async def break_glass_form(request: Request, patient_id: str, reason_category: str = Form(""),
+                           reason: str = Form("")):
+    """Emergency access from the refusal page: reason required, time-limited, reviewed by the privacy officer."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        grant_break_glass(_gate(request), who, patient_id=patient_id, reason_category=reason_category,
+                          reason=reason)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who,
+                          patient_id=patient_id if exc.status in (400, 403) else None)
+    return RedirectResponse(f"/patients/{quote(patient_id)}", status_code=303)
 
 
 # -- log in and out -----------------------------------------------------------------------------------------
@@ -210,7 +235,7 @@ async def patient(request: Request, patient_id: str, setting: str = "", type: st
         _check_filters(setting, type)
         summary = service.summarise(gate=_gate(request), who=who, patient_id=patient_id)
     except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
+        return error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
     tl = service.filter_timeline(patient_id=patient_id, events=summary.timeline, setting=setting or None,
                                  type=type or None)
     resp = page(request, "patient.html", {
