@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
+from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM
 from joinedup.fhir.search_params import split_reference
 from joinedup.governance.policy import OBJECTION_EXEMPT
 from joinedup.store import schema
@@ -233,6 +234,7 @@ class _Snapshot:
     private: dict[tuple[str, str], str]
     grants: dict[tuple[str, str], str]
     reach: dict[tuple[str | None, str | None], dict[str, str]] = field(default_factory=dict)
+    links: dict[str, frozenset] = field(default_factory=dict)
     generation: int = 0
 
 
@@ -389,6 +391,11 @@ class AccessFacts:
                 for pid, kind in conn.execute(sa.select(cr.c.patient_id, cr.c.kind).where(
                         self._mine(cr, who), sa.or_(cr.c.ends.is_(None), cr.c.ends > _now_iso()))):
                     got.setdefault(pid, kind)
+                # the same person's other records (same NHS number, e.g. the council's social care record)
+                for pid, other in conn.execute(_linked_pairs(sa.select(cr.c.patient_id).where(
+                        self._mine(cr, who), sa.or_(cr.c.ends.is_(None), cr.c.ends > _now_iso())))):
+                    if other not in got:
+                        got[other] = f"linked record ({got.get(pid, 'relationship')})"
         if len(snap.reach) > 2000:
             snap.reach.clear()
         if snap.generation == self._generation:  # not invalidated while we were reading
@@ -411,8 +418,33 @@ class AccessFacts:
         until = self.snapshot().grants.get((who.name, patient_id))
         return until if until and until > _now_iso() else None
 
+    def linked(self, patient_id: str) -> frozenset:
+        """Other Patient records of the same person (sharing a valid NHS number), cached per snapshot."""
+        snap = self.snapshot()
+        got = snap.links.get(patient_id)
+        if got is None:
+            with self.store.reading() as conn:
+                got = frozenset(o for _, o in conn.execute(_linked_pairs([patient_id])))
+            if len(snap.links) > 100_000:
+                snap.links.clear()
+            snap.links[patient_id] = got
+        return got
+
     def choice(self, patient_id: str | None) -> Choice | None:
-        return self.snapshot().choices.get(patient_id) if patient_id else None
+        """The person's choices, including those recorded against their other (linked) records."""
+        if not patient_id:
+            return None
+        choices = self.snapshot().choices
+        if not choices:
+            return None
+        found = [choices[p] for p in (patient_id, *self.linked(patient_id)) if p in choices]
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        return Choice(objects_all=any(c.objects_all for c in found),
+                      objects_to=frozenset().union(*(c.objects_to for c in found)),
+                      opted_out=any(c.opted_out for c in found))
 
     def objection(self, who: Principal, patient_id: str | None) -> str | None:
         """'all' or 'organisation' when the person objects to sharing with this principal's organisation."""
@@ -430,7 +462,11 @@ class AccessFacts:
         return bool(ch and ch.opted_out)
 
     def opted_out_ids(self) -> set[str]:
-        return {p for p, ch in self.snapshot().choices.items() if ch.opted_out}
+        ids = {p for p, ch in self.snapshot().choices.items() if ch.opted_out}
+        if ids:
+            with self.store.reading() as conn:
+                ids |= {o for _, o in conn.execute(_linked_pairs(sorted(ids)))}
+        return ids
 
     def label(self, rtype: str, rid: str, content: dict | None) -> str | None:
         """'sealed' / 'private' for an entry (own labels, or named private in a Consent)."""
@@ -442,15 +478,42 @@ class AccessFacts:
         r = schema.resource
         cr, pc, ri = schema.care_relationship, schema.patient_choice, schema.restricted_item
         own = r.c.source == who.source if who.source else sa.false()
-        related = r.c.patient_id.in_(sa.select(cr.c.patient_id).where(
-            self._mine(cr, who), sa.or_(cr.c.ends.is_(None), cr.c.ends > _now_iso())))
+        mine = sa.select(cr.c.patient_id).where(self._mine(cr, who), sa.or_(cr.c.ends.is_(None),
+                                                                              cr.c.ends > _now_iso()))
+        related = sa.or_(r.c.patient_id.in_(mine),
+                         r.c.patient_id.in_(_linked_ids(mine)))
         grants = sorted(p for (u, p), until in self.snapshot().grants.items()
                         if u == who.name and until > _now_iso())
         if grants:
             related = sa.or_(related, r.c.patient_id.in_(grants))
-        objecting = sa.select(pc.c.patient_id).where(
+        objecting_own = sa.select(pc.c.patient_id).where(
             sa.or_(pc.c.kind == "all", sa.and_(pc.c.kind == "organization",
                                                pc.c.organization_id == (who.organization_id or ""))))
+        # an objection recorded on one of the person's records covers their linked records too
+        objecting = sa.union(objecting_own,
+                             _linked_ids(objecting_own))
         shared = sa.or_(own, r.c.res_type.in_(sorted(OBJECTION_EXEMPT)), ~r.c.patient_id.in_(objecting))
         unsealed = sa.or_(own, ~sa.exists().where(ri.c.res_id == r.c.id, ri.c.res_type == r.c.res_type))
         return [sa.or_(r.c.patient_id.is_(None), sa.and_(related, shared, unsealed))]
+
+
+def _linked_ids(patient_ids) -> sa.Select:
+    """SELECT other_patient_id for Patient records sharing an NHS number with the given ones."""
+    return _linked_pairs(patient_ids, only_other=True)
+
+
+def _linked_pairs(patient_ids, *, only_other: bool = False) -> sa.Select:
+    """SELECT (patient_id, other_patient_id) for Patient records sharing an NHS number with the given ones.
+
+    Records of one person held by different organisations (the GP's and the council's) are linked by their
+    NHS number (checked with the modulus 11 test on every write), through the identifier search index.
+    """
+    t1 = schema.idx_token.alias("t1")
+    t2 = schema.idx_token.alias("t2")
+    ids = patient_ids if isinstance(patient_ids, sa.Select) else list(patient_ids)
+    columns = (t2.c.res_id,) if only_other else (t1.c.res_id, t2.c.res_id)
+    return (sa.select(*columns)
+            .select_from(t1.join(t2, sa.and_(t2.c.code == t1.c.code, t2.c.system == t1.c.system,
+                                             t2.c.res_type == "Patient", t2.c.param == "identifier")))
+            .where(t1.c.res_type == "Patient", t1.c.param == "identifier", t1.c.system == NHS_NUMBER_SYSTEM,
+                   t1.c.res_id.in_(ids), t2.c.res_id != t1.c.res_id))
