@@ -38,9 +38,10 @@ def make_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-131072")
+            cur.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache per connection, grown on demand
             cur.execute("PRAGMA temp_store=MEMORY")
-            cur.execute("PRAGMA mmap_size=268435456")
+            cur.execute("PRAGMA mmap_size=8589934592")  # reads through the OS page cache, shared by processes
+            cur.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoints during bulk loads
             cur.close()
 
         return engine
