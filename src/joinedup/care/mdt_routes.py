@@ -1,0 +1,210 @@
+"""Multidisciplinary reviews over HTTP: `/api/mdt` and the pages under `/mdt`."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from starlette.responses import JSONResponse, RedirectResponse
+
+from joinedup.api.auth import current_user, get_gate
+from joinedup.care import mdt as svc
+from joinedup.care.referrals import recipients
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.record.service import my_patients
+from joinedup.web.routes import _gate, _to_login, _who, error_page, page
+
+api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"])
+web_router = APIRouter(include_in_schema=False)
+
+
+# -- API ---------------------------------------------------------------------------------------------------------
+@api_router.post("", status_code=201, summary="Schedule a review (an Appointment per person, participants from "
+                                               "several organisations)")
+async def schedule(body: svc.NewReview, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.schedule_review(gate=gate, who=who, **body.model_dump()), status_code=201)
+
+
+@api_router.get("", summary="Reviews I take part in")
+async def mine(include_past: bool = False, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return JSONResponse({"reviews": svc.list_reviews(gate=gate, who=who, include_past=include_past)})
+
+
+@api_router.get("/{review_id}", summary="A review: participants, attendance, people and decisions")
+async def one(review_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.get_review(gate=gate, who=who, review_id=review_id))
+
+
+@api_router.get("/{review_id}/pack/{patient_id}",
+                summary="The prepared pack for one person: summary, conflicts, open tasks, what matters")
+async def pack(review_id: str, patient_id: str, who: Principal = Depends(current_user),
+               gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.prepare_pack(gate=gate, who=who, review_id=review_id, patient_id=patient_id))
+
+
+@api_router.post("/{review_id}/decisions", status_code=201,
+                 summary="Record a decision: an owned action (FHIR Task) with a due date")
+async def decide(review_id: str, body: svc.Decision, who: Principal = Depends(current_user),
+                 gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.record_decision(gate=gate, who=who, review_id=review_id, **body.model_dump()),
+                        status_code=201)
+
+
+@api_router.post("/{review_id}/attendance", summary="Record who attended")
+async def attendance(review_id: str, body: svc.Attendance, who: Principal = Depends(current_user),
+                     gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.record_attendance(gate=gate, who=who, review_id=review_id, attendance=body.attendance))
+
+
+@api_router.post("/{review_id}/complete", summary="Complete the review with its outcome")
+async def complete(review_id: str, body: svc.Completion, who: Principal = Depends(current_user),
+                   gate: Gate = Depends(get_gate)):
+    return JSONResponse(svc.complete_review(gate=gate, who=who, review_id=review_id, outcome=body.outcome))
+
+
+# -- pages -----------------------------------------------------------------------------------------------------------
+@web_router.get("/mdt")
+async def reviews_page(request: Request, patient: str = ""):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    return _schedule_form(request, who, {"title": "", "start": "", "minutes": "60", "location": "",
+                                         "patient_ids": [patient] if patient else [], "participants": []})
+
+
+def _schedule_form(request: Request, who: Principal, form: dict, error: str | None = None, status: int = 200):
+    gate = _gate(request)
+    try:
+        reviews = svc.list_reviews(gate=gate, who=who, include_past=True)
+        people = my_patients(gate=gate, who=who)
+        staff = recipients(gate=gate, who=who)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    known = {p["id"] for p in people}
+    extra = [pid for pid in form["patient_ids"] if pid and pid not in known]
+    return page(request, "care/mdt.html", {"reviews": reviews, "people": people, "extra_people": extra,
+                                           "staff": staff, "form": form, "error": error}, who=who, status=status)
+
+
+@web_router.post("/mdt")
+async def schedule_submit(request: Request):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    data = await request.form()
+    form = {"title": str(data.get("title", "")), "start": str(data.get("start", "")),
+            "minutes": str(data.get("minutes", "60")), "location": str(data.get("location", "")),
+            "patient_ids": [str(x) for x in data.getlist("patient_ids") if x],
+            "participants": [str(x) for x in data.getlist("participants") if x]}
+    try:
+        minutes = int(form["minutes"] or 60)
+    except ValueError:
+        return _schedule_form(request, who, form, "The length must be a whole number of minutes.", 422)
+    try:
+        review = svc.schedule_review(gate=_gate(request), who=who, title=form["title"], start=form["start"],
+                                     minutes=minutes, patient_ids=form["patient_ids"],
+                                     participants=form["participants"], location=form["location"] or None)
+    except FhirError as exc:
+        if exc.status == 403:
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        return _schedule_form(request, who, form, exc.diagnostics, exc.status)
+    return RedirectResponse(f"/mdt/{quote(review['id'])}", status_code=303)
+
+
+def _review_page(request: Request, who: Principal, review_id: str, *, error: str | None = None,
+                 status: int = 200, form: dict | None = None):
+    try:
+        review = svc.get_review(gate=_gate(request), who=who, review_id=review_id)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return page(request, "care/mdt_review.html", {"rv": review, "error": error, "form": form or {},
+                                                  "default_due": (date.today() + timedelta(days=14)).isoformat(),
+                                                  "attendance_choices": list(svc.ATTENDANCE)}, who=who, status=status)
+
+
+@web_router.get("/mdt/{review_id}")
+async def review_page(request: Request, review_id: str):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    return _review_page(request, who, review_id)
+
+
+@web_router.post("/mdt/{review_id}/decisions")
+async def decision_submit(request: Request, review_id: str, patient_id: str = Form(""), text: str = Form(""),
+                          owner: str = Form(""), due: str = Form("")):
+    """Capture a decision (HTMX swaps the person's decision list in place)."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    gate = _gate(request)
+    htmx = bool(request.headers.get("hx-request"))
+    error = None
+    try:
+        svc.record_decision(gate=gate, who=who, review_id=review_id, patient_id=patient_id, text=text, owner=owner,
+                            due=due)
+    except FhirError as exc:
+        if exc.status in (403,) or not htmx:
+            if exc.status == 403:
+                return error_page(request, exc.status, exc.diagnostics, who=who)
+            return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status,
+                                form={"patient_id": patient_id, "text": text, "owner": owner, "due": due})
+        error = exc.diagnostics
+    if not htmx:
+        return RedirectResponse(f"/mdt/{quote(review_id)}#person-{quote(patient_id)}", status_code=303)
+    try:
+        review = svc.get_review(gate=gate, who=who, review_id=review_id)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    person = next((p for p in review["people"] if p["patient_id"] == patient_id), None)
+    if person is None:
+        return error_page(request, 404, f"Patient/{patient_id} is not part of this review", who=who)
+    return page(request, "care/_mdt_person.html", {
+        "rv": review, "p": person, "error": error, "default_due": (date.today() + timedelta(days=14)).isoformat(),
+        "form": {"patient_id": patient_id, "text": text, "owner": owner, "due": due} if error else {}}, who=who)
+
+
+@web_router.post("/mdt/{review_id}/attendance")
+async def attendance_submit(request: Request, review_id: str):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    data = await request.form()
+    marks = {k.removeprefix("att-"): str(v) for k, v in data.items() if k.startswith("att-")}
+    try:
+        svc.record_attendance(gate=_gate(request), who=who, review_id=review_id, attendance=marks)
+    except FhirError as exc:
+        if exc.status == 403:
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status)
+    return RedirectResponse(f"/mdt/{quote(review_id)}", status_code=303)
+
+
+@web_router.post("/mdt/{review_id}/complete")
+async def complete_submit(request: Request, review_id: str, outcome: str = Form("")):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        svc.complete_review(gate=_gate(request), who=who, review_id=review_id, outcome=outcome)
+    except FhirError as exc:
+        if exc.status == 403:
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status,
+                            form={"outcome": outcome})
+    return RedirectResponse(f"/mdt/{quote(review_id)}", status_code=303)
+
+
+@web_router.get("/mdt/{review_id}/pack/{patient_id}")
+async def pack_page(request: Request, review_id: str, patient_id: str):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        data = svc.prepare_pack(gate=_gate(request), who=who, review_id=review_id, patient_id=patient_id)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return page(request, "care/mdt_pack.html", {"pk": data}, who=who)

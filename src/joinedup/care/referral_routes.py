@@ -1,0 +1,212 @@
+"""Referrals and advice and guidance over HTTP: `/api/referrals`, `/api/advice` and the pages under `/referrals`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from starlette.responses import JSONResponse, RedirectResponse
+
+from joinedup.api.auth import current_user, get_gate
+from joinedup.care import referrals as svc
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.web.routes import _gate, _to_login, _who, error_page, page
+
+api_router = APIRouter(tags=["referrals and advice"])
+web_router = APIRouter(include_in_schema=False)
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+# -- API ---------------------------------------------------------------------------------------------------------
+@api_router.post("/api/referrals", status_code=201, summary="Refer a person to a specialist (ServiceRequest)")
+async def create_referral(body: svc.NewRequest, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return _json(svc.create_request(gate=gate, who=who, kind="referral", **body.model_dump()), 201)
+
+
+@api_router.post("/api/advice", status_code=201,
+                 summary="Ask a specialist for advice and guidance (ServiceRequest + first Communication)")
+async def create_advice(body: svc.NewRequest, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return _json(svc.create_request(gate=gate, who=who, kind="advice", **body.model_dump()), 201)
+
+
+@api_router.get("/api/referrals", summary="Inbox or outbox of referrals and advice requests, with status")
+async def list_all(box: str = Query("inbox", description="inbox (to me or my organisation) or outbox (sent by me)"),
+                   kind: str | None = Query(None, description="advice or referral"),
+                   state: str | None = Query(None, description="open, done or a state"),
+                   who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return _json({"box": box, "items": svc.list_requests(gate=gate, who=who, box=box, kind=kind, state=state)})
+
+
+@api_router.get("/api/advice", summary="Inbox or outbox of advice requests")
+async def list_advice(box: str = "inbox", state: str | None = None, who: Principal = Depends(current_user),
+                      gate: Gate = Depends(get_gate)):
+    return _json({"box": box, "items": svc.list_requests(gate=gate, who=who, box=box, kind="advice", state=state)})
+
+
+@api_router.get("/api/advice/response-times",
+                summary="Advice-and-guidance volumes and response times (median and 90th percentile, hours)")
+async def response_times(since: str | None = Query(None, description="YYYY-MM-DD (default: a year ago)"),
+                         who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return _json(svc.advice_response_times(gate=gate, who=who, since=since))
+
+
+def _conversation_routes(prefix: str) -> None:
+    @api_router.get(f"{prefix}/{{request_id}}", summary="A referral or advice request with its thread and status")
+    async def get_one(request_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+        return _json(svc.get_request(gate=gate, who=who, request_id=request_id))
+
+    @api_router.post(f"{prefix}/{{request_id}}/reply", summary="The recipient replies")
+    async def reply(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
+                    gate: Gate = Depends(get_gate)):
+        return _json(svc.reply(gate=gate, who=who, request_id=request_id, text=body.text))
+
+    @api_router.post(f"{prefix}/{{request_id}}/ask-more", summary="The recipient asks for more information")
+    async def ask_more(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
+                       gate: Gate = Depends(get_gate)):
+        return _json(svc.ask_more(gate=gate, who=who, request_id=request_id, text=body.text))
+
+    @api_router.post(f"{prefix}/{{request_id}}/answer", summary="The requester gives further information")
+    async def answer(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
+                     gate: Gate = Depends(get_gate)):
+        return _json(svc.answer(gate=gate, who=who, request_id=request_id, text=body.text))
+
+    @api_router.post(f"{prefix}/{{request_id}}/close", summary="Close the conversation (either side)")
+    async def close(request_id: str, body: svc.Closing | None = None, who: Principal = Depends(current_user),
+                    gate: Gate = Depends(get_gate)):
+        return _json(svc.close(gate=gate, who=who, request_id=request_id, text=body.text if body else None))
+
+
+_conversation_routes("/api/referrals")
+_conversation_routes("/api/advice")
+
+
+@api_router.post("/api/advice/{request_id}/convert", status_code=201,
+                 summary="Convert advice into a referral (a new ServiceRequest that replaces the advice request)")
+async def convert(request_id: str, body: svc.Converting | None = None, who: Principal = Depends(current_user),
+                  gate: Gate = Depends(get_gate)):
+    body = body or svc.Converting()
+    return _json(svc.convert(gate=gate, who=who, request_id=request_id, text=body.text, priority=body.priority), 201)
+
+
+# -- pages -----------------------------------------------------------------------------------------------------------
+@web_router.get("/referrals")
+async def inbox_page(request: Request, box: str = "inbox", state: str = ""):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        items = svc.list_requests(gate=_gate(request), who=who, box=box, state=state or None)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return page(request, "care/referrals.html", {"items": items, "box": box, "state": state,
+                                                 "states": svc.STATE_TEXT}, who=who)
+
+
+@web_router.get("/referrals/new")
+async def new_page(request: Request, patient: str = "", kind: str = "advice"):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    return _new_form(request, who, {"patient_id": patient, "kind": kind, "to": "", "text": "", "reason": "",
+                                    "priority": "routine"})
+
+
+def _new_form(request: Request, who: Principal, form: dict, error: str | None = None, status: int = 200):
+    gate = _gate(request)
+    patient = None
+    try:
+        if form.get("patient_id"):
+            patient = svc.person_name(gate.read(who, "Patient", form["patient_id"]).content)
+        recipients = svc.recipients(gate=gate, who=who)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return page(request, "care/referral_new.html", {"form": form, "patient": patient, "recipients": recipients,
+                                                    "error": error, "priorities": svc.PRIORITIES}, who=who,
+                status=status)
+
+
+@web_router.post("/referrals/new")
+async def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
+                     text: str = Form(""), reason: str = Form(""), priority: str = Form("routine")):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    form = {"patient_id": patient_id.strip(), "kind": kind, "to": to, "text": text, "reason": reason,
+            "priority": priority}
+    if not form["patient_id"]:
+        return _new_form(request, who, form, "Say who this is about (the person's record id).", 422)
+    if not to:
+        return _new_form(request, who, form, "Choose who to send it to.", 422)
+    try:
+        view = svc.create_request(gate=_gate(request), who=who, kind=kind, patient_id=form["patient_id"], to=to,
+                                  text=text, reason=reason or None, priority=priority)
+    except FhirError as exc:
+        if exc.status == 403:
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        return _new_form(request, who, form, exc.diagnostics, exc.status)
+    return RedirectResponse(f"/referrals/{quote(view['id'])}", status_code=303)
+
+
+@web_router.get("/referrals/{request_id}")
+async def thread_page(request: Request, request_id: str):
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        view = svc.get_request(gate=_gate(request), who=who, request_id=request_id)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return page(request, "care/referral_thread.html", {"r": view, "error": None, "draft": ""}, who=who)
+
+
+@web_router.post("/referrals/{request_id}/{action}")
+async def thread_action(request: Request, request_id: str, action: str, text: str = Form("")):
+    """Reply, ask more, answer, close or convert from the thread page (HTMX swaps the thread; plain forms redirect)."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    gate = _gate(request)
+    fns = {"reply": svc.reply, "ask-more": svc.ask_more, "answer": svc.answer}
+    htmx = bool(request.headers.get("hx-request"))
+    try:
+        if action in fns:
+            view = fns[action](gate=gate, who=who, request_id=request_id, text=text)
+        elif action == "close":
+            view = svc.close(gate=gate, who=who, request_id=request_id, text=text or None)
+        elif action == "convert":
+            view = svc.convert(gate=gate, who=who, request_id=request_id, text=text or None)
+            return RedirectResponse(f"/referrals/{quote(view['id'])}", status_code=303) if not htmx else \
+                _hx_redirect(f"/referrals/{quote(view['id'])}")
+        else:
+            return error_page(request, 404, f"Unknown action '{action}'", who=who)
+    except FhirError as exc:
+        if exc.status in (403, 404, 410):
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        # keep what the person typed, show why it was refused
+        try:
+            current = svc.get_request(gate=gate, who=who, request_id=request_id)
+        except FhirError as exc2:
+            return error_page(request, exc2.status, exc2.diagnostics, who=who)
+        name = "care/_referral_thread_body.html" if htmx else "care/referral_thread.html"
+        # HTMX swaps only 2xx responses: the partial carries the refusal (and its status in X-Refused-Status)
+        resp = page(request, name, {"r": current, "error": exc.diagnostics, "draft": text}, who=who,
+                    status=200 if htmx else exc.status)
+        if htmx:
+            resp.headers["X-Refused-Status"] = str(exc.status)
+        return resp
+    if htmx:
+        return page(request, "care/_referral_thread_body.html", {"r": view, "error": None, "draft": "",
+                                                                 "done": action}, who=who)
+    return RedirectResponse(f"/referrals/{quote(request_id)}", status_code=303)
+
+
+def _hx_redirect(url: str):
+    from starlette.responses import Response
+
+    return Response(status_code=200, headers={"HX-Redirect": url})
