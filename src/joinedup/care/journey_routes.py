@@ -1,0 +1,60 @@
+"""Journey tracker over HTTP: `GET /api/patients/{id}/journey`, the journey page and the patient-page panel."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import RedirectResponse
+
+from joinedup.api.auth import current_user, get_gate
+from joinedup.care import journey as service
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+
+router = APIRouter(tags=["care: journey"])
+
+KIND = {"planned-discharge": "Planned discharge", "appointment": "Appointment", "referral": "Referral",
+        "advice": "Advice and guidance", "task": "Task"}
+
+
+@router.get("/api/patients/{patient_id}/journey",
+            summary="Where the person is now, since when, and what happens next")
+def journey_api(patient_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    return service.journey(gate=gate, who=who, patient_id=patient_id)
+
+
+def _web():
+    from joinedup.web import routes as web
+
+    return web
+
+
+@router.get("/patients/{patient_id}/journey", include_in_schema=False)
+def journey_page(request: Request, patient_id: str):
+    return _render(request, patient_id, panel=False)
+
+
+def _render(request: Request, patient_id: str, *, panel: bool):
+    web = _web()
+    who = web._who(request)
+    if who is None:
+        return web._to_login(request)
+    gate = web._gate(request)
+    try:
+        j = service.journey(gate=gate, who=who, patient_id=patient_id)
+    except FhirError as exc:
+        if panel:  # on the patient page: a quiet note instead of a whole error page
+            return web.page(request, "care/journey_panel.html", {"j": None, "error": exc.diagnostics,
+                                                                 "pid": patient_id, "kinds": KIND}, who=who)
+        return web.error_page(request, exc.status, exc.diagnostics, who=who)
+    name = "care/journey_panel.html" if panel else "care/journey.html"
+    return web.page(request, name, {"j": j, "pid": patient_id, "kinds": KIND, "error": None}, who=who)
+
+
+@router.get("/patients/{patient_id}/journey/panel", include_in_schema=False)
+def journey_panel(request: Request, patient_id: str):
+    if not request.headers.get("hx-request"):
+        return RedirectResponse(f"/patients/{quote(patient_id)}/journey", status_code=303)
+    return _render(request, patient_id, panel=True)

@@ -1,0 +1,466 @@
+"""Care notifications: events derived from committed writes, delivered to the people who care, in an in-app inbox.
+
+The gate tells us about every committed write (`gate.on_written`); the listener only queues the written
+resources, so the writer never waits. A background worker classifies them into events (admission, discharge,
+A&E attendance, death, advice reply, overdue task, care plan change, new high-severity conflict finding,
+virtual ward reading outside limits), finds the people who care (registered GP, care team and key worker, the
+person a reply or task is addressed to), keeps those who still have a legitimate relationship with the person
+and want that kind of event, and writes one inbox item each — collapsing repeats of the same event about the
+same person and source within a window into one item with a count. External systems get FHIR Subscription
+rest-hook notifications from the same worker (see `care.subscriptions`).
+
+The inbox and the notification choices are platform data in their own tables, not clinical FHIR resources:
+an item holds only the event, the person's id and the source reference. Patient details are shown only by
+reading them through the gate when the inbox is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from joinedup.fhir.errors import FhirError
+from joinedup.fhir.search_params import split_reference
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import SYSTEM, Principal, list_users
+
+log = logging.getLogger("joinedup.care.notifications")
+
+EVENT_TYPES: dict[str, str] = {
+    "admission": "Admitted to hospital",
+    "discharge": "Discharged from hospital",
+    "ae-attendance": "A&E attendance",
+    "death": "Death",
+    "advice-reply": "Reply to an advice request",
+    "overdue-task": "Task overdue",
+    "care-plan-change": "Care plan changed",
+    "conflict": "New high-severity conflict finding",
+    "monitoring-alert": "Virtual ward reading outside agreed limits",
+}
+INPATIENT_CLASSES = {"IMP", "ACUTE", "NONAC"}
+EMERGENCY_CLASSES = {"EMER"}
+OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}
+CLOSED_TASK = {"completed", "cancelled", "entered-in-error", "rejected", "failed"}
+RECENT = timedelta(days=3)        # events about the past older than this (e.g. history loads) are not news
+COLLAPSE_WINDOW = timedelta(minutes=10)
+BULK = 25                         # a write of more resources than this is a load: no per-resource conflict checks
+
+# Lightweight handles on the platform tables defined in store/schema.py (revision 0004).
+_inbox = sa.table("inbox_item", sa.column("id"), sa.column("user_name"), sa.column("event_type"),
+                  sa.column("patient_id"), sa.column("source_ref"), sa.column("title"), sa.column("detail"),
+                  sa.column("hits"), sa.column("occurred"), sa.column("first_at"), sa.column("last_at"),
+                  sa.column("read_at"))
+_prefs = sa.table("notification_preference", sa.column("user_name"), sa.column("event_type"),
+                  sa.column("enabled"))
+
+
+@dataclass
+class Event:
+    """Something the people who care about a person should hear about."""
+
+    type: str
+    patient_id: str
+    source_ref: str
+    title: str
+    detail: str = ""
+    occurred: str | None = None
+    also_to: set[str] = field(default_factory=set)   # practitioner ids the event is addressed to
+    queued_at: float = 0.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _recent(value: str | None, now: datetime) -> bool:
+    dt = _parse(value)
+    return dt is not None and now - RECENT <= dt <= now + timedelta(days=1)
+
+
+def _ref_id(node: Any, rtype: str | None = None) -> str | None:
+    if isinstance(node, dict) and isinstance(node.get("reference"), str):
+        t, i = split_reference(node["reference"])
+        if rtype is None or t == rtype:
+            return i
+    return None
+
+
+def _patient(res: dict) -> str | None:
+    if res.get("resourceType") == "Patient":
+        return res.get("id")
+    for key in ("subject", "patient", "for"):
+        pid = _ref_id(res.get(key), "Patient")
+        if pid:
+            return pid
+    return None
+
+
+def _text(cc: Any) -> str:
+    if isinstance(cc, list):
+        cc = cc[0] if cc else None
+    if not isinstance(cc, dict):
+        return ""
+    return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "") or ""
+
+
+def classify(rtype: str, res: dict | None, *, now: datetime | None = None) -> list[Event]:
+    """The events one written resource means (pure: no reads)."""
+    if not res:
+        return []
+    now = now or datetime.now(UTC)
+    pid = _patient(res)
+    if not pid:
+        return []
+    ref = f"{rtype}/{res.get('id')}"
+    out: list[Event] = []
+    if rtype == "Encounter":
+        cls = ((res.get("class") or {}).get("code") or "").upper()
+        status = res.get("status")
+        period = res.get("period") or {}
+        place = _text(res.get("serviceType")) or _text(res.get("type"))
+        if cls in INPATIENT_CLASSES and status in OPEN_ENCOUNTER - {"planned"}:
+            out.append(Event("admission", pid, ref, "Admitted to hospital", place, period.get("start")))
+        elif cls in INPATIENT_CLASSES and status == "finished" and _recent(period.get("end"), now):
+            disp = _text((res.get("hospitalization") or {}).get("dischargeDisposition"))
+            out.append(Event("discharge", pid, ref, "Discharged from hospital",
+                             "; ".join(x for x in (place, disp and f"to: {disp}") if x), period.get("end")))
+        elif cls in EMERGENCY_CLASSES and (status in OPEN_ENCOUNTER - {"planned"} or
+                                           (status == "finished" and _recent(period.get("start"), now))):
+            out.append(Event("ae-attendance", pid, ref, "Attended A&E", place, period.get("start")))
+    elif rtype == "Patient":
+        when = res.get("deceasedDateTime")
+        if (when and _recent(when, now)) or (res.get("deceasedBoolean") is True and not when):
+            out.append(Event("death", pid, ref, "Died", "", when or now.isoformat()))
+    elif rtype == "Communication" and res.get("inResponseTo") and res.get("status") != "preparation":
+        if _recent(res.get("sent") or res.get("received"), now) or not (res.get("sent") or res.get("received")):
+            thread = (res["inResponseTo"][0] or {}).get("reference") or ref
+            to = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Practitioner"))}
+            body = next((p.get("contentString") for p in res.get("payload") or [] if p.get("contentString")), "")
+            out.append(Event("advice-reply", pid, thread, "Reply to an advice request", body[:160],
+                             res.get("sent"), also_to=to))
+    elif rtype == "Task" and res.get("status") not in CLOSED_TASK:
+        due = ((res.get("restriction") or {}).get("period") or {}).get("end")
+        business = _text(res.get("businessStatus")).lower()
+        due_dt = _parse(due)
+        if ("overdue" in business or "escalat" in business) or (due_dt is not None and due_dt < now):
+            to = {i for k in ("owner", "requester") if (i := _ref_id(res.get(k), "Practitioner"))}
+            what = res.get("description") or _text(res.get("code")) or "A task"
+            out.append(Event("overdue-task", pid, ref, "Task overdue", f"{what[:120]} (due {due or 'unknown'})",
+                             due, also_to=to))
+    elif rtype == "CarePlan" and res.get("status") not in ("entered-in-error",):
+        out.append(Event("care-plan-change", pid, ref, "Care plan changed", res.get("title") or "", None))
+    return out
+
+
+# -- the worker -------------------------------------------------------------------------------------------------
+class Notifier:
+    """Queue + background worker: classify committed writes, deliver inbox items, dispatch rest-hooks."""
+
+    def __init__(self, gate: Gate, *, window: timedelta = COLLAPSE_WINDOW) -> None:
+        from joinedup.care.subscriptions import RestHooks
+
+        self.gate = gate
+        self.window = window
+        self.queue: queue.Queue = queue.Queue()
+        self.hooks = RestHooks(gate)
+        self._users: tuple[float, dict[str, list[Principal]]] = (0.0, {})
+        self._seen_findings: dict[str, set[str]] = {}
+        self._no_user: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="joinedup-notifier", daemon=True)
+        self._thread.start()
+
+    # called on the writer's thread: must be cheap
+    def listener(self, who: Principal, written: list) -> None:
+        if written:
+            self.queue.put((who, [(w.rtype, w.id, w.status, w.resource) for w in written], time.time()))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far has been handled (for tests and benchmarks)."""
+        deadline = time.time() + timeout
+        while self.queue.unfinished_tasks and time.time() < deadline:
+            time.sleep(0.01)
+        return not self.queue.unfinished_tasks
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                self._handle(*item)
+            except Exception:
+                log.exception("notification handling failed")
+            finally:
+                self.queue.task_done()
+
+    def _handle(self, who: Principal, written: list[tuple], queued_at: float) -> None:
+        now = datetime.now(UTC)
+        bulk = len(written) > BULK
+        events: list[Event] = []
+        for rtype, rid, status, res in written:
+            if rtype == "Subscription":
+                continue
+            events += classify(rtype, res, now=now)
+            if not bulk and res and status != "deleted":
+                if rtype == "Observation":
+                    events += self._monitoring_alerts(res)
+                if rtype in ("MedicationRequest", "MedicationStatement", "Condition") or (
+                        rtype == "Observation" and (res.get("code") or {}).get("coding")):  # uncoded: no rule matches
+                    events += self._new_conflicts(rtype, res)
+        for ev in events:
+            ev.queued_at = queued_at
+            self._resolve_place(ev, written)
+            self.deliver(ev)
+        self.hooks.dispatch([(rtype, rid, res) for rtype, rid, status, res in written if status != "deleted"],
+                            bulk=bulk)
+
+    def _resolve_place(self, ev: Event, written: list[tuple]) -> None:
+        """Name the ward or department for admissions and A&E attendances (Location is directory data)."""
+        if ev.type not in ("admission", "ae-attendance", "discharge"):
+            return
+        res = next((r for t, i, s, r in written if f"{t}/{i}" == ev.source_ref and r), None)
+        loc = next((lr for loc in (res or {}).get("location") or [] if (lr := _ref_id(loc.get("location"),
+                                                                                       "Location"))), None)
+        if loc:
+            try:
+                name = self.gate.read(SYSTEM, "Location", loc).content.get("name")
+            except FhirError:
+                name = None
+            if name:
+                ev.detail = name if not ev.detail else f"{name} ({ev.detail})"
+
+    def _monitoring_alerts(self, res: dict) -> list[Event]:
+        from joinedup.care import virtual_wards
+
+        try:
+            return virtual_wards.reading_alerts(gate=self.gate, observation=res)
+        except FhirError:
+            return []
+
+    def _new_conflicts(self, rtype: str, res: dict) -> list[Event]:
+        from joinedup.conflicts import service as conflicts
+
+        pid = _patient(res)
+        if not pid:
+            return []
+        try:
+            resources = [s.content for s in self.gate.everything(SYSTEM, pid)]
+        except FhirError:
+            return []
+        findings = [f for f in conflicts.detect_findings(resources=resources)["findings"]
+                    if f["severity"] in ("high", "critical")]
+        seen = self._seen_findings.setdefault(pid, set())
+        ref = f"{rtype}/{res.get('id')}"
+        out = []
+        for f in findings:
+            key = f"{f['rule']}|{'|'.join(sorted(f['involves']))}"
+            involved = any(res.get("id") in str(x) for x in list(f["involves"]) + list(f.get("sources") or []))
+            if key not in seen and involved:
+                out.append(Event("conflict", pid, f"{ref}#{f['rule']}", "New high-severity conflict finding",
+                                 f["summary"][:160], None))
+            seen.add(key)
+        return out
+
+    # -- delivery ----------------------------------------------------------------------------------------
+    def users_by_practitioner(self, want: set[str] | None = None) -> dict[str, list[Principal]]:
+        """User accounts by practitioner id (cached 5 s; reloaded at once for a practitioner not seen lately)."""
+        at, users = self._users
+        now = time.time()
+        unknown = {p for p in want or () if p not in users and now - self._no_user.get(p, 0) > 5}
+        if now - at > 5 or unknown:
+            users = {}
+            for u in list_users(self.gate.store):
+                if u.practitioner_id and u.role not in ("system", "patient", "analyst"):
+                    users.setdefault(u.practitioner_id, []).append(u)
+            self._users = (now, users)
+            for p in unknown - users.keys():
+                self._no_user[p] = now
+        return users
+
+    def recipients(self, ev: Event) -> dict[str, Principal]:
+        """Users who care about the person: named GP, care team (key worker included), addressees."""
+        practitioners = set(ev.also_to)
+        try:
+            patient = self.gate.read(SYSTEM, "Patient", ev.patient_id).content
+            practitioners |= {i for g in patient.get("generalPractitioner") or []
+                              if (i := _ref_id(g, "Practitioner"))}
+        except FhirError:
+            pass
+        try:
+            teams = self.gate.search(SYSTEM, "CareTeam", [("patient", ev.patient_id), ("_count", "100")])
+            for s in teams.matches:
+                if s.content.get("status") not in (None, "active", "proposed"):
+                    continue
+                practitioners |= {i for p in s.content.get("participant") or []
+                                  if (i := _ref_id(p.get("member"), "Practitioner"))}
+        except FhirError:
+            pass
+        by_pr = self.users_by_practitioner(practitioners)
+        return {u.name: u for pr in practitioners for u in by_pr.get(pr, [])}
+
+    def deliver(self, ev: Event) -> list[str]:
+        """Write (or collapse into) one inbox item per recipient who may and wants to hear; returns user names."""
+        users = self.recipients(ev)
+        facts = self.gate.facts
+        users = {n: u for n, u in users.items() if facts.relationship(u, ev.patient_id)}
+        if not users:
+            return []
+        stamp = now_iso()
+        since = (datetime.now(UTC) - self.window).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        delivered = []
+        with self.gate.store.writing() as conn:
+            off = {r[0] for r in conn.execute(sa.select(_prefs.c.user_name).where(
+                _prefs.c.user_name.in_(sorted(users)), _prefs.c.event_type == ev.type,
+                _prefs.c.enabled.is_(False)))}
+            for name in sorted(set(users) - off):
+                row = conn.execute(sa.select(_inbox.c.id).where(
+                    _inbox.c.user_name == name, _inbox.c.event_type == ev.type,
+                    _inbox.c.patient_id == ev.patient_id, _inbox.c.source_ref == ev.source_ref,
+                    _inbox.c.last_at >= since).order_by(_inbox.c.id.desc()).limit(1)).first()
+                if row:
+                    conn.execute(sa.update(_inbox).where(_inbox.c.id == row[0]).values(
+                        hits=_inbox.c.hits + 1, last_at=stamp, read_at=None, title=ev.title, detail=ev.detail))
+                else:
+                    conn.execute(sa.insert(_inbox).values(
+                        user_name=name, event_type=ev.type, patient_id=ev.patient_id, source_ref=ev.source_ref,
+                        title=ev.title, detail=ev.detail, hits=1, occurred=ev.occurred, first_at=stamp,
+                        last_at=stamp, read_at=None))
+                delivered.append(name)
+        return delivered
+
+
+_notifiers: dict[int, Notifier] = {}
+_lock = threading.Lock()
+
+
+def install(gate: Gate) -> Notifier:
+    """Start (once per gate) the notification worker and register it for committed writes."""
+    with _lock:
+        n = _notifiers.get(id(gate))
+        if n is None:
+            n = _notifiers[id(gate)] = Notifier(gate)
+            gate.on_written(n.listener)
+        return n
+
+
+def notifier_for(gate: Gate) -> Notifier | None:
+    return _notifiers.get(id(gate))
+
+
+# -- reading the inbox (through policy) -------------------------------------------------------------------------
+def _professional(who: Principal) -> None:
+    if who.role in ("patient", "analyst"):
+        raise FhirError(403, "Access refused: the notification inbox is for professionals caring for people.",
+                        code="forbidden")
+
+
+def inbox(*, gate: Gate, who: Principal, unread_only: bool = False, limit: int = 100) -> dict[str, Any]:
+    """The user's inbox, newest first; people's names are read through the gate (hidden once access ends)."""
+    _professional(who)
+    q = sa.select(_inbox).where(_inbox.c.user_name == who.name)
+    if unread_only:
+        q = q.where(_inbox.c.read_at.is_(None))
+    with gate.store.reading() as conn:
+        rows = [dict(r) for r in conn.execute(q.order_by(_inbox.c.last_at.desc()).limit(limit)).mappings()]
+        unread = conn.execute(sa.select(sa.func.count()).select_from(_inbox).where(
+            _inbox.c.user_name == who.name, _inbox.c.read_at.is_(None))).scalar_one()
+    names: dict[str, dict] = {}
+    pids = sorted({r["patient_id"] for r in rows if r["patient_id"]})
+    if pids:
+        try:
+            found = gate.search(who, "Patient", [("_id", ",".join(pids)), ("_count", str(len(pids)))])
+            names = {s.id: s.content for s in found.matches}
+        except FhirError:
+            names = {}
+    items = []
+    for r in rows:
+        p = names.get(r["patient_id"])
+        visible = p is not None
+        items.append({
+            "id": r["id"], "event": r["event_type"], "event_name": EVENT_TYPES.get(r["event_type"], r["event_type"]),
+            "title": r["title"], "detail": r["detail"] if visible else None, "count": r["hits"],
+            "occurred": r["occurred"], "first": r["first_at"], "last": r["last_at"], "read": r["read_at"] is not None,
+            "patient": ({"id": r["patient_id"], "name": _name(p), "nhs_number": _nhs(p)} if visible
+                        else {"id": None, "name": None, "hidden": "you no longer have a care relationship with "
+                                                                  "this person"}),
+            "source": r["source_ref"] if visible else None,
+        })
+    return {"unread": unread, "items": items}
+
+
+def unread_count(*, gate: Gate, who: Principal) -> int:
+    """How many unread items the user has (no patient details)."""
+    with gate.store.reading() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(_inbox).where(
+            _inbox.c.user_name == who.name, _inbox.c.read_at.is_(None))).scalar_one()
+
+
+def mark_read(*, gate: Gate, who: Principal, item_id: int | None = None) -> int:
+    """Mark one item (or, with no id, all) as read; 404 when the item is not the user's."""
+    _professional(who)
+    cond = [_inbox.c.user_name == who.name, _inbox.c.read_at.is_(None)]
+    with gate.store.writing() as conn:
+        if item_id is not None:
+            owner = conn.execute(sa.select(_inbox.c.user_name).where(_inbox.c.id == item_id)).first()
+            if owner is None or owner[0] != who.name:
+                raise FhirError(404, f"Inbox item {item_id} is not in your inbox", code="not-found")
+            cond.append(_inbox.c.id == item_id)
+        n = conn.execute(sa.update(_inbox).where(*cond).values(read_at=now_iso())).rowcount
+    return n or 0
+
+
+def preferences(*, gate: Gate, who: Principal) -> dict[str, bool]:
+    """Which event types the user receives (all on unless turned off)."""
+    _professional(who)
+    with gate.store.reading() as conn:
+        rows = dict(conn.execute(sa.select(_prefs.c.event_type, _prefs.c.enabled).where(
+            _prefs.c.user_name == who.name)).all())
+    return {t: bool(rows.get(t, True)) for t in EVENT_TYPES}
+
+
+def set_preferences(*, gate: Gate, who: Principal, choices: dict[str, Any]) -> dict[str, bool]:
+    """Turn event types on or off; an unknown event type or a non-boolean choice is refused (400)."""
+    _professional(who)
+    if not isinstance(choices, dict) or not choices:
+        raise FhirError(400, "Send an object of event types and true/false, e.g. {\"admission\": true}",
+                        code="invalid")
+    for k, v in choices.items():
+        if k not in EVENT_TYPES:
+            raise FhirError(400, f"Unknown event type '{k}': choose from {', '.join(EVENT_TYPES)}", code="value",
+                            expression=[k])
+        if not isinstance(v, bool):
+            raise FhirError(400, f"'{k}' must be true or false", code="value", expression=[k])
+    with gate.store.writing() as conn:
+        for k, v in choices.items():
+            conn.execute(sa.delete(_prefs).where(_prefs.c.user_name == who.name, _prefs.c.event_type == k))
+            conn.execute(sa.insert(_prefs).values(user_name=who.name, event_type=k, enabled=v))
+    return preferences(gate=gate, who=who)
+
+
+def _name(p: dict) -> str:
+    n = (p.get("name") or [{}])[0]
+    return " ".join([*(n.get("given") or []), n.get("family") or ""]).strip() or n.get("text") or p.get("id")
+
+
+def _nhs(p: dict) -> str | None:
+    return next((i.get("value") for i in p.get("identifier") or []
+                 if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None)
