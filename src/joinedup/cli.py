@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from joinedup.config import get_settings
+from joinedup.care import cli as care_cli
 from joinedup.conflicts.cli import app as conflicts_app
 from joinedup.governance import cli as governance_cli
 from joinedup.synth.cli import generate_command
@@ -142,13 +143,17 @@ def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
 
 @users_app.command("list")
 def users_list() -> None:
-    """List users."""
+    """List users (a table on a terminal, tab-separated lines when piped)."""
     from joinedup.governance.identity import list_users
 
+    users = list_users(_gate().store)
+    if not out.is_terminal:
+        for u in users:
+            sys.stdout.write("\t".join([u.name, u.role, u.practitioner_id or "", u.organization_id or "",
+                                        u.patient_id or ""]) + "\n")
+        return
     table = Table("name", "role", "practitioner", "organization", "patient")
-    for column in table.columns:
-        column.overflow = "fold"
-    for u in list_users(_gate().store):
+    for u in users:
         table.add_row(u.name, u.role, u.practitioner_id or "", u.organization_id or "", u.patient_id or "")
     out.print(table)
 
@@ -212,6 +217,7 @@ app.command("sar")(governance_cli.sar_command)
 app.command("extract")(governance_cli.extract_command)
 app.add_typer(governance_cli.privacy_app, name="privacy")
 app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
+app.add_typer(care_cli.app, name="care")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(record_routes.router)
     # care coordination routers (care plans, tasks, referrals, MDT, journey, notifications, virtual wards)
+    from joinedup.care import plan_routes
+    app.include_router(plan_routes.api_router)
+    app.include_router(plan_routes.web_router)
+    from joinedup.care import journey_routes, notification_routes, notifications, subscriptions, ward_routes
+    app.include_router(journey_routes.router)
+    app.include_router(notification_routes.router)
+    app.include_router(ward_routes.router)
+    notifications.install(gate)  # background notification worker, fed by gate.on_written
+    subscriptions.install(app)  # refuse undeliverable FHIR Subscriptions (400) before they are stored
+    from joinedup.care import mdt_routes, referral_routes
+    app.include_router(referral_routes.api_router)
+    app.include_router(referral_routes.web_router)
+    app.include_router(mdt_routes.api_router)
+    app.include_router(mdt_routes.web_router)
     app.include_router(web_routes.router)  # "/" is the web home (search and my patients); /docs stays
     app.mount("/static", StaticFiles(directory=web_routes.STATIC_DIR), name="static")
 
