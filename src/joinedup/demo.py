@@ -45,7 +45,24 @@ def load_demo(gate: Gate, *, patients: int, seed: int, data_dir: Path, console: 
     gate.audit.flush()
     console.print(f"  {report.read:,} resources in {report.seconds:.0f}s: {report.created:,} new, "
                   f"{report.updated:,} changed, {report.unchanged:,} unchanged, {report.rejected:,} rejected")
+    create_demo_wards(gate)
     return create_demo_users(gate, data_dir)
+
+
+DEMO_WARDS = [  # (name, kind, capacity, organisation id in the generated system)
+    ("Hospital at home (acute)", "acute", 20, "org-acute"),
+    ("Frailty virtual ward (preventive)", "preventive", 40, "org-community"),
+]
+
+
+def create_demo_wards(gate: Gate) -> None:
+    """Virtual wards for the demo, once (acute at the acute trust, preventive at the community trust)."""
+    from joinedup.care.virtual_wards import create_ward, wards
+
+    have = {w.get("name") for w in wards(gate=gate, who=SYSTEM)}
+    for name, kind, capacity, org in DEMO_WARDS:
+        if name not in have and gate.store.read("Organization", org) is not None:
+            create_ward(gate=gate, who=SYSTEM, name=name, kind=kind, capacity=capacity, organization_id=org)
 
 
 def _roles_by_text(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
