@@ -79,6 +79,23 @@ def _roles_by_text(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _practitioner_names(data_dir: Path) -> dict[str, str]:
+    """Practitioner id → 'Dr Sophie Wood'-style name from the generated directory."""
+    out: dict[str, str] = {}
+    path = data_dir / "Practitioner.ndjson"
+    if path.exists():
+        with path.open("rb") as fh:
+            for line in fh:
+                pr = orjson.loads(line)
+                for n in pr.get("name") or []:
+                    parts = [*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]
+                    text = n.get("text") or " ".join(p for p in parts if p)
+                    if text:
+                        out[pr["id"]] = text
+                        break
+    return out
+
+
 def _demo_patient(data_dir: Path) -> str | None:
     """A person with planted prescribing problems (the most interesting record to show), else the first."""
     truth = data_dir / "ground-truth.ndjson"
@@ -94,6 +111,7 @@ def _demo_patient(data_dir: Path) -> str | None:
 def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
     """Demo users linked to practitioners and organisations of the generated system, with tokens."""
     roles = _roles_by_text(data_dir)
+    names = _practitioner_names(data_dir)
     users: list[dict[str, str]] = []
 
     def add(name: str, role: str, display: str, **links: str | None) -> None:
@@ -118,7 +136,9 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
         pr = candidates[0]
         practitioner = (pr.get("practitioner") or {}).get("reference", "").split("/")[-1] or None
         organization = (pr.get("organization") or {}).get("reference", "").split("/")[-1] or None
-        add(name, role, display, practitioner=practitioner, organization=organization)
+        person = names.get(practitioner or "")
+        add(name, role, f"{person} ({display})" if person else display, practitioner=practitioner,
+            organization=organization)
     add("analyst", "analyst", "ICS analyst")
     add("privacy.officer", "privacy-officer", "Privacy officer")
     patient = _demo_patient(data_dir)
