@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from joinedup.fhir.errors import FhirError
-from joinedup.fhir.search_params import split_reference
+from joinedup.fhir.values import reference_id as _rid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
@@ -41,14 +41,6 @@ def _text(cc: Any) -> str:
     if not isinstance(cc, dict):
         return ""
     return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "") or ""
-
-
-def _rid(node: Any, rtype: str | None = None) -> str | None:
-    if isinstance(node, dict) and isinstance(node.get("reference"), str):
-        t, i = split_reference(node["reference"])
-        if rtype is None or t == rtype:
-            return i
-    return None
 
 
 def episode_kind(eoc: dict) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from joinedup.fhir.errors import FhirError
-from joinedup.fhir.search_params import split_reference
+from joinedup.fhir.values import reference_id as _ref_id
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import SYSTEM, Principal, list_users
 
@@ -94,14 +94,6 @@ def _parse(value: str | None) -> datetime | None:
 def _recent(value: str | None, now: datetime) -> bool:
     dt = _parse(value)
     return dt is not None and now - RECENT <= dt <= now + timedelta(days=1)
-
-
-def _ref_id(node: Any, rtype: str | None = None) -> str | None:
-    if isinstance(node, dict) and isinstance(node.get("reference"), str):
-        t, i = split_reference(node["reference"])
-        if rtype is None or t == rtype:
-            return i
-    return None
 
 
 def _patient(res: dict) -> str | None:

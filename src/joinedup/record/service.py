@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.values import age_on as _age
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.models import (
@@ -744,14 +745,6 @@ def _address(res: dict[str, Any]) -> str | None:
     if not a:
         return None
     return a.get("text") or ", ".join(x for x in [*(a.get("line") or []), a.get("city"), a.get("postalCode")] if x)
-
-
-def _age(birth: str | None, today: date) -> int | None:
-    try:
-        y, m, d = (int(x) for x in (birth or "")[:10].split("-"))
-    except ValueError:
-        return None
-    return today.year - y - ((today.month, today.day) < (m, d))
 
 
 def _role_text(part: dict[str, Any]) -> str | None:
