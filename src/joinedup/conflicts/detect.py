@@ -8,6 +8,8 @@ from datetime import date
 from itertools import product
 from typing import Any
 
+from joinedup.fhir.values import age_on as _age
+
 from .knowledge import (
     SYSTEM_ICD10,
     SYSTEM_LOINC,
@@ -103,14 +105,6 @@ def _medication_concept(res: dict[str, Any], by_ref: dict[str, dict[str, Any]]) 
         return None
     med = by_ref.get(mref)
     return (med or {}).get("code")
-
-
-def _age(birth: str | None, today: date) -> int | None:
-    try:
-        y, m, d = (int(x) for x in (birth or "")[:10].split("-"))
-    except ValueError:
-        return None
-    return today.year - y - ((today.month, today.day) < (m, d))
 
 
 def _obs_value(res: dict[str, Any]) -> float | None:
