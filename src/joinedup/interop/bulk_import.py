@@ -16,7 +16,7 @@ import orjson
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.store.repository import prepare
+from joinedup.store.repository import Prepared, prepare
 
 BATCH = 2000
 

@@ -356,7 +356,6 @@ def execute(store, plan: SearchPlan, restrict: list[Any] | None = None):
 
 def _includes(store, conn, plan: SearchPlan, page, restrict) -> list:
     t = schema.idx_reference
-    r = schema.resource
     seen = {(s.rtype, s.id) for s in page}
     out = []
     frontier = list(page)
