@@ -429,7 +429,10 @@ def test_guideline_medicines_per_condition_at_plausible_rates(population):
             ("osteoporosis", {"bisphosphonate_oral"}, 0.4, 0.8),
             ("heart_failure", {"beta_blocker"}, 0.5, 0.9),
             ("type2_diabetes", {"sulfonylurea", "sglt2_inhibitor"}, 0.25, 0.65),
-            ("epilepsy", {"antiepileptic"}, 0.6, 1.0)):
+            ("epilepsy", {"antiepileptic"}, 0.6, 1.0),
+            ("asthma", {"ics"}, 0.3, 0.75),
+            ("copd", {"ics"}, 0.15, 0.6),
+            ("heart_failure", {"mra"}, 0.15, 0.5)):
         assert lo <= rate(condition, wanted) <= hi, condition
     assert any("antimuscarinic_bladder" in c for c in classes.values())
 
