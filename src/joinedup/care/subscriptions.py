@@ -204,7 +204,12 @@ class SubscriptionCheck:
             more = msg.get("more_body", False)
         body = b"".join(chunks)
         try:
-            check_subscription(json.loads(body))
+            doc = json.loads(body)
+        except ValueError:
+            doc = None  # not JSON: the FHIR route gives its own precise 400
+        try:
+            if doc is not None:
+                check_subscription(doc)
         except FhirError as exc:
             payload = json.dumps(exc.outcome()).encode()
             await send({"type": "http.response.start", "status": exc.status,
@@ -212,8 +217,6 @@ class SubscriptionCheck:
                                     (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
             return
-        except ValueError:
-            pass  # not JSON: the FHIR route gives its own precise 400
 
         sent = False
 
