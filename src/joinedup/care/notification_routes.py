@@ -54,15 +54,8 @@ def _web():
 
 @router.get("/inbox", include_in_schema=False)
 def inbox_page(request: Request, unread: int = 0):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        box = service.inbox(gate=web._gate(request), who=who, unread_only=bool(unread))
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return web.page(request, "care/inbox.html", {"box": box, "unread_only": bool(unread)}, who=who)
+    return _web().service_page(request, "care/inbox.html", lambda gate, who: {
+        "box": service.inbox(gate=gate, who=who, unread_only=bool(unread)), "unread_only": bool(unread)})
 
 
 @router.get("/inbox/count", include_in_schema=False)
@@ -104,16 +97,8 @@ def read_all_page(request: Request):
 
 @router.get("/inbox/settings", include_in_schema=False)
 def settings_page(request: Request, saved: int = 0):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        prefs = service.preferences(gate=web._gate(request), who=who)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return web.page(request, "care/inbox_settings.html", {"prefs": prefs, "names": service.EVENT_TYPES,
-                                                          "saved": bool(saved)}, who=who)
+    return _web().service_page(request, "care/inbox_settings.html", lambda gate, who: {
+        "prefs": service.preferences(gate=gate, who=who), "names": service.EVENT_TYPES, "saved": bool(saved)})
 
 
 @router.post("/inbox/settings", include_in_schema=False)

@@ -88,28 +88,14 @@ def _web():
 
 @router.get("/wards", include_in_schema=False)
 def wards_page(request: Request):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        ws = service.wards(gate=web._gate(request), who=who)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return web.page(request, "care/wards.html", {"wards": ws}, who=who)
+    return _web().service_page(request, "care/wards.html",
+                               lambda gate, who: {"wards": service.wards(gate=gate, who=who)})
 
 
 @router.get("/wards/review", include_in_schema=False)
 def review_page(request: Request):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        rows = service.daily_review(gate=web._gate(request), who=who)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return web.page(request, "care/ward_review.html", {"rows": rows}, who=who)
+    return _web().service_page(request, "care/ward_review.html",
+                               lambda gate, who: {"rows": service.daily_review(gate=gate, who=who)})
 
 
 @router.get("/wards/case-finding", include_in_schema=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
@@ -128,6 +128,20 @@ def error_page(request: Request, status: int, message: str, *, who: Principal | 
                                         "message": message, "advice": advice, "patient_id": patient_id,
                                         "emergency": emergency, "reason_categories": REASON_CATEGORIES},
                 who=who, status=status)
+
+
+def service_page(request: Request, template: str, build: Callable[[Gate, Principal], dict[str, Any]], *,
+                 patient_id: str | None = None) -> HTMLResponse | RedirectResponse:
+    """The usual page: log-in first, then `build(gate, who)` gives the template's context; a refusal or bad
+    input from the service becomes the clear error page."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        context = build(_gate(request), who)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
+    return page(request, template, context, who=who)
 
 
 @router.post("/patients/{patient_id}/break-glass")
