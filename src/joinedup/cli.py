@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from joinedup.config import get_settings
 from joinedup.care import cli as care_cli
+from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
 from joinedup.governance import cli as governance_cli
 from joinedup.synth.cli import generate_command

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
+from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import SYSTEM, add_user, get_user, issue_token, login
 
@@ -87,12 +88,8 @@ def _practitioner_names(data_dir: Path) -> dict[str, str]:
         with path.open("rb") as fh:
             for line in fh:
                 pr = orjson.loads(line)
-                for n in pr.get("name") or []:
-                    parts = [*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]
-                    text = n.get("text") or " ".join(p for p in parts if p)
-                    if text:
-                        out[pr["id"]] = text
-                        break
+                if pr.get("name"):
+                    out[pr["id"]] = human_name(pr)
     return out
 
 

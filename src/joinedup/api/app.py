@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_routes.router)
     app.include_router(governance_routes.router)
     governance_routes.install(app)
-    from joinedup.conflicts.routes import api_router as conflicts_api, cds_router
+    from joinedup.conflicts.routes import api_router as conflicts_api
+    from joinedup.conflicts.routes import cds_router
     app.include_router(cds_router)
     app.include_router(conflicts_api)
     from joinedup.record import routes as record_routes

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _rid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
@@ -33,14 +34,6 @@ def _parse(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def _text(cc: Any) -> str:
-    if isinstance(cc, list):
-        cc = cc[0] if cc else None
-    if not isinstance(cc, dict):
-        return ""
-    return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "") or ""
 
 
 def episode_kind(eoc: dict) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _ref_id
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import SYSTEM, Principal, list_users
@@ -104,14 +105,6 @@ def _patient(res: dict) -> str | None:
         if pid:
             return pid
     return None
-
-
-def _text(cc: Any) -> str:
-    if isinstance(cc, list):
-        cc = cc[0] if cc else None
-    if not isinstance(cc, dict):
-        return ""
-    return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "") or ""
 
 
 def classify(rtype: str, res: dict | None, *, now: datetime | None = None) -> list[Event]:

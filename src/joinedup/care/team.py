@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
@@ -47,17 +48,6 @@ def ref_id(value: str | None, rtype: str) -> str | None:
     if not _ID.match(value):
         raise FhirError(422, f"'{value[:70]}' is not a valid {rtype} id", code="value")
     return value
-
-
-def human_name(res: dict[str, Any] | None) -> str:
-    """A readable name of a Patient or Practitioner."""
-    names = (res or {}).get("name") or []
-    n = next((x for x in names if x.get("use") in (None, "official", "usual")), names[0] if names else None)
-    if not n:
-        return "Unnamed"
-    if n.get("text"):
-        return n["text"]
-    return " ".join([*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]).strip() or "Unnamed"
 
 
 _NAMES: dict[str, str] = {}

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from joinedup.fhir.errors import FhirError
-from joinedup.fhir.search_params import split_reference
+from joinedup.fhir.values import reference_id as _rid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import SYSTEM, Principal
 from joinedup.governance.policy import activities_of
@@ -61,14 +61,6 @@ def _now() -> datetime:
 
 def _iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rid(node: Any, rtype: str | None = None) -> str | None:
-    if isinstance(node, dict) and isinstance(node.get("reference"), str):
-        t, i = split_reference(node["reference"])
-        if rtype is None or t == rtype:
-            return i
-    return None
 
 
 def _ext(res: dict, url: str) -> dict | None:

@@ -24,3 +24,25 @@ def age_on(birth: str | None, today: date) -> int | None:
     except ValueError:
         return None
     return today.year - y - ((today.month, today.day) < (m, d))
+
+
+def concept_text(cc: Any) -> str:
+    """Readable text of a CodeableConcept (or the first of a list): its text, else the first coding display."""
+    if isinstance(cc, list):
+        cc = cc[0] if cc else None
+    if not isinstance(cc, dict):
+        return ""
+    return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "") or ""
+
+
+def human_name(res: dict[str, Any] | None) -> str:
+    """A readable name of a Patient, Practitioner or RelatedPerson ('Dr Sophie Wood'), else 'Unnamed'."""
+    names = (res or {}).get("name") or []
+    if isinstance(names, str):  # Organization.name and the like
+        return names
+    n = next((x for x in names if x.get("use") in (None, "official", "usual")), names[0] if names else None)
+    if not n:
+        return "Unnamed"
+    if n.get("text"):
+        return n["text"]
+    return " ".join([*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]).strip() or "Unnamed"

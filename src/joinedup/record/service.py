@@ -13,6 +13,7 @@ from typing import Any
 
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import age_on as _age
+from joinedup.fhir.values import human_name as _human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.models import (
@@ -724,18 +725,6 @@ def _what_matters(b: _Bundle) -> list[WhatMatters]:
 
 
 # -- small helpers ------------------------------------------------------------------------------------------
-def _human_name(res: dict[str, Any]) -> str:
-    names = res.get("name") or []
-    if isinstance(names, str):
-        return names
-    n = next((x for x in names if x.get("use") in (None, "official", "usual")), names[0] if names else None)
-    if not n:
-        return "Unnamed"
-    if n.get("text"):
-        return n["text"]
-    return " ".join([*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]).strip() or "Unnamed"
-
-
 def _nhs_number(res: dict[str, Any]) -> str | None:
     return next((i.get("value") for i in res.get("identifier") or [] if i.get("system") == NHS_SYSTEM), None)
 

@@ -20,10 +20,9 @@ from joinedup.api.auth import bearer
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import is_valid as valid_nhs_number
 from joinedup.governance.gate import Gate, access_notices, how_to_get_access
-from joinedup.governance.policy import activities_of
-from joinedup.governance.service import REASON_CATEGORIES, grant_break_glass
 from joinedup.governance.identity import Principal, authenticate, login
-from joinedup.governance.policy import rules
+from joinedup.governance.policy import activities_of, rules
+from joinedup.governance.service import REASON_CATEGORIES, grant_break_glass
 from joinedup.record import service
 from joinedup.record.models import HEADINGS, SETTINGS
 
