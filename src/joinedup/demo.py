@@ -61,8 +61,10 @@ def create_demo_wards(gate: Gate) -> None:
     from joinedup.care.virtual_wards import create_ward, wards
 
     have = {w.get("name") for w in wards(gate=gate, who=SYSTEM)}
+    orgs = {s.id for s in gate.search(SYSTEM, "Organization", [("_id", ",".join(o for *_, o in DEMO_WARDS))],
+                                      query_text="Organization?_id=(demo ward hosts)").matches}
     for name, kind, capacity, org in DEMO_WARDS:
-        if name not in have and gate.store.read("Organization", org) is not None:
+        if name not in have and org in orgs:
             create_ward(gate=gate, who=SYSTEM, name=name, kind=kind, capacity=capacity, organization_id=org)
 
 
