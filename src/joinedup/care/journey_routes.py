@@ -33,28 +33,24 @@ def _web():
 
 @router.get("/patients/{patient_id}/journey", include_in_schema=False)
 def journey_page(request: Request, patient_id: str):
-    return _render(request, patient_id, panel=False)
-
-
-def _render(request: Request, patient_id: str, *, panel: bool):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    gate = web._gate(request)
-    try:
-        j = service.journey(gate=gate, who=who, patient_id=patient_id)
-    except FhirError as exc:
-        if panel:  # on the patient page: a quiet note instead of a whole error page
-            return web.page(request, "care/journey_panel.html", {"j": None, "error": exc.diagnostics,
-                                                                 "pid": patient_id, "kinds": KIND}, who=who)
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    name = "care/journey_panel.html" if panel else "care/journey.html"
-    return web.page(request, name, {"j": j, "pid": patient_id, "kinds": KIND, "error": None}, who=who)
+    return _web().service_page(request, "care/journey.html", lambda gate, who: {
+        "j": service.journey(gate=gate, who=who, patient_id=patient_id), "pid": patient_id, "kinds": KIND,
+        "error": None})
 
 
 @router.get("/patients/{patient_id}/journey/panel", include_in_schema=False)
 def journey_panel(request: Request, patient_id: str):
+    """On the patient page: a refusal is a quiet note in the panel instead of a whole error page."""
     if not request.headers.get("hx-request"):
         return RedirectResponse(f"/patients/{quote(patient_id)}/journey", status_code=303)
-    return _render(request, patient_id, panel=True)
+    web = _web()
+    who = web._who(request)
+    if who is None:
+        return web._to_login(request)
+    try:
+        j = service.journey(gate=web._gate(request), who=who, patient_id=patient_id)
+    except FhirError as exc:
+        return web.page(request, "care/journey_panel.html", {"j": None, "error": exc.diagnostics,
+                                                             "pid": patient_id, "kinds": KIND}, who=who)
+    return web.page(request, "care/journey_panel.html", {"j": j, "pid": patient_id, "kinds": KIND, "error": None},
+                    who=who)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -15,7 +16,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.service import my_patients
-from joinedup.web.routes import _gate, _to_login, _who, error_page, page
+from joinedup.web.routes import _gate, _to_login, _who, error_page, service_page
 
 api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"])
 web_router = APIRouter(include_in_schema=False)
@@ -68,25 +69,22 @@ async def complete(review_id: str, body: svc.Completion, who: Principal = Depend
 # -- pages -----------------------------------------------------------------------------------------------------------
 @web_router.get("/mdt")
 async def reviews_page(request: Request, patient: str = ""):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    return _schedule_form(request, who, {"title": "", "start": "", "minutes": "60", "location": "",
-                                         "patient_ids": [patient] if patient else [], "participants": []})
+    return _schedule_form(request, {"title": "", "start": "", "minutes": "60", "location": "",
+                                    "patient_ids": [patient] if patient else [], "participants": []})
 
 
-def _schedule_form(request: Request, who: Principal, form: dict, error: str | None = None, status: int = 200):
-    gate = _gate(request)
-    try:
+def _schedule_form(request: Request, form: dict, error: str | None = None, status: int = 200, *,
+                   who: Principal | None = None):
+    def build(gate: Gate, who: Principal) -> dict[str, Any]:
         reviews = svc.list_reviews(gate=gate, who=who, include_past=True)
         people = my_patients(gate=gate, who=who)
         staff = recipients(gate=gate, who=who)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    known = {p["id"] for p in people}
-    extra = [pid for pid in form["patient_ids"] if pid and pid not in known]
-    return page(request, "care/mdt.html", {"reviews": reviews, "people": people, "extra_people": extra,
-                                           "staff": staff, "form": form, "error": error}, who=who, status=status)
+        known = {p["id"] for p in people}
+        extra = [pid for pid in form["patient_ids"] if pid and pid not in known]
+        return {"reviews": reviews, "people": people, "extra_people": extra, "staff": staff, "form": form,
+                "error": error}
+
+    return service_page(request, "care/mdt.html", build, who=who, status=status)
 
 
 @web_router.post("/mdt")
@@ -102,7 +100,7 @@ async def schedule_submit(request: Request):
     try:
         minutes = int(form["minutes"] or 60)
     except ValueError:
-        return _schedule_form(request, who, form, "The length must be a whole number of minutes.", 422)
+        return _schedule_form(request, form, "The length must be a whole number of minutes.", 422, who=who)
     try:
         review = svc.schedule_review(gate=_gate(request), who=who, title=form["title"], start=form["start"],
                                      minutes=minutes, patient_ids=form["patient_ids"],
@@ -110,27 +108,24 @@ async def schedule_submit(request: Request):
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)
-        return _schedule_form(request, who, form, exc.diagnostics, exc.status)
+        return _schedule_form(request, form, exc.diagnostics, exc.status, who=who)
     return RedirectResponse(f"/mdt/{quote(review['id'])}", status_code=303)
 
 
-def _review_page(request: Request, who: Principal, review_id: str, *, error: str | None = None,
+def _default_due() -> str:
+    return (date.today() + timedelta(days=14)).isoformat()
+
+
+def _review_page(request: Request, review_id: str, *, who: Principal | None = None, error: str | None = None,
                  status: int = 200, form: dict | None = None):
-    try:
-        review = svc.get_review(gate=_gate(request), who=who, review_id=review_id)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/mdt_review.html", {"rv": review, "error": error, "form": form or {},
-                                                  "default_due": (date.today() + timedelta(days=14)).isoformat(),
-                                                  "attendance_choices": list(svc.ATTENDANCE)}, who=who, status=status)
+    return service_page(request, "care/mdt_review.html", lambda gate, who: {
+        "rv": svc.get_review(gate=gate, who=who, review_id=review_id), "error": error, "form": form or {},
+        "default_due": _default_due(), "attendance_choices": list(svc.ATTENDANCE)}, who=who, status=status)
 
 
 @web_router.get("/mdt/{review_id}")
 async def review_page(request: Request, review_id: str):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    return _review_page(request, who, review_id)
+    return _review_page(request, review_id)
 
 
 @web_router.post("/mdt/{review_id}/decisions")
@@ -140,31 +135,30 @@ async def decision_submit(request: Request, review_id: str, patient_id: str = Fo
     who = _who(request)
     if who is None:
         return _to_login(request)
-    gate = _gate(request)
     htmx = bool(request.headers.get("hx-request"))
+    form = {"patient_id": patient_id, "text": text, "owner": owner, "due": due}
     error = None
     try:
-        svc.record_decision(gate=gate, who=who, review_id=review_id, patient_id=patient_id, text=text, owner=owner,
-                            due=due)
+        svc.record_decision(gate=_gate(request), who=who, review_id=review_id, patient_id=patient_id, text=text,
+                            owner=owner, due=due)
     except FhirError as exc:
-        if exc.status in (403,) or not htmx:
-            if exc.status == 403:
-                return error_page(request, exc.status, exc.diagnostics, who=who)
-            return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status,
-                                form={"patient_id": patient_id, "text": text, "owner": owner, "due": due})
+        if exc.status == 403:
+            return error_page(request, exc.status, exc.diagnostics, who=who)
+        if not htmx:
+            return _review_page(request, review_id, who=who, error=exc.diagnostics, status=exc.status, form=form)
         error = exc.diagnostics
     if not htmx:
         return RedirectResponse(f"/mdt/{quote(review_id)}#person-{quote(patient_id)}", status_code=303)
-    try:
+
+    def build(gate: Gate, who: Principal) -> dict[str, Any]:
         review = svc.get_review(gate=gate, who=who, review_id=review_id)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    person = next((p for p in review["people"] if p["patient_id"] == patient_id), None)
-    if person is None:
-        return error_page(request, 404, f"Patient/{patient_id} is not part of this review", who=who)
-    return page(request, "care/_mdt_person.html", {
-        "rv": review, "p": person, "error": error, "default_due": (date.today() + timedelta(days=14)).isoformat(),
-        "form": {"patient_id": patient_id, "text": text, "owner": owner, "due": due} if error else {}}, who=who)
+        person = next((p for p in review["people"] if p["patient_id"] == patient_id), None)
+        if person is None:
+            raise FhirError(404, f"Patient/{patient_id} is not part of this review", code="not-found")
+        return {"rv": review, "p": person, "error": error, "default_due": _default_due(),
+                "form": form if error else {}}
+
+    return service_page(request, "care/_mdt_person.html", build, who=who)
 
 
 @web_router.post("/mdt/{review_id}/attendance")
@@ -179,7 +173,7 @@ async def attendance_submit(request: Request, review_id: str):
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)
-        return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status)
+        return _review_page(request, review_id, who=who, error=exc.diagnostics, status=exc.status)
     return RedirectResponse(f"/mdt/{quote(review_id)}", status_code=303)
 
 
@@ -193,18 +187,12 @@ async def complete_submit(request: Request, review_id: str, outcome: str = Form(
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)
-        return _review_page(request, who, review_id, error=exc.diagnostics, status=exc.status,
+        return _review_page(request, review_id, who=who, error=exc.diagnostics, status=exc.status,
                             form={"outcome": outcome})
     return RedirectResponse(f"/mdt/{quote(review_id)}", status_code=303)
 
 
 @web_router.get("/mdt/{review_id}/pack/{patient_id}")
 async def pack_page(request: Request, review_id: str, patient_id: str):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    try:
-        data = svc.prepare_pack(gate=_gate(request), who=who, review_id=review_id, patient_id=patient_id)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/mdt_pack.html", {"pk": data}, who=who)
+    return service_page(request, "care/mdt_pack.html", lambda gate, who: {
+        "pk": svc.prepare_pack(gate=gate, who=who, review_id=review_id, patient_id=patient_id)})

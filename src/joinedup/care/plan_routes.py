@@ -3,12 +3,14 @@ key-worker handover)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel, ConfigDict
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from joinedup.api.auth import current_user, get_gate
 from joinedup.care import plans as plan_service
@@ -18,7 +20,7 @@ from joinedup.care import team as team_service
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.routes import _gate, _to_login, _who, error_page, page
+from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
 
 api_router = APIRouter(tags=["care plans, key workers and tasks"])
 web_router = APIRouter(include_in_schema=False)
@@ -277,50 +279,60 @@ def _split_owner(owner: str, practitioner: str, organization: str) -> tuple[str 
     return None, None
 
 
+def _escalating(build: Callable[[Gate, Principal], dict[str, Any]]) -> Callable[[Gate, Principal], dict[str, Any]]:
+    """`build`, after starting overdue escalation for this gate (once) – for the plan and worklist pages."""
+    def run(gate: Gate, who: Principal) -> dict[str, Any]:
+        task_service.ensure_escalator(gate)
+        return build(gate, who)
+
+    return run
+
+
+def _plan_context(gate: Gate, who: Principal, patient_id: str, *, error: str | None = None,
+                  notice: str | None = None, draft: dict[str, Any] | None = None,
+                  section: str | None = None) -> dict[str, Any]:
+    person = team_service.require_person(gate=gate, who=who, patient_id=patient_id)
+    plan = plan_service.get_plan(gate=gate, who=who, patient_id=patient_id)
+    team = team_service.care_team(gate=gate, who=who, patient_id=patient_id)
+    hist = plan_service.history(gate=gate, who=who, patient_id=patient_id, count=30)
+    try:
+        tasks = _patient_tasks(gate, who, patient_id)
+    except FhirError as exc:
+        if exc.status != 403:
+            raise
+        tasks = None
+    try:
+        proposals = review_service.proposals(gate=gate, who=who, patient_id=patient_id, plan=plan)
+    except FhirError as exc:
+        if exc.status != 403:
+            raise
+        proposals = []
+    kw = team["key_worker"]
+    return {"person": {"id": patient_id, "name": team_service.human_name(person),
+                       "birth_date": person.get("birthDate"),
+                       "nhs_number": next((i.get("value") for i in person.get("identifier") or []
+                                           if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None)},
+            "plan": plan, "team": team, "kw": kw, "history": hist, "tasks": tasks, "proposals": proposals,
+            "owners": _owner_choices(team), "error": error, "notice": notice, "draft": draft or {},
+            "section": section, "action_statuses": plan_service.ACTION_STATUSES,
+            "goal_statuses": plan_service.GOAL_STATUSES, "written_by": plan_service.WRITTEN_BY,
+            "priorities": task_service.PRIORITIES,
+            "i_am_key_worker": bool(kw and kw["practitioner_id"] == who.practitioner_id)}
+
+
 def _plan_page(request: Request, who: Principal, patient_id: str, *, error: str | None = None,
                notice: str | None = None, draft: dict[str, Any] | None = None, status: int = 200,
                section: str | None = None):
-    gate = _gate(request)
-    try:
-        person = team_service.require_person(gate=gate, who=who, patient_id=patient_id)
-        plan = plan_service.get_plan(gate=gate, who=who, patient_id=patient_id)
-        team = team_service.care_team(gate=gate, who=who, patient_id=patient_id)
-        hist = plan_service.history(gate=gate, who=who, patient_id=patient_id, count=30)
-        try:
-            tasks = _patient_tasks(gate, who, patient_id)
-        except FhirError as exc:
-            if exc.status != 403:
-                raise
-            tasks = None
-        try:
-            proposals = review_service.proposals(gate=gate, who=who, patient_id=patient_id, plan=plan)
-        except FhirError as exc:
-            if exc.status != 403:
-                raise
-            proposals = []
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    kw = team["key_worker"]
-    ctx = {"person": {"id": patient_id, "name": team_service.human_name(person),
-                      "birth_date": person.get("birthDate"),
-                      "nhs_number": next((i.get("value") for i in person.get("identifier") or []
-                                          if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None)},
-           "plan": plan, "team": team, "kw": kw, "history": hist, "tasks": tasks, "proposals": proposals,
-           "owners": _owner_choices(team), "error": error, "notice": notice, "draft": draft or {},
-           "section": section, "action_statuses": plan_service.ACTION_STATUSES,
-           "goal_statuses": plan_service.GOAL_STATUSES, "written_by": plan_service.WRITTEN_BY,
-           "priorities": task_service.PRIORITIES,
-           "i_am_key_worker": bool(kw and kw["practitioner_id"] == who.practitioner_id)}
-    return page(request, "care/plan.html", ctx, who=who, status=status)
+    """The plan page again after an edit (`who` already logged in)."""
+    return service_page(request, "care/plan.html", lambda gate, who: _plan_context(
+        gate, who, patient_id, error=error, notice=notice, draft=draft, section=section), who=who, status=status)
 
 
 @web_router.get("/patients/{patient_id}/care-plan")
 async def plan_page(request: Request, patient_id: str, saved: str = ""):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    task_service.ensure_escalator(_gate(request))
-    return _plan_page(request, who, patient_id, notice={"1": "Saved."}.get(saved))
+    notice = {"1": "Saved."}.get(saved)
+    return service_page(request, "care/plan.html", _escalating(
+        lambda gate, who: _plan_context(gate, who, patient_id, notice=notice)))
 
 
 async def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str, Any], call):
@@ -414,20 +426,15 @@ async def plan_new_task(request: Request, patient_id: str, description: str = Fo
                                 owner_practitioner=prac, owner_organization=org, due=due, priority=priority))
 
 
+def _tasks_context(mine: dict[str, Any], *, done: bool = False, error: str | None = None) -> dict[str, Any]:
+    return {"mine": mine, "done": done, "error": error, "statuses": task_service.TASK_STATUSES,
+            "action_statuses": plan_service.ACTION_STATUSES}
+
+
 @web_router.get("/care/tasks")
 async def tasks_page(request: Request, done: int = 0):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    gate = _gate(request)
-    task_service.ensure_escalator(gate)
-    try:
-        mine = task_service.my_tasks(gate=gate, who=who, include_done=bool(done))
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/tasks.html", {"mine": mine, "done": bool(done), "error": None,
-                                             "statuses": task_service.TASK_STATUSES,
-                                             "action_statuses": plan_service.ACTION_STATUSES}, who=who)
+    return service_page(request, "care/tasks.html", _escalating(lambda gate, who: _tasks_context(
+        task_service.my_tasks(gate=gate, who=who, include_done=bool(done)), done=bool(done))))
 
 
 @web_router.post("/care/tasks/{task_id}")
@@ -442,53 +449,42 @@ async def task_status(request: Request, task_id: str, status: str = Form(""), ve
         if exc.status in (403, 404):
             return error_page(request, exc.status, exc.diagnostics, who=who)
         mine = task_service.my_tasks(gate=gate, who=who)
-        return page(request, "care/tasks.html", {"mine": mine, "done": False, "error": exc.diagnostics,
-                                                 "statuses": task_service.TASK_STATUSES,
-                                                 "action_statuses": plan_service.ACTION_STATUSES},
-                    who=who, status=exc.status)
+        return page(request, "care/tasks.html", _tasks_context(mine, error=exc.diagnostics), who=who,
+                    status=exc.status)
     return RedirectResponse("/care/tasks", status_code=303)
+
+
+def _server_timing(started: float) -> Callable[[HTMLResponse], None]:
+    def stamp(resp: HTMLResponse) -> None:
+        resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+
+    return stamp
 
 
 @web_router.get("/care/people")
 async def people_page(request: Request):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    gate = _gate(request)
-    task_service.ensure_escalator(gate)
-    import time
-
     started = time.perf_counter()
-    try:
-        mine = task_service.my_people(gate=gate, who=who)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    resp = page(request, "care/people.html", {"mine": mine}, who=who)
-    resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
-    return resp
+    return service_page(request, "care/people.html", _escalating(
+        lambda gate, who: {"mine": task_service.my_people(gate=gate, who=who)}), after=_server_timing(started))
 
 
-def _handover_page(request: Request, who: Principal, patient_id: str, *, form: dict[str, str] | None = None,
-                   error: str | None = None, status: int = 200):
-    gate = _gate(request)
-    try:
+def _handover_page(request: Request, patient_id: str, *, who: Principal | None = None,
+                   form: dict[str, str] | None = None, error: str | None = None, status: int = 200):
+    def build(gate: Gate, who: Principal) -> dict[str, Any]:
         person = team_service.require_person(gate=gate, who=who, patient_id=patient_id)
         team = team_service.care_team(gate=gate, who=who, patient_id=patient_id)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/handover.html", {
-        "person": {"id": patient_id, "name": team_service.human_name(person)}, "team": team,
-        "owners": [o for o in _owner_choices(team)
-                   if not team["key_worker"] or not o["value"].startswith(team["key_worker"]["practitioner_id"] + "|")],
-        "form": form or {}, "error": error}, who=who, status=status)
+        kw = team["key_worker"]
+        return {"person": {"id": patient_id, "name": team_service.human_name(person)}, "team": team,
+                "owners": [o for o in _owner_choices(team)
+                           if not kw or not o["value"].startswith(kw["practitioner_id"] + "|")],
+                "form": form or {}, "error": error}
+
+    return service_page(request, "care/handover.html", build, who=who, status=status)
 
 
 @web_router.get("/patients/{patient_id}/key-worker/handover")
 async def handover_form(request: Request, patient_id: str):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    return _handover_page(request, who, patient_id)
+    return _handover_page(request, patient_id)
 
 
 @web_router.post("/patients/{patient_id}/key-worker/handover")
@@ -505,5 +501,5 @@ async def handover_submit(request: Request, patient_id: str, owner: str = Form("
     except FhirError as exc:
         if exc.status in (401, 403, 404):
             return error_page(request, exc.status, exc.diagnostics, who=who)
-        return _handover_page(request, who, patient_id, form=form, error=exc.diagnostics, status=exc.status)
+        return _handover_page(request, patient_id, who=who, form=form, error=exc.diagnostics, status=exc.status)
     return RedirectResponse(f"/patients/{quote(patient_id)}/care-plan?saved=1#team", status_code=303)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from joinedup.api.auth import current_user, get_gate
 from joinedup.care import referrals as svc
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.routes import _gate, _to_login, _who, error_page, page
+from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
 
 api_router = APIRouter(tags=["referrals and advice"])
 web_router = APIRouter(include_in_schema=False)
@@ -97,38 +98,27 @@ async def convert(request_id: str, body: svc.Converting | None = None, who: Prin
 # -- pages -----------------------------------------------------------------------------------------------------------
 @web_router.get("/referrals")
 async def inbox_page(request: Request, box: str = "inbox", state: str = ""):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    try:
-        items = svc.list_requests(gate=_gate(request), who=who, box=box, state=state or None)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/referrals.html", {"items": items, "box": box, "state": state,
-                                                 "states": svc.STATE_TEXT}, who=who)
+    return service_page(request, "care/referrals.html", lambda gate, who: {
+        "items": svc.list_requests(gate=gate, who=who, box=box, state=state or None), "box": box, "state": state,
+        "states": svc.STATE_TEXT})
 
 
 @web_router.get("/referrals/new")
 async def new_page(request: Request, patient: str = "", kind: str = "advice"):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    return _new_form(request, who, {"patient_id": patient, "kind": kind, "to": "", "text": "", "reason": "",
-                                    "priority": "routine"})
+    return _new_form(request, {"patient_id": patient, "kind": kind, "to": "", "text": "", "reason": "",
+                               "priority": "routine"})
 
 
-def _new_form(request: Request, who: Principal, form: dict, error: str | None = None, status: int = 200):
-    gate = _gate(request)
-    patient = None
-    try:
+def _new_form(request: Request, form: dict, error: str | None = None, status: int = 200, *,
+              who: Principal | None = None):
+    def build(gate: Gate, who: Principal) -> dict[str, Any]:
+        patient = None
         if form.get("patient_id"):
             patient = svc.person_name(gate.read(who, "Patient", form["patient_id"]).content)
-        recipients = svc.recipients(gate=gate, who=who)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/referral_new.html", {"form": form, "patient": patient, "recipients": recipients,
-                                                    "error": error, "priorities": svc.PRIORITIES}, who=who,
-                status=status)
+        return {"form": form, "patient": patient, "recipients": svc.recipients(gate=gate, who=who), "error": error,
+                "priorities": svc.PRIORITIES}
+
+    return service_page(request, "care/referral_new.html", build, who=who, status=status)
 
 
 @web_router.post("/referrals/new")
@@ -140,29 +130,23 @@ async def new_submit(request: Request, patient_id: str = Form(""), kind: str = F
     form = {"patient_id": patient_id.strip(), "kind": kind, "to": to, "text": text, "reason": reason,
             "priority": priority}
     if not form["patient_id"]:
-        return _new_form(request, who, form, "Say who this is about (the person's record id).", 422)
+        return _new_form(request, form, "Say who this is about (the person's record id).", 422, who=who)
     if not to:
-        return _new_form(request, who, form, "Choose who to send it to.", 422)
+        return _new_form(request, form, "Choose who to send it to.", 422, who=who)
     try:
         view = svc.create_request(gate=_gate(request), who=who, kind=kind, patient_id=form["patient_id"], to=to,
                                   text=text, reason=reason or None, priority=priority)
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)
-        return _new_form(request, who, form, exc.diagnostics, exc.status)
+        return _new_form(request, form, exc.diagnostics, exc.status, who=who)
     return RedirectResponse(f"/referrals/{quote(view['id'])}", status_code=303)
 
 
 @web_router.get("/referrals/{request_id}")
 async def thread_page(request: Request, request_id: str):
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    try:
-        view = svc.get_request(gate=_gate(request), who=who, request_id=request_id)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return page(request, "care/referral_thread.html", {"r": view, "error": None, "draft": ""}, who=who)
+    return service_page(request, "care/referral_thread.html", lambda gate, who: {
+        "r": svc.get_request(gate=gate, who=who, request_id=request_id), "error": None, "draft": ""})
 
 
 @web_router.post("/referrals/{request_id}/{action}")
@@ -189,21 +173,24 @@ async def thread_action(request: Request, request_id: str, action: str, text: st
         if exc.status in (403, 404, 410):
             return error_page(request, exc.status, exc.diagnostics, who=who)
         # keep what the person typed, show why it was refused
-        try:
-            current = svc.get_request(gate=gate, who=who, request_id=request_id)
-        except FhirError as exc2:
-            return error_page(request, exc2.status, exc2.diagnostics, who=who)
-        name = "care/_referral_thread_body.html" if htmx else "care/referral_thread.html"
-        # HTMX swaps only 2xx responses: the partial carries the refusal (and its status in X-Refused-Status)
-        resp = page(request, name, {"r": current, "error": exc.diagnostics, "draft": text}, who=who,
-                    status=200 if htmx else exc.status)
-        if htmx:
-            resp.headers["X-Refused-Status"] = str(exc.status)
-        return resp
+        error = exc.diagnostics
+        return service_page(request, "care/_referral_thread_body.html" if htmx else "care/referral_thread.html",
+                            lambda gate, who: {"r": svc.get_request(gate=gate, who=who, request_id=request_id),
+                                               "error": error, "draft": text},
+                            who=who, status=200 if htmx else exc.status,
+                            after=_refused(exc.status) if htmx else None)
     if htmx:
         return page(request, "care/_referral_thread_body.html", {"r": view, "error": None, "draft": "",
                                                                  "done": action}, who=who)
     return RedirectResponse(f"/referrals/{quote(request_id)}", status_code=303)
+
+
+def _refused(status: int) -> Callable[[HTMLResponse], None]:
+    """HTMX swaps only 2xx responses: the partial carries the refusal, and its status in X-Refused-Status."""
+    def stamp(resp: HTMLResponse) -> None:
+        resp.headers["X-Refused-Status"] = str(status)
+
+    return stamp
 
 
 def _hx_redirect(url: str):

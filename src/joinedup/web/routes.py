@@ -130,17 +130,26 @@ def error_page(request: Request, status: int, message: str, *, who: Principal | 
 
 
 def service_page(request: Request, template: str, build: Callable[[Gate, Principal], dict[str, Any]], *,
-                 patient_id: str | None = None) -> HTMLResponse | RedirectResponse:
+                 patient_id: str | None = None, status: int = 200, who: Principal | None = None,
+                 after: Callable[[HTMLResponse], None] | None = None) -> HTMLResponse | RedirectResponse:
     """The usual page: log-in first, then `build(gate, who)` gives the template's context; a refusal or bad
-    input from the service becomes the clear error page."""
-    who = _who(request)
+    input from the service becomes the clear error page.
+
+    `who`: the caller has already logged the person in (a form shown again after a refused edit);
+    `status`: the page's status (such as 422 for that form); `after(response)`: adds to the page, never to the
+    error page (a header such as Server-Timing)."""
     if who is None:
-        return _to_login(request)
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
     try:
         context = build(_gate(request), who)
     except FhirError as exc:
         return error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
-    return page(request, template, context, who=who)
+    resp = page(request, template, context, who=who, status=status)
+    if after is not None:
+        after(resp)
+    return resp
 
 
 @router.post("/patients/{patient_id}/break-glass")
