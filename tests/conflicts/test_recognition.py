@@ -28,6 +28,10 @@ SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "synthea-
     ("Adcal-D3 chewable tablets", {"calcium_carbonate", "colecalciferol"}),
     ("Diclofenac sodium 50mg gastro-resistant tablets", {"diclofenac"}),
     ("Voltarol 1.16% Emulgel", {"diclofenac_topical"}),
+    # dm+d device wording is packaging, not a second ingredient
+    ("Tiotropium bromide 18microgram inhalation powder capsules with device", {"tiotropium"}),
+    ("Tiotropium bromide 2.5micrograms/dose solution for inhalation cartridge with device CFC free", {"tiotropium"}),
+    ("Colecalciferol 400unit / Calcium carbonate 1.5g chewable tablets", {"colecalciferol", "calcium_carbonate"}),
 ])
 def test_free_text_medicines(text: str, expected: set[str]) -> None:
     ings, missing = recognise_medicine_text(load_knowledge(), text)

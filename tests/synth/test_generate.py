@@ -229,6 +229,10 @@ def _detect(out: Path) -> set[tuple[str, str]]:
             found.add((pat, "metformin_low_egfr"))
         if classes["benzodiazepine"] and falls in cs:
             found.add((pat, "benzodiazepine_falls"))
+        if classes["calcium_supplement"] and classes["bisphosphonate_oral"]:
+            found.add((pat, "bisphosphonate_calcium_timing"))
+        if classes["calcium_supplement"] and classes["thyroid_hormone"]:
+            found.add((pat, "levothyroxine_calcium_timing"))
         if any(n > 1 for n in groups.values()):
             found.add((pat, "duplicate_class_after_discharge"))
     return found
@@ -389,10 +393,13 @@ def test_encounter_and_document_types_are_coded(population):
     for e in read_ndjson(population, "Encounter"):
         t = e["type"][0]
         assert t["text"]
-        if "coding" in t:
-            assert t["coding"][0]["system"] == "http://snomed.info/sct" and t["coding"][0]["code"] in codes
-            seen[t["coding"][0]["code"]] += 1
-    assert {"11429006", "185317003", "439708006"} <= set(seen)
+        assert "coding" in t, f"uncoded encounter type {t['text']!r}"
+        assert t["coding"][0]["system"] == "http://snomed.info/sct" and t["coding"][0]["code"] in codes
+        seen[t["coding"][0]["code"]] += 1
+    # every setting is coded: consultations, telephone, home visits, A&E attendances and emergency admissions
+    assert {"11429006", "185317003", "439708006", "4525004", "183452005"} <= set(seen)
+    by_class = {(e["class"]["code"], e["type"][0]["coding"][0]["code"]) for e in read_ndjson(population, "Encounter")}
+    assert ("EMER", "4525004") in by_class and ("IMP", "183452005") in by_class
     docs = list(read_ndjson(population, "DocumentReference"))
     assert docs and all(d["type"]["coding"][0]["code"] == "373942005" for d in docs)
 
@@ -432,9 +439,64 @@ def test_guideline_medicines_per_condition_at_plausible_rates(population):
             ("epilepsy", {"antiepileptic"}, 0.6, 1.0),
             ("asthma", {"ics"}, 0.3, 0.75),
             ("copd", {"ics"}, 0.15, 0.6),
-            ("heart_failure", {"mra"}, 0.15, 0.5)):
+            ("heart_failure", {"mra"}, 0.15, 0.5),
+            ("copd", {"lama"}, 0.35, 0.75),
+            ("osteoporosis", {"calcium_supplement"}, 0.15, 0.5),
+            ("parkinsons", {"dopaminergic"}, 0.6, 1.0),
+            ("ihd", {"nitrate"}, 0.25, 0.65)):
         assert lo <= rate(condition, wanted) <= hi, condition
     assert any("antimuscarinic_bladder" in c for c in classes.values())
+    # methotrexate comes with weekly folic acid for nearly everyone; every calcium is given beside a bisphosphonate
+    on_mtx = [c for c in classes.values() if "dmard" in c]
+    assert on_mtx and sum("vitamin" in c for c in on_mtx) / len(on_mtx) >= 0.75
+    assert all("bisphosphonate_oral" in c for c in classes.values() if "calcium_supplement" in c)
+    epilepsy_drugs = collections.Counter(
+        prods[m["medicationCodeableConcept"]["coding"][0]["code"]]["key"]
+        for m in read_ndjson(population, "MedicationRequest")
+        if "antiepileptic" in prods[m["medicationCodeableConcept"]["coding"][0]["code"]]["classes"])
+    assert epilepsy_drugs["levetiracetam_500"] and epilepsy_drugs["lamotrigine_100"]
+
+
+# ground-truth problem -> the conflict engine rule that must report it (knowledge/conflicts/*.yaml)
+PROBLEM_RULES = {
+    "nsaid_ckd": "ddis-nsaid-ckd", "nsaid_heart_failure": "ddis-nsaid-heart-failure",
+    "triple_whammy": "dd-triple-whammy", "anticoagulant_antiplatelet_no_ppi": "dd-antiplatelet-anticoagulant",
+    "metformin_low_egfr": "dr-metformin-egfr-30", "benzodiazepine_falls": "ddis-falls-risk-drug-with-falls",
+    # warfarin + apixaban is a duplicate; ramipril + candesartan is reported by the specific ACE inhibitor + ARB rule
+    "duplicate_class_after_discharge": ("dup-same-class", "dd-acei-arb"),
+    "bisphosphonate_calcium_timing": "sch-bisphosphonate-calcium-iron",
+    "levothyroxine_calcium_timing": "sch-levothyroxine-calcium-iron",
+}
+
+
+def test_conflict_engine_finds_every_ground_truth_problem(population):
+    """Each prescribing problem in the ground truth is reported by the conflict engine from the person's record
+    (the GP's medicines list), naming the medicines the ground truth names."""
+    from joinedup.conflicts.service import check_record
+
+    truth = [t for t in _truth(population) if t["kind"] == "prescribing_problem"]
+    assert {t["problem"] for t in truth} <= set(PROBLEM_RULES)
+    assert {"bisphosphonate_calcium_timing"} <= {t["problem"] for t in truth if t["planted"]}
+    wanted = {t["patient"] for t in truth}
+    gp: dict[str, list[dict]] = collections.defaultdict(list)
+    for rtype in ("Patient", "Condition", "MedicationRequest", "Observation"):
+        for r in read_ndjson(population, rtype):
+            subject = f"Patient/{r['id']}" if rtype == "Patient" else r["subject"]["reference"]
+            # the GP's medicines list, with problems and results from whichever organisation holds them
+            # (blood results come from the acute trust's laboratory)
+            if subject in wanted and (rtype != "MedicationRequest"
+                                      or r["meta"]["source"].startswith("Organization/org-gp-")):
+                gp[subject].append(r)
+    missed = []
+    for t in truth:
+        result = check_record(resources=gp[t["patient"]], resolve_conflicts=False, today=TODAY)
+        meds = {x for x in t["resources"] if x.startswith("MedicationRequest/")}
+        rules = PROBLEM_RULES[t["problem"]]
+        hits = [f for f in result["findings"] if f["rule"] in ((rules,) if isinstance(rules, str) else rules)
+                and meds & set(f["involves"])]
+        if not hits:
+            missed.append((t["patient"], t["problem"], [f["rule"] for f in result["findings"]]))
+    assert not missed, missed[:5]
 
 
 def test_conflict_engine_recognises_every_generated_medicine(population):

@@ -22,7 +22,7 @@ dose doses inhaler inhalers tablet tablets capsule capsules oral solution suspen
 day days pack system spray modified release extended chewable effervescent gastro resistant dispersible human regular
 microgram micrograms mcg unit units unt actuat actuation mucosal drug implant auto injector intrauterine vaginal
 inhalation hour hours powder liquid sachet sachets drops eye ear nasal patch patches film coated soluble sugar free
-per with plus and ml mg
+per with plus and ml mg device devices cartridge cartridges cfc spacer
 """
 _FORM_WORDS = frozenset(_FORM_TEXT.split())
 

@@ -172,12 +172,14 @@ class Context:
 
     @staticmethod
     def _dosage(p: dict[str, Any], text: str) -> list[dict[str, Any]]:
+        dose = {"doseQuantity": {"value": p["dose"], "unit": p["unit"]}}
+        if p.get("as_needed"):
+            return [{"text": text, "asNeededBoolean": True, "doseAndRate": [dose]}]
         if p.get("per_week"):
             timing = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk"}}
         else:
             timing = {"repeat": {"frequency": p["per_day"], "period": 1, "periodUnit": "d"}}
-        return [{"text": text, "timing": timing,
-                 "doseAndRate": [{"doseQuantity": {"value": p["dose"], "unit": p["unit"]}}]}]
+        return [{"text": text, "timing": timing, "doseAndRate": [dose]}]
 
     def day(self, ordinal: int) -> str:
         s = self._dates.get(ordinal)
@@ -464,6 +466,8 @@ class Person:
                 cls = self.classes()
                 if any(x in cls for x in line.get("skip_if_classes", ())):
                     continue
+                if line.get("only_if_classes") and not set(line["only_if_classes"]) & cls:
+                    continue
                 have = self.groups()
                 options = [o for o in line["options"] if not set(c.products[o["product"]]["groups"]) & have
                            and c.products[o["product"]].get("sex", "male" if self.male else "female")
@@ -530,6 +534,9 @@ class Person:
             plant("metformin_low_egfr", "type2_diabetes")
         if "falls" in conds and "benzodiazepine" not in g() and rng.random() < p["benzodiazepine_falls"]["rate"]:
             plant("benzodiazepine_falls", None)
+        if ("bisphosphonate_oral" in self.classes() and "calcium_supplement" not in self.classes()
+                and rng.random() < p["bisphosphonate_calcium_timing"]["rate"]):
+            plant("bisphosphonate_calcium_timing", "osteoporosis")
 
     def emit_request(self, m: dict[str, Any]) -> None:
         c = self.c
@@ -1304,6 +1311,13 @@ def detect_problems(c: Context, meds: list[dict[str, Any]], conds: dict[str, dic
     benzos = with_class("benzodiazepine")
     if benzos and "falls" in conds:
         out.append(rec("benzodiazepine_falls", benzos, ("falls",)))
+    # administration-timing clashes: calcium taken with an oral bisphosphonate or levothyroxine blocks absorption
+    calcium = with_class("calcium_supplement")
+    for kind, cls in (("bisphosphonate_calcium_timing", "bisphosphonate_oral"),
+                      ("levothyroxine_calcium_timing", "thyroid_hormone")):
+        partner = with_class(cls)
+        if calcium and partner:
+            out.append(rec(kind, partner + calcium))
     for group in DUPLICATE_GROUPS:
         items = [m for m in active if group in prods[m["product"]]["groups"]]
         if len(items) > 1:
