@@ -69,6 +69,26 @@ def test_medicines_reconciled_with_discrepancies_flagged(server, person):
     assert meds["Amlodipine"]["flags"] == []
 
 
+def test_combination_products_are_not_merged_with_single_ingredients(server, api, uid):
+    """An inhaled steroid alone and the steroid with a LABA are different medicines: two lines, no false 'dose
+    differs'; a calcium/vitamin D combination is named by both ingredients."""
+    pid = f"combo-{uid}"
+    gp = f"gp-{uid}"
+
+    def med(i, product, dose):
+        return {"resourceType": "MedicationRequest", "id": f"{pid}-m{i}", "meta": src(gp), "status": "active",
+                "intent": "order", "subject": {"reference": f"Patient/{pid}"}, "authoredOn": f"2026-01-0{i}",
+                "medicationCodeableConcept": {"text": product}, "dosageInstruction": [{"text": dose}]}
+    load(api, organisations(uid) + [
+        {"resourceType": "Patient", "id": pid, "meta": src(gp)},
+        med(1, "Beclometasone 100micrograms/dose inhaler CFC free", "Two puffs twice a day"),
+        med(2, "Beclometasone 100micrograms/dose / Formoterol 6micrograms/dose inhaler CFC free", "One puff twice a day"),
+        med(3, "Colecalciferol 400unit / Calcium carbonate 1.5g chewable tablets", "Chew one tablet twice a day")])
+    meds = {m["name"]: m for m in _summary(server, pid).json()["medicines"]}
+    assert set(meds) == {"Beclometasone", "Beclometasone / formoterol", "Colecalciferol / calcium carbonate"}
+    assert all(m["flags"] == [] and len(m["entries"]) == 1 for m in meds.values())
+
+
 def test_results_trend_and_timeline(server, person):
     s = _summary(server, person).json()
     hba1c = next(r for r in s["results"] if r["code"] == "59261-8")

@@ -406,21 +406,30 @@ drops patch patches chewable film-coated coated sugar free mg microgram microgra
 sachet sachets powder for e/c m/r mr sr xl""".split())
 
 
-def medicine_key(concept: dict[str, Any] | None) -> tuple[str, str]:
-    """(ingredient key, readable name) of a medication concept: the words before the strength, form dropped."""
-    concept = concept or {}
-    text = concept.get("text") or next((c.get("display") for c in concept.get("coding") or []
-                                        if c.get("display")), None) or ""
+def _ingredient_words(component: str) -> str:
+    """The ingredient words of one component: those before the strength, form words dropped."""
     words = []
-    for w in re.split(r"\s+", text.strip()):
+    for w in re.split(r"\s+", component.strip()):
         lw = w.lower().strip("(),")
         if not lw or re.search(r"\d", lw):
             break
         if lw in _FORM:
             continue
         words.append(lw)
-    if words:
-        key = " ".join(words)
+    return " ".join(words)
+
+
+def medicine_key(concept: dict[str, Any] | None) -> tuple[str, str]:
+    """(ingredient key, readable name) of a medication concept: the words before the strength, form dropped.
+    Combination products named with " / " between components (dm+d style, e.g. "Beclometasone 100micrograms/dose /
+    Formoterol 6micrograms/dose inhaler") keep every ingredient, so they never merge with a single-ingredient
+    product."""
+    concept = concept or {}
+    text = concept.get("text") or next((c.get("display") for c in concept.get("coding") or []
+                                        if c.get("display")), None) or ""
+    parts = [w for w in (_ingredient_words(c) for c in re.split(r"\s+/\s+", text.strip())) if w]
+    if parts:
+        key = " / ".join(parts)
         return key, key[:1].upper() + key[1:]
     code = next((c.get("code") for c in concept.get("coding") or [] if c.get("code")), None)
     return (f"code:{code}" if code else "unknown"), (text or "Unnamed medicine")
