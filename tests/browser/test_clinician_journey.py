@@ -54,6 +54,18 @@ def test_clinician_journey(page, demo):
     shot(page, "04-patient-desktop")
     shot(page, "04-patient-desktop-full", full_page=True)
 
+    # the medicines safety panel arrives by HTMX and leads to the full page with the least-harm proposal
+    panel = page.locator("#medicines-safety")
+    panel.get_by_role("heading", name="Medicines safety").wait_for()
+    assert "multimorbidity rules" in panel.inner_text()
+    panel.get_by_role("link", name=re.compile("suggested changes and review", re.I)).click()
+    page.wait_for_url(re.compile(rf".*/patients/{demo.patient_id}/medicines-safety$"))
+    page.get_by_role("heading", level=1, name=re.compile("^Medicines safety")).wait_for()
+    page.get_by_role("heading", name="Suggested changes with the least harm").wait_for()
+    shot(page, "04b-medicines-safety", full_page=True)
+    page.go_back()
+    page.get_by_role("heading", level=1, name=demo.name).wait_for()
+
     # filter the timeline by setting (HTMX) and by type
     before = page.locator("#timeline .timeline__item").count()
     page.get_by_label("Setting").select_option("Hospital")

@@ -43,8 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     governance_routes.install(app)
     from joinedup.conflicts.routes import api_router as conflicts_api
     from joinedup.conflicts.routes import cds_router
+    from joinedup.conflicts.web_routes import router as medicines_safety_pages
     app.include_router(cds_router)
     app.include_router(conflicts_api)
+    app.include_router(medicines_safety_pages)
     from joinedup.record import routes as record_routes
     from joinedup.web import routes as web_routes
 

@@ -326,10 +326,16 @@ def acknowledgement_id(patient_id: str, fp: str) -> str:
 
 def acknowledged(*, gate: Any, who: Principal, patient_id: str, fingerprints: list[str]) -> set[str]:
     """Fingerprints already acknowledged for this patient (one gated search)."""
+    return set(acknowledgements(gate=gate, who=who, patient_id=patient_id, fingerprints=fingerprints))
+
+
+def acknowledgements(*, gate: Any, who: Principal, patient_id: str,
+                     fingerprints: list[str]) -> dict[str, dict[str, Any]]:
+    """Acknowledged fingerprints for this patient, each with what was decided, by whom, when and why."""
     if not fingerprints:
-        return set()
+        return {}
     ids = {acknowledgement_id(patient_id, fp): fp for fp in fingerprints}
-    out: set[str] = set()
+    out: dict[str, dict[str, Any]] = {}
     keys = sorted(ids)
     for i in range(0, len(keys), 200):
         chunk = keys[i:i + 200]
@@ -337,8 +343,14 @@ def acknowledged(*, gate: Any, who: Principal, patient_id: str, fingerprints: li
                                            ("_count", str(len(chunk)))],
                            query_text=f"{ACK_TYPE}?patient={patient_id}&_id=(acknowledged conflict findings)")
         for s in page.matches:
-            if (s.content.get("subject") or {}).get("reference") == f"Patient/{patient_id}":
-                out.add(ids[s.id])
+            c = s.content
+            if (c.get("subject") or {}).get("reference") == f"Patient/{patient_id}":
+                coding = next(iter((c.get("code") or {}).get("coding") or []), {})
+                out[ids[s.id]] = {
+                    "outcome": coding.get("code"), "display": coding.get("display"),
+                    "by": (c.get("assessor") or {}).get("display"), "when": c.get("date"),
+                    "comment": next((n.get("text") for n in c.get("note") or [] if n.get("text")), None),
+                }
     return out
 
 
@@ -630,7 +642,7 @@ def record_feedback(*, gate: Any, who: Principal, service_id: str, body: Any) ->
 
 def acknowledgement_resource(*, issued: IssuedCard, who: Principal, outcome: str, timestamp: str,
                              coding: dict[str, Any] | None, comment: str | None, accepted: list[str],
-                             drafts: set[str] | None = None) -> dict[str, Any]:
+                             drafts: set[str] | None = None, channel: str = "CDS Hooks feedback") -> dict[str, Any]:
     """The ClinicalImpression recording a clinician's review of a finding (id from patient + fingerprint).
 
     ClinicalImpression ("a record of a clinical assessment") is used rather than DetectedIssue because it belongs to
@@ -649,7 +661,7 @@ def acknowledgement_resource(*, issued: IssuedCard, who: Principal, outcome: str
         "identifier": [{"system": FINGERPRINT_SYSTEM, "value": issued.fingerprint}],
         "status": "completed",
         "code": {"coding": [{"system": OUTCOME_SYSTEM, "code": outcome, "display": what}],
-                 "text": "Review of a multimorbidity conflict alert (CDS Hooks feedback)"},
+                 "text": f"Review of a multimorbidity conflict alert ({channel})"},
         "description": f["summary"][:500],
         "subject": {"reference": f"Patient/{issued.patient_id}"},
         "effectiveDateTime": timestamp,

@@ -127,6 +127,8 @@ def build_record(
     unrec = rec.unrecognised
     today = today or date.today()
 
+    origin: dict[str, tuple[str, int, str]] = {}  # med ref -> (source, prescription first, date)
+
     def add_med(res: dict[str, Any], draft: bool) -> None:
         concept = _medication_concept(res, by_ref)
         ings, missing = recognise_medicine(kb, concept)
@@ -139,6 +141,11 @@ def build_record(
         if missing:
             unrec.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
                           "codes": [], "reason": "component not recognised: " + "; ".join(missing)})
+        if not draft:
+            origin[ref] = (str((res.get("meta") or {}).get("source") or ""),
+                           0 if res.get("resourceType") == "MedicationRequest" else 1,
+                           str(res.get("authoredOn") or res.get("dateAsserted") or res.get("effectiveDateTime")
+                               or ((res.get("effectivePeriod") or {}).get("start")) or ""))
         rec.meds.append(MedItem(
             ref=ref, display=text, ingredients=ings, classes=kb.classes_of(ings), regular=_is_regular(res),
             draft=draft, acb=sum(kb.ingredient_acb.get(i, 0) for i in ings),
@@ -215,10 +222,39 @@ def build_record(
             # a penicillin or NSAID allergy is a class allergy (cross-sensitivity)
             rec.allergies.append(AllergyItem(ref=_ref(res), ingredients=ings,
                                              classes=cls & {"penicillin", "nsaid"}))
+    _one_line_per_medicine(rec, origin)
     for res in draft_orders or ():
         if isinstance(res, dict):
             add_med(res, True)
     return rec
+
+
+def _one_line_per_medicine(rec: PatientRecord, origin: dict[str, tuple[str, int, str]]) -> None:
+    """A shared record holds the same medicine as several organisations recorded it (the GP's prescription, the
+    hospital's discharge list, the community team's reconciliation). Counting each copy would double burden scores
+    and medicine counts and repeat every alert, so lines with the same ingredients and the same regular/as-needed
+    use that come from *different* organisations are one medicine: the prescription (else the most recent entry)
+    stands for them and `recorded_elsewhere` lists the others. Two lines of the same medicine from one organisation
+    stay separate (that is a duplicate on its own list)."""
+    groups: dict[tuple[frozenset[str], bool], list[MedItem]] = {}
+    for m in rec.meds:
+        groups.setdefault((m.ingredients, m.regular), []).append(m)
+    drop: set[str] = set()
+    for items in groups.values():
+        if len({origin[m.ref][0] for m in items}) < 2:
+            continue
+        keep = min(items, key=lambda m: (origin[m.ref][1], not origin[m.ref][2], _desc(origin[m.ref][2]), m.ref))
+        source = origin[keep.ref][0]
+        others = [m.ref for m in items if origin[m.ref][0] != source]
+        rec.recorded_elsewhere[keep.ref] = others
+        drop.update(others)
+    if drop:
+        rec.meds = [m for m in rec.meds if m.ref not in drop]
+
+
+def _desc(text: str) -> tuple[int, ...]:
+    """Sort key putting later ISO dates first."""
+    return tuple(-ord(ch) for ch in text)
 
 
 def _fid(rule: str, involves: list[str]) -> str:

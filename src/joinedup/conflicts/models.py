@@ -54,6 +54,8 @@ class PatientRecord:
     unrecognised: list[dict[str, Any]] = field(default_factory=list)
     separated: set[frozenset[str]] = field(default_factory=set)
     resolved_ids: set[str] = field(default_factory=set)
+    # the same medicine recorded by other organisations: kept line -> the other organisations' lines it stands for
+    recorded_elsewhere: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
-from . import cds, screen, service
+from . import cds, person, screen
 from .knowledge import load_knowledge
 
 cds_router = APIRouter(tags=["CDS Hooks"])
@@ -151,25 +151,15 @@ async def conflict_screen(who: Who, gate: GateDep,
     return _json(page)
 
 
-def _patient_conflicts(gate: Gate, who: Principal, patient_id: str, drafts: list[dict[str, Any]]) -> dict[str, Any]:
-    items = gate.everything(who, patient_id, types=cds.RECORD_TYPES)
-    resources = [s.content for s in items]
-    if not any(r.get("resourceType") == "Patient" for r in resources):
-        resources.insert(0, {"resourceType": "Patient", "id": patient_id})
-    result = service.check_record(resources=resources, draft_orders=drafts)
-    by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in [*resources, *drafts]}
-    fps = [cds.fingerprint(f, by_ref) for f in result["findings"]]
-    done = cds.acknowledged(gate=gate, who=who, patient_id=patient_id, fingerprints=fps)
-    for f, fp in zip(result["findings"], fps):
-        f["fingerprint"] = fp
-        f["acknowledged"] = fp in done
-    return result
+def _patient_conflicts(gate: Gate, who: Principal, patient_id: str,
+                       drafts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return person.patient_conflicts(gate=gate, who=who, patient_id=patient_id, drafts=drafts)
 
 
 @api_router.get("/api/patients/{patient_id}/conflicts",
                 summary="Conflicts for a stored patient: findings (with acknowledgement) and least-harm resolution")
 async def patient_conflicts(patient_id: str, who: Who, gate: GateDep):
-    return _json(await run_in_threadpool(_patient_conflicts, gate, who, patient_id, []))
+    return _json(await run_in_threadpool(_patient_conflicts, gate, who, patient_id))
 
 
 @api_router.post("/api/patients/{patient_id}/conflicts",

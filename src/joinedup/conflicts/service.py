@@ -43,6 +43,7 @@ def detect_findings(*, resources: list[dict[str, Any]], draft_orders: list[dict[
         "patient": rec.patient or _patient_of(resources),
         "findings": [f.as_dict() for f in findings],
         "unrecognised": rec.unrecognised,
+        "recorded_elsewhere": rec.recorded_elsewhere,
     }
 
 
@@ -59,6 +60,7 @@ def check_record(*, resources: list[dict[str, Any]], draft_orders: list[dict[str
         "knowledge_version": kb.version,
         "findings": [f.as_dict() for f in findings],
         "unrecognised": rec.unrecognised,
+        "recorded_elsewhere": rec.recorded_elsewhere,
     }
     if resolve_conflicts:
         result["resolution"] = resolve(kb, rec, findings)

@@ -1,0 +1,95 @@
+"""Medicines safety in the web app: the panel on the person page, the full page with the least-harm proposal, and a
+clinician's review of an alert (recorded in the person's record)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import RedirectResponse
+
+from joinedup.fhir.errors import FhirError
+from joinedup.fhir.values import human_name
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+
+from . import person
+
+router = APIRouter(include_in_schema=False)
+
+SEVERITY_ORDER = {"critical": 0, "high": 1, "moderate": 2, "low": 3}
+FLAG = {"critical": "high", "high": "high", "moderate": "warning", "low": "info"}
+ACTIONS = {"stop": "Stop or review", "switch": "Switch", "adjust-dose": "Reduce the dose", "add": "Add protection",
+           "separate-timing": "Separate the times", "merge-reviews": "Merge reviews",
+           "agree-advice": "Agree the advice", "add-monitoring": "Medication review"}
+
+
+def _web():
+    from joinedup.web import routes as web
+
+    return web
+
+
+def safety_context(gate: Gate, who: Principal, patient_id: str, *, error: str | None = None,
+                   notice: str | None = None, form: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the panel and the page show: findings to review first (most severe first), then reviewed ones."""
+    patient = gate.read(who, "Patient", patient_id).content
+    ctx: dict[str, Any] = {"pid": patient_id, "name": human_name(patient), "error": error, "notice": notice,
+                           "form": form or {}, "flag": FLAG, "actions": ACTIONS, "outcomes": person.REVIEW_OUTCOMES}
+    if not person.sees_medicines(who):
+        ctx["allowed"] = False
+        return ctx
+    result = person.patient_conflicts(gate=gate, who=who, patient_id=patient_id, labels=True, merged=True)
+    findings = sorted(result["findings"], key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9), f["summary"]))
+    ctx.update(
+        allowed=True, version=result["knowledge_version"], labels=result["labels"],
+        open=[f for f in findings if not f["acknowledged"]], reviewed=[f for f in findings if f["acknowledged"]],
+        resolution=result.get("resolution") or {"changes": [], "residual": []},
+        unrecognised=[u for u in result["unrecognised"]
+                      if u["resourceType"] in ("MedicationRequest", "MedicationStatement", "Medication")])
+    return ctx
+
+
+@router.get("/patients/{patient_id}/medicines-safety")
+def safety_page(request: Request, patient_id: str, reviewed: str = ""):
+    notice = "Your review is recorded in the person's record." if reviewed else None
+    return _web().service_page(request, "medicines_safety.html",
+                               lambda gate, who: safety_context(gate, who, patient_id, notice=notice),
+                               patient_id=patient_id)
+
+
+@router.get("/patients/{patient_id}/medicines-safety/panel")
+def safety_panel(request: Request, patient_id: str):
+    """On the person page (HTMX): a refusal or failure is a quiet note in the panel, not a whole error page."""
+    if not request.headers.get("hx-request"):
+        return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety", status_code=303)
+    web = _web()
+    who = web._who(request)
+    if who is None:
+        return web._to_login(request)
+    try:
+        ctx = safety_context(web._gate(request), who, patient_id)
+    except FhirError as exc:
+        ctx = {"pid": patient_id, "error": exc.diagnostics, "allowed": True}
+    return web.page(request, "_medicines_safety_panel.html", ctx, who=who)
+
+
+@router.post("/patients/{patient_id}/medicines-safety/review")
+def review_submit(request: Request, patient_id: str, fingerprint: str = Form(""), outcome: str = Form(""),
+                  comment: str = Form("")):
+    web = _web()
+    who = web._who(request)
+    if who is None:
+        return web._to_login(request)
+    try:
+        person.review_finding(gate=web._gate(request), who=who, patient_id=patient_id, fingerprint=fingerprint,
+                              outcome=outcome, comment=comment)
+    except FhirError as exc:
+        if exc.status in (401, 403, 404):
+            return web.error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
+        form = {"fingerprint": fingerprint, "outcome": outcome, "comment": comment}
+        return web.service_page(request, "medicines_safety.html", lambda gate, w: safety_context(
+            gate, w, patient_id, error=exc.diagnostics, form=form), patient_id=patient_id, who=who,
+            status=exc.status)
+    return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety?reviewed=1", status_code=303)

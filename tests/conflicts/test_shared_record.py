@@ -1,0 +1,55 @@
+"""The same medicine recorded by several organisations (GP prescription, hospital discharge list, community
+reconciliation) is one medicine for the rules: burden scores, medicine counts, alerts and proposals count it once."""
+
+from __future__ import annotations
+
+from joinedup.conflicts.service import check_record
+
+from .builders import cond, med, patient
+
+
+def _from(org: str, res: dict, when: str) -> dict:
+    res["meta"] = {"source": f"Organization/{org}"}
+    res["authoredOn" if res["resourceType"] == "MedicationRequest" else "dateAsserted"] = when
+    return res
+
+
+def test_one_medicine_recorded_by_three_organisations_counts_once():
+    gp = _from("gp", med("Amitriptyline 10mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    hosp = _from("acute", med("Amitriptyline 10mg tablets"), "2026-02-01")
+    comm = _from("community", med("Amitriptyline 10mg tablets"), "2025-06-01")
+    oxy = _from("gp", med("Oxybutynin 5mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    out = check_record(resources=[patient(), gp, hosp, comm, oxy, cond("Recurrent falls")])
+    # the GP prescription stands for the other organisations' copies
+    assert out["recorded_elsewhere"] == {f"MedicationRequest/{gp['id']}": [f"MedicationStatement/{hosp['id']}",
+                                                                           f"MedicationStatement/{comm['id']}"]}
+    acb = [f for f in out["findings"] if f["rule"] == "burden-anticholinergic"]
+    # amitriptyline (ACB 3) once plus oxybutynin (ACB 3): 6, not 12
+    assert len(acb) == 1 and acb[0]["summary"].endswith("total ACB score 6")
+    falls = [f for f in out["findings"] if f["rule"] == "ddis-falls-risk-drug-with-falls"]
+    assert [f["involves"][0] for f in falls] == [f"MedicationRequest/{gp['id']}"]
+    targets = [c["target"] for c in out["resolution"]["changes"] if c["action"] in ("stop", "switch", "adjust-dose")]
+    assert len(targets) == len(set(targets)) and f"MedicationStatement/{hosp['id']}" not in targets
+
+
+def test_without_a_prescription_the_latest_entry_stands_for_the_medicine():
+    hosp = _from("acute", med("Amitriptyline 10mg tablets"), "2026-02-01")
+    comm = _from("community", med("Amitriptyline 10mg tablets"), "2025-06-01")
+    out = check_record(resources=[patient(), comm, hosp, cond("Recurrent falls")], resolve_conflicts=False)
+    assert out["recorded_elsewhere"] == {f"MedicationStatement/{hosp['id']}": [f"MedicationStatement/{comm['id']}"]}
+
+
+def test_same_medicine_twice_on_one_organisations_list_stays_visible():
+    a = _from("gp", med("Amitriptyline 10mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    b = _from("gp", med("Amitriptyline 10mg tablets", rtype="MedicationRequest"), "2025-03-01")
+    out = check_record(resources=[patient(), a, b, cond("Recurrent falls")], resolve_conflicts=False)
+    assert out["recorded_elsewhere"] == {}
+    falls = [f for f in out["findings"] if f["rule"] == "ddis-falls-risk-drug-with-falls"]
+    assert len(falls) == 2
+
+
+def test_regular_and_as_needed_use_are_different_lines():
+    gp = _from("gp", med("Naproxen 500mg tablets", rtype="MedicationRequest", prn=True), "2025-01-01")
+    hosp = _from("acute", med("Naproxen 500mg tablets"), "2026-02-01")
+    out = check_record(resources=[patient(), gp, hosp], resolve_conflicts=False)
+    assert out["recorded_elsewhere"] == {}
