@@ -5,11 +5,9 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import RedirectResponse
 
 from joinedup.api.auth import current_user, get_gate
 from joinedup.care import journey as service
-from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
@@ -41,16 +39,9 @@ def journey_page(request: Request, patient_id: str):
 @router.get("/patients/{patient_id}/journey/panel", include_in_schema=False)
 def journey_panel(request: Request, patient_id: str):
     """On the patient page: a refusal is a quiet note in the panel instead of a whole error page."""
-    if not request.headers.get("hx-request"):
-        return RedirectResponse(f"/patients/{quote(patient_id)}/journey", status_code=303)
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        j = service.journey(gate=web._gate(request), who=who, patient_id=patient_id)
-    except FhirError as exc:
-        return web.page(request, "care/journey_panel.html", {"j": None, "error": exc.diagnostics,
-                                                             "pid": patient_id, "kinds": KIND}, who=who)
-    return web.page(request, "care/journey_panel.html", {"j": j, "pid": patient_id, "kinds": KIND, "error": None},
-                    who=who)
+    return _web().panel_page(
+        request, "care/journey_panel.html", lambda gate, who: {
+            "j": service.journey(gate=gate, who=who, patient_id=patient_id), "pid": patient_id, "kinds": KIND,
+            "error": None},
+        full_page=f"/patients/{quote(patient_id)}/journey",
+        on_error=lambda message: {"j": None, "error": message, "pid": patient_id, "kinds": KIND})

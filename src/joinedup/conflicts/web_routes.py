@@ -62,17 +62,10 @@ def safety_page(request: Request, patient_id: str, reviewed: str = ""):
 @router.get("/patients/{patient_id}/medicines-safety/panel")
 def safety_panel(request: Request, patient_id: str):
     """On the person page (HTMX): a refusal or failure is a quiet note in the panel, not a whole error page."""
-    if not request.headers.get("hx-request"):
-        return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety", status_code=303)
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        ctx = safety_context(web._gate(request), who, patient_id)
-    except FhirError as exc:
-        ctx = {"pid": patient_id, "error": exc.diagnostics, "allowed": True}
-    return web.page(request, "_medicines_safety_panel.html", ctx, who=who)
+    return _web().panel_page(
+        request, "_medicines_safety_panel.html", lambda gate, who: safety_context(gate, who, patient_id),
+        full_page=f"/patients/{quote(patient_id)}/medicines-safety",
+        on_error=lambda message: {"pid": patient_id, "error": message, "allowed": True})
 
 
 @router.post("/patients/{patient_id}/medicines-safety/review")
@@ -89,7 +82,7 @@ def review_submit(request: Request, patient_id: str, fingerprint: str = Form("")
         if exc.status in (401, 403, 404):
             return web.error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
         form = {"fingerprint": fingerprint, "outcome": outcome, "comment": comment}
+        message = exc.diagnostics
         return web.service_page(request, "medicines_safety.html", lambda gate, w: safety_context(
-            gate, w, patient_id, error=exc.diagnostics, form=form), patient_id=patient_id, who=who,
-            status=exc.status)
+            gate, w, patient_id, error=message, form=form), patient_id=patient_id, who=who, status=exc.status)
     return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety?reviewed=1", status_code=303)

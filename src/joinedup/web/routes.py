@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
@@ -150,6 +151,22 @@ def service_page(request: Request, template: str, build: Callable[[Gate, Princip
     if after is not None:
         after(resp)
     return resp
+
+
+def panel_page(request: Request, template: str, build: Callable[[Gate, Principal], dict[str, Any]], *,
+               full_page: str, on_error: Callable[[str], dict[str, Any]]) -> HTMLResponse | RedirectResponse:
+    """A panel the person page loads with HTMX: without HTMX the address leads to `full_page`; a refusal or
+    failure becomes a quiet note in the panel (`on_error(message)` gives the context) instead of a whole page."""
+    if not request.headers.get("hx-request"):
+        return RedirectResponse(full_page, status_code=303)
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        context = build(_gate(request), who)
+    except FhirError as exc:
+        context = on_error(exc.diagnostics)
+    return page(request, template, context, who=who)
 
 
 @router.post("/patients/{patient_id}/break-glass")
