@@ -10,7 +10,8 @@ How the facts are read from FHIR (see docs/governance.md):
 * relationship — Patient.generalPractitioner (Organization = registered practice, Practitioner = named GP),
   Patient.managingOrganization and the organisation that recorded the Patient resource (meta.source);
   CareTeam (status active or absent, period not ended) participant.member / onBehalfOf and
-  managingOrganization; EpisodeOfCare (status active) managingOrganization and careManager; open referrals and
+  managingOrganization (a member given as a PractitionerRole reaches the user who is that role's practitioner,
+  acting for its organisation when the user has one; active roles only); EpisodeOfCare (status active) managingOrganization and careManager; open referrals and
   advice requests: ServiceRequest (active) performer and requester, Task (open) owner and requester,
   CommunicationRequest (active) recipient and sender, Communication (preparation / in-progress) recipient and
   sender.
@@ -53,9 +54,10 @@ PRIVATE_TAG_SYSTEM = "https://joinedup.example/fhir/CodeSystem/data-sharing"
 PRIVATE_TAG_CODE = "private"
 REGISTRATION_WORDS = ("registration", "regist")
 
-# Resource types whose writes change relationships or choices.
+# Resource types whose writes change relationships or choices (a PractitionerRole changes who a relationship
+# naming that role reaches).
 FACT_TYPES = {"Patient", "CareTeam", "EpisodeOfCare", "ServiceRequest", "Task", "CommunicationRequest",
-              "Communication", "Consent"}
+              "Communication", "Consent", "PractitionerRole"}
 
 KIND_TEXT = {
     "registered": "registered with your organisation",
@@ -106,7 +108,8 @@ def item_label(resource: dict | None) -> str | None:
 
 
 def relationships_of(resource: dict, patient_id: str | None, now: str | None = None) -> list[tuple]:
-    """(kind, practitioner_id, organization_id, ends) rows a resource establishes for its patient."""
+    """(kind, practitioner_id, organization_id, ends, practitioner_role_id) rows a resource establishes for its
+    patient."""
     rtype = resource.get("resourceType")
     now = now or _now_iso()
     rows: list[tuple] = []
@@ -116,9 +119,11 @@ def relationships_of(resource: dict, patient_id: str | None, now: str | None = N
         if not i:
             return
         if t == "Practitioner":
-            rows.append((kind, i, None, ends))
+            rows.append((kind, i, None, ends, None))
         elif t == "Organization":
-            rows.append((kind, None, i, ends))
+            rows.append((kind, None, i, ends, None))
+        elif t == "PractitionerRole":
+            rows.append((kind, None, None, ends, i))
 
     if not patient_id:
         return rows
@@ -253,6 +258,7 @@ class AccessFacts:
     def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None) -> bool:
         """Re-derive facts for written resources; returns True when any fact table changed."""
         rel_rows, choice_rows, restricted_rows, stale = [], [], [], []
+        roles_changed = False
         now = _now_iso()
         statuses = list(statuses) if statuses is not None else None
         for n, p in enumerate(items):
@@ -273,16 +279,19 @@ class AccessFacts:
                                         "reason": label, "basis": basis})
             if not relevant:
                 continue
-            for kind, prac, org, ends in relationships_of(resource, p.patient_id, now):
+            if p.rtype == "PractitionerRole":
+                roles_changed = True
+            for kind, prac, org, ends, role in relationships_of(resource, p.patient_id, now):
                 rel_rows.append({"patient_id": p.patient_id, "kind": kind, "practitioner_id": prac,
-                                 "organization_id": org, "basis": basis, "ends": ends})
+                                 "organization_id": org, "basis": basis, "ends": ends,
+                                 "practitioner_role_id": role})
             if p.rtype == "Consent" and p.patient_id:
                 choices, private = choices_of(resource)
                 choice_rows.extend({"patient_id": p.patient_id, "kind": k, "organization_id": o, "basis": basis}
                                    for k, o in choices)
                 restricted_rows.extend({"res_type": t, "res_id": i, "patient_id": p.patient_id,
                                         "reason": "private", "basis": basis} for t, i in private)
-        changed = bool(rel_rows or choice_rows or restricted_rows)
+        changed = bool(rel_rows or choice_rows or restricted_rows or roles_changed)
         if stale:
             changed = self._forget(conn, stale) or changed
         if rel_rows:
@@ -297,7 +306,7 @@ class AccessFacts:
 
     def on_delete(self, conn, rtype: str, rid: str) -> bool:
         """Forget facts derived from a deleted resource."""
-        changed = self._forget(conn, [f"{rtype}/{rid}"])
+        changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype == "PractitionerRole"
         if changed:
             self._bump(conn)
         return changed
@@ -407,6 +416,7 @@ class AccessFacts:
         conds = []
         if who.practitioner_id:
             conds.append(cr.c.practitioner_id == who.practitioner_id)
+            conds.append(cr.c.practitioner_role_id.in_(_roles_of(who)))
         if who.organization_id:
             conds.append(cr.c.organization_id == who.organization_id)
         return sa.or_(*conds) if conds else sa.false()
@@ -495,6 +505,22 @@ class AccessFacts:
         shared = sa.or_(own, r.c.res_type.in_(sorted(OBJECTION_EXEMPT)), ~r.c.patient_id.in_(objecting))
         unsealed = sa.or_(own, ~sa.exists().where(ri.c.res_id == r.c.id, ri.c.res_type == r.c.res_type))
         return [sa.or_(r.c.patient_id.is_(None), sa.and_(related, shared, unsealed))]
+
+
+def _roles_of(who: Principal) -> sa.Select:
+    """SELECT the ids of the active PractitionerRoles that are this user: their practitioner and, when the user acts
+    for an organisation, that organisation (read from the search index, so a changed role takes effect at once)."""
+    ref, tok = schema.idx_reference, schema.idx_token
+    roles = sa.select(ref.c.res_id).where(ref.c.res_type == "PractitionerRole", ref.c.param == "practitioner",
+                                          ref.c.target_type == "Practitioner",
+                                          ref.c.target_id == who.practitioner_id)
+    if who.organization_id:
+        org = ref.alias("org")
+        roles = roles.where(sa.exists().where(org.c.res_type == "PractitionerRole", org.c.res_id == ref.c.res_id,
+                                              org.c.param == "organization", org.c.target_type == "Organization",
+                                              org.c.target_id == who.organization_id))
+    return roles.where(~sa.exists().where(tok.c.res_type == "PractitionerRole", tok.c.res_id == ref.c.res_id,
+                                          tok.c.param == "active", tok.c.code == "false"))
 
 
 def _linked_ids(patient_ids) -> sa.Select:

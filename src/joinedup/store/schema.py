@@ -159,9 +159,11 @@ export_job = sa.Table(
 )
 
 # -- Information governance (revision 0003): access facts derived from FHIR resources on write ----------
-# Who has a legitimate relationship with whom: one row per (patient, practitioner or organisation, basis),
-# derived from Patient.generalPractitioner/managingOrganization/meta.source, CareTeam, EpisodeOfCare,
-# open ServiceRequest/Task/CommunicationRequest/Communication. `basis` is the resource it came from.
+# Who has a legitimate relationship with whom: one row per (patient, practitioner, organisation or practitioner
+# role, basis), derived from Patient.generalPractitioner/managingOrganization/meta.source, CareTeam, EpisodeOfCare,
+# open ServiceRequest/Task/CommunicationRequest/Communication. `basis` is the resource it came from. A row naming a
+# PractitionerRole (revision 0005) is matched to users through that role's practitioner (and organisation) when
+# access is checked, so it follows the role as it changes.
 care_relationship = sa.Table(
     "care_relationship", metadata,
     sa.Column("patient_id", Id, nullable=False),
@@ -170,11 +172,13 @@ care_relationship = sa.Table(
     sa.Column("organization_id", Id),
     sa.Column("basis", sa.String(140), nullable=False),
     sa.Column("ends", sa.String(40)),
+    sa.Column("practitioner_role_id", Id),
 )
 sa.Index("ix_care_relationship_practitioner", care_relationship.c.practitioner_id, care_relationship.c.patient_id)
 sa.Index("ix_care_relationship_organization", care_relationship.c.organization_id, care_relationship.c.patient_id)
 sa.Index("ix_care_relationship_basis", care_relationship.c.basis)
 sa.Index("ix_care_relationship_patient", care_relationship.c.patient_id)
+sa.Index("ix_care_relationship_role", care_relationship.c.practitioner_role_id, care_relationship.c.patient_id)
 
 # A person's choices from active Consent resources: objection to sharing ('all' or one 'organization')
 # and the National Data Opt-out ('opt-out').
