@@ -219,8 +219,53 @@ async def home(request: Request):
     who = _who(request)
     if who is None:
         return _to_login(request)
+    if who.role == "patient" and who.patient_id:  # a person's home is their own record
+        return RedirectResponse(f"/patients/{quote(who.patient_id)}", status_code=303)
     mine = service.my_patients(gate=_gate(request), who=who)
     return page(request, "home.html", {"q": "", "results": None, "mine": mine, "search_error": None}, who=who)
+
+
+# what a person reads in their access log instead of FHIR resource type names
+_PLAIN_TYPES = {"Patient": "personal details", "Condition": "problems", "MedicationRequest": "prescriptions",
+                "MedicationStatement": "medicines lists", "Observation": "results", "Encounter": "appointments and "
+                "visits", "AllergyIntolerance": "allergies", "DocumentReference": "letters", "CarePlan": "care plan",
+                "Goal": "goals", "Task": "tasks", "ServiceRequest": "referrals", "Communication": "messages",
+                "CareTeam": "care team", "Consent": "sharing choices", "EpisodeOfCare": "care episodes",
+                "ClinicalImpression": "reviews", "RelatedPerson": "carers and contacts"}
+
+
+def _plain_what(refs: list[str]) -> str:
+    kinds = dict.fromkeys(_PLAIN_TYPES.get(r.split("/", 1)[0], r.split("/", 1)[0]) for r in refs if r)
+    return ", ".join(kinds)
+
+
+@router.get("/me/access-log")
+async def my_access_log(request: Request, mine: int = 0, all: int = 0):
+    """A person's own view of who looked at their record (newest first), through the gate; their own views are
+    left out unless asked for."""
+    def build(gate: Gate, who: Principal) -> dict[str, Any]:
+        if who.role != "patient" or not who.patient_id:
+            raise FhirError(403, "This page is a person's view of their own record. Privacy officers see access "
+                                 "logs under Privacy reviews.", code="forbidden")
+        gate.audit.flush()
+        total, entries = gate.access_log(who, count=1000 if all else 200)
+        own = f"Patient/{who.patient_id}"
+        shown = [e for e in entries if mine or e.get("practitioner") != own]
+        orgs: dict[str, str] = {}
+        for e in shown:
+            org = e.get("organisation") or ""
+            if org.startswith("Organization/") and org not in orgs:
+                try:
+                    orgs[org] = gate.read(who, "Organization", org.split("/", 1)[1]).content.get("name") or org
+                except FhirError:
+                    orgs[org] = org.split("/", 1)[1]
+            e["organisation_name"] = orgs.get(org, org)
+            e["role_name"] = _role_name(e["role"]) if e.get("role") else ""
+            e["what_text"] = _plain_what(e.get("what") or [])
+        return {"total": total, "entries": shown, "all": bool(all), "mine": bool(mine),
+                "hidden": len(entries) - len(shown)}
+
+    return service_page(request, "access_log.html", build)
 
 
 @router.get("/patients/search")

@@ -1,0 +1,52 @@
+"""A person's own view over real HTTP: their home is their record, without the clinicians' tools, and they can see
+who has looked at it."""
+
+from __future__ import annotations
+
+import pytest
+
+from joinedup.governance.identity import SYSTEM
+from tests.web.test_pages import browser
+
+
+@pytest.fixture()
+def me(server, uid):
+    """The test patient account's record (Patient/self-1), registered with the test GP's practice."""
+    server.gate.update(SYSTEM, "Patient", "self-1", {
+        "resourceType": "Patient", "id": "self-1", "name": [{"given": ["Pat"], "family": f"Own{uid}"}],
+        "birthDate": "1950-02-03", "generalPractitioner": [{"reference": "Organization/practice-1"}]})
+    server.gate.update(SYSTEM, "Organization", "practice-1", {"resourceType": "Organization", "id": "practice-1",
+                                                              "name": "Riverside Surgery"})
+    return "self-1"
+
+
+def test_home_is_my_record_without_clinician_tools(server, me):
+    with browser(server, "pat") as c:
+        r = c.get("/")
+        assert r.status_code == 303 and r.headers["location"] == f"/patients/{me}"
+        page = c.get(f"/patients/{me}").text
+        assert "This is your record" in page and 'href="/me/access-log"' in page
+        assert "Ask for advice or refer" not in page and "medicines-safety/panel" not in page
+        assert "Search and my patients" not in page and "MDT reviews" not in page
+        assert "Tell your care team what matters to you" in page
+        # someone else's record stays closed
+        assert c.get("/patients/someone-else").status_code in (403, 404)
+
+
+def test_who_has_looked_at_my_record(server, me):
+    with browser(server, "pat") as c:
+        c.get(f"/patients/{me}")  # my own visit
+    with server.client("gp") as gp:
+        assert gp.get(f"/fhir/Patient/{me}").status_code == 200
+    server.gate.audit.flush()
+    with browser(server, "pat") as c:
+        page = c.get("/me/access-log").text
+        assert "Who has looked at my record" in page
+        assert "General practitioner" in page and "personal details" in page and "Riverside Surgery" in page
+        assert "of your own visits are not shown" in page
+        both = c.get("/me/access-log", params={"mine": 1}).text
+        assert "Opened the whole record" in both and "Your own visits are included" in both
+    # professionals use the privacy officer's tools, not this page
+    with browser(server, "gp") as c:
+        r = c.get("/me/access-log")
+        assert r.status_code == 403 and "own record" in r.text
