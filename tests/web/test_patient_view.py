@@ -17,6 +17,8 @@ def me(server, uid):
         "birthDate": "1950-02-03", "generalPractitioner": [{"reference": "Organization/practice-1"}]})
     server.gate.update(SYSTEM, "Organization", "practice-1", {"resourceType": "Organization", "id": "practice-1",
                                                               "name": "Riverside Surgery"})
+    server.gate.update(SYSTEM, "Practitioner", "gp-1", {"resourceType": "Practitioner", "id": "gp-1",
+                                                        "name": [{"prefix": ["Dr"], "given": ["Ann"], "family": "Owen"}]})
     return "self-1"
 
 
@@ -43,6 +45,7 @@ def test_who_has_looked_at_my_record(server, me):
         page = c.get("/me/access-log").text
         assert "Who has looked at my record" in page
         assert "General practitioner" in page and "personal details" in page and "Riverside Surgery" in page
+        assert "Dr Ann Owen" in page  # the directory name, not a log-in name
         assert "of your own visits are not shown" in page
         both = c.get("/me/access-log", params={"mine": 1}).text
         assert "Opened the whole record" in both and "Your own visits are included" in both

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from joinedup.api.auth import bearer
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import is_valid as valid_nhs_number
+from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate, access_notices, how_to_get_access
 from joinedup.governance.identity import Principal, authenticate, login
 from joinedup.governance.policy import activities_of, rules
@@ -251,15 +252,22 @@ async def my_access_log(request: Request, mine: int = 0, all: int = 0):
         total, entries = gate.access_log(who, count=1000 if all else 200)
         own = f"Patient/{who.patient_id}"
         shown = [e for e in entries if mine or e.get("practitioner") != own]
-        orgs: dict[str, str] = {}
-        for e in shown:
-            org = e.get("organisation") or ""
-            if org.startswith("Organization/") and org not in orgs:
+        names: dict[str, str] = {}
+
+        def name_of(ref: str) -> str:
+            """The directory name of a practitioner or organisation (read through the gate, once per page)."""
+            if ref not in names:
+                rtype, _, rid = ref.partition("/")
                 try:
-                    orgs[org] = gate.read(who, "Organization", org.split("/", 1)[1]).content.get("name") or org
+                    names[ref] = human_name(gate.read(who, rtype, rid).content)
                 except FhirError:
-                    orgs[org] = org.split("/", 1)[1]
-            e["organisation_name"] = orgs.get(org, org)
+                    names[ref] = ""
+            return names[ref]
+
+        for e in shown:
+            org, prac = e.get("organisation") or "", e.get("practitioner") or ""
+            e["organisation_name"] = name_of(org) if org.startswith("Organization/") else ""
+            e["who_name"] = (name_of(prac) if prac.startswith("Practitioner/") else "") or e.get("who") or ""
             e["role_name"] = _role_name(e["role"]) if e.get("role") else ""
             e["what_text"] = _plain_what(e.get("what") or [])
         return {"total": total, "entries": shown, "all": bool(all), "mine": bool(mine),
