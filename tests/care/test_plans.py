@@ -126,6 +126,12 @@ def test_build_a_plan_with_what_matters_goals_and_owned_actions(server, world):
     assert action["owner"]["name"] == f"Nia Nurse{world.uid}"
     assert action["due"] == _due(14) and action["status"] == "not-started" and action["overdue"] is False
     assert plan["updated"] and plan["sources"][0]["organization"] == f"Organization/{world.community}"
+    # the one view of the person shows it too, so nobody asks again
+    with world.client(server, f"cons-{world.uid}") as c:
+        about = c.get(f"/api/patients/{world.patient}/summary").json()["what_matters"]
+    said = [w for w in about if w["text"] == "Staying in my own home with my cat"]
+    assert said and said[0]["written_by"] == "the person" and said[0]["provenance"]["ref"].startswith("CarePlan/")
+    assert "Walk to the shop on my own" in [w["text"] for w in about]
 
 
 def test_stale_edit_is_refused_with_412_and_nothing_is_lost(server, world):

@@ -30,7 +30,7 @@ def test_home_is_my_record_without_clinician_tools(server, me):
         assert "This is your record" in page and 'href="/me/access-log"' in page
         assert "Ask for advice or refer" not in page and "medicines-safety/panel" not in page
         assert "Search and my patients" not in page and "MDT reviews" not in page
-        assert "Tell your care team what matters to you" in page
+        assert "In your own words: what matters to you" in page
         # someone else's record stays closed
         assert c.get("/patients/someone-else").status_code in (403, 404)
 
@@ -53,3 +53,34 @@ def test_who_has_looked_at_my_record(server, me):
     with browser(server, "gp") as c:
         r = c.get("/me/access-log")
         assert r.status_code == 403 and "own record" in r.text
+
+
+def test_the_person_adds_what_matters_in_their_own_words(server, me, uid):
+    words = f"Being able to walk my dog every morning ({uid})"
+    with browser(server, "pat") as c:
+        assert 'action="/me/what-matters"' in c.get(f"/patients/{me}").text
+        r = c.post("/me/what-matters", data={"text": "   "})
+        assert r.status_code == 422 and "Write what matters to you" in r.text
+        r = c.post("/me/what-matters", data={"text": words})
+        assert r.status_code == 303 and r.headers["location"].startswith(f"/patients/{me}")
+        assert words in c.get(f"/patients/{me}").text
+    # everyone caring for them sees it, marked as the person's own words (it cannot pass for the GP's entry)
+    with server.client("gp") as gp:
+        about = gp.get(f"/api/patients/{me}/summary").json()["what_matters"]
+        mine = [w for w in about if w["text"] == words]
+        assert mine and mine[0]["written_by"] == "the person"
+        assert mine[0]["provenance"]["source"]["name"] == "The person themselves"
+    # professionals record what matters in the care plan, not here
+    with browser(server, "gp") as c:
+        assert c.post("/me/what-matters", data={"text": "x"}).status_code == 403
+
+
+def test_a_persons_entries_are_stamped_as_theirs(server, me):
+    """A patient account cannot make its own entry look like an organisation's (meta.source is set by the gate)."""
+    with server.client("pat") as c:
+        r = c.post("/fhir/Observation", json={
+            "resourceType": "Observation", "status": "final", "code": {"text": "Home blood pressure"},
+            "meta": {"source": "Organization/practice-1"}, "subject": {"reference": f"Patient/{me}"},
+            "valueString": "130/80"})
+        assert r.status_code == 201, r.text
+        assert r.json()["meta"]["source"] == f"Patient/{me}"

@@ -466,6 +466,9 @@ class Gate:
 
     def _prepare(self, who: Principal, resource: dict) -> Prepared:
         source = who.source
+        if who.role == "patient" and who.patient_id:
+            # what a person adds to their own record says so; it can never pass for an organisation's entry
+            source = f"Patient/{who.patient_id}"
         if source and who.role != "system":
             meta = dict(resource.get("meta") or {})
             meta["source"] = source

@@ -195,6 +195,7 @@ class Alert(BaseModel):
 
 class WhatMatters(BaseModel):
     text: str
+    written_by: str | None = Field(None, description="who wrote it, e.g. 'the person' or 'a carer on their behalf'")
     provenance: Provenance
 
 

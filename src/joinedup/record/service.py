@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
+from joinedup.care.plans import EXT_WRITTEN_BY, PLAN_CODE, PLAN_SYSTEM
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import age_on as _age
 from joinedup.fhir.values import human_name as _human_name
@@ -41,6 +42,8 @@ from joinedup.record.models import (
 )
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+# what the person added to their own record themselves (meta.source Patient/...)
+PERSON_SOURCE = Source(id=None, name="The person themselves", setting="The person")
 TIMELINE_TYPES = ("encounter", "appointment", "episode", "referral", "advice", "document")
 CHART_POINTS = 12
 _ACTIVE_MED = {"active", "on-hold", "intended"}
@@ -192,6 +195,8 @@ class _Bundle:
 
     def source(self, content: dict[str, Any]) -> Source:
         src = (content.get("meta") or {}).get("source")
+        if isinstance(src, str) and src.startswith("Patient/"):
+            return PERSON_SOURCE
         org_id = src.split("/", 1)[1] if isinstance(src, str) and src.startswith("Organization/") else None
         hit = self._sources.get(org_id)
         if hit is None:
@@ -721,6 +726,15 @@ def _alerts(b: _Bundle) -> list[Alert]:
 
 def _what_matters(b: _Bundle) -> list[WhatMatters]:
     out = []
+    # the personalised care and support plan's "what matters to me" (written by or with the person)
+    for p, lu in b.of("CarePlan"):
+        if p.get("status") in ("revoked", "entered-in-error", "completed") or not p.get("description"):
+            continue
+        if not any(c.get("system") == PLAN_SYSTEM and c.get("code") == PLAN_CODE
+                   for cat in p.get("category") or [] for c in cat.get("coding") or []):
+            continue
+        by = next((e.get("valueString") for e in p.get("extension") or [] if e.get("url") == EXT_WRITTEN_BY), None)
+        out.append(WhatMatters(text=p["description"], written_by=by, provenance=b.prov(p, lu, p.get("created"))))
     for g, lu in b.of("Goal"):
         if g.get("lifecycleStatus") in ("cancelled", "entered-in-error", "rejected"):
             continue
@@ -729,7 +743,9 @@ def _what_matters(b: _Bundle) -> list[WhatMatters]:
             out.append(WhatMatters(text=text, provenance=b.prov(g, lu, g.get("startDate"))))
     for q, lu in b.of("Observation"):
         if "what matters" in (_text(q.get("code")) or "").lower() and q.get("valueString"):
-            out.append(WhatMatters(text=q["valueString"], provenance=b.prov(q, lu, q.get("effectiveDateTime"))))
+            own = str((q.get("meta") or {}).get("source") or "").startswith("Patient/")
+            out.append(WhatMatters(text=q["valueString"], written_by="the person" if own else None,
+                                   provenance=b.prov(q, lu, q.get("effectiveDateTime"))))
     return out
 
 

@@ -240,6 +240,32 @@ def _plain_what(refs: list[str]) -> str:
     return ", ".join(kinds)
 
 
+@router.post("/me/what-matters")
+async def my_what_matters(request: Request, text: str = Form("")):
+    """A person adds, in their own words, what matters to them: kept in their record (an Observation written by them,
+    through the gate) and shown to everyone caring for them."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    words = text.strip()
+    try:
+        if who.role != "patient" or not who.patient_id:
+            raise FhirError(403, "Only the person can add to their record in their own words here; professionals "
+                                 "record what matters in the care plan.", code="forbidden")
+        if not words:
+            raise FhirError(422, "Write what matters to you before adding it.", code="required")
+        if len(words) > 2000:
+            raise FhirError(422, "That is longer than 2,000 characters: please shorten it.", code="too-long")
+        _gate(request).create(who, {
+            "resourceType": "Observation", "status": "final", "code": {"text": "What matters to me"},
+            "subject": {"reference": f"Patient/{who.patient_id}"},
+            "performer": [{"reference": f"Patient/{who.patient_id}"}],
+            "effectiveDateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "valueString": words})
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return RedirectResponse(f"/patients/{quote(who.patient_id)}#about-heading", status_code=303)
+
+
 @router.get("/me/access-log")
 async def my_access_log(request: Request, mine: int = 0, all: int = 0):
     """A person's own view of who looked at their record (newest first), through the gate; their own views are
