@@ -93,6 +93,14 @@ def readable_types(who: Principal) -> tuple[bool, set[str], set[str]]:
     return fallback_ok, readable, set(r["_type_rule"]) - readable
 
 
+def activity_text(activity: str) -> str:
+    """An activity in words, for refusal and audit reasons ("read a person's health record")."""
+    if activity == "any-professional":
+        return "read demographics and the directory (any professional role)"
+    text = rules()["activities"].get(activity) or activity.replace("-", " ")
+    return text[:1].lower() + text[1:]
+
+
 def _has(who: Principal, activity: str) -> bool:
     acts = activities_of(who.role)
     if "*" in acts:
@@ -147,7 +155,7 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
     if not _has(who, needed):
         verb = "change" if is_write else "see"
         return Decision(False, f"role '{who.role}' may not {verb} {rtype} entries (needs '{needed}')", needed)
-    base = f"role '{who.role}' may {needed.replace('-', ' ')}"
+    base = f"role '{who.role}' may {activity_text(needed)}"
     if patient_id is None or rule["group"] in PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP:
         return Decision(True, base, needed)
     f = facts or NO_FACTS
