@@ -3,6 +3,9 @@ who has looked at it."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
 from joinedup.governance.identity import SYSTEM
@@ -13,8 +16,10 @@ from tests.web.test_pages import browser
 def me(server, uid):
     """The test patient account's record (Patient/self-1), registered with the test GP's practice."""
     server.gate.update(SYSTEM, "Patient", "self-1", {
-        "resourceType": "Patient", "id": "self-1", "name": [{"given": ["Pat"], "family": f"Own{uid}"}],
-        "birthDate": "1950-02-03", "generalPractitioner": [{"reference": "Organization/practice-1"}]})
+        "resourceType": "Patient", "id": "self-1", "meta": {"source": "Organization/practice-1"},
+        "name": [{"given": ["Pat"], "family": f"Own{uid}"}],
+        "birthDate": "1950-02-03", "generalPractitioner": [{"reference": "Organization/practice-1"},
+                                                           {"reference": "Practitioner/gp-1"}]})
     server.gate.update(SYSTEM, "Organization", "practice-1", {"resourceType": "Organization", "id": "practice-1",
                                                               "name": "Riverside Surgery"})
     server.gate.update(SYSTEM, "Practitioner", "gp-1", {"resourceType": "Practitioner", "id": "gp-1",
@@ -84,3 +89,56 @@ def test_a_persons_entries_are_stamped_as_theirs(server, me):
             "valueString": "130/80"})
         assert r.status_code == 201, r.text
         assert r.json()["meta"]["source"] == f"Patient/{me}"
+
+
+def test_the_person_asks_for_a_correction(server, me, uid):
+    words = f"I stopped taking naproxen in March ({uid})"
+    with browser(server, "pat") as c:
+        page = c.get(f"/patients/{me}").text
+        assert 'action="/me/correction"' in page and '<option value="practice-1">' in page
+        r = c.post("/me/correction", data={"text": "", "organisation": "practice-1"})
+        assert r.status_code == 422 and "Say what is wrong or missing" in r.text
+        r = c.post("/me/correction", data={"text": words, "organisation": "../etc"})
+        assert r.status_code == 422
+        r = c.post("/me/correction", data={"text": words, "organisation": "practice-1"})
+        assert r.status_code == 303 and r.headers["location"] == f"/patients/{me}?asked=1"
+        assert "Your message is in your record" in c.get(r.headers["location"]).text
+    with server.client("gp") as gp:
+        found = gp.get("/fhir/Communication", params={
+            "subject": f"Patient/{me}", "category": "https://joinedup.example/fhir/CodeSystem/person-request|correction"
+        }).json()
+        mine = [e["resource"] for e in found.get("entry", []) if e["resource"]["payload"][0]["contentString"] == words]
+        assert mine and mine[0]["meta"]["source"] == f"Patient/{me}"
+        assert mine[0]["recipient"] == [{"reference": "Organization/practice-1"}]
+        # the GP hears about it in their inbox
+        deadline = time.time() + 5
+        while True:
+            items = [i for i in gp.get("/api/inbox").json()["items"] if i["event"] == "correction-request"
+                     and words[:40] in i["detail"]]
+            if items or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert items and items[0]["patient"]["id"] == me
+    with browser(server, "gp") as c:
+        assert c.post("/me/correction", data={"text": "x"}).status_code == 403
+
+
+def test_a_correction_request_reaches_the_organisation_named(server, me, uid):
+    """Staff of the organisation the person names hear about it even when they are not the named GP."""
+    from joinedup.governance.identity import add_user, issue_token
+
+    add_user(server.gate.store, name=f"gp2-{uid}", password="pw", role="gp", practitioner=f"gp2-{uid}",
+             organization="practice-1", replace=True)
+    token = issue_token(server.gate.store, f"gp2-{uid}")
+    words = f"My address is wrong ({uid})"
+    with browser(server, "pat") as c:
+        assert c.post("/me/correction", data={"text": words, "organisation": "practice-1"}).status_code == 303
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as gp2:
+        deadline = time.time() + 5
+        while True:
+            items = [i for i in gp2.get("/api/inbox").json()["items"] if i["event"] == "correction-request"
+                     and words in i["detail"]]
+            if items or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert items

@@ -44,7 +44,11 @@ EVENT_TYPES: dict[str, str] = {
     "care-plan-change": "Care plan changed",
     "conflict": "New high-severity conflict finding",
     "monitoring-alert": "Virtual ward reading outside agreed limits",
+    "correction-request": "A person asks for their record to be corrected",
 }
+# a person's own message asking for something in their record to be corrected (written from their record page)
+PERSON_REQUEST_SYSTEM = "https://joinedup.example/fhir/CodeSystem/person-request"
+CORRECTION = {"system": PERSON_REQUEST_SYSTEM, "code": "correction", "display": "Request to correct my record"}
 INPATIENT_CLASSES = {"IMP", "ACUTE", "NONAC"}
 EMERGENCY_CLASSES = {"EMER"}
 OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}
@@ -73,6 +77,7 @@ class Event:
     detail: str = ""
     occurred: str | None = None
     also_to: set[str] = field(default_factory=set)   # practitioner ids the event is addressed to
+    also_orgs: set[str] = field(default_factory=set)  # organisation ids the event is addressed to (their staff)
     queued_at: float = 0.0
 
 
@@ -135,6 +140,12 @@ def classify(rtype: str, res: dict | None, *, now: datetime | None = None) -> li
         when = res.get("deceasedDateTime")
         if (when and _recent(when, now)) or (res.get("deceasedBoolean") is True and not when):
             out.append(Event("death", pid, ref, "Died", "", when or now.isoformat()))
+    elif rtype == "Communication" and any(c.get("system") == PERSON_REQUEST_SYSTEM and c.get("code") == "correction"
+                                          for cat in res.get("category") or [] for c in cat.get("coding") or []):
+        body = next((p.get("contentString") for p in res.get("payload") or [] if p.get("contentString")), "")
+        orgs = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Organization"))}
+        out.append(Event("correction-request", pid, ref, "Asks for a correction to their record", body[:160],
+                         res.get("sent"), also_orgs=orgs))
     elif rtype == "Communication" and res.get("inResponseTo") and res.get("status") != "preparation":
         if _recent(res.get("sent") or res.get("received"), now) or not (res.get("sent") or res.get("received")):
             thread = (res["inResponseTo"][0] or {}).get("reference") or ref
@@ -266,12 +277,14 @@ class Notifier:
         return out
 
     # -- delivery ----------------------------------------------------------------------------------------
-    def users_by_practitioner(self, want: set[str] | None = None) -> dict[str, list[Principal]]:
-        """User accounts by practitioner id (cached 5 s; reloaded at once for a practitioner not seen lately)."""
+    def users_by_practitioner(self, want: set[str] | None = None, *, fresh: bool = False
+                              ) -> dict[str, list[Principal]]:
+        """User accounts by practitioner id (cached 5 s; reloaded at once for a practitioner not seen lately, or
+        when `fresh` is asked for)."""
         at, users = self._users
         now = time.time()
         unknown = {p for p in want or () if p not in users and now - self._no_user.get(p, 0) > 5}
-        if now - at > 5 or unknown:
+        if now - at > 5 or unknown or fresh:
             users = {}
             for u in list_users(self.gate.store):
                 if u.practitioner_id and u.role not in ("system", "patient", "analyst"):
@@ -295,12 +308,25 @@ class Notifier:
             for s in teams.matches:
                 if s.content.get("status") not in (None, "active", "proposed"):
                     continue
-                practitioners |= {i for p in s.content.get("participant") or []
-                                  if (i := _ref_id(p.get("member"), "Practitioner"))}
+                for p in s.content.get("participant") or []:
+                    if i := _ref_id(p.get("member"), "Practitioner"):
+                        practitioners.add(i)
+                    elif role := _ref_id(p.get("member"), "PractitionerRole"):  # a member named by their role
+                        try:
+                            prac = self.gate.read(SYSTEM, "PractitionerRole", role).content
+                        except FhirError:
+                            continue
+                        if prac.get("active") is not False and (i := _ref_id(prac.get("practitioner"),
+                                                                               "Practitioner")):
+                            practitioners.add(i)
         except FhirError:
             pass
         by_pr = self.users_by_practitioner(practitioners)
-        return {u.name: u for pr in practitioners for u in by_pr.get(pr, [])}
+        out = {u.name: u for pr in practitioners for u in by_pr.get(pr, [])}
+        if ev.also_orgs:  # staff of the organisations the event is addressed to (rare: read the accounts afresh)
+            for users in self.users_by_practitioner(fresh=True).values():
+                out.update({u.name: u for u in users if u.organization_id in ev.also_orgs})
+        return out
 
     def deliver(self, ev: Event) -> list[str]:
         """Write (or collapse into) one inbox item per recipient who may and wants to hear; returns user names."""

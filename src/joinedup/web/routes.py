@@ -266,6 +266,40 @@ async def my_what_matters(request: Request, text: str = Form("")):
     return RedirectResponse(f"/patients/{quote(who.patient_id)}#about-heading", status_code=303)
 
 
+@router.post("/me/correction")
+async def my_correction(request: Request, text: str = Form(""), organisation: str = Form("")):
+    """A person asks for something in their record to be corrected: a Communication from them (through the gate),
+    addressed to the organisation they name, which reaches their GP and care team as a notification."""
+    from joinedup.care.notifications import CORRECTION
+
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    words = text.strip()
+    try:
+        if who.role != "patient" or not who.patient_id:
+            raise FhirError(403, "Only the person can ask for their own record to be corrected here.",
+                            code="forbidden")
+        if not words:
+            raise FhirError(422, "Say what is wrong or missing before sending.", code="required")
+        if len(words) > 2000:
+            raise FhirError(422, "That is longer than 2,000 characters: please shorten it.", code="too-long")
+        if organisation and not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", organisation):
+            raise FhirError(422, "Choose one of the organisations listed.", code="value")
+        message: dict[str, Any] = {
+            "resourceType": "Communication", "status": "completed",
+            "category": [{"coding": [CORRECTION], "text": CORRECTION["display"]}],
+            "subject": {"reference": f"Patient/{who.patient_id}"},
+            "sender": {"reference": f"Patient/{who.patient_id}"},
+            "sent": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "payload": [{"contentString": words}]}
+        if organisation:
+            message["recipient"] = [{"reference": f"Organization/{organisation}"}]
+        _gate(request).create(who, message)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return RedirectResponse(f"/patients/{quote(who.patient_id)}?asked=1", status_code=303)
+
+
 @router.get("/me/access-log")
 async def my_access_log(request: Request, mine: int = 0, all: int = 0):
     """A person's own view of who looked at their record (newest first), through the gate; their own views are
@@ -344,7 +378,8 @@ def _patient_row(p: dict[str, Any]) -> dict[str, Any]:
 
 # -- the patient page ---------------------------------------------------------------------------------------
 @router.get("/patients/{patient_id}")
-async def patient(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0):
+async def patient(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0,
+                  asked: int = 0):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -359,7 +394,7 @@ async def patient(request: Request, patient_id: str, setting: str = "", type: st
     resp = page(request, "patient.html", {
         "s": summary, "tl": tl, "setting": setting, "type": type, "all": bool(all), "limit": TIMELINE_PAGE,
         "all_settings": SETTINGS, "all_types": service.TIMELINE_TYPES, "charts": _charts(summary),
-        "badge": _badge,
+        "badge": _badge, "asked": bool(asked),
     }, who=who)
     resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
     return resp
