@@ -95,16 +95,34 @@ def _practitioner_names(data_dir: Path) -> dict[str, str]:
     return out
 
 
-def _demo_patient(data_dir: Path) -> str | None:
-    """A person with planted prescribing problems (the most interesting record to show), else the first."""
+def _demo_patient(data_dir: Path, gp_practitioner: str | None = None) -> str | None:
+    """A person with planted prescribing problems (the most interesting record to show), preferring one whose
+    usual GP is the demo GP (so the demo GP sees what the person does: their messages, their access log)."""
     truth = data_dir / "ground-truth.ndjson"
-    if truth.exists():
-        with truth.open("rb") as fh:
+    if not truth.exists():
+        return None
+    candidates: list[str] = []
+    with truth.open("rb") as fh:
+        for line in fh:
+            rec = orjson.loads(line)
+            if rec.get("kind") == "prescribing_problem" and rec.get("patient"):
+                pid = rec["patient"].split("/", 1)[1]
+                if pid not in candidates:
+                    candidates.append(pid)
+    if not candidates:
+        return None
+    wanted, living = set(candidates), set()
+    for path in sorted(data_dir.glob("Patient*.ndjson")):
+        with path.open("rb") as fh:
             for line in fh:
-                rec = orjson.loads(line)
-                if rec.get("kind") == "prescribing_problem" and rec.get("patient"):
-                    return rec["patient"].split("/", 1)[1]
-    return None
+                p = orjson.loads(line)
+                if p.get("id") not in wanted or p.get("deceasedDateTime"):
+                    continue
+                if gp_practitioner and any(g.get("reference") == f"Practitioner/{gp_practitioner}"
+                                           for g in p.get("generalPractitioner") or []):
+                    return p["id"]
+                living.add(p["id"])
+    return next((c for c in candidates if c in living), candidates[0])
 
 
 def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
@@ -128,6 +146,7 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
                       "token": token or issue_token(gate.store, name)})
 
     add("admin", "system", "Integration account")
+    gp_practitioner = None
     for name, role, text, display in PROFESSIONALS:
         candidates = roles.get(text) or []
         if not candidates:
@@ -136,11 +155,13 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
         practitioner = (pr.get("practitioner") or {}).get("reference", "").split("/")[-1] or None
         organization = (pr.get("organization") or {}).get("reference", "").split("/")[-1] or None
         person = names.get(practitioner or "")
+        if name == "dr.gp":
+            gp_practitioner = practitioner
         add(name, role, f"{person} ({display})" if person else display, practitioner=practitioner,
             organization=organization)
     add("analyst", "analyst", "ICS analyst")
     add("privacy.officer", "privacy-officer", "Privacy officer")
-    patient = _demo_patient(data_dir)
+    patient = _demo_patient(data_dir, gp_practitioner)
     if patient:
         add("patient", "patient", "Patient (demo)", patient=patient)
     return users
