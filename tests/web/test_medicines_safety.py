@@ -140,6 +140,13 @@ def test_roles_and_login(server, person):
         assert r.status_code == 200 and "your role does not see" in r.text and "Naproxen" not in r.text
         r = c.post(f"/patients/{pid}/medicines-safety/review", data={"fingerprint": "0" * 32, "outcome": "accepted"})
         assert r.status_code == 403 and "clinical role" in r.text
+    # the refusal is audited like any other
+    from joinedup.governance.audit import search_events
+
+    server.gate.audit.flush()
+    _, events = search_events(server.gate.store, patient_id=pid, count=50, offset=0)
+    assert any(e["outcome"] != "0" and e["agent"][0]["who"]["display"] == sw and
+               "clinical role" in e.get("outcomeDesc", "") for e in events)
     # no relationship at all: the refusal page, which offers break-glass
     with browser(server, "analyst") as c:
         r = c.get(f"/patients/{pid}/medicines-safety")
