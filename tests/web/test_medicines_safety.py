@@ -151,3 +151,46 @@ def test_roles_and_login(server, person):
     with browser(server, "analyst") as c:
         r = c.get(f"/patients/{pid}/medicines-safety")
         assert r.status_code == 403
+
+
+def test_each_clinician_tunes_their_alerts(server, person, uid):
+    """A GP hides moderate and low alerts: the page and the panel say how many are hidden, high alerts stay, CDS
+    cards for that GP follow the same setting, and other clinicians are unaffected."""
+    import uuid
+
+    import httpx
+
+    from joinedup.governance.identity import issue_token
+
+    pid, name = person["id"], f"tuned-{uid}"
+    add_user(server.gate.store, name=name, password=f"{name}-pw", role="gp", practitioner="gp-1",
+             organization="practice-1", replace=True)
+    token = issue_token(server.gate.store, name)
+    hook = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/gp-1", "patientId": pid}}
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
+        assert api.get("/api/me/alert-settings").json()["min_severity"] == "low"
+        before = api.post("/cds-services/joinedup-conflicts-patient-view", json=hook).json()["cards"]
+        assert any("separate administration times" in c["summary"] for c in before)  # moderate
+        assert api.put("/api/me/alert-settings", json={"min_severity": "critical"}).status_code == 422
+        assert api.put("/api/me/alert-settings", content=b"{nope").status_code == 400
+        assert api.put("/api/me/alert-settings", json={"min_severity": "high"}).json() == {"min_severity": "high"}
+        after = api.post("/cds-services/joinedup-conflicts-patient-view", json=dict(hook, hookInstance=str(uuid.uuid4()))).json()["cards"]
+        assert after and not any("separate administration times" in c["summary"] for c in after)
+        assert any("heart failure" in c["summary"].lower() for c in after)  # the high NSAID alert stays
+    with browser(server, None) as c:
+        assert c.post("/login", data={"username": name, "password": f"{name}-pw", "next": "/"}).status_code == 303
+        page = c.get(f"/patients/{pid}/medicines-safety").text
+        assert "lower-severity" in page and "hidden" in page and "Naproxen 500mg tablets" in page
+        assert "need separate administration times" not in page.split("Suggested changes")[0]
+        panel = c.get(f"/patients/{pid}/medicines-safety/panel", headers={"HX-Request": "true"}).text
+        assert "hidden by your settings" in panel
+        # back to every alert through the page's own form
+        r = c.post(f"/patients/{pid}/medicines-safety/settings", data={"min_severity": "low"})
+        assert r.status_code == 303
+        assert "need separate administration times" in c.get(f"/patients/{pid}/medicines-safety").text
+    # the test GP's own setting was never touched
+    with server.client("gp") as api:
+        assert api.get("/api/me/alert-settings").json()["min_severity"] == "low"
+    with server.client("pat") as api:
+        assert api.put("/api/me/alert-settings", json={"min_severity": "high"}).status_code == 403

@@ -28,6 +28,7 @@ import orjson
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.identity import Principal
 
+from . import preferences
 from .detect import build_record, detect
 from .knowledge import load_knowledge
 from .models import Finding
@@ -564,7 +565,10 @@ def evaluate_hook(*, gate: Any, who: Principal, service_id: str, body: Any, base
     findings = merge_findings([f.as_dict() for f in found])
     fps = [fingerprint(f, by_ref) for f in findings]
     done = acknowledged(gate=gate, who=who, patient_id=req.patient_id, fingerprints=fps)
-    shown = [(f, fp) for f, fp in zip(findings, fps) if fp not in done]
+    floor = preferences.threshold(gate=gate, who=who)
+    visible, _hidden = preferences.visible(findings, floor)
+    keep = {id(f) for f in visible}
+    shown = [(f, fp) for f, fp in zip(findings, fps) if fp not in done and id(f) in keep]
     changes: list[dict[str, Any]] = []
     if shown and any(f["kind"] in ("drug-drug", "drug-disease", "drug-result", "duplicate") for f, _ in shown):
         changes = resolve(kb, rec, all_found).get("changes", [])

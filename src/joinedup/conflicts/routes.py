@@ -16,7 +16,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
-from . import cds, person, screen
+from . import cds, person, preferences, screen
 from .knowledge import load_knowledge
 
 cds_router = APIRouter(tags=["CDS Hooks"])
@@ -149,6 +149,25 @@ async def conflict_screen(who: Who, gate: GateDep,
                           refresh: bool = Query(False, description="screen again instead of using a recent result")):
     page = await run_in_threadpool(_screen_page, gate, who, severity, practice, count, offset, refresh)
     return _json(page)
+
+
+@api_router.get("/api/me/alert-settings", summary="My decision-support alert threshold")
+async def get_alert_settings(who: Who, gate: GateDep):
+    return _json({"min_severity": preferences.threshold(gate=gate, who=who),
+                  "choices": preferences.THRESHOLDS})
+
+
+@api_router.put("/api/me/alert-settings",
+                summary="Set my alert threshold: {\"min_severity\": \"low\"|\"moderate\"|\"high\"}")
+async def put_alert_settings(request: Request, who: Who, gate: GateDep):
+    try:
+        body = orjson.loads(await request.body() or b"{}")
+    except orjson.JSONDecodeError:
+        raise FhirError(400, "request body is not valid JSON", code="invalid") from None
+    if not isinstance(body, dict):
+        raise FhirError(400, "body must be {\"min_severity\": ...}", code="invalid")
+    return _json({"min_severity": preferences.set_threshold(gate=gate, who=who,
+                                                            min_severity=body.get("min_severity"))})
 
 
 def _patient_conflicts(gate: Gate, who: Principal, patient_id: str,

@@ -14,7 +14,7 @@ from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
-from . import person
+from . import person, preferences
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,9 +42,12 @@ def safety_context(gate: Gate, who: Principal, patient_id: str, *, error: str | 
         return ctx
     result = person.patient_conflicts(gate=gate, who=who, patient_id=patient_id, labels=True, merged=True)
     findings = sorted(result["findings"], key=lambda f: (SEVERITY_ORDER.get(f["severity"], 9), f["summary"]))
+    min_severity = preferences.threshold(gate=gate, who=who)
+    shown, hidden = preferences.visible([f for f in findings if not f["acknowledged"]], min_severity)
     ctx.update(
         allowed=True, version=result["knowledge_version"], labels=result["labels"],
-        open=[f for f in findings if not f["acknowledged"]], reviewed=[f for f in findings if f["acknowledged"]],
+        open=shown, hidden=hidden, min_severity=min_severity, thresholds=preferences.THRESHOLDS,
+        reviewed=[f for f in findings if f["acknowledged"]],
         resolution=result.get("resolution") or {"changes": [], "residual": []},
         unrecognised=[u for u in result["unrecognised"]
                       if u["resourceType"] in ("MedicationRequest", "MedicationStatement", "Medication")])
@@ -66,6 +69,20 @@ def safety_panel(request: Request, patient_id: str):
         request, "_medicines_safety_panel.html", lambda gate, who: safety_context(gate, who, patient_id),
         full_page=f"/patients/{quote(patient_id)}/medicines-safety",
         on_error=lambda message: {"pid": patient_id, "error": message, "allowed": True})
+
+
+@router.post("/patients/{patient_id}/medicines-safety/settings")
+def settings_submit(request: Request, patient_id: str, min_severity: str = Form("")):
+    """The user's alert threshold (for every person), then back to this person's page."""
+    web = _web()
+    who = web._who(request)
+    if who is None:
+        return web._to_login(request)
+    try:
+        preferences.set_threshold(gate=web._gate(request), who=who, min_severity=min_severity)
+    except FhirError as exc:
+        return web.error_page(request, exc.status, exc.diagnostics, who=who)
+    return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety#alert-settings", status_code=303)
 
 
 @router.post("/patients/{patient_id}/medicines-safety/review")

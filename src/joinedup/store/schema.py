@@ -255,6 +255,14 @@ sa.Index("ix_inbox_item_user", inbox_item.c.user_name, inbox_item.c.read_at, inb
 sa.Index("ix_inbox_item_collapse", inbox_item.c.user_name, inbox_item.c.event_type, inbox_item.c.patient_id,
          inbox_item.c.source_ref)
 
+# How much decision support each user wants shown (revision 0006): the lowest severity of conflict alert on their
+# pages and CDS cards (no row = every alert). High and critical alerts are always shown.
+alert_preference = sa.Table(
+    "alert_preference", metadata,
+    sa.Column("user_name", sa.String(128), primary_key=True),
+    sa.Column("min_severity", sa.String(16), nullable=False),
+)
+
 # Which event types each user wants in their inbox (no row = on).
 notification_preference = sa.Table(
     "notification_preference", metadata,

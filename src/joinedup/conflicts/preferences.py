@@ -1,0 +1,48 @@
+"""How much decision support each user wants shown: the lowest severity of conflict alert on their pages and CDS
+cards. Alert fatigue is real (most drug alerts are overridden), so a clinician may hide low (or low and moderate)
+alerts; high and critical alerts are always shown, and every page says how many were hidden."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from joinedup.fhir.errors import FhirError
+from joinedup.governance.identity import Principal
+from joinedup.store import schema
+
+THRESHOLDS = {"low": "Every alert", "moderate": "Moderate, high and critical",
+              "high": "High and critical only"}
+RANK = {"low": 0, "moderate": 1, "high": 2, "critical": 3}
+DEFAULT = "low"
+
+
+def threshold(*, gate: Any, who: Principal) -> str:
+    """The user's lowest shown severity ('low' = every alert, the default)."""
+    t = schema.alert_preference
+    with gate.store.reading() as conn:
+        got = conn.execute(sa.select(t.c.min_severity).where(t.c.user_name == who.name)).scalar()
+    return got if got in THRESHOLDS else DEFAULT
+
+
+def set_threshold(*, gate: Any, who: Principal, min_severity: Any) -> str:
+    """Choose the lowest severity shown; anything but low / moderate / high is refused (422)."""
+    if who.role in ("patient", "analyst") or min_severity not in THRESHOLDS:
+        if who.role in ("patient", "analyst"):
+            raise FhirError(403, "Alert settings are for clinicians who see decision support.", code="forbidden")
+        raise FhirError(422, f"min_severity must be one of: {', '.join(THRESHOLDS)} (high and critical alerts are "
+                             "always shown)", code="value")
+    t = schema.alert_preference
+    with gate.store.writing() as conn:
+        conn.execute(sa.delete(t).where(t.c.user_name == who.name))
+        if min_severity != DEFAULT:
+            conn.execute(sa.insert(t).values(user_name=who.name, min_severity=min_severity))
+    return min_severity
+
+
+def visible(findings: list[dict[str, Any]], min_severity: str) -> tuple[list[dict[str, Any]], int]:
+    """(findings at or above the threshold - high and critical always - , how many were hidden)."""
+    floor = min(RANK.get(min_severity, 0), RANK["high"])
+    keep = [f for f in findings if RANK.get(f.get("severity", "low"), 0) >= floor]
+    return keep, len(findings) - len(keep)
