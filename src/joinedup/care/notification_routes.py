@@ -71,28 +71,13 @@ def inbox_count(request: Request):
 
 @router.post("/inbox/{item_id}/read", include_in_schema=False)
 def read_page(request: Request, item_id: int):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        service.mark_read(gate=web._gate(request), who=who, item_id=item_id)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return RedirectResponse("/inbox", status_code=303)
+    return _web().service_action(
+        request, lambda gate, who: service.mark_read(gate=gate, who=who, item_id=item_id), then="/inbox")
 
 
 @router.post("/inbox/read-all", include_in_schema=False)
 def read_all_page(request: Request):
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        service.mark_read(gate=web._gate(request), who=who)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return RedirectResponse("/inbox", status_code=303)
+    return _web().service_action(request, lambda gate, who: service.mark_read(gate=gate, who=who), then="/inbox")
 
 
 @router.get("/inbox/settings", include_in_schema=False)

@@ -74,15 +74,9 @@ def safety_panel(request: Request, patient_id: str):
 @router.post("/patients/{patient_id}/medicines-safety/settings")
 def settings_submit(request: Request, patient_id: str, min_severity: str = Form("")):
     """The user's alert threshold (for every person), then back to this person's page."""
-    web = _web()
-    who = web._who(request)
-    if who is None:
-        return web._to_login(request)
-    try:
-        preferences.set_threshold(gate=web._gate(request), who=who, min_severity=min_severity)
-    except FhirError as exc:
-        return web.error_page(request, exc.status, exc.diagnostics, who=who)
-    return RedirectResponse(f"/patients/{quote(patient_id)}/medicines-safety#alert-settings", status_code=303)
+    return _web().service_action(
+        request, lambda gate, who: preferences.set_threshold(gate=gate, who=who, min_severity=min_severity),
+        then=f"/patients/{quote(patient_id)}/medicines-safety#alert-settings")
 
 
 @router.post("/patients/{patient_id}/medicines-safety/review")

@@ -20,12 +20,11 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from joinedup.api.auth import bearer
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import is_valid as valid_nhs_number
-from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate, access_notices, how_to_get_access
 from joinedup.governance.identity import Principal, authenticate, login
 from joinedup.governance.policy import activities_of, rules
 from joinedup.governance.service import REASON_CATEGORIES, grant_break_glass
-from joinedup.record import service
+from joinedup.record import own, service
 from joinedup.record.models import HEADINGS, SETTINGS
 
 HERE = Path(__file__).resolve().parent
@@ -154,6 +153,20 @@ def service_page(request: Request, template: str, build: Callable[[Gate, Princip
     return resp
 
 
+def service_action(request: Request, do: Callable[[Gate, Principal], Any], *,
+                   then: str | Callable[[Any], str]) -> HTMLResponse | RedirectResponse:
+    """The usual form post: log-in first, then `do(gate, who)`; a refusal or bad input becomes the clear error page,
+    success a redirect to `then` (or `then(result)`)."""
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        result = do(_gate(request), who)
+    except FhirError as exc:
+        return error_page(request, exc.status, exc.diagnostics, who=who)
+    return RedirectResponse(then(result) if callable(then) else then, status_code=303)
+
+
 def panel_page(request: Request, template: str, build: Callable[[Gate, Principal], dict[str, Any]], *,
                full_page: str, on_error: Callable[[str], dict[str, Any]]) -> HTMLResponse | RedirectResponse:
     """A panel the person page loads with HTMX: without HTMX the address leads to `full_page`; a refusal or
@@ -226,114 +239,26 @@ async def home(request: Request):
     return page(request, "home.html", {"q": "", "results": None, "mine": mine, "search_error": None}, who=who)
 
 
-# what a person reads in their access log instead of FHIR resource type names
-_PLAIN_TYPES = {"Patient": "personal details", "Condition": "problems", "MedicationRequest": "prescriptions",
-                "MedicationStatement": "medicines lists", "Observation": "results", "Encounter": "appointments and "
-                "visits", "AllergyIntolerance": "allergies", "DocumentReference": "letters", "CarePlan": "care plan",
-                "Goal": "goals", "Task": "tasks", "ServiceRequest": "referrals", "Communication": "messages",
-                "CareTeam": "care team", "Consent": "sharing choices", "EpisodeOfCare": "care episodes",
-                "ClinicalImpression": "reviews", "RelatedPerson": "carers and contacts"}
-
-
-def _plain_what(refs: list[str]) -> str:
-    kinds = dict.fromkeys(_PLAIN_TYPES.get(r.split("/", 1)[0], r.split("/", 1)[0]) for r in refs if r)
-    return ", ".join(kinds)
-
-
 @router.post("/me/what-matters")
 async def my_what_matters(request: Request, text: str = Form("")):
-    """A person adds, in their own words, what matters to them: kept in their record (an Observation written by them,
-    through the gate) and shown to everyone caring for them."""
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    words = text.strip()
-    try:
-        if who.role != "patient" or not who.patient_id:
-            raise FhirError(403, "Only the person can add to their record in their own words here; professionals "
-                                 "record what matters in the care plan.", code="forbidden")
-        if not words:
-            raise FhirError(422, "Write what matters to you before adding it.", code="required")
-        if len(words) > 2000:
-            raise FhirError(422, "That is longer than 2,000 characters: please shorten it.", code="too-long")
-        _gate(request).create(who, {
-            "resourceType": "Observation", "status": "final", "code": {"text": "What matters to me"},
-            "subject": {"reference": f"Patient/{who.patient_id}"},
-            "performer": [{"reference": f"Patient/{who.patient_id}"}],
-            "effectiveDateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "valueString": words})
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return RedirectResponse(f"/patients/{quote(who.patient_id)}#about-heading", status_code=303)
+    """A person adds, in their own words, what matters to them."""
+    return service_action(request, lambda gate, who: own.add_what_matters(gate=gate, who=who, text=text),
+                          then=lambda pid: f"/patients/{quote(pid)}#about-heading")
 
 
 @router.post("/me/correction")
 async def my_correction(request: Request, text: str = Form(""), organisation: str = Form("")):
-    """A person asks for something in their record to be corrected: a Communication from them (through the gate),
-    addressed to the organisation they name, which reaches their GP and care team as a notification."""
-    from joinedup.care.notifications import CORRECTION
-
-    who = _who(request)
-    if who is None:
-        return _to_login(request)
-    words = text.strip()
-    try:
-        if who.role != "patient" or not who.patient_id:
-            raise FhirError(403, "Only the person can ask for their own record to be corrected here.",
-                            code="forbidden")
-        if not words:
-            raise FhirError(422, "Say what is wrong or missing before sending.", code="required")
-        if len(words) > 2000:
-            raise FhirError(422, "That is longer than 2,000 characters: please shorten it.", code="too-long")
-        if organisation and not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", organisation):
-            raise FhirError(422, "Choose one of the organisations listed.", code="value")
-        message: dict[str, Any] = {
-            "resourceType": "Communication", "status": "completed",
-            "category": [{"coding": [CORRECTION], "text": CORRECTION["display"]}],
-            "subject": {"reference": f"Patient/{who.patient_id}"},
-            "sender": {"reference": f"Patient/{who.patient_id}"},
-            "sent": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "payload": [{"contentString": words}]}
-        if organisation:
-            message["recipient"] = [{"reference": f"Organization/{organisation}"}]
-        _gate(request).create(who, message)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
-    return RedirectResponse(f"/patients/{quote(who.patient_id)}?asked=1", status_code=303)
+    """A person asks for something in their record to be corrected."""
+    return service_action(request, lambda gate, who: own.ask_correction(gate=gate, who=who, text=text,
+                                                                        organisation=organisation),
+                          then=lambda pid: f"/patients/{quote(pid)}?asked=1")
 
 
 @router.get("/me/access-log")
 async def my_access_log(request: Request, mine: int = 0, all: int = 0):
-    """A person's own view of who looked at their record (newest first), through the gate; their own views are
-    left out unless asked for."""
-    def build(gate: Gate, who: Principal) -> dict[str, Any]:
-        if who.role != "patient" or not who.patient_id:
-            raise FhirError(403, "This page is a person's view of their own record. Privacy officers see access "
-                                 "logs under Privacy reviews.", code="forbidden")
-        gate.audit.flush()
-        total, entries = gate.access_log(who, count=1000 if all else 200)
-        own = f"Patient/{who.patient_id}"
-        shown = [e for e in entries if mine or e.get("practitioner") != own]
-        names: dict[str, str] = {}
-
-        def name_of(ref: str) -> str:
-            """The directory name of a practitioner or organisation (read through the gate, once per page)."""
-            if ref not in names:
-                rtype, _, rid = ref.partition("/")
-                try:
-                    names[ref] = human_name(gate.read(who, rtype, rid).content)
-                except FhirError:
-                    names[ref] = ""
-            return names[ref]
-
-        for e in shown:
-            org, prac = e.get("organisation") or "", e.get("practitioner") or ""
-            e["organisation_name"] = name_of(org) if org.startswith("Organization/") else ""
-            e["who_name"] = (name_of(prac) if prac.startswith("Practitioner/") else "") or e.get("who") or ""
-            e["role_name"] = _role_name(e["role"]) if e.get("role") else ""
-            e["what_text"] = _plain_what(e.get("what") or [])
-        return {"total": total, "entries": shown, "all": bool(all), "mine": bool(mine),
-                "hidden": len(entries) - len(shown)}
-
-    return service_page(request, "access_log.html", build)
+    """A person's own view of who looked at their record."""
+    return service_page(request, "access_log.html", lambda gate, who: own.access_log(
+        gate=gate, who=who, mine=bool(mine), everything=bool(all)))
 
 
 @router.get("/patients/search")
