@@ -28,9 +28,9 @@ def threshold(*, gate: Any, who: Principal) -> str:
 
 def set_threshold(*, gate: Any, who: Principal, min_severity: Any) -> str:
     """Choose the lowest severity shown; anything but low / moderate / high is refused (422)."""
-    if who.role in ("patient", "analyst") or min_severity not in THRESHOLDS:
-        if who.role in ("patient", "analyst"):
-            raise FhirError(403, "Alert settings are for clinicians who see decision support.", code="forbidden")
+    if who.role in ("patient", "analyst"):
+        raise FhirError(403, "Alert settings are for clinicians who see decision support.", code="forbidden")
+    if min_severity not in THRESHOLDS:
         raise FhirError(422, f"min_severity must be one of: {', '.join(THRESHOLDS)} (high and critical alerts are "
                              "always shown)", code="value")
     t = schema.alert_preference

@@ -101,6 +101,11 @@ def activity_text(activity: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def has_activity(who: Principal, activity: str) -> bool:
+    """Whether the principal's role includes the activity (the system role has every one)."""
+    return _has(who, activity)
+
+
 def _has(who: Principal, activity: str) -> bool:
     acts = activities_of(who.role)
     if "*" in acts:

@@ -270,3 +270,13 @@ notification_preference = sa.Table(
     sa.Column("event_type", sa.String(32), primary_key=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
 )
+
+
+def create_tables(bind, names: list[str]) -> None:
+    """Create the named tables as defined here (a migration adding whole tables)."""
+    metadata.create_all(bind, tables=[metadata.tables[t] for t in names])
+
+
+def drop_tables(bind, names: list[str]) -> None:
+    """Drop the named tables, last first (the migration's downgrade)."""
+    metadata.drop_all(bind, tables=[metadata.tables[t] for t in reversed(names)])

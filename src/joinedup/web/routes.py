@@ -130,6 +130,18 @@ def error_page(request: Request, status: int, message: str, *, who: Principal | 
                 who=who, status=status)
 
 
+def _run(request: Request, fn: Callable[[Gate, Principal], Any], who: Principal | None = None
+         ) -> tuple[Principal | None, Any, FhirError | None]:
+    """(who, fn's result, None) or (who, None, the refusal); who is None when nobody is logged in (fn not run)."""
+    who = who or _who(request)
+    if who is None:
+        return None, None, None
+    try:
+        return who, fn(_gate(request), who), None
+    except FhirError as exc:
+        return who, None, exc
+
+
 def service_page(request: Request, template: str, build: Callable[[Gate, Principal], dict[str, Any]], *,
                  patient_id: str | None = None, status: int = 200, who: Principal | None = None,
                  after: Callable[[HTMLResponse], None] | None = None) -> HTMLResponse | RedirectResponse:
@@ -139,14 +151,11 @@ def service_page(request: Request, template: str, build: Callable[[Gate, Princip
     `who`: the caller has already logged the person in (a form shown again after a refused edit);
     `status`: the page's status (such as 422 for that form); `after(response)`: adds to the page, never to the
     error page (a header such as Server-Timing)."""
+    who, context, refused = _run(request, build, who)
     if who is None:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
-    try:
-        context = build(_gate(request), who)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who, patient_id=patient_id)
+        return _to_login(request)
+    if refused is not None:
+        return error_page(request, refused.status, refused.diagnostics, who=who, patient_id=patient_id)
     resp = page(request, template, context, who=who, status=status)
     if after is not None:
         after(resp)
@@ -157,13 +166,11 @@ def service_action(request: Request, do: Callable[[Gate, Principal], Any], *,
                    then: str | Callable[[Any], str]) -> HTMLResponse | RedirectResponse:
     """The usual form post: log-in first, then `do(gate, who)`; a refusal or bad input becomes the clear error page,
     success a redirect to `then` (or `then(result)`)."""
-    who = _who(request)
+    who, result, refused = _run(request, do)
     if who is None:
         return _to_login(request)
-    try:
-        result = do(_gate(request), who)
-    except FhirError as exc:
-        return error_page(request, exc.status, exc.diagnostics, who=who)
+    if refused is not None:
+        return error_page(request, refused.status, refused.diagnostics, who=who)
     return RedirectResponse(then(result) if callable(then) else then, status_code=303)
 
 
@@ -173,14 +180,10 @@ def panel_page(request: Request, template: str, build: Callable[[Gate, Principal
     failure becomes a quiet note in the panel (`on_error(message)` gives the context) instead of a whole page."""
     if not request.headers.get("hx-request"):
         return RedirectResponse(full_page, status_code=303)
-    who = _who(request)
+    who, context, refused = _run(request, build)
     if who is None:
         return _to_login(request)
-    try:
-        context = build(_gate(request), who)
-    except FhirError as exc:
-        context = on_error(exc.diagnostics)
-    return page(request, template, context, who=who)
+    return page(request, template, on_error(refused.diagnostics) if refused is not None else context, who=who)
 
 
 @router.post("/patients/{patient_id}/break-glass")

@@ -5,7 +5,7 @@ Revises:
 """
 from alembic import op
 
-from joinedup.store.schema import metadata
+from joinedup.store.schema import create_tables, drop_tables
 
 revision = "0001"
 down_revision = None
@@ -18,10 +18,8 @@ TABLES = ["resource", "resource_version", "idx_token", "idx_string", "idx_date",
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    metadata.create_all(bind, tables=[metadata.tables[t] for t in TABLES])
+    create_tables(op.get_bind(), TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    metadata.drop_all(bind, tables=[metadata.tables[t] for t in reversed(TABLES)])
+    drop_tables(op.get_bind(), TABLES)

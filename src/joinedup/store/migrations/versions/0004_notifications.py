@@ -5,7 +5,7 @@ Revises: 0003
 """
 from alembic import op
 
-from joinedup.store.schema import metadata
+from joinedup.store.schema import create_tables, drop_tables
 
 revision = "0004"
 down_revision = "0003"
@@ -16,10 +16,8 @@ TABLES = ["inbox_item", "notification_preference"]
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    metadata.create_all(bind, tables=[metadata.tables[t] for t in TABLES])
+    create_tables(op.get_bind(), TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    metadata.drop_all(bind, tables=[metadata.tables[t] for t in reversed(TABLES)])
+    drop_tables(op.get_bind(), TABLES)
