@@ -24,6 +24,24 @@ class Settings:
     default_page_size: int = 50
     max_page_size: int = 1000
     secret_key: str = field(default_factory=lambda: _env("SECRET_KEY", "") or _stable_secret())
+    # -- audit (governance issue part 5) --------------------------------------------------------------
+    # HMAC keys for the audit chain, "id:secret,id:secret"; the first is the active key (rotation: put the new key
+    # first and keep the old ones listed so `audit verify` can check older entries). Empty: a per-installation key
+    # file (AUDIT_KEY_FILE) is created and used.
+    audit_keys: str = field(default_factory=lambda: _env("AUDIT_KEYS", ""))
+    audit_key_file: Path = field(default_factory=lambda: Path(_env("AUDIT_KEY_FILE", "var/audit.key")))
+    # Signed checkpoints of the audit chain head, kept outside the database (an append-only file).
+    audit_checkpoint_file: Path = field(
+        default_factory=lambda: Path(_env("AUDIT_CHECKPOINT_FILE", "var/audit-checkpoints.log")))
+    # -- sign-in and sessions (part 6) -----------------------------------------------------------------
+    trusted_hosts: str = field(default_factory=lambda: _env("TRUSTED_HOSTS", "127.0.0.1,localhost,testserver"))
+    secure_cookies: bool = field(default_factory=lambda: _env("SECURE_COOKIES", "0") in ("1", "true", "yes"))
+    login_max_failures: int = field(default_factory=lambda: int(_env("LOGIN_MAX_FAILURES", "5")))
+    login_lockout_seconds: int = field(default_factory=lambda: int(_env("LOGIN_LOCKOUT_SECONDS", "900")))
+    login_ip_max_failures: int = field(default_factory=lambda: int(_env("LOGIN_IP_MAX_FAILURES", "20")))
+    # -- request limits (part 7) -----------------------------------------------------------------------
+    max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", str(64 * 1024 * 1024))))
+    max_bundle_entries: int = field(default_factory=lambda: int(_env("MAX_BUNDLE_ENTRIES", "20000")))
 
 
 def _stable_secret() -> str:

@@ -45,4 +45,4 @@ def test_a_new_database_goes_straight_to_head(tmp_path):
     engine = store_engine.make_engine(f"sqlite:///{tmp_path / 'new.db'}")
     command.upgrade(_config(engine), "head")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0006"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0007"

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from joinedup import __version__
-from joinedup.api import auth, export, fhir_routes, governance_routes
+from joinedup.api import auth, export, fhir_routes, governance_routes, limits, security
 from joinedup.api.responses import install_error_handlers
 from joinedup.config import Settings, get_settings
 from joinedup.governance.gate import get_gate
@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.gate = gate
     install_error_handlers(app)
+    limits.install(app, settings)
+    security.install(app, settings)
     app.include_router(auth.router)
     app.include_router(export.router)
     app.include_router(fhir_routes.everything_router)

@@ -39,6 +39,8 @@ resource_version = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
     sa.Column("method", sa.String(8), nullable=False),
     sa.Column("content", JsonDoc),
+    # the person whose record this version belongs to (revision 0007): history and vread check each version's own
+    sa.Column("patient_id", Id),
 )
 sa.Index("ix_version_updated", resource_version.c.last_updated)
 sa.Index("ix_version_type_updated", resource_version.c.res_type, resource_version.c.last_updated)
@@ -269,6 +271,67 @@ notification_preference = sa.Table(
     sa.Column("user_name", sa.String(128), primary_key=True),
     sa.Column("event_type", sa.String(32), primary_key=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
+)
+
+
+# -- Trustworthy governance (revision 0007) -------------------------------------------------------------
+# NHS numbers vouched for by the integration account (it writes what a PDS trace confirmed): only a number vouched
+# for on both records links one person's records held by different organisations. A number added by anyone else
+# links nothing until a privacy officer approves the link request it raises.
+verified_identifier = sa.Table(
+    "verified_identifier", metadata,
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("system", sa.String(255), nullable=False),
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("verified_by", sa.String(128), nullable=False),
+    sa.Column("verified_at", sa.String(40), nullable=False),
+)
+sa.Index("ix_verified_identifier_value", verified_identifier.c.system, verified_identifier.c.value)
+sa.Index("ix_verified_identifier_patient", verified_identifier.c.patient_id)
+
+# Confirmed links between two Patient records of the same person (one row each way): made by the integration
+# account (Patient.link), by confirmed record linkage, or by a privacy officer approving a link request.
+patient_link = sa.Table(
+    "patient_link", metadata,
+    sa.Column("patient_id", Id, primary_key=True),
+    sa.Column("other_id", Id, primary_key=True),
+    sa.Column("basis", sa.String(32), nullable=False),
+    sa.Column("confirmed_by", sa.String(128), nullable=False),
+    sa.Column("confirmed_at", sa.String(40), nullable=False),
+    sa.Column("review_id", Id),
+)
+sa.Index("ix_patient_link_other", patient_link.c.other_id)
+
+# The privacy officer's review queue beside break-glass: link requests ('link': two records said to be one person)
+# and changes to a person's choices made by a privacy officer on their behalf ('choice-change').
+privacy_review = sa.Table(
+    "privacy_review", metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("patient_id", Id, nullable=False),
+    sa.Column("other_patient_id", Id),
+    sa.Column("entity", sa.String(140)),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_role", sa.String(64)),
+    sa.Column("requested_org", Id),
+    sa.Column("requested_at", sa.String(40), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("decided_by", sa.String(128)),
+    sa.Column("decided_at", sa.String(40)),
+    sa.Column("decision_note", sa.Text),
+)
+sa.Index("ix_privacy_review_status", privacy_review.c.status, privacy_review.c.requested_at)
+sa.Index("ix_privacy_review_patient", privacy_review.c.patient_id)
+
+# Failed sign-ins per account ("user:NAME") and per client address ("addr:IP"), for back-off and lockout.
+auth_throttle = sa.Table(
+    "auth_throttle", metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("first_failure", sa.String(40)),
+    sa.Column("last_failure", sa.String(40)),
+    sa.Column("locked_until", sa.String(40)),
 )
 
 
