@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from joinedup import __version__
-from joinedup.api import auth, export, fhir_routes, governance_routes, limits, security
+from joinedup.api import auth, export, fhir_routes, governance_routes, limits, privacy_routes, security
 from joinedup.api.responses import install_error_handlers
 from joinedup.config import Settings, get_settings
 from joinedup.governance.gate import get_gate
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_routes.router)
     app.include_router(governance_routes.router)
     governance_routes.install(app)
+    app.include_router(privacy_routes.router)
+    privacy_routes.install(app)
     from joinedup.conflicts.routes import api_router as conflicts_api
     from joinedup.conflicts.routes import cds_router
     from joinedup.conflicts.web_routes import router as medicines_safety_pages

@@ -255,10 +255,18 @@ class AccessFacts:
         self._generation = 0  # bumped by invalidate(): a load that started before it is not kept
 
     # -- maintenance on writes (inside the writer's transaction) -------------------------------------
-    def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None) -> bool:
-        """Re-derive facts for written resources; returns True when any fact table changed."""
+    def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None, *,
+                 who: Principal | None = None, link_requests: list | None = None) -> bool:
+        """Re-derive facts for written resources; returns True when any fact table changed.
+
+        `who` wrote them (None: the integration account's bulk load). Only the integration account vouches for
+        NHS numbers and Patient.link; anyone else's link attempt becomes a pending request appended to
+        `link_requests` (grants nothing until a privacy officer approves it).
+        """
         rel_rows, choice_rows, restricted_rows, stale = [], [], [], []
         roles_changed = False
+        items = list(items)
+        patients = [(n, p) for n, p in enumerate(items) if p.rtype == "Patient"]
         now = _now_iso()
         statuses = list(statuses) if statuses is not None else None
         for n, p in enumerate(items):
@@ -292,6 +300,10 @@ class AccessFacts:
                 restricted_rows.extend({"res_type": t, "res_id": i, "patient_id": p.patient_id,
                                         "reason": "private", "basis": basis} for t, i in private)
         changed = bool(rel_rows or choice_rows or restricted_rows or roles_changed)
+        if patients:
+            live = [p for n, p in patients if statuses is None or statuses[n] != "unchanged"]
+            if live:
+                changed = self._identities(conn, live, who, link_requests) or changed
         if stale:
             changed = self._forget(conn, stale) or changed
         if rel_rows:
@@ -307,8 +319,67 @@ class AccessFacts:
     def on_delete(self, conn, rtype: str, rid: str) -> bool:
         """Forget facts derived from a deleted resource."""
         changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype == "PractitionerRole"
+        if rtype == "Patient":
+            vi, pl = schema.verified_identifier, schema.patient_link
+            n = conn.execute(vi.delete().where(vi.c.patient_id == rid)).rowcount or 0
+            n += conn.execute(pl.delete().where(sa.or_(pl.c.patient_id == rid, pl.c.other_id == rid))).rowcount or 0
+            changed = changed or n > 0
         if changed:
             self._bump(conn)
+        return changed
+
+    def _identities(self, conn, patients: list[Prepared], who: Principal | None,
+                    link_requests: list | None) -> bool:
+        """Vouched NHS numbers and links for written Patient resources (see schema.verified_identifier)."""
+        vi, pl = schema.verified_identifier, schema.patient_link
+        now = _now_iso()
+        trusted = who is None or who.role == "system"
+        by = who.name if who is not None else "integration account"
+        ids = [p.id for p in patients]
+        before: dict[str, set[tuple[str, str]]] = {}
+        for pid, system, value in conn.execute(sa.select(vi.c.patient_id, vi.c.system, vi.c.value)
+                                               .where(vi.c.patient_id.in_(ids))):
+            before.setdefault(pid, set()).add((system, value))
+        changed = False
+        for p in patients:
+            resource = p.resource if p.resource is not None else orjson.loads(p.doc)
+            numbers = {(NHS_NUMBER_SYSTEM, i["value"]) for i in resource.get("identifier") or ()
+                       if isinstance(i, dict) and i.get("system") == NHS_NUMBER_SYSTEM
+                       and isinstance(i.get("value"), str)}
+            had = before.get(p.id, set())
+            keep = numbers if trusted else numbers & had
+            if had - keep:
+                conn.execute(vi.delete().where(vi.c.patient_id == p.id,
+                                               sa.tuple_(vi.c.system, vi.c.value).in_(sorted(had - keep))))
+                changed = True
+            if keep - had:
+                conn.execute(vi.insert(), [{"patient_id": p.id, "system": s, "value": v, "verified_by": by,
+                                            "verified_at": now} for s, v in sorted(keep - had)])
+                changed = True
+            others = {i for t, i in (_ref(lk.get("other")) for lk in resource.get("link") or ()
+                                     if isinstance(lk, dict)) if t == "Patient" and i and i != p.id}
+            if trusted:
+                for other in sorted(others):
+                    changed = _confirm_link(conn, p.id, other, basis="integration", by=by) or changed
+                continue
+            # anyone else: a number or a link naming another person's record is a request, never a link
+            claimed = sorted(numbers - had)
+            if claimed:
+                t = schema.idx_token
+                others |= {r[0] for r in conn.execute(
+                    sa.select(t.c.res_id).where(t.c.res_type == "Patient", t.c.param == "identifier",
+                                                t.c.system == NHS_NUMBER_SYSTEM,
+                                                t.c.code.in_([v for _, v in claimed]), t.c.res_id != p.id))}
+                others |= {r[0] for r in conn.execute(
+                    sa.select(vi.c.patient_id).where(vi.c.system == NHS_NUMBER_SYSTEM,
+                                                     vi.c.value.in_([v for _, v in claimed]),
+                                                     vi.c.patient_id != p.id))}
+            for other in sorted(others):
+                req = request_link(conn, who, p.id, other,
+                                   reason=f"{p.rtype}/{p.id} written by {by} names the same person as Patient/{other}"
+                                          " (NHS number or Patient.link)")
+                if req is not None and link_requests is not None:
+                    link_requests.append(req)
         return changed
 
     def _forget(self, conn, bases: list[str]) -> bool:
@@ -524,22 +595,63 @@ def _roles_of(who: Principal) -> sa.Select:
 
 
 def _linked_ids(patient_ids) -> sa.Select:
-    """SELECT other_patient_id for Patient records sharing an NHS number with the given ones."""
-    return _linked_pairs(patient_ids, only_other=True)
+    """SELECT other_patient_id for the confirmed links of the given Patient records (usable inside IN)."""
+    linked = _linked_pairs(patient_ids, only_other=True).subquery()
+    return sa.select(linked.c[0])
 
 
-def _linked_pairs(patient_ids, *, only_other: bool = False) -> sa.Select:
-    """SELECT (patient_id, other_patient_id) for Patient records sharing an NHS number with the given ones.
+def _linked_pairs(patient_ids, *, only_other: bool = False):
+    """SELECT (patient_id, other_patient_id) for the confirmed links of the given Patient records.
 
-    Records of one person held by different organisations (the GP's and the council's) are linked by their
-    NHS number (checked with the modulus 11 test on every write), through the identifier search index.
+    Records of one person held by different organisations (the GP's and the council's) are linked only by a
+    confirmed link: the same NHS number vouched for on both by the integration account (`verified_identifier`),
+    or a `patient_link` row (integration account's Patient.link, confirmed record linkage, or a privacy officer's
+    approval of a link request). An NHS number or Patient.link written by anyone else links nothing.
     """
-    t1 = schema.idx_token.alias("t1")
-    t2 = schema.idx_token.alias("t2")
+    v1 = schema.verified_identifier.alias("v1")
+    v2 = schema.verified_identifier.alias("v2")
+    pl = schema.patient_link
     ids = patient_ids if isinstance(patient_ids, sa.Select) else list(patient_ids)
-    columns = (t2.c.res_id,) if only_other else (t1.c.res_id, t2.c.res_id)
-    return (sa.select(*columns)
-            .select_from(t1.join(t2, sa.and_(t2.c.code == t1.c.code, t2.c.system == t1.c.system,
-                                             t2.c.res_type == "Patient", t2.c.param == "identifier")))
-            .where(t1.c.res_type == "Patient", t1.c.param == "identifier", t1.c.system == NHS_NUMBER_SYSTEM,
-                   t1.c.res_id.in_(ids), t2.c.res_id != t1.c.res_id))
+    by_number = (sa.select(*((v2.c.patient_id,) if only_other else (v1.c.patient_id, v2.c.patient_id)))
+                 .select_from(v1.join(v2, sa.and_(v2.c.system == v1.c.system, v2.c.value == v1.c.value)))
+                 .where(v1.c.patient_id.in_(ids), v2.c.patient_id != v1.c.patient_id))
+    by_link = (sa.select(*((pl.c.other_id,) if only_other else (pl.c.patient_id, pl.c.other_id)))
+               .where(pl.c.patient_id.in_(ids)))
+    return sa.union(by_number, by_link)
+
+
+def _confirm_link(conn, a: str, b: str, *, basis: str, by: str, review_id: str | None = None) -> bool:
+    """Record a confirmed link between two Patient records (both directions); False when it already existed."""
+    pl = schema.patient_link
+    have = {tuple(r) for r in conn.execute(sa.select(pl.c.patient_id, pl.c.other_id).where(
+        sa.tuple_(pl.c.patient_id, pl.c.other_id).in_([(a, b), (b, a)])))}
+    rows = [{"patient_id": x, "other_id": y, "basis": basis, "confirmed_by": by, "confirmed_at": _now_iso(),
+             "review_id": review_id} for x, y in ((a, b), (b, a)) if (x, y) not in have]
+    if rows:
+        conn.execute(pl.insert(), rows)
+    return bool(rows)
+
+
+def linked_already(conn, a: str, b: str) -> bool:
+    """Whether two Patient records are already confirmed as one person's."""
+    return any(o == b for _, o in conn.execute(_linked_pairs([a])))
+
+
+def request_link(conn, who: Principal, a: str, b: str, *, reason: str) -> dict | None:
+    """Queue a request to link two records for the privacy officer (None when already linked, pending or refused).
+
+    A refused pair is remembered: asking again does not re-open it.
+    """
+    if a == b or linked_already(conn, a, b):
+        return None
+    pr = schema.privacy_review
+    pair = sa.or_(sa.and_(pr.c.patient_id == a, pr.c.other_patient_id == b),
+                  sa.and_(pr.c.patient_id == b, pr.c.other_patient_id == a))
+    if conn.execute(sa.select(pr.c.id).where(pr.c.kind == "link", pair,
+                                              pr.c.status.in_(("pending", "rejected")))).first():
+        return None
+    row = {"id": uuid.uuid4().hex, "kind": "link", "patient_id": a, "other_patient_id": b, "entity": f"Patient/{a}",
+           "requested_by": who.name, "requested_role": who.role, "requested_org": who.organization_id,
+           "requested_at": _now_iso(), "reason": reason[:2000], "status": "pending"}
+    conn.execute(pr.insert().values(**row))
+    return row

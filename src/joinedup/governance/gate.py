@@ -37,6 +37,11 @@ SECONDARY_PURPOSES = {"research", "planning", "commissioning", "extract", "analy
 # Notices the web layer shows with a response (e.g. "break-glass until ..."): a list per request, set by
 # the API middleware (see api/governance_routes.py); the gate appends to it.
 access_notices: ContextVar[list | None] = ContextVar("joinedup_access_notices", default=None)
+# The reason a privacy officer states for changing a person's choice on their behalf (X-JoinedUp-Reason header,
+# set by the API middleware in api/privacy_routes.py).
+change_reason: ContextVar[str | None] = ContextVar("joinedup_change_reason", default=None)
+EDITED_BY_URL = "https://joinedup.example/fhir/StructureDefinition/last-edited-by"
+_NOBODY = "\x00no-such-person"  # a person nobody has a relationship with: how a missing entry is refused
 
 
 def _notice(text: str) -> None:
@@ -106,8 +111,7 @@ class Gate:
         if not decision:
             self.audit.record(who, action, allowed=False, reason=decision.reason, entity=entity,
                               patient_id=patient_id, query=query)
-            raise FhirError(403, f"Access refused: {decision.reason}. {how_to_get_access(who, decision)}",
-                            code="forbidden")
+            raise refusal(who, decision)
         if decision.break_glass_until:
             _notice(f"break-glass until {decision.break_glass_until}Z (Patient/{patient_id})")
         return decision
@@ -142,32 +146,29 @@ class Gate:
         _known_type(rtype)
         if rtype == "AuditEvent":
             return self._read_audit(who, rid)
-        stored = self.store.read(rtype, rid) if version is None else self.store.vread(rtype, rid, version)
+        current = self.store.read(rtype, rid)
+        stored = current if version is None else self.store.vread(rtype, rid, version)
         entity = f"{rtype}/{rid}" + (f"/_history/{version}" if version else "")
-        patient = stored.patient_id if stored else None
-        if stored is not None and version is not None and patient is None:
-            current = self.store.read(rtype, rid)
-            patient = current.patient_id if current else None
         action = "vread" if version else "read"
+        if current is None:
+            self._missing(who, action, rtype, rid, entity)
+        if stored is None:  # the entry exists, that version does not: say so only to whoever may read the entry
+            self.read(who, rtype, rid)
+            raise FhirError(404, f"{rtype}/{rid} has no version {version}", code="not-found")
+        # each version is checked against its own person's record (an entry may have been moved between records)
+        patient = stored.patient_id if (version is None or stored.patient_id) else current.patient_id
         facts = None
-        if stored is not None and who.role not in ("system", "patient"):
+        if who.role not in ("system", "patient"):
             label = self.facts.label(rtype, rid, stored.content)
             if version is not None and not label:  # an older version: the current labels count too
-                current = self.store.read(rtype, rid)
-                label = self.facts.label(rtype, rid, current.content) if current else None
+                label = self.facts.label(rtype, rid, current.content)
             facts = self.facts_for(who, patient, stored, label=label)
         decision = self.check(who, action, rtype, patient_id=patient, entity=entity, facts=facts)
         if decision.patient_only and patient != decision.patient_only and \
                 policy.type_rule(rtype)["group"] != DIRECTORY_GROUP:
             self.audit.record(who, action, allowed=False, reason="not part of this person's own record",
                               entity=entity, patient_id=patient)
-            raise FhirError(403, "Access refused: a patient account can only see its own record.",
-                            code="forbidden")
-        if stored is None:
-            self.audit.record(who, action, allowed=True, reason="not found", entity=entity)
-            if version is not None and self.store.read(rtype, rid) is not None:
-                raise FhirError(404, f"{rtype}/{rid} has no version {version}", code="not-found")
-            raise not_found(rtype, rid)
+            raise refusal(who, policy.Decision(False, policy.OWN_RECORD_ONLY))
         self.audit.record(who, action, allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
         if stored.deleted:
             raise gone(rtype, rid)
@@ -213,9 +214,10 @@ class Gate:
         if rtype and rid:
             cur = self.store.read(rtype, rid)
             if cur is None:
-                self.check(who, "history", rtype, entity=f"{rtype}/{rid}")
-                raise not_found(rtype, rid)
+                self._missing(who, "history", rtype, rid, f"{rtype}/{rid}")
             patient = cur.patient_id
+            if who.role not in ("system",):
+                return self._instance_history(who, cur, since=since, count=count, offset=offset)
         decision = self.check(who, "history", rtype, patient_id=patient,
                               entity=f"{rtype}/{rid}" if rid else rtype, item=cur)
         if not rid and who.role != "system" and decision.activity != "*" and not decision.patient_only:
@@ -239,6 +241,51 @@ class Gate:
         self.audit.record(who, "history", allowed=True, reason=decision.reason,
                           entity=f"{rtype}/{rid}" if rid else (rtype or "system"), patient_id=patient)
         return total, rows
+
+    def _missing(self, who: Principal, action: str, rtype: str, rid: str, entity: str) -> None:
+        """Refuse or 404 an entry that does not exist: whoever could not see it if it existed is told exactly what
+        they would be told then (no existence oracle); the integration account and directory readers get 404."""
+        if who.role != "system":
+            self._refuse_if_hidden(who, action, rtype, entity)
+        self.audit.record(who, action, allowed=True, reason="not found", entity=entity)
+        raise not_found(rtype, rid)
+
+    def _refuse_if_hidden(self, who: Principal, action: str, rtype: str, entity: str) -> None:
+        """For an entry that does not exist: refuse exactly as an existing entry of a person the principal has no
+        relationship with would be refused (returns when such an entry would be visible, e.g. the directory)."""
+        probe = policy.decide(who, action, rtype, patient_id=_NOBODY, facts=policy.NO_FACTS)
+        if not probe:
+            self.audit.record(who, action, allowed=False, reason=f"{probe.reason} (no such entry)", entity=entity)
+            raise refusal(who, probe)
+
+    def _version_visible(self, who: Principal, rtype: str, rid: str, row: dict, cur: Stored) -> bool:
+        """Whether one version of an entry may be shown: checked against that version's own person."""
+        pid = row.get("patient_id") or cur.patient_id
+        if who.role == "patient":
+            return pid == who.patient_id or (pid is None and policy.type_rule(rtype)["group"] == DIRECTORY_GROUP)
+        facts = None
+        if pid:
+            f = self.facts
+            rel = f.relationship(who, pid)
+            label = f.label(rtype, rid, row.get("content")) or f.label(rtype, rid, cur.content)
+            own = bool(who.source) and who.source in (row.get("source"), cur.source)
+            facts = policy.Facts(rel, None if rel else f.break_glass_until(who, pid), f.objection(who, pid), label,
+                                 own)
+        return bool(policy.decide(who, "read", rtype, patient_id=pid, facts=facts))
+
+    def _instance_history(self, who: Principal, cur: Stored, *, since: str | None, count: int,
+                          offset: int) -> tuple[int, list[dict]]:
+        """One entry's history for a person or a professional: only the versions they may see, each checked
+        against the record it belonged to; refused as a read of the current entry when they may see none."""
+        rtype, rid = cur.rtype, cur.id
+        _, rows = self.store.history(rtype=rtype, rid=rid, since=since, count=100_000, offset=0)
+        kept = [row for row in rows if self._version_visible(who, rtype, rid, row, cur)]
+        entity = f"{rtype}/{rid}"
+        if not kept:  # nothing they may see: refused as the current entry would be (or empty, if that is allowed)
+            self.check(who, "history", rtype, patient_id=cur.patient_id, entity=entity, item=cur)
+        self.audit.record(who, "history", allowed=True, reason=f"{len(kept)} of {len(rows)} versions shown",
+                          entity=entity, patient_id=cur.patient_id)
+        return len(kept), kept[offset:offset + count]
 
     def everything(self, who: Principal, patient_id: str, *, since: str | None = None,
                    types: set[str] | None = None) -> list[Stored]:
@@ -274,13 +321,15 @@ class Gate:
         resource = copy.deepcopy(resource)
         resource["id"] = new_id()
         prepared = self._prepare(who, resource)
+        requests: list[dict] = []
         with self.store.writing() as conn:
             written = self.store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
-            changed = self.facts.on_write(conn, [prepared], [written.status])
+            changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
         if changed:
             self.facts.invalidate()
         self.audit.record(who, "create", allowed=True, reason=decision.reason, entity=f"{rtype}/{written.id}",
                           patient_id=prepared.patient_id)
+        self._audit_link_requests(who, requests)
         self._emit(who, [written])
         return written
 
@@ -292,18 +341,21 @@ class Gate:
             raise FhirError(400, f"The resource id '{resource.get('id')}' does not match the URL id '{rid}'",
                             code="invalid", expression=[f"{rtype}.id"])
         current = self.store.read(rtype, rid)
-        decision = self._check_write(who, "update", resource,
-                                     current=current if current and not current.deleted else None)
-        prepared = self._prepare(who, copy.deepcopy(resource))
+        live = current if current and not current.deleted else None
+        decision = self._check_write(who, "update", resource, current=live)
+        prepared = self._prepare(who, copy.deepcopy(resource), current=live)
+        requests: list[dict] = []
         with self.store.writing() as conn:
             if if_match is not None:
                 _check_if_match(self.store, conn, rtype, rid, if_match)
             written = self.store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
-            changed = self.facts.on_write(conn, [prepared], [written.status])
+            changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
         if changed:
             self.facts.invalidate()
         self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
                           patient_id=prepared.patient_id)
+        self._after_choice_change(who, decision, f"{rtype}/{rid}", prepared.patient_id)
+        self._audit_link_requests(who, requests)
         self._emit(who, [written])
         return written
 
@@ -312,15 +364,18 @@ class Gate:
         _known_type(rtype)
         current = self.store.read(rtype, rid)
         patient = current.patient_id if current else None
-        decision = self.check(who, "delete", rtype, patient_id=patient, entity=f"{rtype}/{rid}",
-                              item=current if current and not current.deleted else None)
+        entity = f"{rtype}/{rid}"
+        if current is None and who.role != "system":
+            self._refuse_if_hidden(who, "delete", rtype, entity)
+        live = current if current and not current.deleted else None
+        decision = self._check_delete(who, rtype, rid, live)
         with self.store.writing() as conn:
             written = self.store.delete(conn, rtype, rid)
             changed = self.facts.on_delete(conn, rtype, rid) if written else False
         if changed:
             self.facts.invalidate()
-        self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
-                          patient_id=patient)
+        self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
+        self._after_choice_change(who, decision, entity, patient)
         self._emit(who, [written])
         return written
 
@@ -336,7 +391,7 @@ class Gate:
         decision = self.check(who, "import", None, entity=label)
         with self.store.writing() as conn:
             written = self.store.write_prepared(conn, items, method="PUT")
-            changed = self.facts.on_write(conn, items, [w.status for w in written])
+            changed = self.facts.on_write(conn, items, [w.status for w in written], who=who)
         if changed:
             self.facts.invalidate()
         self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
@@ -449,6 +504,12 @@ class Gate:
         patient = self.store.params.patient_of(resource)
         entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
         current_patient = current.patient_id if current else None
+        if current is not None and is_choice(current):
+            choice = self._check_choice_change(who, action, current, entity)
+            if choice is not None:
+                return choice
+        if current is not None:
+            self._check_label_change(who, action, current, resource, entity)
         if current is None and rtype == "Patient" and who.role not in ("system", "patient"):
             # registering a new person: the recording organisation becomes the holding organisation
             decision = self.check(who, "create", rtype, patient_id=None, entity=entity)
@@ -464,14 +525,99 @@ class Gate:
                             code="forbidden")
         return decision
 
-    def _prepare(self, who: Principal, resource: dict) -> Prepared:
+    def _check_delete(self, who: Principal, rtype: str, rid: str, current: Stored | None) -> policy.Decision:
+        entity = f"{rtype}/{rid}"
+        if current is not None and is_choice(current):
+            choice = self._check_choice_change(who, "delete", current, entity)
+            if choice is not None:
+                return choice
+        return self.check(who, "delete", rtype, patient_id=current.patient_id if current else None, entity=entity,
+                          item=current)
+
+    def _check_choice_change(self, who: Principal, action: str, current: Stored,
+                             entity: str) -> policy.Decision | None:
+        """A person's choice (objection, private entries, opt-out) is changed only by the person (or their proxy),
+        the integration account, or a privacy officer stating a reason. Returns the privacy officer's decision, None
+        to go on with the ordinary checks (the person, the integration account), or raises 403."""
+        if who.role in ("system", "patient"):
+            return None
+        patient = current.patient_id
+        if who.role == "privacy-officer":
+            reason = (change_reason.get() or "").strip()
+            if len(reason) < 10:
+                self.audit.record(who, action, allowed=False, reason="a privacy officer changing a person's choice "
+                                  "must state a reason", entity=entity, patient_id=patient)
+                raise FhirError(403, "Access refused: a privacy officer may change a person's choice about sharing "
+                                     "only with a stated reason: send it in the X-JoinedUp-Reason header (at least "
+                                     "10 characters). The change is recorded in the privacy review queue.",
+                                code="forbidden")
+            return policy.Decision(True, f"privacy officer changing the person's choice on their behalf: {reason}"[:900],
+                                   CHOICE_CHANGE)
+        reason = ("this is the person's own choice about sharing their record; only the person, their recorded proxy "
+                  "or a privacy officer stating a reason can change or withdraw it")
+        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=patient)
+        raise FhirError(403, f"Access refused: {reason}. Ask the person, or the privacy officer.", code="forbidden")
+
+    def _check_label_change(self, who: Principal, action: str, current: Stored, resource: dict,
+                            entity: str) -> None:
+        """Only the organisation that recorded an entry may seal it or mark it private."""
+        from joinedup.governance.facts import item_label
+
+        new = item_label(resource)
+        if not new or new == item_label(current.content) or who.role == "system":
+            return
+        if who.source and current.source == who.source:
+            return
+        reason = "only the organisation that recorded this entry can seal it or mark it private"
+        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=current.patient_id)
+        raise FhirError(403, f"Access refused: {reason}. A person can ask for an entry to be kept private from their "
+                             "own record page.", code="forbidden")
+
+    def _after_choice_change(self, who: Principal, decision: policy.Decision, entity: str,
+                             patient_id: str | None) -> None:
+        """A privacy officer's change to a person's choice goes in the privacy review queue."""
+        if decision.activity != CHOICE_CHANGE or not patient_id:
+            return
+        import uuid
+
+        pr = schema.privacy_review
+        with self.store.writing() as conn:
+            conn.execute(pr.insert().values(
+                id=uuid.uuid4().hex, kind="choice-change", patient_id=patient_id, entity=entity,
+                requested_by=who.name, requested_role=who.role, requested_org=who.organization_id,
+                requested_at=_now_iso(), reason=(change_reason.get() or "").strip()[:2000], status="recorded"))
+
+    def _audit_link_requests(self, who: Principal, requests: list[dict]) -> None:
+        """A link attempt grants nothing: it is audited on both records and waits for the privacy officer."""
+        for req in requests:
+            for pid, other in ((req["patient_id"], req["other_patient_id"]),
+                               (req["other_patient_id"], req["patient_id"])):
+                self.audit.record(who, "link-request", allowed=False,
+                                  reason="link to another record of the same person requested; it grants nothing "
+                                         "until a privacy officer approves it", entity=f"Patient/{other}",
+                                  patient_id=pid, detail={"request": req["id"]})
+
+    def _prepare(self, who: Principal, resource: dict, *, current: Stored | None = None) -> Prepared:
         source = who.source
         if who.role == "patient" and who.patient_id:
             # what a person adds to their own record says so; it can never pass for an organisation's entry
             source = f"Patient/{who.patient_id}"
-        if source and who.role != "system":
+        if who.role != "system":
             meta = dict(resource.get("meta") or {})
-            meta["source"] = source
+            extensions = [e for e in meta.get("extension") or () if not (isinstance(e, dict)
+                                                                         and e.get("url") == EDITED_BY_URL)]
+            if current is not None:
+                # editing never changes who recorded the entry; the editor is recorded beside it
+                source = current.source
+                extensions.append(_edited_by(who))
+            if source:
+                meta["source"] = source
+            else:
+                meta.pop("source", None)
+            if extensions:
+                meta["extension"] = extensions
+            else:
+                meta.pop("extension", None)
             resource["meta"] = meta
         return prepare(resource, source=source, validate=False, params=self.store.params)
 
@@ -548,9 +694,9 @@ class Gate:
             if plan["kind"] not in ("create", "put"):
                 if plan["kind"] == "delete":
                     cur = self.store.read(plan["rtype"], plan["id"])
-                    self.check(who, "delete", plan["rtype"], patient_id=cur.patient_id if cur else None,
-                               entity=f"{plan['rtype']}/{plan['id']}",
-                               item=cur if cur and not cur.deleted else None)
+                    if cur is None and who.role != "system":
+                        self._refuse_if_hidden(who, "delete", plan["rtype"], f"{plan['rtype']}/{plan['id']}")
+                    self._check_delete(who, plan["rtype"], plan["id"], cur if cur and not cur.deleted else None)
                 continue
             resource = copy.deepcopy(entries[i]["resource"])
             rewrite_references(resource, mapping)
@@ -563,13 +709,14 @@ class Gate:
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
             current = self.store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
-            self._check_write(who, "update" if plan["kind"] == "put" else "create", resource,
-                              current=current if current and not current.deleted else None)
-            prepared[i] = self._prepare(who, resource)
+            live = current if current and not current.deleted else None
+            self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live)
+            prepared[i] = self._prepare(who, resource, current=live)
         # 3. write everything in one database transaction
         responses: dict[int, dict] = {}
         changed = False
         committed: list[Written] = []
+        requests: list[dict] = []
         with self.store.writing() as conn:
             for i in order:
                 plan = plans[i]
@@ -587,13 +734,15 @@ class Gate:
                         _check_if_match(self.store, conn, plan["rtype"], plan["id"], plan["if_match"])
                     w = self.store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
                                                   else "PUT", skip_unchanged=False)[0]
-                    changed = self.facts.on_write(conn, [prepared[i]], [w.status]) or changed
+                    changed = self.facts.on_write(conn, [prepared[i]], [w.status], who=who,
+                                                  link_requests=requests) or changed
                     committed.append(w)
                     status = "201 Created" if w.status == "created" else "200 OK"
                     responses[i] = _entry_response(status, w.rtype, w.id, w.version, w.last_updated, base_url)
                     responses[i]["resource"] = w.resource
         if changed:
             self.facts.invalidate()
+        self._audit_link_requests(who, requests)
         self._emit(who, committed)
         for i in order:
             plan = plans[i]
@@ -695,6 +844,15 @@ class Gate:
         return SearchResult(total, matches, [], plan.offset + len(matches) < total, plan)
 
 
+def refusal(who: Principal, decision: policy.Decision) -> FhirError:
+    """The 403 for a refused decision. A refusal for want of a relationship reads the same whether or not the entry
+    exists, so that it never tells anyone outside a person's care what that person's record holds."""
+    reason = decision.reason
+    if reason in (policy.NO_RELATIONSHIP, policy.OWN_RECORD_ONLY):
+        reason += ", or there is no such entry"
+    return FhirError(403, f"Access refused: {reason}. {how_to_get_access(who, decision)}", code="forbidden")
+
+
 def how_to_get_access(who: Principal, decision: policy.Decision | None = None) -> str:
     """Plain advice shown with a refusal."""
     reason = decision.reason if decision else ""
@@ -727,6 +885,38 @@ def access_entry(ev: dict) -> dict:
             "role": ((agent.get("role") or [{}])[0]).get("text"), "action": sub,
             "outcome": "allowed" if ev.get("outcome") == "0" else "refused", "reason": ev.get("outcomeDesc"),
             "what": what}
+
+
+CHOICE_CHANGE = "privacy-choice-change"
+
+
+def is_choice(stored: Stored) -> bool:
+    """Whether an entry is one of a person's choices in force (an objection, private entries, an opt-out)."""
+    from joinedup.governance.facts import choices_of
+
+    if stored.rtype != "Consent" or not stored.content:
+        return False
+    choices, private = choices_of(stored.content)
+    return bool(choices or private)
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _edited_by(who: Principal) -> dict:
+    parts: list[dict] = []
+    if who.organization_id:
+        parts.append({"url": "organization", "valueReference": {"reference": f"Organization/{who.organization_id}"}})
+    if who.practitioner_id:
+        parts.append({"url": "practitioner", "valueReference": {"reference": f"Practitioner/{who.practitioner_id}"}})
+    if who.role == "patient" and who.patient_id:
+        parts.append({"url": "patient", "valueReference": {"reference": f"Patient/{who.patient_id}"}})
+    parts.append({"url": "user", "valueString": who.name})
+    parts.append({"url": "edited", "valueInstant": _now_iso()})
+    return {"url": EDITED_BY_URL, "extension": parts}
 
 
 def _known_type(rtype: str, where: str | None = None) -> None:

@@ -44,6 +44,9 @@ class Facts:
 
 
 NO_FACTS = Facts()
+NO_RELATIONSHIP = ("you have no legitimate relationship with this person (not in their care team, not their registered "
+                   "or holding organisation, no open referral or advice request)")
+OWN_RECORD_ONLY = "a patient account can only see its own record"
 # Actions about one entry (item-level rules apply); others act on a collection the gate narrows item by item.
 ITEM_ACTIONS = {"read", "vread", "update", "delete", "history"}
 OBJECTION_EXEMPT = frozenset({"Patient", "Consent"})  # who the person is, and the choices they made
@@ -153,7 +156,7 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
         if rule["group"] in ("audit",) or needed == "never":
             return Decision(False, f"{rtype} is not part of a person's own record", "patient-self-access")
         if patient_id is not None and patient_id != who.patient_id and rule["group"] != "directory":
-            return Decision(False, "a patient account can only see its own record", "patient-self-access")
+            return Decision(False, OWN_RECORD_ONLY, "patient-self-access")
         return Decision(True, "own record", "patient-self-access", patient_only=who.patient_id)
     if needed == "never":
         return Decision(False, f"{rtype} entries are written by the platform only", None)
@@ -165,9 +168,7 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
         return Decision(True, base, needed)
     f = facts or NO_FACTS
     if not f.relationship and not f.break_glass_until:
-        return Decision(False, "you have no legitimate relationship with this person (not in their care team, "
-                               "not their registered or holding organisation, no open referral or advice request)",
-                        needed)
+        return Decision(False, NO_RELATIONSHIP, needed)
     via = (f"relationship: {f.relationship}" if f.relationship
            else f"emergency (break-glass) access until {f.break_glass_until}")
     if action in ITEM_ACTIONS:

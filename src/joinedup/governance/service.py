@@ -62,9 +62,7 @@ def grant_break_glass(gate: Gate, who: Principal, *, patient_id: Any, reason_cat
         raise FhirError(400, f"'hours' must be a number above 0 and at most {limit:g}", code="value",
                         expression=["hours"])
     decision = gate.check(who, "break-glass", "Patient", patient_id=None, entity=f"Patient/{patient_id}")
-    patient = gate.store.read("Patient", patient_id)
-    if patient is None or patient.deleted:
-        raise FhirError(404, f"No person with id '{patient_id}'", code="not-found")
+    # no existence check here: a grant for an id nobody holds reads exactly like any other until it is used
     existing = gate.facts.relationship(who, patient_id)
     if existing:
         raise FhirError(409, f"You already have a relationship with this person ({existing}); "
@@ -208,3 +206,122 @@ __all__ = [
     "review_queue",
     "subject_access_report",
 ]
+
+
+# -- links between records of the same person, and changes to a person's choices (privacy review queue) -------
+LINK_OUTCOMES = ("approved", "rejected")
+
+
+def _review_view(row: dict) -> dict[str, Any]:
+    out = {"id": row["id"], "kind": row["kind"], "patient": f"Patient/{row['patient_id']}",
+           "requested_by": row["requested_by"], "requested_role": row.get("requested_role"),
+           "requested_organisation": row.get("requested_org"), "requested_at": row["requested_at"],
+           "reason": row.get("reason"), "status": row["status"], "decided_by": row.get("decided_by"),
+           "decided_at": row.get("decided_at"), "note": row.get("decision_note")}
+    if row.get("other_patient_id"):
+        out["other_patient"] = f"Patient/{row['other_patient_id']}"
+    if row.get("entity"):
+        out["entity"] = row["entity"]
+    return out
+
+
+def _ref_id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip().removeprefix("Patient/"):
+        raise FhirError(400, f"'{field}' must name a person's record (e.g. \"Patient/123\")", code="required",
+                        expression=[field])
+    return value.strip().removeprefix("Patient/")
+
+
+def link_requests(gate: Gate, who: Principal, *, status: str = "pending", limit: int = 200) -> list[dict[str, Any]]:
+    """Requests to link two records of one person, for the privacy officer (pending first, or by status)."""
+    if status not in ("pending", "approved", "rejected", "all"):
+        raise FhirError(400, "status must be pending, approved, rejected or all", code="value",
+                        expression=["status"])
+    decision = gate.check(who, "review", None, entity="privacy-link-requests")
+    pr = schema.privacy_review
+    q = sa.select(pr).where(pr.c.kind == "link")
+    if status != "all":
+        q = q.where(pr.c.status == status)
+    with gate.store.reading() as conn:
+        rows = conn.execute(q.order_by(pr.c.requested_at).limit(limit)).mappings().all()
+    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-link-requests",
+                      detail={"listed": len(rows), "status": status})
+    return [_review_view(dict(r)) for r in rows]
+
+
+def request_link(gate: Gate, who: Principal, *, patient: Any, other_patient: Any, reason: Any) -> dict[str, Any]:
+    """Ask for two records to be linked as one person's: the integration account links at once; anyone else's
+    request waits for the privacy officer and grants nothing meanwhile."""
+    from joinedup.governance import facts as facts_mod
+
+    a, b = _ref_id(patient, "patient"), _ref_id(other_patient, "other_patient")
+    if a == b:
+        raise FhirError(400, "'patient' and 'other_patient' name the same record", code="value")
+    if not isinstance(reason, str) or len(reason.strip()) < 10:
+        raise FhirError(400, "'reason' must say in words (at least 10 characters) why these are one person",
+                        code="required", expression=["reason"])
+    if who.role == "system":
+        decision = gate.check(who, "update", "Patient", entity=f"Patient/{a}")
+        with gate.store.writing() as conn:
+            facts_mod._confirm_link(conn, a, b, basis="integration", by=who.name)
+            gate.facts._bump(conn)
+        gate.facts.invalidate()
+        for x, y in ((a, b), (b, a)):
+            gate.audit.record(who, "link", allowed=True, reason=f"{decision.reason}; {reason.strip()}"[:1000],
+                              entity=f"Patient/{y}", patient_id=x)
+        return {"status": "approved", "patient": f"Patient/{a}", "other_patient": f"Patient/{b}"}
+    # anyone else must at least be able to act in one of the two records (else they learn nothing either way)
+    gate.check(who, "update", "Patient", patient_id=a, entity=f"Patient/{a}")
+    with gate.store.writing() as conn:
+        row = facts_mod.request_link(conn, who, a, b, reason=reason.strip())
+    if row is None:
+        return {"status": "unchanged", "patient": f"Patient/{a}", "other_patient": f"Patient/{b}",
+                "detail": "already linked, already waiting for review, or refused before"}
+    gate._audit_link_requests(who, [row])
+    return _review_view(row)
+
+
+def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, note: Any = None) -> dict[str, Any]:
+    """The privacy officer approves (the two records become one person's) or rejects (remembered) a link request."""
+    from joinedup.governance import facts as facts_mod
+
+    if outcome not in LINK_OUTCOMES:
+        raise FhirError(400, "'outcome' must be 'approved' or 'rejected'", code="value", expression=["outcome"])
+    if note is not None and (not isinstance(note, str) or len(note) > 2000):
+        raise FhirError(400, "'note' must be text of at most 2000 characters", code="value", expression=["note"])
+    decision = gate.check(who, "review", None, entity=f"link-request/{request_id}")
+    pr = schema.privacy_review
+    with gate.store.writing() as conn:
+        row = conn.execute(sa.select(pr).where(pr.c.id == request_id, pr.c.kind == "link")).mappings().first()
+        if row is None:
+            raise FhirError(404, f"No link request '{request_id}'", code="not-found")
+        if row["requested_by"] == who.name:
+            raise FhirError(403, "Access refused: nobody reviews their own link request.", code="forbidden")
+        if row["status"] != "pending":
+            raise FhirError(409, f"Link request {request_id} was already decided ({row['status']} by "
+                                 f"{row['decided_by']})", code="conflict")
+        values = {"status": outcome, "decided_by": who.name, "decided_at": _iso(_now()),
+                  "decision_note": (note or "").strip() or None}
+        conn.execute(pr.update().where(pr.c.id == request_id).values(**values))
+        if outcome == "approved":
+            facts_mod._confirm_link(conn, row["patient_id"], row["other_patient_id"], basis="review", by=who.name,
+                                    review_id=request_id)
+            gate.facts._bump(conn)
+    if outcome == "approved":
+        gate.facts.invalidate()
+    for x, y in ((row["patient_id"], row["other_patient_id"]), (row["other_patient_id"], row["patient_id"])):
+        gate.audit.record(who, "link-review", allowed=True, reason=f"{decision.reason}; link {outcome}",
+                          entity=f"Patient/{y}", patient_id=x, detail={"request": request_id, "outcome": outcome})
+    return _review_view({**dict(row), **values})
+
+
+def choice_changes(gate: Gate, who: Principal, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Changes privacy officers made to people's choices on their behalf, newest first, with their reasons."""
+    decision = gate.check(who, "review", None, entity="privacy-choice-changes")
+    pr = schema.privacy_review
+    with gate.store.reading() as conn:
+        rows = conn.execute(sa.select(pr).where(pr.c.kind == "choice-change")
+                            .order_by(pr.c.requested_at.desc()).limit(limit)).mappings().all()
+    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-choice-changes",
+                      detail={"listed": len(rows)})
+    return [_review_view(dict(r)) for r in rows]

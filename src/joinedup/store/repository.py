@@ -141,7 +141,7 @@ class Store:
         )
         self._sql_version = (
             "INSERT INTO resource_version (res_type, id, version, last_updated, source, deleted, method,"
-            f" content) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp})"
+            f" content, patient_id) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp}, {ph})"
         )
         self._sql_index = {
             kind: (f"INSERT INTO {table} (res_type, res_id, {', '.join(cols)}) VALUES "
@@ -233,15 +233,17 @@ class Store:
         """A specific version of a resource."""
         v = _version_table()
         with self.reading() as conn:
-            row = conn.execute(sa.select(v.c.deleted, v.c.content, v.c.last_updated, v.c.source)
+            row = conn.execute(sa.select(v.c.deleted, v.c.content, v.c.last_updated, v.c.source, v.c.patient_id)
                                .where(v.c.res_type == rtype, v.c.id == rid, v.c.version == version)).first()
         if row is None:
             return None
-        return Stored(rtype, rid, version, bool(row[0]), self._load(row[1], version, row[2]), row[2], row[3])
+        return Stored(rtype, rid, version, bool(row[0]), self._load(row[1], version, row[2]), row[2], row[3],
+                      row[4])
 
     def history(self, *, rtype: str | None = None, rid: str | None = None, since: str | None = None,
                 count: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
-        """Versions newest first, as (total, [{rtype, id, version, deleted, method, content, last_updated}])."""
+        """Versions newest first, as (total, [{rtype, id, version, deleted, method, content, last_updated,
+        patient_id, source}]) - each version with the person whose record it belonged to."""
         v = _version_table()
         cond = []
         if rtype:
@@ -254,13 +256,14 @@ class Store:
             total = conn.execute(sa.select(sa.func.count()).select_from(v).where(*cond)).scalar_one()
             rows = conn.execute(
                 sa.select(v.c.res_type, v.c.id, v.c.version, v.c.deleted, v.c.method, v.c.content,
-                          v.c.last_updated)
+                          v.c.last_updated, v.c.patient_id, v.c.source)
                 .where(*cond).order_by(v.c.last_updated.desc(), v.c.version.desc())
                 .limit(count).offset(offset)
             ).all()
         return total, [
             {"rtype": r[0], "id": r[1], "version": r[2], "deleted": bool(r[3]), "method": r[4],
-             "content": self._load(r[5], r[2], r[6]), "last_updated": r[6]} for r in rows
+             "content": self._load(r[5], r[2], r[6]), "last_updated": r[6], "patient_id": r[7], "source": r[8]}
+            for r in rows
         ]
 
     def compartment(self, patient_id: str, *, types: set[str] | None = None,
@@ -334,17 +337,17 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
     def current_versions(self, conn: sa.Connection, rtype: str, ids: list[str],
-                         lock: bool = False) -> dict[str, tuple[int, str | None, bool]]:
-        """{id: (version, content_hash, deleted)} for the ids that exist."""
+                         lock: bool = False) -> dict[str, tuple[int, str | None, bool, str | None]]:
+        """{id: (version, content_hash, deleted, patient_id)} for the ids that exist (deleted ones included)."""
         r = _resource_table()
-        out: dict[str, tuple[int, str | None, bool]] = {}
+        out: dict[str, tuple[int, str | None, bool, str | None]] = {}
         for chunk in _chunks(ids, 500):
-            q = sa.select(r.c.id, r.c.version, r.c.content_hash, r.c.deleted).where(
+            q = sa.select(r.c.id, r.c.version, r.c.content_hash, r.c.deleted, r.c.patient_id).where(
                 r.c.res_type == rtype, r.c.id.in_(chunk))
             if lock and self._pg:
                 q = q.with_for_update()
             for row in conn.execute(q):
-                out[row[0]] = (row[1], row[2], bool(row[3]))
+                out[row[0]] = (row[1], row[2], bool(row[3]), row[4])
         return out
 
     def write_prepared(self, conn: sa.Connection, items: list[Prepared], *, method: str = "PUT",
@@ -366,7 +369,11 @@ class Store:
             key = (p.rtype, p.id)
             old = existing.get(key)
             if key in seen:  # same id twice in one batch: the later one is a new version
-                old = (seen[key], None, False)
+                old = (seen[key], None, False, p.patient_id)
+            if old and old[2] and old[3] and old[3] != p.patient_id:
+                raise FhirError(409, f"{p.rtype}/{p.id} was deleted from another person's record and its id is not "
+                                     "reused for a different person: create the entry with a new id",
+                                code="conflict")
             if old and skip_unchanged and not old[2] and old[1] == p.hash:
                 results.append(Written(p.rtype, p.id, old[0], "unchanged"))
                 continue
@@ -382,7 +389,7 @@ class Store:
             doc = p.doc
             upserts.append((p.rtype, p.id, version, column_instant, p.source, p.patient_id, False, p.hash, doc))
             versions.append((p.rtype, p.id, version, column_instant, p.source, False,
-                             "PUT" if old else ("POST" if method == "POST" else "PUT"), doc))
+                             "PUT" if old else ("POST" if method == "POST" else "PUT"), doc, p.patient_id))
             if old:
                 unindex.append((p.id, p.rtype))
             for kind, rows in p.rows.items():
@@ -423,7 +430,7 @@ class Store:
         try:
             for sql in self._sql_unindex.values():
                 cur.execute(sql, (rid, rtype))
-            cur.execute(self._sql_version, (rtype, rid, version, column_instant, None, True, "DELETE", None))
+            cur.execute(self._sql_version, (rtype, rid, version, column_instant, None, True, "DELETE", None, cur_v[3]))
             cur.execute(f"UPDATE resource SET version = {ph}, last_updated = {ph}, deleted = {ph},"
                         f" content_hash = NULL WHERE res_type = {ph} AND id = {ph}",
                         (version, column_instant, True, rtype, rid))
