@@ -13,7 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "synthea-10-patients"
+# The Synthea 10-patient bulk export, shipped as test data (Apache-2.0; see tests/data/synthea-10-patients/README.md)
+SAMPLES = Path(__file__).resolve().parent / "data" / "synthea-10-patients"
+
+
+def sample_lines(name: str) -> list[str]:
+    """The NDJSON lines of one file of the Synthea sample (e.g. "MedicationRequest")."""
+    import gzip
+
+    with gzip.open(SAMPLES / f"{name}.000.ndjson.gz", "rt", encoding="utf-8") as f:
+        return [line for line in f.read().splitlines() if line.strip()]
 PG_URL = os.environ.get("JOINEDUP_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 

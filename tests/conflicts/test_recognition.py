@@ -11,8 +11,8 @@ import pytest
 from joinedup.conflicts.detect import recognise_medicine
 from joinedup.conflicts.knowledge import load_knowledge, recognise_condition_text, recognise_medicine_text
 from joinedup.conflicts.service import check_record
+from tests.conftest import sample_lines
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "synthea-10-patients"
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -74,18 +74,17 @@ def test_condition_text(text: str, key: str | None) -> None:
 def _synthea_people() -> dict[str, list[dict]]:
     people: dict[str, list[dict]] = defaultdict(list)
     for name in ["Patient", "Condition", "MedicationRequest", "AllergyIntolerance"]:
-        for line in (SAMPLES / f"{name}.000.ndjson").read_text().splitlines():
+        for line in sample_lines(name):
             r = json.loads(line)
             ref = f"Patient/{r['id']}" if name == "Patient" else (r.get("subject") or r.get("patient"))["reference"]
             people[ref].append(r)
     return people
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared Synthea sample not present")
 def test_synthea_medicines_all_recognised() -> None:
     kb = load_knowledge()
     seen = {}
-    for line in (SAMPLES / "MedicationRequest.000.ndjson").read_text().splitlines():
+    for line in sample_lines("MedicationRequest"):
         cc = json.loads(line)["medicationCodeableConcept"]
         seen[cc["coding"][0]["code"]] = cc
     missing = [cc["text"] for cc in seen.values() if not recognise_medicine(kb, cc)[0]]
@@ -95,7 +94,6 @@ def test_synthea_medicines_all_recognised() -> None:
     assert not text_missing, text_missing
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared Synthea sample not present")
 def test_synthea_people_check_end_to_end() -> None:
     people = _synthea_people()
     assert len(people) >= 10

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from joinedup.fhir.fastvalid import is_certainly_valid
 from joinedup.fhir.validation import model_class
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_lines
 
 MUTANTS = [None, "", " ", "x y", 0, -1, 3.5, True, [], {}, [1], ["a"], {"a": 1}, "2023-02-30", "2023-13-01",
            "2023-01-01T10:00", "2023-01-01T10:00:00", "2023-01-01T25:00:00Z", "not a date", "urn:uuid:x",
@@ -20,14 +20,11 @@ MUTANTS = [None, "", " ", "x y", 0, -1, 3.5, True, [], {}, [1], ["a"], {"a": 1},
 
 def _sample(n_per_file: int = 40) -> list[dict]:
     docs = []
-    for f in sorted(SAMPLES.glob("*.ndjson")):
-        if f.name == "log.ndjson":
+    for f in sorted(SAMPLES.glob("*.ndjson.gz")):
+        if f.name == "log.ndjson.gz":
             continue
-        with f.open("rb") as fh:
-            for i, line in enumerate(fh):
-                if i >= n_per_file:
-                    break
-                docs.append(orjson.loads(line))
+        for line in sample_lines(f.name.removesuffix(".000.ndjson.gz"))[:n_per_file]:
+            docs.append(orjson.loads(line))
     return docs
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from joinedup.cli import app
 from joinedup.governance.identity import SYSTEM
 from joinedup.interop.bulk_import import import_paths
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_lines
 
 TOTAL = 7160
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -20,10 +20,10 @@ NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 def _sample_resources() -> list[dict]:
     out = []
-    for f in sorted(SAMPLES.glob("*.ndjson")):
-        if f.name == "log.ndjson":
+    for f in sorted(SAMPLES.glob("*.ndjson.gz")):
+        if f.name == "log.ndjson.gz":
             continue
-        out.extend(json.loads(line) for line in f.read_text().splitlines() if line.strip())
+        out.extend(json.loads(line) for line in sample_lines(f.name.removesuffix(".000.ndjson.gz")))
     return out
 
 

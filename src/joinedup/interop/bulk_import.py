@@ -62,7 +62,7 @@ def discover(paths: Iterable[Path]) -> list[Path]:
 
 
 def _importable(p: Path) -> bool:
-    name = p.name.lower()
+    name = p.name.lower().removesuffix(".gz")
     if name in ("log.ndjson", "ground-truth.json", "ground-truth.ndjson", "manifest.json") or "rejects" in name:
         return False
     return name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".json", ".json.gz"))
