@@ -378,15 +378,15 @@ def notifier_for(gate: Gate) -> Notifier | None:
 
 
 # -- reading the inbox (through policy) -------------------------------------------------------------------------
-def _professional(who: Principal) -> None:
+def _professional(gate: Gate, who: Principal) -> None:
     if who.role in ("patient", "analyst"):
-        raise FhirError(403, "Access refused: the notification inbox is for professionals caring for people.",
-                        code="forbidden")
+        raise gate.refuse(who, "Access refused: the notification inbox is for professionals caring for people.",
+                          action="read", entity="inbox")
 
 
 def inbox(*, gate: Gate, who: Principal, unread_only: bool = False, limit: int = 100) -> dict[str, Any]:
     """The user's inbox, newest first; people's names are read through the gate (hidden once access ends)."""
-    _professional(who)
+    _professional(gate, who)
     q = sa.select(_inbox).where(_inbox.c.user_name == who.name)
     if unread_only:
         q = q.where(_inbox.c.read_at.is_(None))
@@ -427,7 +427,7 @@ def unread_count(*, gate: Gate, who: Principal) -> int:
 
 def mark_read(*, gate: Gate, who: Principal, item_id: int | None = None) -> int:
     """Mark one item (or, with no id, all) as read; 404 when the item is not the user's."""
-    _professional(who)
+    _professional(gate, who)
     cond = [_inbox.c.user_name == who.name, _inbox.c.read_at.is_(None)]
     with gate.store.writing() as conn:
         if item_id is not None:
@@ -441,7 +441,7 @@ def mark_read(*, gate: Gate, who: Principal, item_id: int | None = None) -> int:
 
 def preferences(*, gate: Gate, who: Principal) -> dict[str, bool]:
     """Which event types the user receives (all on unless turned off)."""
-    _professional(who)
+    _professional(gate, who)
     with gate.store.reading() as conn:
         rows = dict(conn.execute(sa.select(_prefs.c.event_type, _prefs.c.enabled).where(
             _prefs.c.user_name == who.name)).all())
@@ -450,7 +450,7 @@ def preferences(*, gate: Gate, who: Principal) -> dict[str, bool]:
 
 def set_preferences(*, gate: Gate, who: Principal, choices: dict[str, Any]) -> dict[str, bool]:
     """Turn event types on or off; an unknown event type or a non-boolean choice is refused (400)."""
-    _professional(who)
+    _professional(gate, who)
     if not isinstance(choices, dict) or not choices:
         raise FhirError(400, "Send an object of event types and true/false, e.g. {\"admission\": true}",
                         code="invalid")

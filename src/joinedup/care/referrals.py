@@ -273,8 +273,8 @@ def check_route(*, gate: Gate, who: Principal, patient_id: str, organization_id:
 def _me(gate: Gate, who: Principal) -> dict[str, Any]:
     """The principal as a reference with a display name (their Practitioner record when there is one)."""
     if not who.practitioner_id:
-        raise FhirError(403, "Only a professional linked to a practitioner record can send or answer referrals and "
-                             "advice requests", code="forbidden")
+        raise gate.refuse(who, "Only a professional linked to a practitioner record can send or answer referrals and "
+                               "advice requests", action="create", entity="ServiceRequest")
     try:
         prac = gate.read(who, "Practitioner", who.practitioner_id).content
         name = person_name(prac)
@@ -556,8 +556,9 @@ def _act(*, gate: Gate, who: Principal, request_id: str, action: str, text: str 
             raise _refuse_closed(state, labels.get(action, action))
         side = _side(who, sr)
         if side is None:
-            raise FhirError(403, "Only the requester's side or the recipient's side can take part in this "
-                                 "conversation; you can read it because you care for the person.", code="forbidden")
+            raise gate.refuse(who, "Only the requester's side or the recipient's side can take part in this "
+                                   "conversation; you can read it because you care for the person.", action="update",
+                              entity=f"ServiceRequest/{request_id}", patient_id=_ref_id(sr.get("subject"), "Patient"))
         if action in ("reply", "ask-more") and side != "recipient":
             raise FhirError(422, "Replies and requests for more information come from the recipient; as the requester "
                                  "add further information instead", code="business-rule")
@@ -648,8 +649,8 @@ def convert(*, gate: Gate, who: Principal, request_id: str, text: str | None = N
         raise _refuse_closed(state, "conversion into a referral")
     side = _side(who, sr)
     if side is None:
-        raise FhirError(403, "Only the requester's side or the recipient's side can convert this advice request",
-                        code="forbidden")
+        raise gate.refuse(who, "Only the requester's side or the recipient's side can convert this advice request",
+                          action="update", entity=f"ServiceRequest/{request_id}", patient_id=_ref_id(sr.get("subject"), "Patient"))
     body = _check_text(text, "text", required=False) or next((n.get("text") for n in sr.get("note") or []), "") \
         or "Referral following advice and guidance"
     when = at or now_iso()

@@ -51,8 +51,9 @@ def accept(*, gate: Gate, who: Principal, patient_id: str, finding: str, due: st
             raise FhirError(409, "This person has no key worker yet: name one (key worker handover) before accepting "
                                  "a review merge", code="business-rule")
         if kw["practitioner_id"] != who.practitioner_id:
-            raise FhirError(403, f"Only the person's key worker ({kw['name']}, {kw['organization']}) can accept a "
-                                 "review merge into the care plan", code="forbidden")
+            raise gate.refuse(who, f"Only the person's key worker ({kw['name']}, {kw['organization']}) can accept a "
+                                   "review merge into the care plan", action="update", entity="CarePlan",
+                              patient_id=patient_id)
     plan = plan_service.get_plan(gate=gate, who=who, patient_id=patient_id)
     props = proposals(gate=gate, who=who, patient_id=patient_id, plan=plan)
     p = next((x for x in props if x["finding"] == finding), None)

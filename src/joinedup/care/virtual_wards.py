@@ -190,8 +190,9 @@ def admit(*, gate: Gate, who: Principal, ward_id: str, patient_id: str, limits: 
     ward = get_ward(gate=gate, who=who, ward_id=ward_id)
     role, words = DECIDER[ward["kind"]]
     if who.role != role or not who.practitioner_id:
-        raise FhirError(403, f"Access refused: admission to {ward['kind_name'].lower()} '{ward['name']}' is "
-                             f"decided by {words}; your role is '{who.role}'.", code="forbidden")
+        raise gate.refuse(who, f"Access refused: admission to {ward['kind_name'].lower()} '{ward['name']}' is "
+                               f"decided by {words}; your role is '{who.role}'.", action="create",
+                          entity="EpisodeOfCare", patient_id=patient_id)
     agreed = check_limits(limits)
     gate.read(who, "Patient", patient_id)  # the person exists and the decider may see them
     current = [e for e in _admissions(gate, SYSTEM, patient_id=patient_id)]
@@ -228,8 +229,8 @@ def discharge(*, gate: Gate, who: Principal, episode_id: str) -> dict:
         raise FhirError(409, "This virtual ward stay has already ended", code="conflict")
     kind = get_ward(gate=gate, who=who, ward_id=_ward_of(eoc))["kind"]
     if who.role != DECIDER[kind][0] and not _may_write_episode(who):
-        raise FhirError(403, f"Access refused: discharge from this ward is decided by {DECIDER[kind][1]}.",
-                        code="forbidden")
+        raise gate.refuse(who, f"Access refused: discharge from this ward is decided by {DECIDER[kind][1]}.",
+                          action="update", entity=f"EpisodeOfCare/{episode_id}")
     new = {k: v for k, v in eoc.items() if k != "meta"}
     new["status"] = "finished"
     new["period"] = {**(eoc.get("period") or {}), "end": _iso(_now())}

@@ -92,8 +92,8 @@ def review_finding(*, gate: Any, who: Principal, patient_id: str, fingerprint: s
     shown) is refused with 409 so nobody acknowledges something they have not seen."""
     if not sees_medicines(who):
         reason = "recording a review of a medicines alert needs a clinical role (one that sees the clinical record)"
-        gate.audit.record(who, "update", allowed=False, reason=reason, entity=cds.ACK_TYPE, patient_id=patient_id)
-        raise FhirError(403, reason[:1].upper() + reason[1:] + ".", code="forbidden")
+        raise gate.refuse(who, reason[:1].upper() + reason[1:] + ".", action="update", entity=cds.ACK_TYPE,
+                          patient_id=patient_id)
     if outcome not in REVIEW_OUTCOMES:
         raise FhirError(422, f"choose what you decided: {' or '.join(REVIEW_OUTCOMES.values())}", code="required")
     comment = (comment or "").strip()

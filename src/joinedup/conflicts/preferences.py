@@ -29,7 +29,8 @@ def threshold(*, gate: Any, who: Principal) -> str:
 def set_threshold(*, gate: Any, who: Principal, min_severity: Any) -> str:
     """Choose the lowest severity shown; anything but low / moderate / high is refused (422)."""
     if who.role in ("patient", "analyst"):
-        raise FhirError(403, "Alert settings are for clinicians who see decision support.", code="forbidden")
+        raise gate.refuse(who, "Alert settings are for clinicians who see decision support.", action="update",
+                          entity="alert-settings")
     if min_severity not in THRESHOLDS:
         raise FhirError(422, f"min_severity must be one of: {', '.join(THRESHOLDS)} (high and critical alerts are "
                              "always shown)", code="value")

@@ -331,7 +331,7 @@ class AccessFacts:
     def _identities(self, conn, patients: list[Prepared], who: Principal | None,
                     link_requests: list | None) -> bool:
         """Vouched NHS numbers and links for written Patient resources (see schema.verified_identifier)."""
-        vi, pl = schema.verified_identifier, schema.patient_link
+        vi = schema.verified_identifier
         now = _now_iso()
         trusted = who is None or who.role == "system"
         by = who.name if who is not None else "integration account"

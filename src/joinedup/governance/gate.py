@@ -116,6 +116,13 @@ class Gate:
             _notice(f"break-glass until {decision.break_glass_until}Z (Patient/{patient_id})")
         return decision
 
+    def refuse(self, who: Principal, message: str, *, action: str, entity: str | None = None,
+               patient_id: str | None = None) -> FhirError:
+        """A refusal decided outside the policy (a domain's own rule, e.g. only the key worker may accept a merge):
+        audited like every other refusal; returns the 403 to raise."""
+        self.audit.record(who, action, allowed=False, reason=message[:1000], entity=entity, patient_id=patient_id)
+        return FhirError(403, message, code="forbidden")
+
     def visible(self, who: Principal, s: Stored, action: str = "read") -> bool:
         """Whether one entry may be shown to the principal (no audit: callers audit the whole response)."""
         return bool(policy.decide(who, action, s.rtype, patient_id=s.patient_id,

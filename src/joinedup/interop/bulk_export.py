@@ -96,7 +96,8 @@ def get_job(gate: Gate, who: Principal, job_id: str) -> dict:
     if row is None:
         raise FhirError(404, f"No export job '{job_id}'", code="not-found")
     if row["user_name"] != who.name and who.role != "system":
-        raise FhirError(403, "This export job belongs to another user", code="forbidden")
+        raise gate.refuse(who, "This export job belongs to another user", action="export",
+                          entity=f"export-job/{job_id}")
     return dict(row)
 
 

@@ -28,9 +28,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _person(who: Principal, refusal: str) -> str:
+def _person(gate: Gate, who: Principal, refusal: str, action: str) -> str:
     if who.role != "patient" or not who.patient_id:
-        raise FhirError(403, refusal, code="forbidden")
+        raise gate.refuse(who, refusal, action=action, entity="own-record")
     return who.patient_id
 
 
@@ -46,8 +46,8 @@ def _words(text: str, empty: str) -> str:
 def add_what_matters(*, gate: Gate, who: Principal, text: str) -> str:
     """What matters to the person, in their own words: an Observation they write (the gate marks it as theirs),
     shown to everyone caring for them under About me. Returns the person's id."""
-    pid = _person(who, "Only the person can add to their record in their own words here; professionals record "
-                       "what matters in the care plan.")
+    pid = _person(gate, who, "Only the person can add to their record in their own words here; professionals record "
+                       "what matters in the care plan.", "create")
     words = _words(text, "Write what matters to you before adding it.")
     gate.create(who, {"resourceType": "Observation", "status": "final", "code": {"text": "What matters to me"},
                       "subject": {"reference": f"Patient/{pid}"}, "performer": [{"reference": f"Patient/{pid}"}],
@@ -58,7 +58,7 @@ def add_what_matters(*, gate: Gate, who: Principal, text: str) -> str:
 def ask_correction(*, gate: Gate, who: Principal, text: str, organisation: str = "") -> str:
     """A request from the person to correct their record: a Communication from them, addressed to the organisation
     they name (if any); it reaches their GP, care team and that organisation as a notification. Returns their id."""
-    pid = _person(who, "Only the person can ask for their own record to be corrected here.")
+    pid = _person(gate, who, "Only the person can ask for their own record to be corrected here.", "create")
     words = _words(text, "Say what is wrong or missing before sending.")
     if organisation and not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", organisation):
         raise FhirError(422, "Choose one of the organisations listed.", code="value")
@@ -76,8 +76,8 @@ def ask_correction(*, gate: Gate, who: Principal, text: str, organisation: str =
 def access_log(*, gate: Gate, who: Principal, mine: bool = False, everything: bool = False) -> dict[str, Any]:
     """Who looked at the person's record, newest first, in plain words (directory names, roles, what was opened);
     the person's own visits are left out unless `mine`."""
-    pid = _person(who, "This page is a person's view of their own record. Privacy officers see access logs under "
-                       "Privacy reviews.")
+    pid = _person(gate, who, "This page is a person's view of their own record. Privacy officers see access logs under "
+                       "Privacy reviews.", "search")
     gate.audit.flush()
     total, entries = gate.access_log(who, count=1000 if everything else 200)
     shown = [e for e in entries if mine or e.get("practitioner") != f"Patient/{pid}"]
