@@ -319,11 +319,8 @@ class AccessFacts:
     def on_delete(self, conn, rtype: str, rid: str) -> bool:
         """Forget facts derived from a deleted resource."""
         changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype == "PractitionerRole"
-        if rtype == "Patient":
-            vi, pl = schema.verified_identifier, schema.patient_link
-            n = conn.execute(vi.delete().where(vi.c.patient_id == rid)).rowcount or 0
-            n += conn.execute(pl.delete().where(sa.or_(pl.c.patient_id == rid, pl.c.other_id == rid))).rowcount or 0
-            changed = changed or n > 0
+        # a deleted Patient keeps its vouched numbers and links: deleting one record never unlinks the person's
+        # others (their choices recorded on it keep covering them), and its id is never registered again
         if changed:
             self._bump(conn)
         return changed
@@ -347,7 +344,9 @@ class AccessFacts:
                        if isinstance(i, dict) and i.get("system") == NHS_NUMBER_SYSTEM
                        and isinstance(i.get("value"), str)}
             had = before.get(p.id, set())
-            keep = numbers if trusted else numbers & had
+            # only the integration account un-vouches a number: anyone else removing it unlinks nothing (or a
+            # professional could lift the person's objection recorded on the other record by editing this one)
+            keep = numbers if trusted else had
             if had - keep:
                 conn.execute(vi.delete().where(vi.c.patient_id == p.id,
                                                sa.tuple_(vi.c.system, vi.c.value).in_(sorted(had - keep))))

@@ -349,8 +349,8 @@ class Gate:
                             code="invalid", expression=[f"{rtype}.id"])
         current = self.store.read(rtype, rid)
         live = current if current and not current.deleted else None
-        decision = self._check_write(who, "update", resource, current=live)
-        prepared = self._prepare(who, copy.deepcopy(resource), current=live)
+        decision = self._check_write(who, "update", resource, current=live, previous=current)
+        prepared = self._prepare(who, copy.deepcopy(resource), current=current)
         requests: list[dict] = []
         with self.store.writing() as conn:
             if if_match is not None:
@@ -505,8 +505,10 @@ class Gate:
         return self.store.types_present()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _check_write(self, who: Principal, action: str, resource: dict, *,
-                     current: Stored | None = None) -> policy.Decision:
+    def _check_write(self, who: Principal, action: str, resource: dict, *, current: Stored | None = None,
+                     previous: Stored | None = None) -> policy.Decision:
+        """Check a create or update (`current`: the live entry it replaces; `previous`: what the store holds at that
+        id, a deleted entry's tombstone included)."""
         rtype = resource["resourceType"]
         patient = self.store.params.patient_of(resource)
         entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
@@ -515,8 +517,12 @@ class Gate:
             choice = self._check_choice_change(who, action, current, entity)
             if choice is not None:
                 return choice
-        if current is not None:
-            self._check_label_change(who, action, current, resource, entity)
+        if current is not None or previous is not None:
+            self._check_label_change(who, action, current or previous, resource, entity)
+        if rtype == "Patient" and current is None and who.role != "system":
+            self._check_new_person_id(who, action, resource.get("id"), previous, entity)
+        if rtype == "Consent" and who.role not in ("system", "patient"):
+            self._check_private_choice(who, action, resource, entity)
         if current is None and rtype == "Patient" and who.role not in ("system", "patient"):
             # registering a new person: the recording organisation becomes the holding organisation
             decision = self.check(who, "create", rtype, patient_id=None, entity=entity)
@@ -531,6 +537,31 @@ class Gate:
             raise FhirError(403, "Access refused: a patient account can only add to its own record.",
                             code="forbidden")
         return decision
+
+    def _check_private_choice(self, who: Principal, action: str, resource: dict, entity: str) -> None:
+        """Marking entries private is the person's choice (or the recording organisation's seal): a professional's
+        Consent naming entries to keep private would hide another organisation's entries on the person's behalf."""
+        from joinedup.governance.facts import choices_of
+
+        if not choices_of({**resource, "status": "active"})[1]:
+            return
+        reason = ("only the person (or their proxy) can mark entries of their record private; an organisation can "
+                  "seal its own entries")
+        self.audit.record(who, action, allowed=False, reason=reason, entity=entity,
+                          patient_id=self.store.params.patient_of(resource))
+        raise FhirError(403, f"Access refused: {reason}.", code="forbidden")
+
+    def _check_new_person_id(self, who: Principal, action: str, rid: str | None, previous: Stored | None,
+                             entity: str) -> None:
+        """Registering a person at an id already in use here (a deleted record, or entries that name it) would hand
+        the registering organisation whatever is filed under that id: only a fresh id may be registered."""
+        if not rid:
+            return
+        if previous is None and not self.store.compartment_in_use(rid):
+            return
+        reason = "this id already names a person's record here (or did): register a new person with POST"
+        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=rid)
+        raise FhirError(409, f"Patient/{rid}: {reason}, and the server assigns a new id.", code="conflict")
 
     def _check_delete(self, who: Principal, rtype: str, rid: str, current: Stored | None) -> policy.Decision:
         entity = f"{rtype}/{rid}"
@@ -571,7 +602,7 @@ class Gate:
         from joinedup.governance.facts import item_label
 
         new = item_label(resource)
-        if not new or new == item_label(current.content) or who.role == "system":
+        if not new or (not current.deleted and new == item_label(current.content)) or who.role == "system":
             return
         if who.source and current.source == who.source:
             return
@@ -717,8 +748,9 @@ class Gate:
                 raise _entry_error(exc, i) from None
             current = self.store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
             live = current if current and not current.deleted else None
-            self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live)
-            prepared[i] = self._prepare(who, resource, current=live)
+            self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live,
+                              previous=current)
+            prepared[i] = self._prepare(who, resource, current=current)
         # 3. write everything in one database transaction
         responses: dict[int, dict] = {}
         changed = False

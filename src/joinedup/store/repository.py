@@ -266,6 +266,12 @@ class Store:
             for r in rows
         ]
 
+    def compartment_in_use(self, patient_id: str) -> bool:
+        """Whether any entry (deleted ones included) is, or was, filed under this person's id."""
+        r = _resource_table()
+        with self.reading() as conn:  # tombstones keep their person, so deleted entries count
+            return conn.execute(sa.select(r.c.id).where(r.c.patient_id == patient_id).limit(1)).first() is not None
+
     def compartment(self, patient_id: str, *, types: set[str] | None = None,
                     since: str | None = None) -> list[Stored]:
         """Every current resource in a patient's compartment (the Patient itself included)."""
