@@ -55,9 +55,30 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     """Serve the API (FHIR at /fhir, OpenAPI docs at /docs) and web app."""
     import uvicorn
 
+    _trust_bound_host(host)
     _gate()  # migrate before workers start
     uvicorn.run("joinedup.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
+
+
+def _trust_bound_host(host: str) -> None:
+    """Requests must name a trusted host (JOINEDUP_TRUSTED_HOSTS): the interface served on is trusted too;
+    on every interface (0.0.0.0, ::) this machine's own names are."""
+    import socket
+
+    trusted = get_settings().trusted_hosts
+    names = {h.strip().lower() for h in trusted.split(",") if h.strip()}
+    if "*" in names:
+        return
+    wildcard = host in ("0.0.0.0", "::", "")
+    extra = [socket.gethostname(), socket.getfqdn()] if wildcard else [f"[{host}]" if ":" in host else host]
+    add = [h for h in dict.fromkeys(x.lower() for x in extra if x) if h not in names]
+    if add:
+        os.environ["JOINEDUP_TRUSTED_HOSTS"] = ",".join([trusted, *add]) if trusted else ",".join(add)
+    if wildcard:
+        console.print(f"serving on every interface: requests must name one of the trusted hosts "
+                      f"({os.environ.get('JOINEDUP_TRUSTED_HOSTS', trusted)}); set JOINEDUP_TRUSTED_HOSTS to the "
+                      "names clients use", highlight=False)
 
 
 @app.command("import")
@@ -143,19 +164,52 @@ def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
 
 @users_app.command("list")
 def users_list() -> None:
-    """List users (a table on a terminal, tab-separated lines when piped)."""
-    from joinedup.governance.identity import list_users
+    """List users with role, organisation and whether they are active (a table on a terminal, tab-separated
+    lines when piped)."""
+    from joinedup.governance.identity import all_users
 
-    users = list_users(_gate().store)
+    users = all_users(_gate().store)
     if not out.is_terminal:
         for u in users:
-            sys.stdout.write("\t".join([u.name, u.role, u.practitioner_id or "", u.organization_id or "",
-                                        u.patient_id or ""]) + "\n")
+            sys.stdout.write("\t".join([u.name, u.role, u.organization_id or "", "active" if u.active else "disabled"])
+                             + "\n")
         return
-    table = Table("name", "role", "practitioner", "organization", "patient")
+    table = Table("name", "role", "organisation", "active")
     for u in users:
-        table.add_row(u.name, u.role, u.practitioner_id or "", u.organization_id or "", u.patient_id or "")
+        table.add_row(u.name, u.role, u.organization_id or "", "yes" if u.active else "no (disabled)")
     out.print(table)
+
+
+@users_app.command("disable")
+def users_disable(name: str = typer.Argument(..., help="User name.")) -> None:
+    """Disable a user: their tokens are revoked and refused from their next request (history is kept)."""
+    from joinedup.governance.identity import IdentityError, disable_user
+
+    gate = _gate()
+    try:
+        revoked = disable_user(gate.store, name)
+    except IdentityError as exc:
+        fail(str(exc))
+    gate.audit.record(_cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' disabled",
+                      detail={"user": name, "tokens revoked": revoked})
+    gate.audit.flush()
+    out.print(f"user {name} disabled ({revoked} token(s) revoked)", highlight=False)
+
+
+@users_app.command("remove")
+def users_remove(name: str = typer.Argument(..., help="User name.")) -> None:
+    """Remove a user and their tokens (the audit trail keeps their history)."""
+    from joinedup.governance.identity import IdentityError, remove_user
+
+    gate = _gate()
+    try:
+        removed = remove_user(gate.store, name)
+    except IdentityError as exc:
+        fail(str(exc))
+    gate.audit.record(_cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' removed",
+                      detail={"user": name, "tokens removed": removed})
+    gate.audit.flush()
+    out.print(f"user {name} removed ({removed} token(s) removed)", highlight=False)
 
 
 @app.command("token")

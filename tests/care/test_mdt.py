@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.care.world import build
+from tests.web.test_pages import csrf_of
 
 
 @pytest.fixture(scope="module")
@@ -133,29 +134,35 @@ def test_pages_schedule_review_decide_and_pack(server, world):
     with _web(server, server.tokens["gp"]) as gp:
         r = gp.get(f"/mdt?patient={w.patient}")
         assert r.status_code == 200 and "Schedule a review" in r.text and f"Heart{w.uid}" in r.text
-        r = gp.post("/mdt", data={"title": "", "start": "2031-05-01T10:00", "minutes": "60",
+        token = csrf_of(r.text)
+        r = gp.post("/mdt", data={"title": "", "start": "2031-05-01T10:00", "minutes": "60", "csrf_token": token,
                                   "patient_ids": [w.patient], "participants": [f"Practitioner/{w.consultant}"]})
         assert r.status_code == 422 and "title" in r.text
         r = gp.post("/mdt", data={"title": f"Joint clinic {w.uid}", "start": "2031-05-01T10:00", "minutes": "60",
-                                  "patient_ids": [w.patient], "participants": [f"Practitioner/{w.consultant}"]})
+                                  "patient_ids": [w.patient], "participants": [f"Practitioner/{w.consultant}"],
+                                  "csrf_token": csrf_of(r.text)})
         assert r.status_code == 303, r.text
         url = r.headers["location"]
         rid = url.rsplit("/", 1)[1]
         page = gp.get(url)
         assert page.status_code == 200 and f"Joint clinic {w.uid}" in page.text and "Record decision" in page.text
+        token = csrf_of(page.text)
         r = gp.post(f"/mdt/{rid}/decisions", data={"patient_id": w.patient, "text": "Echo within 6 weeks",
-                                                   "owner": f"Practitioner/{w.consultant}", "due": _due(42)},
+                                                   "owner": f"Practitioner/{w.consultant}", "due": _due(42),
+                                                   "csrf_token": token},
                     headers={"HX-Request": "true"})
         assert r.status_code == 200 and "Echo within 6 weeks" in r.text and "<html" not in r.text
         r = gp.post(f"/mdt/{rid}/decisions", data={"patient_id": w.patient, "text": "Bad date",
-                                                   "owner": f"Practitioner/{w.consultant}", "due": "2001-01-01"},
+                                                   "owner": f"Practitioner/{w.consultant}", "due": "2001-01-01",
+                                                   "csrf_token": csrf_of(r.text)},
                     headers={"HX-Request": "true"})
         assert r.status_code == 200 and "in the past" in r.text and "Bad date" in r.text
         pack = gp.get(f"/mdt/{rid}/pack/{w.patient}")
         assert pack.status_code == 200 and "What matters to the person" in pack.text and "@media print" in pack.text
         assert "Echo within 6 weeks" in pack.text
-        r = gp.post(f"/mdt/{rid}/attendance", data={f"att-{w.consultant}": "attended", "att-gp-1": "attended"})
+        r = gp.post(f"/mdt/{rid}/attendance", data={f"att-{w.consultant}": "attended", "att-gp-1": "attended",
+                                                    "csrf_token": token})
         assert r.status_code == 303
-        r = gp.post(f"/mdt/{rid}/complete", data={"outcome": "Agreed"})
+        r = gp.post(f"/mdt/{rid}/complete", data={"outcome": "Agreed", "csrf_token": csrf_of(gp.get(url).text)})
         assert r.status_code == 303 and "Completed" in gp.get(url).text
         assert gp.get("/mdt/unknown-review").status_code == 404

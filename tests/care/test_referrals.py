@@ -8,6 +8,7 @@ import pytest
 
 from joinedup.care.referrals import measure_response_times, percentile
 from tests.care.world import build
+from tests.web.test_pages import csrf_of, form_token
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,8 @@ def test_bad_requests_are_refused_clearly(server, world, case):
           "empty": {"text": "   "}, "self": {"to": "Practitioner/gp-1"}, "bad-recipient": {"to": "Patient/x"},
           "bad-priority": {"priority": "whenever"}, "unknown-patient": {"patient_id": f"nobody-{w.uid}"}}[case]
     want = {"unknown": 404, "no-role": 422, "objection": 422, "no-relationship": 403, "empty": 422, "self": 422,
-            "bad-recipient": 422, "bad-priority": 422, "unknown-patient": 404}[case]
+            # an unknown person is refused exactly as a person one has no relationship with (no existence oracle)
+            "bad-recipient": 422, "bad-priority": 422, "unknown-patient": 403}[case]
     with server.client("gp") as gp:
         before = gp.get("/api/referrals", params={"box": "outbox"}).json()["items"]
         r = _advice(gp, w, **kw)
@@ -136,7 +138,10 @@ def test_only_the_two_sides_take_part(server, world):
         # someone with no relationship cannot even read it
         assert sw.get(f"/api/advice/{a['id']}").status_code == 403
         assert gp.get("/api/referrals", params={"box": "sideways"}).status_code == 400
-        assert gp.get("/api/advice/not-a-request").status_code == 404
+        # a request that does not exist reads like one the GP has no relationship with (no existence oracle)
+        missing = gp.get("/api/advice/not-a-request")
+        hidden = sw.get(f"/api/advice/{a['id']}")
+        assert missing.status_code == hidden.status_code == 403
 
 
 def test_percentiles_and_measure_from_resources():
@@ -172,28 +177,31 @@ def test_pages_inbox_thread_reply_and_refusal_keeps_the_text(server, world):
     with _web(server, "gp") as gp, _web(server, "", w.tokens[f"cons-{w.uid}"]) as cons:
         r = gp.get(f"/referrals/new?patient={w.patient}")
         assert r.status_code == 200 and f"Heart{w.uid}" in r.text and 'name="text"' in r.text
-        r = gp.post("/referrals/new", data={"patient_id": w.patient, "kind": "advice",
+        token = csrf_of(r.text)
+        r = gp.post("/referrals/new", data={"patient_id": w.patient, "kind": "advice", "csrf_token": token,
                                             "to": f"Practitioner/{w.consultant}", "text": "Is this angina?"})
         assert r.status_code == 303
         rid = r.headers["location"].rsplit("/", 1)[1]
         # bad input on the form: re-shown with the text kept and the reason
         r = gp.post("/referrals/new", data={"patient_id": w.patient, "kind": "advice", "to": "Practitioner/nope",
-                                            "text": "keep me"})
+                                            "text": "keep me", "csrf_token": token})
         assert r.status_code == 404 and "keep me" in r.text and "not known" in r.text
         r = cons.get("/referrals")
         assert r.status_code == 200 and rid in r.text and "Awaiting reply" in r.text
-        # HTMX reply swaps the thread in place
+        # HTMX reply swaps the thread in place (htmx sends the page's token in X-CSRF-Token)
+        cons_token = form_token(cons, f"/referrals/{rid}")
         r = cons.post(f"/referrals/{rid}/reply", data={"text": "Sounds like it: start a GTN spray"},
-                      headers={"HX-Request": "true"})
+                      headers={"HX-Request": "true", "X-CSRF-Token": cons_token})
         assert r.status_code == 200 and 'id="thread-body"' in r.text and "GTN spray" in r.text
         assert "<html" not in r.text
         r = gp.get(f"/referrals/{rid}")
         assert "Replied" in r.text and "Convert into a referral" in r.text
-        assert gp.post(f"/referrals/{rid}/close", data={"text": ""}).status_code == 303
+        assert gp.post(f"/referrals/{rid}/close", data={"text": "", "csrf_token": csrf_of(r.text)}).status_code == 303
         # a reply to the closed conversation (a stale page): refused, and the typed text is shown back
-        r = gp.post(f"/referrals/{rid}/answer", data={"text": "my unsent words"})
+        r = gp.post(f"/referrals/{rid}/answer", data={"text": "my unsent words", "csrf_token": token})
         assert r.status_code == 409 and "my unsent words" in r.text and "not sent" in r.text
-        r = cons.post(f"/referrals/{rid}/reply", data={"text": "late"}, headers={"HX-Request": "true"})
+        r = cons.post(f"/referrals/{rid}/reply", data={"text": "late"},
+                      headers={"HX-Request": "true", "X-CSRF-Token": cons_token})
         assert r.status_code in (200, 403)  # 200 partial with the refusal, or 403 once the relationship ended
         assert gp.get("/referrals?box=outbox&state=done").status_code == 200
         assert gp.get("/referrals?box=nonsense").status_code == 400

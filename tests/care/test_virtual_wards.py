@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.care.test_notifications import World, client, drop_users, items, make_world, wait_for
+from tests.web.test_pages import csrf_of
 
 
 @pytest.fixture()
@@ -126,8 +127,10 @@ def test_ward_pages(api, server, world):
         c.headers.pop("Authorization")
         c.cookies.set("joinedup_token", world.tokens["cons"])
         assert "Occupancy against capacity" in c.get("/wards").text
-        r = c.post(f"/wards/{wid}/admit", data={"patient": world.patient, "spo2_min": "88"}, follow_redirects=True)
+        token = csrf_of(c.get(f"/wards/{wid}").text)  # the ward page has the admit form
+        r = c.post(f"/wards/{wid}/admit", data={"patient": world.patient, "spo2_min": "88", "csrf_token": token},
+                   follow_redirects=True)
         assert r.status_code == 200 and "Ada Lovelace" in r.text
         assert "Ada Lovelace" in c.get("/wards/review").text
-        bad = c.post(f"/wards/{wid}/admit", data={"patient": world.patient, "spo2_min": "low"})
+        bad = c.post(f"/wards/{wid}/admit", data={"patient": world.patient, "spo2_min": "low", "csrf_token": token})
         assert bad.status_code == 422 and "must be a number" in bad.text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.web.test_pages import browser
+from tests.web.test_pages import browser, csrf_of
 
 
 def test_refused_professional_can_break_glass_and_sees_the_banner(server, api, uid):
@@ -16,12 +16,13 @@ def test_refused_professional_can_break_glass_and_sees_the_banner(server, api, u
         assert refused.status_code == 403
         assert "Emergency access (break glass)" in refused.text and 'name="reason_category"' in refused.text
         # a reason is required: a short one is refused with a clear page, nothing granted
+        token = csrf_of(refused.text)  # the form on the refusal page carries it
         short = c.post(f"/patients/{pid}/break-glass", data={"reason_category": "emergency-treatment",
-                                                            "reason": "now"})
+                                                            "reason": "now", "csrf_token": token})
         assert short.status_code == 400 and "at least 10 characters" in short.text
         assert c.get(f"/patients/{pid}").status_code == 403
         granted = c.post(f"/patients/{pid}/break-glass",
-                         data={"reason_category": "emergency-treatment",
+                         data={"reason_category": "emergency-treatment", "csrf_token": csrf_of(short.text),
                                "reason": "Brought to A&E unconscious; needs medicines list"})
         assert granted.status_code == 303 and granted.headers["location"] == f"/patients/{pid}"
         page = c.get(f"/patients/{pid}")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from joinedup.governance.identity import SYSTEM, add_user
-from tests.web.test_pages import browser
+from tests.web.test_pages import browser, csrf_of, form_token, login
 
 
 def _med(pid: str, i: int, text: str, dose: str = "As directed") -> dict:
@@ -83,22 +83,25 @@ def test_full_page_orders_by_severity_and_proposes_changes(server, person):
 def test_recording_a_review(server, person):
     pid = person["id"]
     with browser(server) as c:
-        fps = _fingerprints(c.get(f"/patients/{pid}/medicines-safety").text)
+        page = c.get(f"/patients/{pid}/medicines-safety").text
+        fps, token = _fingerprints(page), csrf_of(page)
         # keeping it as it is needs a reason: refused, the page says why, nothing recorded
         r = c.post(f"/patients/{pid}/medicines-safety/review",
-                   data={"fingerprint": fps[0], "outcome": "overridden", "comment": ""})
+                   data={"fingerprint": fps[0], "outcome": "overridden", "comment": "", "csrf_token": token})
         assert r.status_code == 422 and "say why it stays as it is" in r.text and "Nothing was recorded" in r.text
-        r = c.post(f"/patients/{pid}/medicines-safety/review", data={"fingerprint": fps[0], "outcome": "maybe"})
+        r = c.post(f"/patients/{pid}/medicines-safety/review",
+                   data={"fingerprint": fps[0], "outcome": "maybe", "csrf_token": token})
         assert r.status_code == 422
         with server.client("gp") as api:
             assert not any(f["acknowledged"] for f in api.get(f"/api/patients/{pid}/conflicts").json()["findings"])
         # an alert that is not (or no longer) on the record cannot be acknowledged
         r = c.post(f"/patients/{pid}/medicines-safety/review",
-                   data={"fingerprint": "0" * 32, "outcome": "accepted"})
+                   data={"fingerprint": "0" * 32, "outcome": "accepted", "csrf_token": token})
         assert r.status_code == 409 and "changed or gone" in r.text
         # a real review
         r = c.post(f"/patients/{pid}/medicines-safety/review",
-                   data={"fingerprint": fps[0], "outcome": "overridden", "comment": "Specialist advice: short course"})
+                   data={"fingerprint": fps[0], "outcome": "overridden", "comment": "Specialist advice: short course",
+                         "csrf_token": token})
         assert r.status_code == 303 and r.headers["location"].endswith("/medicines-safety?reviewed=1")
         page = c.get(r.headers["location"]).text
         assert "Your review is recorded" in page and "Already reviewed (1)" in page
@@ -118,7 +121,8 @@ def test_a_changed_medicine_brings_the_alert_back(server, person):
     with browser(server) as c:
         page = c.get(f"/patients/{pid}/medicines-safety").text
         nsaid_fp = re.search(r'id="f-([0-9a-f]+)">\s*<p class="flag flag--high', page).group(1)
-        r = c.post(f"/patients/{pid}/medicines-safety/review", data={"fingerprint": nsaid_fp, "outcome": "accepted"})
+        r = c.post(f"/patients/{pid}/medicines-safety/review",
+                   data={"fingerprint": nsaid_fp, "outcome": "accepted", "csrf_token": csrf_of(page)})
         assert r.status_code == 303
         assert nsaid_fp not in _fingerprints(c.get(f"/patients/{pid}/medicines-safety").text)
         server.gate.update(SYSTEM, "MedicationRequest", f"{pid}-m0",
@@ -134,11 +138,14 @@ def test_roles_and_login(server, person):
         assert r.status_code == 303 and r.headers["location"].startswith("/login")
     # a social worker on the care team sees the record but not the clinical checks, and cannot record reviews
     with browser(server, None) as c:
-        r = c.post("/login", data={"username": sw, "password": f"{sw}-pw", "next": "/"})
+        r = login(c, sw, f"{sw}-pw")
         assert r.status_code == 303
         r = c.get(f"/patients/{pid}/medicines-safety/panel", headers={"HX-Request": "true"})
         assert r.status_code == 200 and "your role does not see" in r.text and "Naproxen" not in r.text
-        r = c.post(f"/patients/{pid}/medicines-safety/review", data={"fingerprint": "0" * 32, "outcome": "accepted"})
+        # (no review form is shown to this role: a forged post with the session's own token is still refused)
+        token = form_token(c, f"/patients/{pid}")
+        r = c.post(f"/patients/{pid}/medicines-safety/review",
+                   data={"fingerprint": "0" * 32, "outcome": "accepted", "csrf_token": token})
         assert r.status_code == 403 and "clinical role" in r.text
     # the refusal is audited like any other
     from joinedup.governance.audit import search_events
@@ -179,14 +186,15 @@ def test_each_clinician_tunes_their_alerts(server, person, uid):
         assert after and not any("separate administration times" in c["summary"] for c in after)
         assert any("heart failure" in c["summary"].lower() for c in after)  # the high NSAID alert stays
     with browser(server, None) as c:
-        assert c.post("/login", data={"username": name, "password": f"{name}-pw", "next": "/"}).status_code == 303
+        assert login(c, name, f"{name}-pw").status_code == 303
         page = c.get(f"/patients/{pid}/medicines-safety").text
         assert "lower-severity" in page and "hidden" in page and "Naproxen 500mg tablets" in page
         assert "need separate administration times" not in page.split("Suggested changes")[0]
         panel = c.get(f"/patients/{pid}/medicines-safety/panel", headers={"HX-Request": "true"}).text
         assert "hidden by your settings" in panel
         # back to every alert through the page's own form
-        r = c.post(f"/patients/{pid}/medicines-safety/settings", data={"min_severity": "low"})
+        r = c.post(f"/patients/{pid}/medicines-safety/settings",
+                   data={"min_severity": "low", "csrf_token": csrf_of(page)})
         assert r.status_code == 303
         assert "need separate administration times" in c.get(f"/patients/{pid}/medicines-safety").text
     # the test GP's own setting was never touched

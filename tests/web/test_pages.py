@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -19,38 +21,61 @@ def person(server, api, uid):
     return {"id": pid, "nhs": nhs_number(seed), "family": f"Young{uid}"}
 
 
+CSRF_INPUT = re.compile(r'<input type="hidden" name="csrf_token" value="([^"]+)">')
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = CSRF_INPUT.search(html)
+    assert found, "the page has no form carrying a csrf_token"
+    return found.group(1)
+
+
+def form_token(c: httpx.Client, url: str) -> str:
+    """What a browser does before posting a form: load the page the form is on and take its csrf_token."""
+    r = c.get(url, follow_redirects=False)
+    return csrf_of(r.text)
+
+
+def login(c: httpx.Client, user: str, password: str, next: str = "/") -> httpx.Response:
+    """Log in through the form: open the log-in page (which sets its pre-session cookie), then post it."""
+    token = form_token(c, f"/login?{urlencode({'next': next})}")
+    return c.post("/login", data={"username": user, "password": password, "next": next, "csrf_token": token})
+
+
 @contextmanager
 def browser(server, user: str | None = "gp") -> Iterator[httpx.Client]:
     """A cookie-keeping client, logged in through the form like a person would be."""
     with httpx.Client(base_url=server.url, timeout=60, follow_redirects=False) as c:
         if user:
-            r = c.post("/login", data={"username": user, "password": f"{user}-pw", "next": "/"})
+            r = login(c, user, f"{user}-pw")
             assert r.status_code == 303 and r.headers["location"] == "/"
         yield c
 
 
 def test_login_sets_http_only_cookie_and_logout_clears_it(server):
     with browser(server, None) as c:
-        r = c.post("/login", data={"username": "gp", "password": "gp-pw", "next": "/patients/x"})
+        r = login(c, "gp", "gp-pw", next="/patients/x")
         assert r.status_code == 303 and r.headers["location"] == "/patients/x"
         cookie = r.headers["set-cookie"].lower()
         assert "joinedup_token=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
-        assert c.get("/").status_code == 200
-        r = c.post("/logout")
+        home = c.get("/")
+        assert home.status_code == 200
+        r = c.post("/logout", data={"csrf_token": csrf_of(home.text)})
         assert r.status_code == 303
         assert c.get("/").status_code == 303
 
 
 def test_wrong_password_is_a_clear_page(server):
     with browser(server, None) as c:
-        r = c.post("/login", data={"username": "gp", "password": "nope", "next": "/"})
+        r = login(c, "gp", "nope")
         assert r.status_code == 401
         assert "do not match" in r.text and 'role="alert"' in r.text
 
 
 def test_next_cannot_leave_the_site(server):
     with browser(server, None) as c:
-        r = c.post("/login", data={"username": "gp", "password": "gp-pw", "next": "//evil.example/x"})
+        r = login(c, "gp", "gp-pw", next="//evil.example/x")
         assert r.headers["location"] == "/"
 
 
@@ -152,7 +177,7 @@ def test_launch_before_login_comes_back(server, person):
     with browser(server, None) as c:
         r = c.get("/launch", params={"nhs": person["nhs"]})
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next=%2Flaunch%3Fnhs%3D")
-        r = c.post("/login", data={"username": "gp", "password": "gp-pw", "next": f"/launch?nhs={person['nhs']}"})
+        r = login(c, "gp", "gp-pw", next=f"/launch?nhs={person['nhs']}")
         assert r.headers["location"] == f"/launch?nhs={person['nhs']}"
         r = c.get(r.headers["location"])
         assert r.headers["location"] == f"/patients/{person['id']}"

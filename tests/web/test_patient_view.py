@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from joinedup.governance.identity import SYSTEM
-from tests.web.test_pages import browser
+from tests.web.test_pages import browser, csrf_of, form_token
 
 
 @pytest.fixture()
@@ -63,10 +63,12 @@ def test_who_has_looked_at_my_record(server, me):
 def test_the_person_adds_what_matters_in_their_own_words(server, me, uid):
     words = f"Being able to walk my dog every morning ({uid})"
     with browser(server, "pat") as c:
-        assert 'action="/me/what-matters"' in c.get(f"/patients/{me}").text
-        r = c.post("/me/what-matters", data={"text": "   "})
+        page = c.get(f"/patients/{me}").text
+        assert 'action="/me/what-matters"' in page
+        token = csrf_of(page)
+        r = c.post("/me/what-matters", data={"text": "   ", "csrf_token": token})
         assert r.status_code == 422 and "Write what matters to you" in r.text
-        r = c.post("/me/what-matters", data={"text": words})
+        r = c.post("/me/what-matters", data={"text": words, "csrf_token": token})
         assert r.status_code == 303 and r.headers["location"].startswith(f"/patients/{me}")
         assert words in c.get(f"/patients/{me}").text
     # everyone caring for them sees it, marked as the person's own words (it cannot pass for the GP's entry)
@@ -77,7 +79,7 @@ def test_the_person_adds_what_matters_in_their_own_words(server, me, uid):
         assert mine[0]["provenance"]["source"]["name"] == "The person themselves"
     # professionals record what matters in the care plan, not here
     with browser(server, "gp") as c:
-        assert c.post("/me/what-matters", data={"text": "x"}).status_code == 403
+        assert c.post("/me/what-matters", data={"text": "x", "csrf_token": form_token(c, "/")}).status_code == 403
 
 
 def test_a_persons_entries_are_stamped_as_theirs(server, me):
@@ -96,11 +98,12 @@ def test_the_person_asks_for_a_correction(server, me, uid):
     with browser(server, "pat") as c:
         page = c.get(f"/patients/{me}").text
         assert 'action="/me/correction"' in page and '<option value="practice-1">' in page
-        r = c.post("/me/correction", data={"text": "", "organisation": "practice-1"})
+        token = csrf_of(page)
+        r = c.post("/me/correction", data={"text": "", "organisation": "practice-1", "csrf_token": token})
         assert r.status_code == 422 and "Say what is wrong or missing" in r.text
-        r = c.post("/me/correction", data={"text": words, "organisation": "../etc"})
+        r = c.post("/me/correction", data={"text": words, "organisation": "../etc", "csrf_token": token})
         assert r.status_code == 422
-        r = c.post("/me/correction", data={"text": words, "organisation": "practice-1"})
+        r = c.post("/me/correction", data={"text": words, "organisation": "practice-1", "csrf_token": token})
         assert r.status_code == 303 and r.headers["location"] == f"/patients/{me}?asked=1"
         assert "Your message is in your record" in c.get(r.headers["location"]).text
     with server.client("gp") as gp:
@@ -120,7 +123,7 @@ def test_the_person_asks_for_a_correction(server, me, uid):
             time.sleep(0.05)
         assert items and items[0]["patient"]["id"] == me
     with browser(server, "gp") as c:
-        assert c.post("/me/correction", data={"text": "x"}).status_code == 403
+        assert c.post("/me/correction", data={"text": "x", "csrf_token": form_token(c, "/")}).status_code == 403
 
 
 def test_a_correction_request_reaches_the_organisation_named(server, me, uid):
@@ -132,7 +135,9 @@ def test_a_correction_request_reaches_the_organisation_named(server, me, uid):
     token = issue_token(server.gate.store, f"gp2-{uid}")
     words = f"My address is wrong ({uid})"
     with browser(server, "pat") as c:
-        assert c.post("/me/correction", data={"text": words, "organisation": "practice-1"}).status_code == 303
+        csrf = form_token(c, f"/patients/{me}")
+        assert c.post("/me/correction", data={"text": words, "organisation": "practice-1",
+                                              "csrf_token": csrf}).status_code == 303
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as gp2:
         deadline = time.time() + 5
         while True:

@@ -1,7 +1,9 @@
 """Server-rendered pages (Jinja2 + HTMX): log-in, search, my patients, the patient page, open-in-context.
 
 Every page reads data through the one gate with the logged-in professional's principal; refusals and bad
-input become clear pages, never tracebacks.
+input become clear pages, never tracebacks. Routes are plain `def`s: FastAPI runs them (and their database
+work) in its threadpool, never on the event loop. Every form carries the session's CSRF token
+(`{{ csrf_input() }}`, checked by api/security.py); HTMX requests carry it in X-CSRF-Token (set on <body>).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from markupsafe import Markup, escape
 from starlette.responses import HTMLResponse, RedirectResponse
 
-from joinedup.api.auth import bearer
+from joinedup.api.auth import bearer, client_address
+from joinedup.api.security import csrf_token
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import is_valid as valid_nhs_number
 from joinedup.governance.gate import Gate, access_notices, how_to_get_access
-from joinedup.governance.identity import Principal, authenticate, login
+from joinedup.governance.identity import Principal, authenticate, revoke_token, sign_in
 from joinedup.governance.policy import activities_of, rules
 from joinedup.governance.service import REASON_CATEGORIES, grant_break_glass
 from joinedup.record import own, service
@@ -74,6 +79,28 @@ def _urlencode_nonempty(d: dict) -> str:
 
 templates.env.filters.update(ukdate=_ukdate, nhs=_nhs, short_org=_short_org, num=_num,
                              urlencode_nonempty=_urlencode_nonempty)
+
+
+def _request_of(ctx) -> Request:
+    request = ctx.get("request")
+    if request is None:
+        raise RuntimeError("csrf_token()/csrf_input() need the page's request: import macros 'with context'")
+    return request
+
+
+@pass_context
+def _csrf_token(ctx) -> str:
+    """This session's CSRF token (for hx-headers)."""
+    return csrf_token(_request_of(ctx))
+
+
+@pass_context
+def _csrf_input(ctx) -> Markup:
+    """The hidden field every <form method="post"> carries."""
+    return Markup('<input type="hidden" name="csrf_token" value="{}">').format(escape(csrf_token(_request_of(ctx))))
+
+
+templates.env.globals.update(csrf_token=_csrf_token, csrf_input=_csrf_input)
 router = APIRouter(include_in_schema=False)
 
 
@@ -187,7 +214,7 @@ def panel_page(request: Request, template: str, build: Callable[[Gate, Principal
 
 
 @router.post("/patients/{patient_id}/break-glass")
-async def break_glass_form(request: Request, patient_id: str, reason_category: str = Form(""),
+def break_glass_form(request: Request, patient_id: str, reason_category: str = Form(""),
                            reason: str = Form("")):
     """Emergency access from the refusal page: reason required, time-limited, reviewed by the privacy officer."""
     who = _who(request)
@@ -204,35 +231,49 @@ async def break_glass_form(request: Request, patient_id: str, reason_category: s
 
 # -- log in and out -----------------------------------------------------------------------------------------
 @router.get("/login")
-async def login_form(request: Request, next: str = "/"):
-    return page(request, "login.html", {"next": _safe_next(next), "error": None, "username": ""})
+def login_form(request: Request, next: str = "/"):
+    return page(request, "login.html", {"next": _safe_next(next), "error": None, "username": "", "locked": False})
 
 
 @router.post("/login")
-async def login_submit(request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/")):
+def login_submit(request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/")):
+    """Throttled per account and per address (identity.sign_in): a locked account is told until when."""
     gate = _gate(request)
-    token = login(gate.store, username.strip(), password) if username.strip() and password else None
-    if token is None:
-        gate.audit.record(None, "login", allowed=False, reason=f"web log-in failed for '{username[:64]}'")
-        return page(request, "login.html", {"next": _safe_next(next), "username": username,
-                                            "error": "That user name and password do not match. Try again."},
-                    status=401)
+    settings = request.app.state.settings
+    result = sign_in(gate, username, password, address=client_address(request), settings=settings, channel="web")
+    if result.token is None:
+        locked = result.locked_until is not None
+        resp = page(request, "login.html", {
+            "next": _safe_next(next), "username": username, "locked": locked,
+            "error": result.message if locked else "That user name and password do not match. Try again."},
+            status=429 if locked else 401)
+        if locked:
+            resp.headers["Retry-After"] = str(result.retry_after)
+        return resp
     resp = RedirectResponse(_safe_next(next), status_code=303)
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", max_age=12 * 3600, path="/",
-                    secure=request.url.scheme == "https")
+    resp.set_cookie(COOKIE, result.token, httponly=True, samesite="lax", max_age=12 * 3600, path="/",
+                    secure=settings.secure_cookies or request.url.scheme == "https")
     return resp
 
 
 @router.post("/logout")
-async def logout(request: Request):
+def logout(request: Request):
+    """Log out: the session's token is revoked on the server, not only forgotten by the browser."""
+    gate = _gate(request)
+    token = bearer(request)
+    who = authenticate(gate.store, token)
+    if who is not None:
+        revoke_token(gate.store, token)
+        gate.audit.record(who, "logout", allowed=True, reason="web log-out: session token revoked")
     resp = RedirectResponse("/login", status_code=303)
-    resp.delete_cookie(COOKIE, path="/")
+    resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax",
+                       secure=request.app.state.settings.secure_cookies or request.url.scheme == "https")
     return resp
 
 
 # -- home, search, my patients ------------------------------------------------------------------------------
 @router.get("/")
-async def home(request: Request):
+def home(request: Request):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -243,14 +284,14 @@ async def home(request: Request):
 
 
 @router.post("/me/what-matters")
-async def my_what_matters(request: Request, text: str = Form("")):
+def my_what_matters(request: Request, text: str = Form("")):
     """A person adds, in their own words, what matters to them."""
     return service_action(request, lambda gate, who: own.add_what_matters(gate=gate, who=who, text=text),
                           then=lambda pid: f"/patients/{quote(pid)}#about-heading")
 
 
 @router.post("/me/correction")
-async def my_correction(request: Request, text: str = Form(""), organisation: str = Form("")):
+def my_correction(request: Request, text: str = Form(""), organisation: str = Form("")):
     """A person asks for something in their record to be corrected."""
     return service_action(request, lambda gate, who: own.ask_correction(gate=gate, who=who, text=text,
                                                                         organisation=organisation),
@@ -258,14 +299,14 @@ async def my_correction(request: Request, text: str = Form(""), organisation: st
 
 
 @router.get("/me/access-log")
-async def my_access_log(request: Request, mine: int = 0, all: int = 0):
+def my_access_log(request: Request, mine: int = 0, all: int = 0):
     """A person's own view of who looked at their record."""
     return service_page(request, "access_log.html", lambda gate, who: own.access_log(
         gate=gate, who=who, mine=bool(mine), everything=bool(all)))
 
 
 @router.get("/patients/search")
-async def search(request: Request, q: str = ""):
+def search(request: Request, q: str = ""):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -306,7 +347,7 @@ def _patient_row(p: dict[str, Any]) -> dict[str, Any]:
 
 # -- the patient page ---------------------------------------------------------------------------------------
 @router.get("/patients/{patient_id}")
-async def patient(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0,
+def patient(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0,
                   asked: int = 0):
     who = _who(request)
     if who is None:
@@ -329,7 +370,7 @@ async def patient(request: Request, patient_id: str, setting: str = "", type: st
 
 
 @router.get("/patients/{patient_id}/timeline")
-async def patient_timeline(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0):
+def patient_timeline(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0):
     """The timeline section alone (HTMX swaps it in place when the filters change)."""
     who = _who(request)
     if who is None:
@@ -388,7 +429,7 @@ def _charts(summary) -> list[dict[str, Any]]:
 
 # -- open in context ----------------------------------------------------------------------------------------
 @router.get("/launch")
-async def launch(request: Request, nhs: str = ""):
+def launch(request: Request, nhs: str = ""):
     """Open a person's page straight from a host system: /launch?nhs=NHS_NUMBER."""
     who = _who(request)
     if who is None:
