@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from joinedup import config
 from joinedup.care import cli as care_cli
 from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
@@ -74,10 +75,10 @@ def _trust_bound_host(host: str) -> None:
     extra = [socket.gethostname(), socket.getfqdn()] if wildcard else [f"[{host}]" if ":" in host else host]
     add = [h for h in dict.fromkeys(x.lower() for x in extra if x) if h not in names]
     if add:
-        os.environ["JOINEDUP_TRUSTED_HOSTS"] = ",".join([trusted, *add]) if trusted else ",".join(add)
+        config.export("TRUSTED_HOSTS", ",".join([trusted, *add]) if trusted else ",".join(add))
     if wildcard:
         console.print(f"serving on every interface: requests must name one of the trusted hosts "
-                      f"({os.environ.get('JOINEDUP_TRUSTED_HOSTS', trusted)}); set JOINEDUP_TRUSTED_HOSTS to the "
+                      f"({config.value('TRUSTED_HOSTS')}); set JOINEDUP_TRUSTED_HOSTS to the "
                       "names clients use", highlight=False)
 
 
@@ -214,9 +215,12 @@ def users_remove(name: str = typer.Argument(..., help="User name.")) -> None:
 
 @app.command("token")
 def token(name: str = typer.Argument(..., help="User name."),
-          hours: int = typer.Option(720, help="Hours until the token expires.")) -> None:
+          hours: Optional[int] = typer.Option(None, help="Hours until the token expires (default "
+                                                      "JOINEDUP_TOKEN_TTL_HOURS, 720).")) -> None:
     """Issue a bearer token for a user (printed as the last word)."""
     from joinedup.governance.identity import IdentityError, issue_token
+
+    hours = get_settings().token_ttl_hours if hours is None else hours
 
     if hours <= 0:
         fail("--hours must be positive")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from datetime import UTC, date, datetime
 from typing import Any
 
+from joinedup import config
 from joinedup.care import plans as plan_service
 from joinedup.care import team as team_service
 from joinedup.care.team import EXT, human_name, now_iso
@@ -186,7 +186,7 @@ _runner_lock = threading.Lock()
 
 def ensure_escalator(gate: Gate) -> None:
     """Start (once per gate) a background thread escalating overdue tasks every JOINEDUP_ESCALATE_SECONDS."""
-    interval = float(os.environ.get("JOINEDUP_ESCALATE_SECONDS", "900"))
+    interval = config.value("ESCALATE_SECONDS")
     if interval <= 0 or id(gate) in _runners:
         return
     with _runner_lock:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from joinedup import config
 from joinedup.fhir.search_params import split_reference
 
 FREE_TEXT_KEYS = {"text", "note", "comment", "comments", "description", "name", "telecom", "photo", "contact",
@@ -150,9 +150,9 @@ def suppress(count: int, *, low: int | None = None, high: int | None = None,
 
     Defaults (1, 7, 5) come from JOINEDUP_SUPPRESS_LOW / _HIGH / _ROUND when set.
     """
-    low = int(os.environ.get("JOINEDUP_SUPPRESS_LOW", "1")) if low is None else low
-    high = int(os.environ.get("JOINEDUP_SUPPRESS_HIGH", "7")) if high is None else high
-    round_to = int(os.environ.get("JOINEDUP_SUPPRESS_ROUND", "5")) if round_to is None else round_to
+    low = config.value("SUPPRESS_LOW") if low is None else low
+    high = config.value("SUPPRESS_HIGH") if high is None else high
+    round_to = config.value("SUPPRESS_ROUND") if round_to is None else round_to
     if count < 0:
         raise ValueError("a count cannot be negative")
     if low <= count <= high:

@@ -25,7 +25,6 @@ How the facts are read from FHIR (see docs/governance.md):
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import sqlalchemy as sa
 
+from joinedup import config
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM
 from joinedup.fhir.search_params import split_reference
 from joinedup.governance.policy import OBJECTION_EXEMPT
@@ -249,7 +249,7 @@ class AccessFacts:
     def __init__(self, store, refresh_ms: int | None = None) -> None:
         self.store = store
         self.refresh = (refresh_ms if refresh_ms is not None
-                        else int(os.environ.get("JOINEDUP_POLICY_REFRESH_MS", "200"))) / 1000
+                        else config.value("POLICY_REFRESH_MS")) / 1000
         self._snap: _Snapshot | None = None
         self._lock = threading.Lock()
         self._generation = 0  # bumped by invalidate(): a load that started before it is not kept

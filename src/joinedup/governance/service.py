@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from joinedup import config
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
 from joinedup.governance.audit import search_events
@@ -37,7 +37,7 @@ def _iso(dt: datetime) -> str:
 
 def break_glass_hours() -> float:
     """How long a grant lasts (JOINEDUP_BREAK_GLASS_HOURS, default 4)."""
-    return float(os.environ.get("JOINEDUP_BREAK_GLASS_HOURS", "4"))
+    return float(config.value("BREAK_GLASS_HOURS"))
 
 
 def grant_break_glass(gate: Gate, who: Principal, *, patient_id: Any, reason_category: Any, reason: Any,
