@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _rid
@@ -21,7 +22,7 @@ TYPES = {"Patient", "Encounter", "EpisodeOfCare", "Appointment", "ServiceRequest
          "Location", "Organization", "HealthcareService"}
 INPATIENT = {"IMP", "ACUTE", "NONAC"}
 OPEN = {"arrived", "triaged", "in-progress", "onleave"}
-WARD_SYSTEM = "https://joinedup.example/fhir/CodeSystem/care-setting"
+WARD_SYSTEM = codes.CARE_SETTING
 ADVICE_WAIT_DAYS = 180
 
 
@@ -38,9 +39,9 @@ def _parse(value: str | None) -> datetime | None:
 
 def episode_kind(eoc: dict) -> str | None:
     """'virtual-ward', 'care-home', 'community' (caseload or care package) or None (e.g. GP registration)."""
-    codes = {c.get("code") for t in eoc.get("type") or [] for c in t.get("coding") or []}
+    type_codes = {c.get("code") for t in eoc.get("type") or [] for c in t.get("coding") or []}
     text = " ".join(_text(t) for t in eoc.get("type") or []).lower()
-    if "virtual-ward" in codes or "virtual ward" in text:
+    if "virtual-ward" in type_codes or "virtual ward" in text:
         return "virtual-ward"
     if any(w in text for w in ("residential", "nursing home", "care home", "placement")):
         return "care-home"

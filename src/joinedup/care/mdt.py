@@ -34,13 +34,14 @@ from joinedup.care.referrals import (
     person_name,
     resolve_recipient,
 )
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
 MDT_SYSTEM = "https://joinedup.example/Id/mdt-review"
-EXT_OWNER_ORG = "https://joinedup.example/fhir/StructureDefinition/task-owner-organization"  # as care.tasks
-MDT_TYPE = {"coding": [{"system": "http://snomed.info/sct", "code": "312487003",
+EXT_OWNER_ORG = codes.TASK_OWNER_ORGANIZATION
+MDT_TYPE = {"coding": [{"system": codes.SNOMED, "code": "312487003",
                         "display": "Multidisciplinary team review"}], "text": "Multidisciplinary review"}
 ATTENDANCE = {"attended": "accepted", "absent": "declined", "tentative": "tentative", "invited": "needs-action"}
 ATTENDANCE_TEXT = {v: k for k, v in ATTENDANCE.items()}

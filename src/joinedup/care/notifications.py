@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _ref_id
@@ -47,8 +48,8 @@ EVENT_TYPES: dict[str, str] = {
     "correction-request": "A person asks for their record to be corrected",
 }
 # a person's own message asking for something in their record to be corrected (written from their record page)
-PERSON_REQUEST_SYSTEM = "https://joinedup.example/fhir/CodeSystem/person-request"
-CORRECTION = {"system": PERSON_REQUEST_SYSTEM, "code": "correction", "display": "Request to correct my record"}
+PERSON_REQUEST_SYSTEM = codes.PERSON_REQUEST
+CORRECTION = codes.CORRECTION_REQUEST
 INPATIENT_CLASSES = {"IMP", "ACUTE", "NONAC"}
 EMERGENCY_CLASSES = {"EMER"}
 OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}
@@ -474,4 +475,4 @@ def _name(p: dict) -> str:
 
 def _nhs(p: dict) -> str | None:
     return next((i.get("value") for i in p.get("identifier") or []
-                 if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None)
+                 if i.get("system") == codes.NHS_NUMBER), None)

@@ -15,14 +15,15 @@ from typing import Any
 
 from joinedup.care import team as team_service
 from joinedup.care.team import EXT, new_id, now_iso, who_text
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate, SearchResult
 from joinedup.governance.identity import Principal
 
-PLAN_SYSTEM = "https://joinedup.example/fhir/CodeSystem/care-plan-kind"
-PLAN_CODE = "personalised-care-and-support-plan"
+PLAN_SYSTEM = codes.CARE_PLAN_KIND
+PLAN_CODE = codes.CARE_PLAN_CODE
 PLAN_TITLE = "Personalised care and support plan"
-EXT_WRITTEN_BY = EXT + "what-matters-written-by"
+EXT_WRITTEN_BY = codes.WHAT_MATTERS_WRITTEN_BY
 EXT_CHANGE = EXT + "care-plan-change"
 EXT_CHANGED_BY = EXT + "care-plan-changed-by"
 EXT_FINDING = EXT + "conflict-finding"

@@ -26,22 +26,23 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import split_reference
 from joinedup.governance.facts import choices_of
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
-REQUEST_CATEGORY = "https://joinedup.example/fhir/CodeSystem/request-category"
-CONVERSATION_SYSTEM = "https://joinedup.example/fhir/CodeSystem/conversation-message"
-EXT = "https://joinedup.example/fhir/StructureDefinition/"
+REQUEST_CATEGORY = codes.REQUEST_CATEGORY
+CONVERSATION_SYSTEM = codes.CONVERSATION_MESSAGE
+EXT = codes.EXTENSION
 EXT_STATE = EXT + "conversation-state"
 EXT_FIRST = EXT + "first-response"
 EXT_LAST = EXT + "last-activity"
 EXT_CLOSED = EXT + "closed"
 EXT_OUTCOME = EXT + "request-outcome"
 EXT_REQ_ORG = EXT + "requester-organization"
-SNOMED = "http://snomed.info/sct"
+SNOMED = codes.SNOMED
 
 KINDS = {
     "advice": {"display": "Advice and guidance", "snomed": None},

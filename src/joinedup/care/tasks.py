@@ -20,12 +20,13 @@ from joinedup import config
 from joinedup.care import plans as plan_service
 from joinedup.care import team as team_service
 from joinedup.care.team import EXT, human_name, now_iso
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
 EXT_OWNER_ORG = EXT + "task-owner-organization"
-BUSINESS_SYSTEM = "https://joinedup.example/fhir/CodeSystem/task-business-status"
+BUSINESS_SYSTEM = codes.TASK_BUSINESS_STATUS
 OPEN_TASK = ["requested", "received", "accepted", "ready", "in-progress", "on-hold"]
 TASK_STATUSES = OPEN_TASK + ["completed", "cancelled", "rejected", "failed"]
 PRIORITIES = ["routine", "urgent", "asap", "stat"]
@@ -284,7 +285,7 @@ def my_people(*, gate: Gate, who: Principal, today: date | None = None) -> dict[
         row = people.setdefault(pid, {
             "id": pid, "name": human_name(patients[pid]), "birth_date": patients[pid].get("birthDate"),
             "nhs_number": next((i.get("value") for i in patients[pid].get("identifier") or []
-                                if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None),
+                                if i.get("system") == codes.NHS_NUMBER), None),
             "key_worker": None, "i_am_key_worker": False, "my_role": None, "overdue": [], "open_tasks": 0,
             "open_actions": 0, "where": None, "since": None})
         if kw and not row["key_worker"]:

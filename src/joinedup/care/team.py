@@ -11,12 +11,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 
-EXT = "https://joinedup.example/fhir/StructureDefinition/"
+EXT = codes.EXTENSION
 EXT_HANDOVER = EXT + "key-worker-handover"
 KEY_WORKER_ROLE = "Key worker (care coordinator)"
 PREVIOUS_ROLE = "Previous coordinator"

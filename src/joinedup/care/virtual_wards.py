@@ -26,24 +26,25 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import reference_id as _rid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import SYSTEM, Principal
 from joinedup.governance.policy import activities_of
 
-SETTING_SYSTEM = "https://joinedup.example/fhir/CodeSystem/care-setting"
-WARD_TAG = "https://joinedup.example/fhir/CodeSystem/virtual-ward"
-CAPACITY_URL = "https://joinedup.example/fhir/StructureDefinition/virtual-ward-capacity"
-WARD_URL = "https://joinedup.example/fhir/StructureDefinition/virtual-ward"
-DECIDED_URL = "https://joinedup.example/fhir/StructureDefinition/admission-decided-by"
-LIMITS_URL = "https://joinedup.example/fhir/StructureDefinition/monitoring-limits"
+SETTING_SYSTEM = codes.CARE_SETTING
+WARD_TAG = codes.VIRTUAL_WARD_TAG
+CAPACITY_URL = codes.VIRTUAL_WARD_CAPACITY
+WARD_URL = codes.VIRTUAL_WARD
+DECIDED_URL = codes.ADMISSION_DECIDED_BY
+LIMITS_URL = codes.MONITORING_LIMITS
 KINDS = {"acute": "Acute virtual ward (hospital at home)", "preventive": "Preventive virtual ward"}
 DECIDER = {"acute": ("consultant", "a named senior clinician (consultant)"),
            "preventive": ("care-coordinator", "a case manager (care coordinator)")}
 DEFAULT_LIMITS = {"spo2_min": 94.0, "heart_rate_min": 41.0, "heart_rate_max": 110.0, "systolic_min": 101.0,
                   "systolic_max": 219.0}
-LOINC = "http://loinc.org"
+LOINC = codes.LOINC
 UCUM = "http://unitsofmeasure.org"
 # reading kind -> (LOINC code, display, UCUM unit, accepted unit spellings, plausible range)
 READINGS = {
@@ -288,7 +289,7 @@ def record_readings(*, gate: Gate, who: Principal, patient_id: str, readings: An
     entries = []
     for values, when, raw in checked:
         obs = {"resourceType": "Observation", "status": "final",
-               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+               "category": [{"coding": [{"system": codes.OBSERVATION_CATEGORY,
                                          "code": "vital-signs", "display": "Vital Signs"}]}],
                "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": when,
                "method": {"text": "Home remote monitoring (virtual ward)"}}
@@ -329,13 +330,13 @@ def _outside(name: str, value: float, limits: dict[str, float]) -> str | None:
 
 
 def _observation_values(obs: dict) -> list[tuple[str, float]]:
-    codes = {v[0]: k for k, v in READINGS.items()}
+    kinds = {v[0]: k for k, v in READINGS.items()}
     out = []
 
     def take(cc: dict, q: dict | None) -> None:
-        code = next((c.get("code") for c in (cc or {}).get("coding") or [] if c.get("code") in codes), None)
+        code = next((c.get("code") for c in (cc or {}).get("coding") or [] if c.get("code") in kinds), None)
         if code and isinstance((q or {}).get("value"), (int, float)):
-            out.append((codes[code], float(q["value"])))
+            out.append((kinds[code], float(q["value"])))
 
     take(obs.get("code") or {}, obs.get("valueQuantity"))
     for comp in obs.get("component") or []:
@@ -383,8 +384,8 @@ def ward_patients(*, gate: Gate, who: Principal, ward_id: str | None = None, kin
         pid = _rid(e.get("patient"), "Patient")
         limits = _limits_of(e)
         latest: dict[str, dict] = {}
-        codes = f"{LOINC}|59408-5,{LOINC}|8867-4,{LOINC}|85354-9"
-        obs = gate.search(who, "Observation", [("patient", pid), ("code", codes), ("_sort", "-date"),
+        wanted = f"{LOINC}|59408-5,{LOINC}|8867-4,{LOINC}|85354-9"
+        obs = gate.search(who, "Observation", [("patient", pid), ("code", wanted), ("_sort", "-date"),
                                                ("_count", "30")]).matches
         for s in obs:
             for n, v in _observation_values(s.content):

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.identity import Principal
 
@@ -80,14 +81,14 @@ def _bad(message: str) -> CdsError:
 def prefetch_templates() -> dict[str, str]:
     """Prefetch templates shared by the three services (results limited to the codes the rules use)."""
     kb = load_knowledge()
-    codes = ",".join(f"http://loinc.org|{c}" for c in sorted(kb.result_loinc))
+    loinc = ",".join(f"{codes.LOINC}|{c}" for c in sorted(kb.result_loinc))
     p = "{{context.patientId}}"
     return {
         "patient": f"Patient/{p}",
         "conditions": f"Condition?patient={p}",
         "medications": f"MedicationRequest?patient={p}&_include=MedicationRequest:medication",
         "medicationStatements": f"MedicationStatement?patient={p}&_include=MedicationStatement:medication",
-        "observations": f"Observation?patient={p}&code={codes}",
+        "observations": f"Observation?patient={p}&code={loinc}",
         "allergies": f"AllergyIntolerance?patient={p}",
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from joinedup.fhir import codes
 from joinedup.governance.identity import Principal
 
 from .detect import build_record, detect
@@ -25,7 +26,7 @@ from .models import SEVERITY_ORDER
 
 SEVERITIES = ("critical", "high", "moderate", "low")
 SCREEN_TYPES = {"Condition", "MedicationStatement", "MedicationRequest", "Observation", "AllergyIntolerance"}
-NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+NHS_NUMBER = codes.NHS_NUMBER
 UNREGISTERED = "(no registered practice)"
 PURPOSE = "conflict-screen"
 WORKLIST_COLUMNS = ["patient", "name", "nhs_number", "birth_date", "practice", "practice_name", "highest",

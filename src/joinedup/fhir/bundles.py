@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -92,7 +93,7 @@ def apply_elements(resource: dict, elements: list[str]) -> dict:
 def mark_subsetted(resource: dict) -> dict:
     meta = dict(resource.get("meta") or {})
     tags = list(meta.get("tag") or [])
-    tags.append({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"})
+    tags.append({"system": codes.V3_OBSERVATION_VALUE, "code": "SUBSETTED"})
     meta["tag"] = tags
     resource["meta"] = meta
     return resource

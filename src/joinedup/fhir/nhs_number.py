@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+from joinedup.fhir import codes
+
+NHS_NUMBER_SYSTEM = codes.NHS_NUMBER
 
 
 def check_digit(first_nine: str) -> int | None:

@@ -37,6 +37,7 @@ import orjson
 import sqlalchemy as sa
 
 from joinedup import config
+from joinedup.fhir import codes
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM
 from joinedup.fhir.search_params import split_reference
 from joinedup.governance.policy import OBJECTION_EXEMPT
@@ -46,11 +47,11 @@ if TYPE_CHECKING:
     from joinedup.governance.identity import Principal
     from joinedup.store.repository import Prepared
 
-CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
-OPT_OUT_SYSTEM = "https://joinedup.example/fhir/CodeSystem/data-sharing"
+CONFIDENTIALITY = codes.V3_CONFIDENTIALITY
+CONSENT_SCOPE = codes.CONSENT_SCOPE
+OPT_OUT_SYSTEM = codes.DATA_SHARING
 OPT_OUT_CODE = "national-data-opt-out"
-PRIVATE_TAG_SYSTEM = "https://joinedup.example/fhir/CodeSystem/data-sharing"
+PRIVATE_TAG_SYSTEM = codes.DATA_SHARING
 PRIVATE_TAG_CODE = "private"
 REGISTRATION_WORDS = ("registration", "regist")
 

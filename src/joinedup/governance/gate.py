@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from joinedup.fhir import codes
 from joinedup.fhir.bundles import (
     METHOD_ORDER,
     check_bundle,
@@ -40,7 +41,7 @@ access_notices: ContextVar[list | None] = ContextVar("joinedup_access_notices", 
 # The reason a privacy officer states for changing a person's choice on their behalf (X-JoinedUp-Reason header,
 # set by the API middleware in api/privacy_routes.py).
 change_reason: ContextVar[str | None] = ContextVar("joinedup_change_reason", default=None)
-EDITED_BY_URL = "https://joinedup.example/fhir/StructureDefinition/last-edited-by"
+EDITED_BY_URL = codes.LAST_EDITED_BY
 _NOBODY = "\x00no-such-person"  # a person nobody has a relationship with: how a missing entry is refused
 
 

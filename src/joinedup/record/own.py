@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from joinedup.care.notifications import CORRECTION
+from joinedup.fhir.codes import CORRECTION_REQUEST as CORRECTION
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate

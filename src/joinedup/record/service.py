@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from joinedup.care.plans import EXT_WRITTEN_BY, PLAN_CODE, PLAN_SYSTEM
+from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import age_on as _age
 from joinedup.fhir.values import human_name as _human_name
@@ -41,7 +41,7 @@ from joinedup.record.models import (
     WhatMatters,
 )
 
-NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+NHS_SYSTEM = codes.NHS_NUMBER
 # what the person added to their own record themselves (meta.source Patient/...)
 PERSON_SOURCE = Source(id=None, name="The person themselves", setting="The person")
 TIMELINE_TYPES = ("encounter", "appointment", "episode", "referral", "advice", "document")
@@ -730,10 +730,10 @@ def _what_matters(b: _Bundle) -> list[WhatMatters]:
     for p, lu in b.of("CarePlan"):
         if p.get("status") in ("revoked", "entered-in-error", "completed") or not p.get("description"):
             continue
-        if not any(c.get("system") == PLAN_SYSTEM and c.get("code") == PLAN_CODE
+        if not any(c.get("system") == codes.CARE_PLAN_KIND and c.get("code") == codes.CARE_PLAN_CODE
                    for cat in p.get("category") or [] for c in cat.get("coding") or []):
             continue
-        by = next((e.get("valueString") for e in p.get("extension") or [] if e.get("url") == EXT_WRITTEN_BY), None)
+        by = next((e.get("valueString") for e in p.get("extension") or [] if e.get("url") == codes.WHAT_MATTERS_WRITTEN_BY), None)
         out.append(WhatMatters(text=p["description"], written_by=by, provenance=b.prov(p, lu, p.get("created"))))
     for g, lu in b.of("Goal"):
         if g.get("lifecycleStatus") in ("cancelled", "entered-in-error", "rejected"):
