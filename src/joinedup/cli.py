@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import socket
 import sys
+import tempfile
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer import _click  # the Click that Typer runs on (vendored): its exceptions are the ones raised
+from typer.core import TyperGroup
 
 from joinedup import config
 from joinedup.care import cli as care_cli
@@ -19,26 +27,175 @@ from joinedup.conflicts.cli import app as conflicts_app
 from joinedup.governance import cli as governance_cli
 from joinedup.synth.cli import generate_command
 
-app = typer.Typer(help="JoinedUp: an open integrated care platform (FHIR shared care record, governance, "
-                       "care coordination, population health).", no_args_is_help=True, add_completion=False)
-users_app = typer.Typer(help="Manage users (roles, practitioner and organisation links).", no_args_is_help=True)
-audit_app = typer.Typer(help="Check and read the tamper-evident audit trail.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
-app.add_typer(audit_app, name="audit")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
 def fail(message: str) -> None:
     """One-line error and exit code 2."""
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    message = " ".join(str(message).split())
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong, for an exception a command did not handle itself."""
+    from joinedup.fhir.errors import FhirError
+    from joinedup.store.engine import DatabaseUnavailable
+
+    if isinstance(exc, DatabaseUnavailable):
+        return f"{exc} (check JOINEDUP_DATABASE_URL)"
+    if isinstance(exc, FhirError):
+        return exc.diagnostics
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{where}: {exc.strerror or exc.__class__.__name__}"
+    try:
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.DBAPIError):
+            reason = exc.orig if exc.orig is not None else exc
+            return f"database error: {' '.join(str(reason).split()) or reason.__class__.__name__}"
+        if isinstance(exc, sa.exc.SQLAlchemyError):
+            return f"database error: {' '.join(str(exc).split())}"
+    except ImportError:  # pragma: no cover - SQLAlchemy is a hard dependency
+        pass
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, LookupError)):
+        return text or exc.__class__.__name__
+    return f"unexpected {exc.__class__.__name__}: {text}" if text else f"unexpected {exc.__class__.__name__}"
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: usage errors and anything a command raises become one line on stderr and exit code 2
+    (no traceback, no box). `python -X dev -m joinedup.cli ...` shows the traceback of an unexpected error."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click.exceptions.NoArgsIsHelpError as exc:  # the help (Typer has printed it already)
+            text = exc.format_message()
+            if text.strip():
+                _click.echo(text, err=True)
+            sys.exit(exc.exit_code)
+        except _click.exceptions.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None and exc.ctx.command.get_help_option(exc.ctx) is not None:
+                hint = f" (see '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}')"
+            _one_line(f"{exc.format_message()}{hint}")
+            sys.exit(exc.exit_code)
+        except typer.TyperException as exc:
+            _one_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _one_line("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, aborts, Click's usage errors
+            raise
+        except Exception as exc:  # the point: one line, never a traceback
+            if sys.flags.dev_mode:
+                raise
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:  # output piped to a closed reader
+                sys.exit(1)
+            _one_line(describe_error(exc))
+            raise typer.Exit(2) from None
+
+
+def _one_line(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
+app = typer.Typer(help="JoinedUp: an open integrated care platform (FHIR shared care record, governance, "
+                       "care coordination, population health).", no_args_is_help=True, add_completion=False,
+                  cls=OneLineErrors)
+users_app = typer.Typer(help="Manage users (roles, practitioner and organisation links).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(governance_cli.audit_app, name="audit")  # verify (exit 2 naming the first bad entry), rotate-key
+
+
+# -- checks made before any work, so a command fails at once, in one line ----------------------------------------
+def _nearest_existing(path: Path) -> Path:
+    """The path itself or its nearest ancestor that exists (a file ancestor included)."""
+    p = path.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable_dir(directory: Path, label: str) -> None:
+    """Fail unless `directory` is a directory this process can write in, or one it can create."""
+    try:
+        if directory.exists():
+            if not directory.is_dir():
+                fail(f"{label}: {directory} exists and is not a directory")
+            base = directory
+        else:
+            base = _nearest_existing(directory)
+            if not base.is_dir():
+                fail(f"{label}: cannot create {directory}: {base} is not a directory")
+    except OSError as exc:
+        fail(f"{label}: {exc.strerror or exc}")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".joinedup-probe-"):
+            pass
+    except OSError as exc:
+        fail(f"{label}: cannot write in {base}: {exc.strerror or exc}")
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Fail (one line naming the path, exit 2) unless `path` is a directory this process can write in, or one
+    it can create. `option` names it in the message (e.g. "--out")."""
+    _writable_dir(path, f"{option} {path}")
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Fail (one line naming the path, exit 2) unless `path` names a file this process can write (its directory
+    may be created)."""
+    label = f"{option} {path}"
+    try:
+        if path.is_dir():
+            fail(f"{label}: is a directory; give a file name")
+        if path.exists():
+            with path.open("ab"):
+                return
+    except OSError as exc:
+        fail(f"{label}: cannot write it: {exc.strerror or exc}")
+    _writable_dir(path.parent, label)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail (one line, exit 2) unless the server could listen on host:port now."""
+    if not 1 <= port <= 65535:
+        fail(f"--port {port} is out of range: give a port from 1 to 65535")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        fail(f"--host {host}: {getattr(exc, 'strerror', None) or exc}")
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            s.bind(address)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _gate():
     from joinedup.governance.gate import get_gate
+    from joinedup.store.engine import DatabaseUnavailable
 
-    return get_gate(get_settings().database_url)
+    try:
+        return get_gate(get_settings().database_url)
+    except DatabaseUnavailable as exc:
+        fail(describe_error(exc))
 
 
 def _cli_principal():
@@ -56,8 +213,11 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     """Serve the API (FHIR at /fhir, OpenAPI docs at /docs) and web app."""
     import uvicorn
 
+    if workers < 1:
+        fail("--workers must be at least 1")
+    check_port(host, port)
+    _gate()  # migrate before workers start (and a database that cannot be used is one line, exit 2)
     _trust_bound_host(host)
-    _gate()  # migrate before workers start
     uvicorn.run("joinedup.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 
@@ -90,12 +250,16 @@ def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles,
             workers: int = typer.Option(2, help="Processes validating in parallel (1 = in-process)."),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Load FHIR NDJSON files or Bundles (idempotent; bad lines go to a rejects file)."""
-    from joinedup.interop.bulk_import import discover, import_paths
+    from joinedup.interop.bulk_import import ImportFileError, discover, import_paths
 
+    if workers < 1:
+        fail("--workers must be at least 1")
     try:
         discover(paths)
-    except FileNotFoundError as exc:
-        fail(str(exc))
+    except OSError as exc:
+        fail(str(exc) if exc.filename is None else describe_error(exc))
+    if rejects is not None:
+        check_output_file(rejects, "--rejects")
     gate = _gate()
     who = _cli_principal()
     with Progress(TextColumn("[bold]importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
@@ -105,13 +269,20 @@ def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles,
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = import_paths(gate, who, paths, source=source, rejects=rejects, workers=workers, progress=progress)
+        try:
+            report = import_paths(gate, who, paths, source=source, rejects=rejects, workers=workers,
+                                  progress=progress)
+        except ImportFileError as exc:
+            gate.audit.flush()
+            fail(str(exc))
     gate.audit.flush()
     out.print(f"read {report.read:,} resources from {report.files} file(s) in {report.seconds:.1f}s "
               f"({report.rate:,.0f}/s): {report.created:,} created, {report.updated:,} updated, "
               f"{report.unchanged:,} unchanged, {report.rejected:,} rejected", highlight=False)
     if report.rejects_path:
         out.print(f"rejected lines and reasons: {report.rejects_path}", highlight=False)
+    if report.first_reject:
+        out.print(f"first rejected: {report.first_reject}", highlight=False)
 
 
 @app.command("export")
@@ -133,8 +304,7 @@ def export(out_dir: Path = typer.Argument(..., help="Directory for the NDJSON fi
         wanted = parse_types(types)
     except FhirError as exc:
         fail(exc.diagnostics)
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"{out_dir} exists and is not a directory")
+    check_output_dir(out_dir, "output directory")
     gate = _gate()
     counts = export_to_dir(gate, _cli_principal(), out_dir, types=wanted, since=since_norm, label="cli export")
     gate.audit.flush()
@@ -155,8 +325,18 @@ def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
     """Add a user."""
     from joinedup.governance.identity import IdentityError, add_user
 
+    gate = _gate()
+    for option, rtype, rid in (("--practitioner", "Practitioner", practitioner),
+                               ("--organization", "Organization", organization), ("--patient", "Patient", patient)):
+        if rid is None:
+            continue
+        found = gate.store.read(rtype, rid)
+        if found is None:
+            fail(f"{option} {rid}: there is no {rtype}/{rid} in the store (import it first, or check the id)")
+        if found.deleted:
+            fail(f"{option} {rid}: {rtype}/{rid} has been deleted from the store")
     try:
-        who = add_user(_gate().store, name=name, role=role, display=display, practitioner=practitioner,
+        who = add_user(gate.store, name=name, role=role, display=display, practitioner=practitioner,
                        organization=organization, patient=patient, password=password, replace=replace)
     except IdentityError as exc:
         fail(str(exc))
@@ -231,21 +411,6 @@ def token(name: str = typer.Argument(..., help="User name."),
     sys.stdout.write(f"bearer token for {name}: {value}\n")
 
 
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the audit hash chain; exit 1 naming the first bad entry if it was tampered with."""
-    from joinedup.governance.audit import verify_chain
-
-    gate = _gate()
-    gate.audit.flush()
-    report = verify_chain(gate.store)
-    if report.ok:
-        out.print(f"audit chain intact: {report.checked:,} entries verified")
-        return
-    console.print(f"[red]audit chain broken[/red]: {report.problem} (first bad entry: {report.first_bad_seq})")
-    raise typer.Exit(1)
-
-
 @app.command("demo")
 def demo(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
          port: int = typer.Option(8000, help="Port to listen on."),
@@ -256,6 +421,11 @@ def demo(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     """Load a synthetic integrated care system, create demo users and serve the app."""
     from joinedup.demo import load_demo
 
+    if patients < 1:
+        fail("--patients must be at least 1")
+    if serve_app:
+        check_port(host, port)
+    check_output_dir(data_dir, "--data-dir")
     gate = _gate()
     users = load_demo(gate, patients=patients, seed=seed, data_dir=data_dir, console=console)
     table = Table("user", "role", "password", title="Demo log-ins (web app and POST /auth/token)")
@@ -270,9 +440,29 @@ def demo(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
         serve(host=host, port=port, workers=1, log_level="warning")
 
 
+def _checking(command, check):
+    """The command with `check(**its arguments)` run first (same parameters, help and name for Typer)."""
+
+    @functools.wraps(command)
+    def checked(*args, **kwargs):
+        check(**kwargs)
+        return command(*args, **kwargs)
+
+    return checked
+
+
+def _sar_outputs(out_file: Path | None = None, **_: Any) -> None:
+    if out_file is not None:
+        check_output_file(out_file, "--out")
+
+
+def _extract_outputs(out_dir: Path, **_: Any) -> None:
+    check_output_dir(out_dir, "--out")
+
+
 app.command("generate", help="Generate a synthetic integrated care system as FHIR NDJSON.")(generate_command)
-app.command("sar")(governance_cli.sar_command)
-app.command("extract")(governance_cli.extract_command)
+app.command("sar")(_checking(governance_cli.sar_command, _sar_outputs))
+app.command("extract")(_checking(governance_cli.extract_command, _extract_outputs))
 app.add_typer(governance_cli.privacy_app, name="privacy")
 app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
 app.add_typer(care_cli.app, name="care")

@@ -68,6 +68,10 @@ def test_users_add_patient_without_patient_id_is_exit_2(run, uid):
 
 def test_token_works_against_the_api(server, run, uid, api):
     name = f"cli-gp-{uid}"
+    # users add refuses ids the store does not hold: the practitioner and organisation exist first
+    api.put(f"/fhir/Practitioner/pr-{uid}", json={"resourceType": "Practitioner", "id": f"pr-{uid}"})
+    api.put(f"/fhir/Organization/org-{uid}", json={"resourceType": "Organization", "id": f"org-{uid}",
+                                                  "name": f"Org {uid}"})
     added = run(
         "users", "add", name, "--role", "gp", "--practitioner", f"pr-{uid}", "--organization", f"org-{uid}"
     )

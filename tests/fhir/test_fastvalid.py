@@ -86,3 +86,91 @@ def test_fast_validator_never_accepts_what_the_models_refuse(seed):
         if is_certainly_valid(mutant):
             assert model_ok, f"fast validator accepted an invalid resource: {orjson.dumps(mutant)[:500]!r}"
     assert refused_by_models > 100  # the mutations really do produce invalid resources
+
+
+# -- codes of REQUIRED bindings (the models accept any code; the fast validator and check_required_codes do not) --
+REQUIRED_CODE_CASES = [
+    ({"resourceType": "Patient", "id": "p", "gender": "banana"}, "Patient.gender", "male | female | other | unknown"),
+    ({"resourceType": "Patient", "id": "p", "contact": [{"gender": "x"}]}, "Patient.contact[0].gender", "female"),
+    ({"resourceType": "Patient", "id": "p", "name": [{"family": "A", "use": "nick"}]}, "Patient.name[0].use",
+     "nickname"),
+    ({"resourceType": "Observation", "id": "o", "status": "done", "code": {"text": "x"}}, "Observation.status",
+     "corrected"),
+    ({"resourceType": "Encounter", "id": "e", "status": "over", "class": {"code": "AMB"}}, "Encounter.status",
+     "entered-in-error"),
+    ({"resourceType": "MedicationRequest", "id": "m", "status": "active", "intent": "wish",
+      "subject": {"reference": "Patient/p"}, "medicationCodeableConcept": {"text": "x"}}, "MedicationRequest.intent",
+     "original-order"),
+    ({"resourceType": "MedicationRequest", "id": "m", "status": "paused", "intent": "order",
+      "subject": {"reference": "Patient/p"}, "medicationCodeableConcept": {"text": "x"}}, "MedicationRequest.status",
+     "on-hold"),
+    ({"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/p"},
+      "identifier": [{"use": "main", "value": "1"}]}, "Condition.identifier[0].use", "official"),
+    ({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+      "contained": [{"resourceType": "Patient", "id": "c1", "gender": "F"}]}, "Observation.contained[0].gender",
+     "female"),
+    ({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Task", "id": "t",
+      "status": "open", "intent": "order"}}]}, "Bundle.entry[0].resource.status", "in-progress"),
+]
+
+
+@pytest.mark.parametrize("doc,where,allowed", REQUIRED_CODE_CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_a_code_outside_its_required_value_set_is_refused_with_its_path(doc, where, allowed):
+    from joinedup.fhir.errors import FhirError
+    from joinedup.fhir.fastvalid import check_required_codes, required_code_problem
+
+    assert _model_accepts(doc), "the R4B models accept it: only the code check refuses it"
+    assert not is_certainly_valid(doc)
+    problem = required_code_problem(doc)
+    assert problem is not None and problem.startswith(f"{where}: ") and allowed in problem
+    with pytest.raises(FhirError) as caught:
+        check_required_codes(doc)
+    assert caught.value.status == 422 and caught.value.issues[0]["expression"] == [where]
+
+
+@pytest.mark.parametrize("doc", [
+    {"resourceType": "Patient", "id": "p", "gender": "unknown", "contact": [{"gender": "other"}]},
+    {"resourceType": "Observation", "id": "o", "status": "entered-in-error", "code": {"text": "x"}},
+    {"resourceType": "Encounter", "id": "e", "status": "unknown", "class": {"code": "AMB"},
+     "statusHistory": [{"status": "onleave", "period": {"start": "2024-01-01"}}]},
+    {"resourceType": "DiagnosticReport", "id": "d", "status": "appended", "code": {"text": "x"}},
+    {"resourceType": "Task", "id": "t", "status": "failed", "intent": "order"},
+    {"resourceType": "SupplyRequest", "id": "s", "status": "completed", "itemCodeableConcept": {"text": "x"},
+     "quantity": {"value": 1}},  # a value set not completed here: not checked, so not refused
+])
+def test_codes_in_their_required_value_sets_pass(doc):
+    from joinedup.fhir.fastvalid import required_code_problem
+
+    assert required_code_problem(doc) is None
+    assert is_certainly_valid(doc)
+
+
+def test_completed_value_sets_extend_what_the_models_list():
+    from joinedup.fhir.fastvalid import COMPLETED_VALUE_SETS, _spec
+    from joinedup.fhir.validation import model_class
+
+    for element, codes in COMPLETED_VALUE_SETS.items():
+        cls_name, field = element.split(".")
+        if cls_name == "EncounterStatusHistory":
+            from fhir.resources.R4B.encounter import EncounterStatusHistory as cls
+        else:
+            cls = model_class(cls_name)
+        listed = cls.model_fields[field].json_schema_extra["enum_values"]
+        assert "+" in listed and set(listed) - {"+"} <= set(codes), element
+        kind, _list, allowed, _req, _group = _spec(cls)[field]
+        assert kind == "code" and set(allowed) == set(codes)
+
+
+def test_the_samples_and_the_generator_use_only_allowed_codes(tmp_path):
+    from joinedup.fhir.fastvalid import required_code_problem
+    from joinedup.synth.service import generate
+
+    docs = [orjson.loads(line) for f in sorted(SAMPLES.glob("*.ndjson.gz")) if f.name != "log.ndjson.gz"
+            for line in sample_lines(f.name.removesuffix(".000.ndjson.gz"))]
+    out = tmp_path / "ics"
+    generate(patients=40, seed=11, out=out, workers=1)
+    for f in sorted(out.glob("*.ndjson")):
+        if f.name != "ground-truth.ndjson":
+            docs += [orjson.loads(line) for line in f.read_bytes().splitlines() if line.strip()]
+    problems = [p for p in map(required_code_problem, docs) if p]
+    assert len(docs) > 1000 and problems == []

@@ -111,13 +111,16 @@ def test_a_removed_user_is_refused_and_their_history_stays(server, run, api, uid
         assert old.get("/api/me/alert-settings").status_code == 401
 
 
-def test_a_role_change_counts_from_the_next_request(server, run, uid):
+def test_a_role_change_counts_from_the_next_request(server, run, uid, api):
     name = make_user(server, f"officer-{uid}", "officer-pw", role="privacy-officer")
     token = _token_of(server, name)
     with bearer(server, token) as c:
         assert c.get("/fhir/AuditEvent", params={"_count": 1}).status_code == 200
-        demoted = run("users", "add", name, "--role", "gp", "--practitioner", "gp-1", "--organization",
-                      "practice-1", "--replace")
+        api.put(f"/fhir/Practitioner/pr-{uid}", json={"resourceType": "Practitioner", "id": f"pr-{uid}"})
+        api.put(f"/fhir/Organization/org-{uid}", json={"resourceType": "Organization", "id": f"org-{uid}",
+                                                      "name": f"Org {uid}"})
+        demoted = run("users", "add", name, "--role", "gp", "--practitioner", f"pr-{uid}", "--organization",
+                      f"org-{uid}", "--replace")
         assert demoted.exit_code == 0, demoted.output
         assert c.get("/fhir/AuditEvent", params={"_count": 1}).status_code == 403
         promoted = run("users", "add", name, "--role", "privacy-officer", "--replace")

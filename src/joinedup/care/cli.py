@@ -17,15 +17,23 @@ out = Console(soft_wrap=True)
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _gate():
     from joinedup.config import get_settings
     from joinedup.governance.gate import get_gate
+    from joinedup.store.engine import DatabaseUnavailable
 
-    return get_gate(get_settings().database_url)
+    try:
+        return get_gate(get_settings().database_url)
+    except DatabaseUnavailable as exc:
+        from joinedup.cli import describe_error
+
+        _fail(describe_error(exc))
 
 
 @app.callback()

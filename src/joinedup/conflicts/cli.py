@@ -105,18 +105,21 @@ def screen_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from joinedup.cli import _cli_principal
+    from joinedup.cli import _cli_principal, check_output_dir, describe_error
     from joinedup.config import get_settings
     from joinedup.fhir.errors import FhirError
     from joinedup.governance.gate import get_gate
+    from joinedup.store.engine import DatabaseUnavailable
 
     from . import screen
 
-    if out.exists() and not out.is_dir():
-        typer.echo(f"error: --out {out} exists and is not a directory", err=True)
-        raise typer.Exit(code=2)
+    check_output_dir(out, "--out")
     console = Console(stderr=True)
-    gate = get_gate(get_settings().database_url)
+    try:
+        gate = get_gate(get_settings().database_url)
+    except DatabaseUnavailable as exc:
+        typer.echo(f"error: {describe_error(exc)}", err=True)
+        raise typer.Exit(code=2) from None
     who = _cli_principal()
     formats = {"csv", "json"} if format == ScreenFormat.both else {format.value}
     try:

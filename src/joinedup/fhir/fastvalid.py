@@ -5,6 +5,11 @@ primitive formats (FHIR regexes and real calendar dates), required elements, one
 element — an order of magnitude faster than building the pydantic models. It is deliberately at least as
 strict as the models: anything it doubts is handed to the models, which give the precise message (or accept
 it, in which case the model's verdict stands).
+
+It also knows the codes of `code` elements bound to REQUIRED value sets (Patient.gender, Observation.status,
+MedicationRequest.intent, ...), which the models do not check: the fast path doubts a code outside its value set,
+and `check_required_codes` refuses it with the element's path and the codes allowed (the models would accept
+"banana" as a gender).
 """
 
 from __future__ import annotations
@@ -45,6 +50,64 @@ INT_RANGES = {"Integer": (-2147483648, 2147483647), "PositiveInt": (1, 214748364
 
 class Doubt(Exception):
     """The fast validator is not sure; the models decide."""
+
+
+# -- codes of REQUIRED bindings ---------------------------------------------------------------------------------
+# The fhir.resources models list the codes of a `code` element with a required binding (`enum_values`), from the
+# element's short description in the specification. Where that description ends in "+" the list is incomplete;
+# these are the whole value sets from the FHIR R4 (and R4B: unchanged) specification. Elements whose list ends
+# in "+" and are not completed here are not checked (their codes could not be verified).
+_OBSERVATION_STATUS = ("registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error",
+                       "unknown")  # http://hl7.org/fhir/ValueSet/observation-status (8 codes)
+_ENCOUNTER_STATUS = ("planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+                     "entered-in-error", "unknown")  # http://hl7.org/fhir/ValueSet/encounter-status (9 codes)
+_DIAGNOSTIC_REPORT_STATUS = ("registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
+                             "cancelled", "entered-in-error", "unknown")  # .../diagnostic-report-status (10 codes)
+_TASK_STATUS = ("draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress",
+                "on-hold", "failed", "completed", "entered-in-error")  # http://hl7.org/fhir/ValueSet/task-status (12)
+COMPLETED_VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "Observation.status": _OBSERVATION_STATUS,
+    "DetectedIssue.status": _OBSERVATION_STATUS,
+    "RiskAssessment.status": _OBSERVATION_STATUS,
+    "Encounter.status": _ENCOUNTER_STATUS,
+    "EncounterStatusHistory.status": _ENCOUNTER_STATUS,
+    "DiagnosticReport.status": _DIAGNOSTIC_REPORT_STATUS,
+    "Task.status": _TASK_STATUS,
+}
+
+
+class Codes(frozenset):
+    """The codes of a value set (set lookups), remembering the specification's order for messages."""
+
+    order: tuple[str, ...]
+
+    def __new__(cls, codes) -> typing.Self:
+        self = super().__new__(cls, codes)
+        self.order = tuple(codes)
+        return self
+
+
+def _required_codes(cls: type, name: str, extra: dict) -> Codes | None:
+    """The codes allowed in a `code` element with a required binding, or None when they are not known."""
+    listed = extra.get("enum_values")
+    if not listed:
+        return None
+    if "+" not in listed:
+        return Codes(listed)
+    whole = COMPLETED_VALUE_SETS.get(f"{cls.__name__}.{name}")
+    if whole is None or not set(listed) - {"+"} <= set(whole):
+        return None
+    return Codes(whole)
+
+
+class CodeNotAllowed(Doubt):
+    """A code outside the required value set of its element (the models would accept it: they do not check)."""
+
+    def __init__(self, where: str, value: str, allowed: Codes) -> None:
+        super().__init__(f"{where}: '{value}' is not one of the codes allowed ({' | '.join(allowed.order)})")
+        self.where = where
+        self.value = value
+        self.allowed = allowed
 
 
 # field spec: (kind, is_list, payload, required, choice_group)
@@ -91,6 +154,8 @@ def _spec(cls: type) -> dict[str, tuple]:
                 out[key] = ("int", is_list, INT_RANGES[fmt], required, group)
             elif fmt == "Decimal":
                 out[key] = ("dec", is_list, None, required, group)
+            elif fmt == "Code" and (codes := _required_codes(cls, key, extra)) is not None:
+                out[key] = ("code", is_list, codes, required, group)
             elif fmt in STRING_FORMATS:
                 out[key] = ("str", is_list, fmt, required, group)
             else:
@@ -143,7 +208,10 @@ def _check_date(value: str, fmt: str) -> None:
 
 
 def _prim(kind: str, payload: Any, value: Any) -> None:
-    if kind == "str":
+    if kind == "code":
+        if type(value) is not str or value not in payload:
+            raise Doubt
+    elif kind == "str":
         if type(value) is not str or not STRING_FORMATS[payload].fullmatch(value):
             raise Doubt
         _check_date(value, payload)
@@ -222,6 +290,101 @@ def validate_fast(resource: Any) -> None:
     if cls is None:
         raise Doubt
     _element(cls, resource, is_resource=True)
+
+
+@lru_cache(maxsize=None)
+def _has_codes(cls: type) -> bool:
+    """True when a required-binding code element can occur anywhere inside elements of this class."""
+    seen: set[type] = set()
+    stack = [cls]
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        try:
+            spec = _spec(c)
+        except TypeError:  # pragma: no cover - a model shape the fast validator does not know: not checked
+            continue
+        for kind, _list, payload, _req, _group in spec.values():
+            if kind in ("code", "resource"):
+                return True
+            if kind == "complex":
+                stack.append(payload)
+    return False
+
+
+@lru_cache(maxsize=None)
+def _code_plan(cls: type) -> dict[str, tuple[str, Any]]:
+    """The elements of a class to visit for required codes: key -> ("code", allowed) | ("complex", class) |
+    ("resource", None)."""
+    plan: dict[str, tuple[str, Any]] = {}
+    for key, (kind, _list, payload, _req, _group) in _spec(cls).items():
+        if kind == "code":
+            plan[key] = ("code", payload)
+        elif kind == "resource":
+            plan[key] = ("resource", None)
+        elif kind == "complex" and _has_codes(payload):
+            plan[key] = ("complex", payload)
+    return plan
+
+
+def _walk_codes(cls: type, node: Any, where: str) -> None:
+    if type(node) is not dict:
+        return
+    plan = _code_plan(cls)
+    for key, value in node.items():
+        step = plan.get(key)
+        if step is None or value is None:
+            continue
+        kind, payload = step
+        many = type(value) is list
+        for i, item in enumerate(value if many else (value,)):
+            path = f"{where}.{key}[{i}]" if many else f"{where}.{key}"
+            if kind == "code":
+                if type(item) is str and item not in payload:
+                    raise CodeNotAllowed(path, item, payload)
+            elif kind == "complex":
+                _walk_codes(payload, item, path)
+            else:
+                _resource_codes(item, path)
+
+
+def _resource_codes(resource: Any, where: str | None = None) -> None:
+    from joinedup.fhir.validation import model_class
+
+    if type(resource) is not dict:
+        return
+    rtype = resource.get("resourceType")
+    cls = model_class(rtype) if type(rtype) is str else None
+    if cls is None:
+        return
+    try:
+        _walk_codes(cls, resource, where or rtype)
+    except (TypeError, RecursionError):  # pragma: no cover - shapes the models refuse anyway
+        return
+
+
+def required_code_problem(resource: Any) -> str | None:
+    """The first `code` element outside its REQUIRED value set ("Patient.gender: 'banana' is not one of the
+    codes allowed (female | male | other | unknown)"), or None. Set lookups along the elements that can hold
+    such codes only; anything that is not the expected shape is left to the structural checks."""
+    try:
+        _resource_codes(resource)
+    except CodeNotAllowed as exc:
+        return str(exc)
+    return None
+
+
+def check_required_codes(resource: Any) -> None:
+    """Raise FhirError 422 (code "code-invalid", with the element's path) for a code outside the required value
+    set of its element."""
+    try:
+        _resource_codes(resource)
+    except CodeNotAllowed as exc:
+        from joinedup.fhir.errors import FhirError
+
+        raise FhirError(422, str(exc), code="code-invalid", expression=[exc.where]) from None
 
 
 def is_certainly_valid(resource: Any) -> bool:

@@ -78,7 +78,7 @@ def validate_resource(resource: Any, expected: str | None = None, *, serialized:
     """
     from pydantic import ValidationError
 
-    from joinedup.fhir.fastvalid import is_certainly_valid
+    from joinedup.fhir.fastvalid import check_required_codes, is_certainly_valid
 
     rtype = require_type(resource, expected)
     rid = resource.get("id")
@@ -99,6 +99,7 @@ def validate_resource(resource: Any, expected: str | None = None, *, serialized:
         raise FhirError(422, issues[0]["diagnostics"], issues=issues) from None
     except (ValueError, TypeError) as exc:
         raise FhirError(422, f"{rtype}: {exc}") from None
+    check_required_codes(resource)  # the models take any code; a required value set's codes are checked here
     check_nhs_numbers(resource, rtype)
     return rtype
 

@@ -6,6 +6,7 @@ import gzip
 import multiprocessing as mp
 import os
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.fastvalid import check_required_codes
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.store.repository import Prepared, prepare
@@ -33,6 +35,7 @@ class ImportReport:
     rejected: int = 0
     seconds: float = 0.0
     rejects_path: str | None = None
+    first_reject: str | None = None  # "FILE:LINE: reason" of the first rejected line
     by_type: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -46,6 +49,10 @@ class Reject:
     line: int
     reason: str
     text: str
+
+
+class ImportFileError(Exception):
+    """A file that cannot be read (or a rejects file that cannot be written): one line naming it."""
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
@@ -128,7 +135,9 @@ def prepare_many(records: list[tuple[str, int, bytes | dict]], source: str | Non
                     raise FhirError(400, f"not valid JSON: {exc}") from None
             if isinstance(rec, dict) and not rec.get("id"):
                 raise FhirError(400, "resource has no id (bulk import keeps the ids it is given)")
-            ok.append(prepare(rec, source=source, keep=False))
+            prepared = prepare(rec, source=source, keep=False)
+            check_required_codes(rec)  # codes of required bindings, which the R4B models do not check
+            ok.append(prepared)
         except FhirError as exc:
             raw_text = text.decode(errors="replace").rstrip("\n") if text is not None else \
                 orjson.dumps(rec).decode()
@@ -177,9 +186,13 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             return
         if rejects_fh is None:
             path = rejects or Path(f"joinedup-rejects-{time.strftime('%Y%m%d-%H%M%S')}.ndjson")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            rejects_fh = path.open("ab")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                rejects_fh = path.open("ab")
+            except OSError as exc:
+                raise ImportFileError(f"cannot write the rejects file {path}: {exc.strerror or exc}") from None
             report.rejects_path = str(path)
+            report.first_reject = f"{items[0].file}:{items[0].line}: {items[0].reason}"
         for r in items:
             rejects_fh.write(orjson.dumps({"file": r.file, "line": r.line, "reason": r.reason, "record": r.text}))
             rejects_fh.write(b"\n")
@@ -199,13 +212,20 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             chunk: list[tuple[str, int, bytes | dict]] = []
             size = f.stat().st_size
             consumed = reported = 0
-            for line, rec in _records(f):
-                chunk.append((str(f), line, rec))
-                consumed += len(rec) if isinstance(rec, bytes) else 0
-                if len(chunk) >= batch:
-                    yield str(f), chunk, min(consumed, size) - reported
-                    reported = min(consumed, size)
-                    chunk = []
+            line = 0
+            try:
+                for line, rec in _records(f):
+                    chunk.append((str(f), line, rec))
+                    consumed += len(rec) if isinstance(rec, bytes) else 0
+                    if len(chunk) >= batch:
+                        yield str(f), chunk, min(consumed, size) - reported
+                        reported = min(consumed, size)
+                        chunk = []
+            except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a damaged gzip file
+                where = f"{f}:{line + 1}" if line else str(f)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or
+                                                                                         exc.__class__.__name__)
+                raise ImportFileError(f"cannot read {where}: {reason}") from None
             yield str(f), chunk, size - reported
 
     # Workers validate, index AND write their own batches (each in its own transaction through the gate), so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,28 @@ from sqlalchemy import event
 
 _migrated: set[str] = set()
 _lock = threading.Lock()
+USAGE = "use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB"
+PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable PostgreSQL host is an error, not a hang
+
+
+class DatabaseUnavailable(Exception):
+    """The database URL cannot be used: not a URL, a database the store does not support, a SQLite file in a
+    directory that does not exist, or a server that cannot be reached. The message is one line and never shows a
+    password."""
+
+
+def masked(url: str) -> str:
+    """The URL as it may be shown: any password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all: hide anything between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = "; ".join(" ".join(part.split()) for part in str(exc).splitlines() if part.strip())
+    text = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text)
+    return text or exc.__class__.__name__
 
 
 def _json_dumps(obj) -> str:
@@ -19,18 +42,35 @@ def _json_dumps(obj) -> str:
 
 
 def make_engine(url: str) -> sa.Engine:
-    """Create an engine tuned for the store: WAL and relaxed fsync for SQLite, pooled psycopg for PG."""
+    """Create an engine tuned for the store: WAL and relaxed fsync for SQLite, pooled psycopg for PG.
+
+    Raises DatabaseUnavailable (one line) for a URL the store cannot use."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise DatabaseUnavailable(f"'{masked(url)}' is not a database URL: {USAGE}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseUnavailable(f"'{masked(url)}': the store cannot use '{parsed.drivername}' databases: {USAGE}")
     kwargs: dict = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if backend == "sqlite":
+        path = parsed.database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            file = Path(path)
+            if not file.parent.is_dir():
+                raise DatabaseUnavailable(f"cannot open the SQLite database {path}: directory {file.parent} "
+                                          "does not exist")
+            if file.is_dir():
+                raise DatabaseUnavailable(f"cannot open the SQLite database {path}: it is a directory")
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         kwargs["pool_size"] = 16
         kwargs["max_overflow"] = 32
-        engine = sa.create_engine(url, **kwargs)
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as exc:
+            raise DatabaseUnavailable(f"'{masked(url)}': {_one_line(exc)}") from None
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -51,7 +91,12 @@ def make_engine(url: str) -> sa.Engine:
         pj.set_json_loads(orjson.loads)
     except ImportError:  # pragma: no cover - psycopg is a hard dependency
         pass
-    return sa.create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True, **kwargs)
+    if "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+    try:
+        return sa.create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True, **kwargs)
+    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as exc:
+        raise DatabaseUnavailable(f"'{masked(url)}': {_one_line(exc)}") from None
 
 
 def migrate(engine: sa.Engine) -> None:
@@ -72,7 +117,13 @@ def migrate(engine: sa.Engine) -> None:
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> sa.Engine:
-    """One shared, migrated engine per database URL in this process."""
+    """One shared, migrated engine per database URL in this process (DatabaseUnavailable, one line, when the
+    database cannot be reached or opened)."""
     engine = make_engine(url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        reason = _one_line(exc.orig) if exc.orig is not None else _one_line(exc)
+        raise DatabaseUnavailable(f"cannot open the database {masked(url)}: {reason}") from None
     return engine

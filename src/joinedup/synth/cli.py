@@ -22,7 +22,7 @@ from joinedup.synth.service import GenerateError, generate
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(2)
 
 
@@ -51,6 +51,9 @@ def generate_command(
         _fail("--patients must be at least 1")
     if workers < 1:
         _fail("--workers must be at least 1")
+    from joinedup.cli import check_output_dir, describe_error
+
+    check_output_dir(out, "--out")  # fails at once, in one line, rather than after the people are made
     console = Console(stderr=True, quiet=quiet)
     try:
         with Progress(TextColumn("[bold]Generating[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("people"),
@@ -61,6 +64,8 @@ def generate_command(
                               years=years, force=force, progress=lambda n: bar.advance(task, n))
     except GenerateError as exc:
         _fail(str(exc))
+    except OSError as exc:  # e.g. the disk filled up: the path and the problem, in one line
+        _fail(describe_error(exc))
     if not quiet:
         console.print(f"Wrote {result.resources:,} resources for {result.patients:,} people "
                       f"in {result.files} files to {result.out}")
