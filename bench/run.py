@@ -7,7 +7,7 @@ import sys
 import traceback
 
 BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts", "bench.bench_record", "bench.bench_policy",
-              "bench.bench_care_worklist", "bench.bench_notifications"]
+              "bench.bench_care_worklist", "bench.bench_notifications", "bench.bench_responsiveness"]
 
 
 def main(argv: list[str]) -> int:

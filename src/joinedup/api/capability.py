@@ -44,8 +44,20 @@ def _rest_resources(params: SearchParameters) -> tuple:
     return tuple(out)
 
 
-def capability_statement(base: str, params: SearchParameters) -> dict:
-    """A CapabilityStatement for this server at `base`."""
+def capability_statement(base: str, params: SearchParameters, *, max_body_bytes: int | None = None,
+                         max_bundle_entries: int | None = None, max_page_size: int | None = None) -> dict:
+    """A CapabilityStatement for this server at `base` (stating its request limits when given)."""
+    limits = []
+    if max_body_bytes:
+        limits.append(f"request bodies of at most {max_body_bytes:,} bytes")
+    if max_bundle_entries:
+        limits.append(f"at most {max_bundle_entries:,} entries in one batch or transaction Bundle")
+    if max_page_size:
+        limits.append(f"pages of at most {max_page_size:,} entries (_count), _offset up to 10,000,000")
+    documentation = ("Resources of every FHIR R4 type can be stored and read; the types listed here also support "
+                     "search. Every request needs a bearer token.")
+    if limits:
+        documentation += " Limits: " + "; ".join(limits) + " (413 or 400 with an OperationOutcome beyond them)."
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -59,8 +71,7 @@ def capability_statement(base: str, params: SearchParameters) -> dict:
         "patchFormat": [],
         "rest": [{
             "mode": "server",
-            "documentation": "Resources of every FHIR R4 type can be stored and read; the types listed here also "
-                             "support search. Every request needs a bearer token.",
+            "documentation": documentation,
             "security": {"cors": True, "service": [{"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth",
                 "display": "OAuth"}]}],

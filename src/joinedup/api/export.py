@@ -5,18 +5,28 @@ from __future__ import annotations
 import re
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
-from joinedup.api.auth import current_user, get_gate
-from joinedup.api.responses import FhirResponse
+from joinedup.api.responses import FhirResponse, outcome_responses
+from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import date_range
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.interop import bulk_export
 
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(prefix="/fhir", tags=["bulk data"])
+_KICKOFF_DOC = {
+    "responses": {202: {"description": "Accepted: poll the Content-Location URL"},
+                  **outcome_responses(400, 401, 403)},
+    "openapi_extra": {"parameters": [
+        {"name": "Prefer", "in": "header", "required": True, "schema": {"type": "string", "enum": ["respond-async"]}},
+        {"name": "_outputFormat", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "_type", "in": "query", "required": False, "schema": {"type": "string"}}]},
+}
 _FILE = re.compile(r"^[A-Za-z]+\.ndjson$")
 
 
@@ -42,20 +52,23 @@ def _kickoff(request: Request, who: Principal, gate: Gate, patient_level: bool) 
     return Response(status_code=202, headers={"Content-Location": status_url})
 
 
-@router.get("/$export", summary="System-level bulk export (async)")
-async def system_export(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/$export", summary="System-level bulk export (async)", status_code=202, response_class=Response,
+            **_KICKOFF_DOC)
+def system_export(request: Request, who: CurrentUser, gate: GateDep):
     return _kickoff(request, who, gate, patient_level=False)
 
 
-@router.get("/Patient/$export", summary="Patient-level bulk export (async)")
-async def patient_export(request: Request, who: Principal = Depends(current_user),
-                         gate: Gate = Depends(get_gate)):
+@router.get("/Patient/$export", summary="Patient-level bulk export (async)", status_code=202,
+            response_class=Response, **_KICKOFF_DOC)
+def patient_export(request: Request, who: CurrentUser, gate: GateDep):
     return _kickoff(request, who, gate, patient_level=True)
 
 
-@router.get("/$export-status/{job_id}", summary="Bulk export status")
-async def export_status(job_id: str, request: Request, who: Principal = Depends(current_user),
-                        gate: Gate = Depends(get_gate)):
+@router.get("/$export-status/{job_id}", summary="Bulk export status",
+            responses={200: {"description": "Finished: the manifest",
+                             "content": {"application/json": {"schema": {"type": "object"}}}},
+                       202: {"description": "Still in progress"}, **outcome_responses(401, 403, 404, 500)})
+def export_status(job_id: str, request: Request, who: CurrentUser, gate: GateDep):
     job = bulk_export.get_job(gate, who, job_id)
     if job["status"] == "in-progress":
         return Response(status_code=202, headers={"X-Progress": "in progress", "Retry-After": "1"})
@@ -74,16 +87,19 @@ async def export_status(job_id: str, request: Request, who: Principal = Depends(
     return FhirResponse(manifest, media_type="application/json")
 
 
-@router.delete("/$export-status/{job_id}", summary="Cancel or delete a bulk export")
-async def export_delete(job_id: str, request: Request, who: Principal = Depends(current_user),
-                        gate: Gate = Depends(get_gate)):
+@router.delete("/$export-status/{job_id}", summary="Cancel or delete a bulk export", status_code=202,
+               response_class=Response,
+               responses={202: {"description": "Cancelled or deleted"}, **outcome_responses(401, 403, 404)})
+def export_delete(job_id: str, request: Request, who: CurrentUser, gate: GateDep):
     bulk_export.delete_job(gate, who, job_id, request.app.state.settings.export_dir)
     return Response(status_code=202)
 
 
-@router.get("/$export-file/{job_id}/{name}", summary="Download one NDJSON file of a finished export")
-async def export_file(job_id: str, name: str, request: Request, who: Principal = Depends(current_user),
-                      gate: Gate = Depends(get_gate)):
+@router.get("/$export-file/{job_id}/{name}", summary="Download one NDJSON file of a finished export",
+            responses={200: {"description": "NDJSON, one resource a line",
+                             "content": {"application/fhir+ndjson": {"schema": {"type": "string"}}}},
+                       **outcome_responses(401, 403, 404)})
+def export_file(job_id: str, name: str, request: Request, who: CurrentUser, gate: GateDep):
     job = bulk_export.get_job(gate, who, job_id)
     path = request.app.state.settings.export_dir / job_id / name
     if job["status"] != "completed" or not _FILE.match(name) or not path.exists():

@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from joinedup.api.auth import current_user, get_gate
 from joinedup.api.capability import capability_statement
-from joinedup.api.responses import FHIR_JSON, FhirResponse
+from joinedup.api.limits import check_bundle_entries
+from joinedup.api.responses import (
+    FHIR_BUNDLE_SCHEMA,
+    FHIR_JSON,
+    FHIR_RESOURCE_SCHEMA,
+    FhirResponse,
+    fhir_responses,
+)
+from joinedup.deps import CurrentUser, FhirBody, FormData, GateDep, SettingsDep
 from joinedup.fhir.bundles import apply_elements, apply_summary, searchset
 from joinedup.fhir.errors import FhirError, info_outcome
-from joinedup.fhir.validation import is_resource_type, parse_json
+from joinedup.fhir.validation import is_resource_type
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.store.repository import Stored, Written
+from joinedup.store.search import MAX_COUNT_PARAM, MAX_OFFSET, parse_int
 
-router = APIRouter(prefix="/fhir", tags=["fhir"])
+# Every handler is a plain `def`: FastAPI runs it in its thread pool, so a long store call (a 20,000-entry
+# transaction) never holds up the event loop and other requests.
+router = APIRouter(prefix="/fhir", tags=["fhir"], default_response_class=FhirResponse)
+MAX_VERSION = 2_147_483_647  # versions are 32-bit integers in the store
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _body_doc(schema: dict[str, Any], media: str = FHIR_JSON) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {media: {"schema": schema}}}}
+
+
+_COUNT = _query("_count", f"Page size, 0 to {MAX_COUNT_PARAM:,} (pages are capped at the server's page size)",
+                {"type": "integer", "minimum": 0, "maximum": MAX_COUNT_PARAM})
+_OFFSET = _query("_offset", f"Entries to skip, 0 to {MAX_OFFSET:,}",
+                 {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET})
+_SINCE = _query("_since", "Only what changed at or after this instant")
+SEARCH_PARAMS = [_COUNT, _OFFSET, _query("_sort", "Sort keys, e.g. -_lastUpdated"),
+                 _query("_summary", "true, false, text, data or count"),
+                 _query("_elements", "Comma-separated elements to keep"),
+                 _query("_total", "none, estimate or accurate"), _query("_include", "Type:param[:Target]"),
+                 _query("_revinclude", "Type:param[:Target]")]
+_READ_ERRORS = (400, 401, 403, 404, 406, 410)
+_WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415, 422, 428)
 
 
 def base_url(request: Request) -> str:
@@ -30,10 +66,10 @@ def _etag(version: int) -> str:
 
 def http_date(instant: str) -> str:
     """RFC 7231 date for a stored UTC timestamp."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     from email.utils import format_datetime
 
-    dt = datetime.fromisoformat(instant.rstrip("Z")[:26]).replace(tzinfo=timezone.utc)
+    dt = datetime.fromisoformat(instant.rstrip("Z")[:26]).replace(tzinfo=UTC)
     return format_datetime(dt, usegmt=True)
 
 
@@ -59,14 +95,6 @@ def _written_response(request: Request, w: Written, created: bool) -> Response:
     return FhirResponse(w.resource, status_code=status, headers=headers)
 
 
-async def _body(request: Request):
-    ctype = request.headers.get("content-type", "")
-    if ctype and "json" not in ctype:
-        raise FhirError(415, f"Content-Type '{ctype}' is not supported; send application/fhir+json",
-                        code="not-supported")
-    return parse_json(await request.body())
-
-
 def _check_format(request: Request) -> None:
     fmt = request.query_params.get("_format")
     if fmt and "json" not in fmt:
@@ -74,40 +102,51 @@ def _check_format(request: Request) -> None:
                         code="not-supported")
 
 
-@router.get("/metadata", summary="CapabilityStatement")
-async def metadata(request: Request):
-    return FhirResponse(capability_statement(base_url(request), request.app.state.gate.store.params))
+@router.get("/metadata", summary="CapabilityStatement", responses=fhir_responses())
+def metadata(request: Request, settings: SettingsDep):
+    return FhirResponse(capability_statement(base_url(request), request.app.state.gate.store.params,
+                                             max_body_bytes=settings.max_body_bytes,
+                                             max_bundle_entries=settings.max_bundle_entries,
+                                             max_page_size=settings.max_page_size))
 
 
 @router.api_route("/metadata", methods=["POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
-async def metadata_not_allowed():
+def metadata_not_allowed():
     raise FhirError(405, "The CapabilityStatement is read-only: use GET /fhir/metadata", code="not-supported")
 
 
-@router.post("", summary="Process a transaction or batch Bundle")
-async def bundle(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
-    body = await _body(request)
+@router.post("", summary="Process a transaction or batch Bundle",
+             description="At most `max_bundle_entries` entries (JOINEDUP_MAX_BUNDLE_ENTRIES, default 20,000) and "
+                         "`max_body_bytes` (JOINEDUP_MAX_BODY_BYTES, default 64 MiB) per request: 413 otherwise.",
+             responses=fhir_responses(*_WRITE_ERRORS, schema=FHIR_BUNDLE_SCHEMA, ok_description="The response Bundle"),
+             openapi_extra=_body_doc(FHIR_BUNDLE_SCHEMA))
+def bundle(request: Request, who: CurrentUser, gate: GateDep, settings: SettingsDep, body: FhirBody):
+    check_bundle_entries(body, settings.max_bundle_entries)
     return FhirResponse(gate.bundle(who, body, base_url=base_url(request)))
 
 
-@router.get("/_history", summary="System history")
-async def system_history(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/_history", summary="System history",
+            responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+            openapi_extra={"parameters": [_COUNT, _OFFSET, _SINCE]})
+def system_history(request: Request, who: CurrentUser, gate: GateDep):
     return _history(request, who, gate, None, None)
 
 
 # Bulk export routes are registered before the generic type routes (see api/export.py).
 
-@router.get("/{rtype}", summary="Search a resource type")
-async def search_get(rtype: str, request: Request, who: Principal = Depends(current_user),
-                     gate: Gate = Depends(get_gate)):
+@router.get("/{rtype}", summary="Search a resource type",
+            responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+            openapi_extra={"parameters": SEARCH_PARAMS})
+def search_get(rtype: str, request: Request, who: CurrentUser, gate: GateDep):
     _check_format(request)
     return _search(request, who, gate, rtype, list(request.query_params.multi_items()))
 
 
-@router.post("/{rtype}/_search", summary="Search a resource type (form-encoded POST)")
-async def search_post(rtype: str, request: Request, who: Principal = Depends(current_user),
-                      gate: Gate = Depends(get_gate)):
-    form = await request.form()
+@router.post("/{rtype}/_search", summary="Search a resource type (form-encoded POST)",
+             responses=fhir_responses(*_READ_ERRORS, 413, schema=FHIR_BUNDLE_SCHEMA),
+             openapi_extra=_body_doc({"type": "object", "additionalProperties": {"type": "string"}},
+                                     "application/x-www-form-urlencoded"))
+def search_post(rtype: str, request: Request, who: CurrentUser, gate: GateDep, form: FormData):
     params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
     return _search(request, who, gate, rtype, params)
 
@@ -159,15 +198,17 @@ def _search(request: Request, who: Principal, gate: Gate, rtype: str, params: li
 
 def _controls(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in params if k in ("_count", "_sort", "_summary", "_elements", "_total")
-            or k.startswith("_include") or k.startswith("_revinclude")]
+            or k.startswith(("_include", "_revinclude"))]
 
 
-@router.post("/{rtype}", summary="Create a resource (conditional with If-None-Exist)")
-async def create(rtype: str, request: Request, who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
+@router.post("/{rtype}", summary="Create a resource (conditional with If-None-Exist)",
+             responses={**fhir_responses(*_WRITE_ERRORS, ok=201, ok_description="Created"),
+                        200: {"description": "If-None-Exist matched an existing resource",
+                              "content": {FHIR_JSON: {"schema": FHIR_RESOURCE_SCHEMA}}}},
+             openapi_extra=_body_doc(FHIR_RESOURCE_SCHEMA))
+def create(rtype: str, request: Request, who: CurrentUser, gate: GateDep, body: FhirBody):
     if not is_resource_type(rtype):
         raise FhirError(404, f"Unknown resource type '{rtype}'", code="not-supported")
-    body = await _body(request)
     if isinstance(body, dict) and body.get("resourceType") != rtype:
         raise FhirError(400, f"resourceType '{body.get('resourceType')}' does not match the URL's type '{rtype}'",
                         expression=["resourceType"])
@@ -177,15 +218,18 @@ async def create(rtype: str, request: Request, who: Principal = Depends(current_
     return _written_response(request, written, created=True)
 
 
-@router.get("/{rtype}/_history", summary="Type history")
-async def type_history(rtype: str, request: Request, who: Principal = Depends(current_user),
-                       gate: Gate = Depends(get_gate)):
+@router.get("/{rtype}/_history", summary="Type history",
+            responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+            openapi_extra={"parameters": [_COUNT, _OFFSET, _SINCE]})
+def type_history(rtype: str, request: Request, who: CurrentUser, gate: GateDep):
     return _history(request, who, gate, rtype, None)
 
 
-@router.get("/{rtype}/{rid}", summary="Read a resource")
-async def read(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
-               gate: Gate = Depends(get_gate)):
+@router.get("/{rtype}/{rid}", summary="Read a resource",
+            responses={**fhir_responses(*_READ_ERRORS), 304: {"description": "Not modified (If-None-Match)"}},
+            openapi_extra={"parameters": [_query("_summary", "true, text or data"),
+                                          _query("_elements", "Comma-separated elements to keep")]})
+def read(rtype: str, rid: str, request: Request, who: CurrentUser, gate: GateDep):
     _check_format(request)
     s = gate.read(who, rtype, rid)
     inm = request.headers.get("if-none-match")
@@ -200,43 +244,46 @@ async def read(rtype: str, rid: str, request: Request, who: Principal = Depends(
     return _resource_response(s)
 
 
-@router.put("/{rtype}/{rid}", summary="Update (or create with a given id) a resource; If-Match for locking")
-async def update(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
-    body = await _body(request)
+@router.put("/{rtype}/{rid}", summary="Update (or create with a given id) a resource; If-Match for locking",
+            responses={**fhir_responses(*_WRITE_ERRORS, ok_description="Updated"),
+                       201: {"description": "Created with the given id",
+                             "content": {FHIR_JSON: {"schema": FHIR_RESOURCE_SCHEMA}}}},
+            openapi_extra=_body_doc(FHIR_RESOURCE_SCHEMA))
+def update(rtype: str, rid: str, request: Request, who: CurrentUser, gate: GateDep, body: FhirBody):
     written = gate.update(who, rtype, rid, body, if_match=request.headers.get("if-match"))
     return _written_response(request, written, created=written.status == "created")
 
 
-@router.delete("/{rtype}/{rid}", summary="Delete a resource")
-async def delete(rtype: str, rid: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.delete("/{rtype}/{rid}", summary="Delete a resource",
+               responses=fhir_responses(400, 401, 403, 404, 409, ok_description="Deleted (an informational "
+                                                                                  "OperationOutcome)"))
+def delete(rtype: str, rid: str, who: CurrentUser, gate: GateDep):
     written = gate.delete(who, rtype, rid)
     text = f"{rtype}/{rid} deleted" if written else f"{rtype}/{rid} was not present; nothing to delete"
     headers = {"ETag": _etag(written.version)} if written else None
     return FhirResponse(info_outcome(text), status_code=200, headers=headers)
 
 
-@router.get("/{rtype}/{rid}/_history", summary="Instance history")
-async def instance_history(rtype: str, rid: str, request: Request, who: Principal = Depends(current_user),
-                           gate: Gate = Depends(get_gate)):
+@router.get("/{rtype}/{rid}/_history", summary="Instance history",
+            responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+            openapi_extra={"parameters": [_COUNT, _OFFSET, _SINCE]})
+def instance_history(rtype: str, rid: str, request: Request, who: CurrentUser, gate: GateDep):
     return _history(request, who, gate, rtype, rid)
 
 
-@router.get("/{rtype}/{rid}/_history/{vid}", summary="Read one version (vread)")
-async def vread(rtype: str, rid: str, vid: str, who: Principal = Depends(current_user),
-                gate: Gate = Depends(get_gate)):
-    if not vid.isdigit():
-        raise FhirError(400, f"Version id '{vid}' must be a whole number", code="value")
-    s = gate.read(who, rtype, rid, version=int(vid))
+@router.get("/{rtype}/{rid}/_history/{vid}", summary="Read one version (vread)",
+            responses=fhir_responses(*_READ_ERRORS))
+def vread(rtype: str, rid: str, vid: str, who: CurrentUser, gate: GateDep):
+    version = parse_int("version id", vid, high=MAX_VERSION)
+    s = gate.read(who, rtype, rid, version=version)
     return _resource_response(s)
 
 
 def _history(request: Request, who: Principal, gate: Gate, rtype: str | None, rid: str | None):
     q = request.query_params
-    count = q.get("_count", "50")
-    offset = q.get("_offset", "0")
-    if not count.isdigit() or not offset.isdigit():
-        raise FhirError(400, "_count and _offset must be whole numbers", code="value")
+    settings = request.app.state.settings
+    count_i = min(parse_int("_count", q.get("_count", "50"), high=MAX_COUNT_PARAM), settings.max_page_size)
+    offset = parse_int("_offset", q.get("_offset", "0"), high=MAX_OFFSET)
     since = q.get("_since")
     since_norm = None
     if since:
@@ -246,8 +293,7 @@ def _history(request: Request, who: Principal, gate: Gate, rtype: str | None, ri
         if rng is None:
             raise FhirError(400, f"_since '{since}' is not a valid instant", code="value", expression=["_since"])
         since_norm = rng[0]
-    count_i = min(int(count), request.app.state.settings.max_page_size)
-    total, rows = gate.history(who, rtype=rtype, rid=rid, since=since_norm, count=count_i, offset=int(offset))
+    total, rows = gate.history(who, rtype=rtype, rid=rid, since=since_norm, count=count_i, offset=offset)
     base = base_url(request)
     entries = []
     for row in rows:
@@ -262,20 +308,26 @@ def _history(request: Request, who: Principal, gate: Gate, rtype: str | None, ri
         entries.append(entry)
     path = str(request.url).split("?")[0]
     links = [{"relation": "self", "url": str(request.url)}]
-    if int(offset) + count_i < total:
-        nq = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [("_offset", str(int(offset) + count_i))]
+    if offset + count_i < total:
+        nq = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [("_offset", str(offset + count_i))]
         links.append({"relation": "next", "url": f"{path}?{urlencode(nq)}"})
     return FhirResponse({"resourceType": "Bundle", "type": "history", "total": total, "link": links,
                          "entry": entries})
 
 
-everything_router = APIRouter(prefix="/fhir", tags=["fhir"])
+everything_router = APIRouter(prefix="/fhir", tags=["fhir"], default_response_class=FhirResponse)
 
 
-@everything_router.get("/Patient/{pid}/$everything", summary="Everything about one patient")
-async def everything(pid: str, request: Request, who: Principal = Depends(current_user),
-                     gate: Gate = Depends(get_gate)):
+@everything_router.get("/Patient/{pid}/$everything", summary="Everything about one patient",
+                       description="With `_count`, one page of that size (`_offset` to move on, a `next` link when "
+                                   "there is more); without it, everything at once.",
+                       responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+                       openapi_extra={"parameters": [_SINCE, _query("_type", "Comma-separated resource types"),
+                                                     _COUNT, _OFFSET]})
+def everything(pid: str, request: Request, who: CurrentUser, gate: GateDep):
     q = request.query_params
+    count = parse_int("_count", q["_count"], high=MAX_COUNT_PARAM) if "_count" in q else None
+    offset = parse_int("_offset", q.get("_offset", "0"), high=MAX_OFFSET)
     since = None
     if q.get("_since"):
         from joinedup.fhir.search_params import date_range
@@ -287,7 +339,14 @@ async def everything(pid: str, request: Request, who: Principal = Depends(curren
     types = {t.strip() for t in q.get("_type", "").split(",") if t.strip()} or None
     items = gate.everything(who, pid, since=since, types=types)
     base = base_url(request)
+    links = [{"relation": "self", "url": str(request.url)}]
+    page = items[offset:]
+    if count is not None:
+        page = page[:count]
+        if offset + count < len(items) and count:
+            path = str(request.url).split("?")[0]
+            nq = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [("_offset", str(offset + count))]
+            links.append({"relation": "next", "url": f"{path}?{urlencode(nq)}"})
     entries = [{"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}}
-               for s in items]
-    return FhirResponse(searchset(entries, total=len(entries), links=[{"relation": "self", "url": str(request.url)}]),
-                        media_type=FHIR_JSON)
+               for s in page]
+    return FhirResponse(searchset(entries, total=len(items), links=links), media_type=FHIR_JSON)

@@ -2,66 +2,64 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from typing import Annotated
 
-from joinedup.api.auth import current_user, get_gate
-from joinedup.api.responses import FhirResponse
+from fastapi import APIRouter, FastAPI, Query
+
+from joinedup.api.responses import FhirResponse, json_responses
+from joinedup.deps import CurrentUser, GateDep, JsonObject
 from joinedup.fhir.errors import FhirError
-from joinedup.fhir.validation import parse_json
 from joinedup.governance import service
-from joinedup.governance.gate import Gate, access_notices
-from joinedup.governance.identity import Principal
+from joinedup.governance.gate import access_notices
+from joinedup.store.search import MAX_OFFSET
 
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(prefix="/api", tags=["governance"])
 ACCESS_HEADER = "X-JoinedUp-Access"
-
-
-async def _json_object(request: Request) -> dict:
-    body = parse_json(await request.body())
-    if not isinstance(body, dict):
-        raise FhirError(400, "The request body must be a JSON object", code="invalid")
-    return body
+_JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 def _json(doc, status: int = 200) -> FhirResponse:
     return FhirResponse(doc, status_code=status, media_type="application/json")
 
 
-@router.post("/break-glass", summary="Emergency access to one person's record (time-limited, reviewed)")
-async def break_glass(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
-    body = await _json_object(request)
+@router.post("/break-glass", summary="Emergency access to one person's record (time-limited, reviewed)",
+             status_code=201, responses=json_responses(400, 401, 403, 404, 413, 422, ok=201,
+                                                       ok_description="The grant"),
+             openapi_extra=_JSON_BODY)
+def break_glass(who: CurrentUser, gate: GateDep, body: JsonObject):
     grant = service.grant_break_glass(gate, who, patient_id=body.get("patient"),
                                       reason_category=body.get("reason_category"), reason=body.get("reason"),
                                       hours=body.get("hours"))
     return _json(grant, 201)
 
 
-@router.get("/break-glass", summary="My active break-glass grants")
-async def my_break_glass(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/break-glass", summary="My active break-glass grants", responses=json_responses(401, 403))
+def my_break_glass(who: CurrentUser, gate: GateDep):
     return _json({"grants": service.my_grants(gate, who),
                   "reason_categories": service.REASON_CATEGORIES})
 
 
-@router.get("/privacy/reviews", summary="Break-glass review queue (privacy officer)")
-async def reviews(status: str = "pending", who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/privacy/reviews", summary="Break-glass review queue (privacy officer)",
+            responses=json_responses(400, 401, 403))
+def reviews(who: CurrentUser, gate: GateDep, status: str = "pending"):
     return _json({"reviews": service.review_queue(gate, who, status=status)})
 
 
-@router.post("/privacy/reviews/{grant_id}", summary="Record the outcome of a break-glass review")
-async def review(grant_id: str, request: Request, who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
-    body = await _json_object(request)
+@router.post("/privacy/reviews/{grant_id}", summary="Record the outcome of a break-glass review",
+             responses=json_responses(400, 401, 403, 404, 409, 413, 422), openapi_extra=_JSON_BODY)
+def review(grant_id: str, who: CurrentUser, gate: GateDep, body: JsonObject):
     return _json(service.record_review(gate, who, grant_id, outcome=body.get("outcome"), note=body.get("note")))
 
 
-@router.get("/me/access-log", summary="Who looked at my record")
-async def my_access_log(count: int = 200, offset: int = 0, who: Principal = Depends(current_user),
-                        gate: Gate = Depends(get_gate)):
+@router.get("/me/access-log", summary="Who looked at my record", responses=json_responses(400, 401, 403))
+def my_access_log(who: CurrentUser, gate: GateDep,
+                  count: Annotated[int, Query(ge=0, le=1000, description="Entries per page, 0 to 1,000")] = 200,
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET,
+                                               description=f"Entries to skip, 0 to {MAX_OFFSET:,}")] = 0):
     if who.role != "patient" or not who.patient_id:
         raise FhirError(403, "Access refused: this is a person's view of their own record; privacy officers use "
                              "GET /fhir/AuditEvent?patient=...", code="forbidden")
-    if not 0 <= count <= 1000 or offset < 0:
-        raise FhirError(400, "count must be 0 to 1000 and offset not negative", code="value")
     gate.audit.flush()
     total, entries = gate.access_log(who, count=count, offset=offset)
     return _json({"patient": f"Patient/{who.patient_id}", "total": total, "entries": entries})

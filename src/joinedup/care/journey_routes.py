@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import journey as service
-from joinedup.governance.gate import Gate
-from joinedup.governance.identity import Principal
+from joinedup.deps import CurrentUser, GateDep
 
-router = APIRouter(tags=["care: journey"])
+router = APIRouter(tags=["care: journey"], responses=api_errors())
 
 KIND = {"planned-discharge": "Planned discharge", "appointment": "Appointment", "referral": "Referral",
         "advice": "Advice and guidance", "task": "Task"}
@@ -19,7 +18,7 @@ KIND = {"planned-discharge": "Planned discharge", "appointment": "Appointment", 
 
 @router.get("/api/patients/{patient_id}/journey",
             summary="Where the person is now, since when, and what happens next")
-def journey_api(patient_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def journey_api(patient_id: str, who: CurrentUser, gate: GateDep):
     return service.journey(gate=gate, who=who, patient_id=patient_id)
 
 

@@ -6,69 +6,67 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from starlette.responses import JSONResponse, RedirectResponse
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import mdt as svc
 from joinedup.care.referrals import recipients
+from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.service import my_patients
 from joinedup.web.routes import _gate, _to_login, _who, error_page, service_page
 
-api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"])
+# Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
+api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"], responses=api_errors())
 web_router = APIRouter(include_in_schema=False)
 
 
 # -- API ---------------------------------------------------------------------------------------------------------
 @api_router.post("", status_code=201, summary="Schedule a review (an Appointment per person, participants from "
                                                "several organisations)")
-async def schedule(body: svc.NewReview, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def schedule(body: svc.NewReview, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.schedule_review(gate=gate, who=who, **body.model_dump()), status_code=201)
 
 
 @api_router.get("", summary="Reviews I take part in")
-async def mine(include_past: bool = False, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def mine(who: CurrentUser, gate: GateDep, include_past: bool = False):
     return JSONResponse({"reviews": svc.list_reviews(gate=gate, who=who, include_past=include_past)})
 
 
 @api_router.get("/{review_id}", summary="A review: participants, attendance, people and decisions")
-async def one(review_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def one(review_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.get_review(gate=gate, who=who, review_id=review_id))
 
 
 @api_router.get("/{review_id}/pack/{patient_id}",
                 summary="The prepared pack for one person: summary, conflicts, open tasks, what matters")
-async def pack(review_id: str, patient_id: str, who: Principal = Depends(current_user),
-               gate: Gate = Depends(get_gate)):
+def pack(review_id: str, patient_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.prepare_pack(gate=gate, who=who, review_id=review_id, patient_id=patient_id))
 
 
 @api_router.post("/{review_id}/decisions", status_code=201,
                  summary="Record a decision: an owned action (FHIR Task) with a due date")
-async def decide(review_id: str, body: svc.Decision, who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
+def decide(review_id: str, body: svc.Decision, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.record_decision(gate=gate, who=who, review_id=review_id, **body.model_dump()),
                         status_code=201)
 
 
 @api_router.post("/{review_id}/attendance", summary="Record who attended")
-async def attendance(review_id: str, body: svc.Attendance, who: Principal = Depends(current_user),
-                     gate: Gate = Depends(get_gate)):
+def attendance(review_id: str, body: svc.Attendance, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.record_attendance(gate=gate, who=who, review_id=review_id, attendance=body.attendance))
 
 
 @api_router.post("/{review_id}/complete", summary="Complete the review with its outcome")
-async def complete(review_id: str, body: svc.Completion, who: Principal = Depends(current_user),
-                   gate: Gate = Depends(get_gate)):
+def complete(review_id: str, body: svc.Completion, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.complete_review(gate=gate, who=who, review_id=review_id, outcome=body.outcome))
 
 
 # -- pages -----------------------------------------------------------------------------------------------------------
 @web_router.get("/mdt")
-async def reviews_page(request: Request, patient: str = ""):
+def reviews_page(request: Request, patient: str = ""):
     return _schedule_form(request, {"title": "", "start": "", "minutes": "60", "location": "",
                                     "patient_ids": [patient] if patient else [], "participants": []})
 
@@ -88,11 +86,10 @@ def _schedule_form(request: Request, form: dict, error: str | None = None, statu
 
 
 @web_router.post("/mdt")
-async def schedule_submit(request: Request):
+def schedule_submit(request: Request, data: FormData):
     who = _who(request)
     if who is None:
         return _to_login(request)
-    data = await request.form()
     form = {"title": str(data.get("title", "")), "start": str(data.get("start", "")),
             "minutes": str(data.get("minutes", "60")), "location": str(data.get("location", "")),
             "patient_ids": [str(x) for x in data.getlist("patient_ids") if x],
@@ -124,13 +121,13 @@ def _review_page(request: Request, review_id: str, *, who: Principal | None = No
 
 
 @web_router.get("/mdt/{review_id}")
-async def review_page(request: Request, review_id: str):
+def review_page(request: Request, review_id: str):
     return _review_page(request, review_id)
 
 
 @web_router.post("/mdt/{review_id}/decisions")
-async def decision_submit(request: Request, review_id: str, patient_id: str = Form(""), text: str = Form(""),
-                          owner: str = Form(""), due: str = Form("")):
+def decision_submit(request: Request, review_id: str, patient_id: str = Form(""), text: str = Form(""),
+                    owner: str = Form(""), due: str = Form("")):
     """Capture a decision (HTMX swaps the person's decision list in place)."""
     who = _who(request)
     if who is None:
@@ -162,11 +159,10 @@ async def decision_submit(request: Request, review_id: str, patient_id: str = Fo
 
 
 @web_router.post("/mdt/{review_id}/attendance")
-async def attendance_submit(request: Request, review_id: str):
+def attendance_submit(request: Request, review_id: str, data: FormData):
     who = _who(request)
     if who is None:
         return _to_login(request)
-    data = await request.form()
     marks = {k.removeprefix("att-"): str(v) for k, v in data.items() if k.startswith("att-")}
     try:
         svc.record_attendance(gate=_gate(request), who=who, review_id=review_id, attendance=marks)
@@ -178,7 +174,7 @@ async def attendance_submit(request: Request, review_id: str):
 
 
 @web_router.post("/mdt/{review_id}/complete")
-async def complete_submit(request: Request, review_id: str, outcome: str = Form("")):
+def complete_submit(request: Request, review_id: str, outcome: str = Form("")):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -193,6 +189,6 @@ async def complete_submit(request: Request, review_id: str, outcome: str = Form(
 
 
 @web_router.get("/mdt/{review_id}/pack/{patient_id}")
-async def pack_page(request: Request, review_id: str, patient_id: str):
+def pack_page(request: Request, review_id: str, patient_id: str):
     return service_page(request, "care/mdt_pack.html", lambda gate, who: {
         "pk": svc.prepare_pack(gate=gate, who=who, review_id=review_id, patient_id=patient_id)})

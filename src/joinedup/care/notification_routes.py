@@ -2,46 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import notifications as service
+from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
-from joinedup.governance.gate import Gate
-from joinedup.governance.identity import Principal
 
-router = APIRouter(tags=["care: notifications"])
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
+router = APIRouter(tags=["care: notifications"], responses=api_errors())
+MAX_ITEM_ID = 2_147_483_647  # inbox item ids are 32-bit integers in the store
 
 
 @router.get("/api/inbox", summary="My notifications, newest first (people's details read through the gate)")
-def inbox_api(unread: bool = False, limit: int = 100, who: Principal = Depends(current_user),
-              gate: Gate = Depends(get_gate)):
-    if not 1 <= limit <= 500:
-        raise FhirError(400, "limit must be from 1 to 500", code="value", expression=["limit"])
+def inbox_api(who: CurrentUser, gate: GateDep, unread: bool = False,
+              limit: Annotated[int, Query(ge=1, le=500, description="1 to 500")] = 100):
     return service.inbox(gate=gate, who=who, unread_only=unread, limit=limit)
 
 
 @router.post("/api/inbox/{item_id}/read", summary="Mark one notification as read")
-def read_api(item_id: int, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def read_api(item_id: Annotated[int, Path(ge=1, le=MAX_ITEM_ID, description="The notification's number")],
+             who: CurrentUser, gate: GateDep):
     return {"marked": service.mark_read(gate=gate, who=who, item_id=item_id)}
 
 
 @router.post("/api/inbox/read-all", summary="Mark every notification as read")
-def read_all_api(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def read_all_api(who: CurrentUser, gate: GateDep):
     return {"marked": service.mark_read(gate=gate, who=who)}
 
 
 @router.get("/api/subscriptions", summary="Which event types I receive")
-def prefs_api(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def prefs_api(who: CurrentUser, gate: GateDep):
     return {"events": service.preferences(gate=gate, who=who), "names": service.EVENT_TYPES}
 
 
 @router.put("/api/subscriptions", summary="Turn event types on or off, e.g. {\"admission\": false}")
-def set_prefs_api(choices: Any = Body(...), who: Principal = Depends(current_user),
-                  gate: Gate = Depends(get_gate)):
+def set_prefs_api(choices: Annotated[Any, Body()], who: CurrentUser, gate: GateDep):
     return {"events": service.set_preferences(gate=gate, who=who, choices=choices), "names": service.EVENT_TYPES}
 
 
@@ -70,7 +69,7 @@ def inbox_count(request: Request):
 
 
 @router.post("/inbox/{item_id}/read", include_in_schema=False)
-def read_page(request: Request, item_id: int):
+def read_page(request: Request, item_id: Annotated[int, Path(ge=1, le=MAX_ITEM_ID)]):
     return _web().service_action(
         request, lambda gate, who: service.mark_read(gate=gate, who=who, item_id=item_id), then="/inbox")
 
@@ -87,12 +86,11 @@ def settings_page(request: Request, saved: int = 0):
 
 
 @router.post("/inbox/settings", include_in_schema=False)
-async def settings_submit(request: Request):
+def settings_submit(request: Request, form: FormData):
     web = _web()
     who = web._who(request)
     if who is None:
         return web._to_login(request)
-    form = await request.form()
     chosen = set(form.getlist("event"))
     unknown = chosen - set(service.EVENT_TYPES)
     if unknown:

@@ -8,25 +8,24 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import plans as plan_service
 from joinedup.care import reviews as review_service
 from joinedup.care import tasks as task_service
 from joinedup.care import team as team_service
+from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
 
-api_router = APIRouter(tags=["care plans, key workers and tasks"])
+# Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
+api_router = APIRouter(tags=["care plans, key workers and tasks"], responses=api_errors())
 web_router = APIRouter(include_in_schema=False)
-
-_USER = Depends(current_user)
-_GATE = Depends(get_gate)
 
 
 class _Body(BaseModel):
@@ -110,41 +109,39 @@ def _plan_edit(fn, **kwargs) -> Response:
 # -- API: care plan ------------------------------------------------------------------------------------------
 @api_router.get("/api/patients/{patient_id}/care-plan",
                 summary="The personalised care and support plan: what matters, goals, owned actions (ETag = version)")
-async def get_care_plan(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def get_care_plan(patient_id: str, who: CurrentUser, gate: GateDep):
     task_service.ensure_escalator(gate)
     return _plan_json(plan_service.get_plan(gate=gate, who=who, patient_id=patient_id))
 
 
 @api_router.get("/api/patients/{patient_id}/care-plan/history", summary="Versions of the plan: when, who, what")
-async def care_plan_history(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def care_plan_history(patient_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse({"history": plan_service.history(gate=gate, who=who, patient_id=patient_id)})
 
 
 @api_router.patch("/api/patients/{patient_id}/care-plan",
                   summary="Record what matters to the person (If-Match: the plan version you edited)")
-async def patch_care_plan(patient_id: str, body: WhatMatters, request: Request, who: Principal = _USER,
-                          gate: Gate = _GATE):
+def patch_care_plan(patient_id: str, body: WhatMatters, request: Request, who: CurrentUser, gate: GateDep):
     return _plan_edit(plan_service.set_what_matters, gate=gate, who=who, patient_id=patient_id,
                       text=body.what_matters, written_by=body.written_by, if_match=request.headers.get("if-match"))
 
 
 @api_router.post("/api/patients/{patient_id}/care-plan/goals", summary="Add a goal (If-Match)")
-async def post_goal(patient_id: str, body: NewGoal, request: Request, who: Principal = _USER, gate: Gate = _GATE):
+def post_goal(patient_id: str, body: NewGoal, request: Request, who: CurrentUser, gate: GateDep):
     return _plan_edit(plan_service.add_goal, gate=gate, who=who, patient_id=patient_id, description=body.description,
                       target_date=body.target_date, if_match=request.headers.get("if-match"))
 
 
 @api_router.patch("/api/patients/{patient_id}/care-plan/goals/{goal_id}", summary="Change a goal's status (If-Match)")
-async def patch_goal(patient_id: str, goal_id: str, body: GoalChange, request: Request, who: Principal = _USER,
-                     gate: Gate = _GATE):
+def patch_goal(patient_id: str, goal_id: str, body: GoalChange, request: Request, who: CurrentUser,
+               gate: GateDep):
     return _plan_edit(plan_service.update_goal, gate=gate, who=who, patient_id=patient_id, goal_id=goal_id,
                       status=body.status, if_match=request.headers.get("if-match"))
 
 
 @api_router.post("/api/patients/{patient_id}/care-plan/actions",
                  summary="Add an action with an owner (person and organisation), a due date and a status (If-Match)")
-async def post_action(patient_id: str, body: NewAction, request: Request, who: Principal = _USER,
-                      gate: Gate = _GATE):
+def post_action(patient_id: str, body: NewAction, request: Request, who: CurrentUser, gate: GateDep):
     return _plan_edit(plan_service.add_action, gate=gate, who=who, patient_id=patient_id,
                       description=body.description, owner_practitioner=body.owner_practitioner,
                       owner_organization=body.owner_organization, due=body.due, status=body.status,
@@ -153,22 +150,22 @@ async def post_action(patient_id: str, body: NewAction, request: Request, who: P
 
 @api_router.patch("/api/patients/{patient_id}/care-plan/actions/{action_id}",
                   summary="Change an action's status or due date (If-Match)")
-async def patch_action(patient_id: str, action_id: str, body: ActionChange, request: Request,
-                       who: Principal = _USER, gate: Gate = _GATE):
+def patch_action(patient_id: str, action_id: str, body: ActionChange, request: Request,
+                 who: CurrentUser, gate: GateDep):
     return _plan_edit(plan_service.update_action, gate=gate, who=who, patient_id=patient_id, action_id=action_id,
                       status=body.status, due=body.due, if_match=request.headers.get("if-match"))
 
 
 @api_router.get("/api/patients/{patient_id}/care-plan/review-proposals",
                 summary="Proposals to merge separate condition reviews into one multimorbidity review")
-async def get_review_proposals(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def get_review_proposals(patient_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse({"proposals": review_service.proposals(gate=gate, who=who, patient_id=patient_id)})
 
 
 @api_router.post("/api/patients/{patient_id}/care-plan/review-proposals/{finding}/accept",
                  summary="The key worker accepts a review merge as a care plan action (If-Match)")
-async def accept_review(patient_id: str, finding: str, request: Request, body: Acceptance | None = None,
-                        who: Principal = _USER, gate: Gate = _GATE):
+def accept_review(patient_id: str, finding: str, request: Request, who: CurrentUser, gate: GateDep,
+                  body: Acceptance | None = None):
     body = body or Acceptance()
     return _plan_edit(review_service.accept, gate=gate, who=who, patient_id=patient_id, finding=finding, due=body.due,
                       owner_practitioner=body.owner_practitioner, owner_organization=body.owner_organization,
@@ -177,19 +174,19 @@ async def accept_review(patient_id: str, finding: str, request: Request, body: A
 
 # -- API: care team and key worker ---------------------------------------------------------------------------
 @api_router.get("/api/patients/{patient_id}/care-team", summary="The care team across organisations and handovers")
-async def get_care_team(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def get_care_team(patient_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse(team_service.care_team(gate=gate, who=who, patient_id=patient_id))
 
 
 @api_router.get("/api/patients/{patient_id}/key-worker", summary="The person's named key worker (null if none)")
-async def get_key_worker(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def get_key_worker(patient_id: str, who: CurrentUser, gate: GateDep):
     team_service.require_person(gate=gate, who=who, patient_id=patient_id)
     return JSONResponse({"key_worker": team_service.key_worker(gate=gate, who=who, patient_id=patient_id)})
 
 
 @api_router.post("/api/patients/{patient_id}/key-worker/handover",
                  summary="Hand the key worker role to another practitioner (explicit, with a reason, audited)")
-async def post_handover(patient_id: str, body: Handover, who: Principal = _USER, gate: Gate = _GATE):
+def post_handover(patient_id: str, body: Handover, who: CurrentUser, gate: GateDep):
     return JSONResponse(team_service.handover(gate=gate, who=who, patient_id=patient_id,
                                               to_practitioner=body.to_practitioner,
                                               to_organization=body.to_organization, reason=body.reason))
@@ -198,7 +195,7 @@ async def post_handover(patient_id: str, body: Handover, who: Principal = _USER,
 # -- API: tasks and worklists --------------------------------------------------------------------------------
 @api_router.post("/api/patients/{patient_id}/tasks", status_code=201,
                  summary="Give a task about the person to a professional in any organisation with a route to them")
-async def post_task(patient_id: str, body: NewTask, who: Principal = _USER, gate: Gate = _GATE):
+def post_task(patient_id: str, body: NewTask, who: CurrentUser, gate: GateDep):
     view = task_service.create_task(gate=gate, who=who, patient_id=patient_id, description=body.description,
                                     owner_practitioner=body.owner_practitioner,
                                     owner_organization=body.owner_organization, due=body.due, priority=body.priority)
@@ -206,7 +203,7 @@ async def post_task(patient_id: str, body: NewTask, who: Principal = _USER, gate
 
 
 @api_router.get("/api/patients/{patient_id}/tasks", summary="Open tasks about the person")
-async def patient_tasks(patient_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def patient_tasks(patient_id: str, who: CurrentUser, gate: GateDep):
     return JSONResponse({"tasks": _patient_tasks(gate, who, patient_id)})
 
 
@@ -221,33 +218,33 @@ def _patient_tasks(gate: Gate, who: Principal, patient_id: str) -> list[dict[str
 
 
 @api_router.get("/api/tasks/{task_id}", summary="One task (ETag = version)")
-async def get_task(task_id: str, who: Principal = _USER, gate: Gate = _GATE):
+def get_task(task_id: str, who: CurrentUser, gate: GateDep):
     view = task_service.get_task(gate=gate, who=who, task_id=task_id)
     return JSONResponse(view, headers=_etag(view["version"]))
 
 
 @api_router.patch("/api/tasks/{task_id}", summary="Change a task's status or add a note (If-Match)")
-async def patch_task(task_id: str, body: TaskChange, request: Request, who: Principal = _USER, gate: Gate = _GATE):
+def patch_task(task_id: str, body: TaskChange, request: Request, who: CurrentUser, gate: GateDep):
     view = task_service.update_task(gate=gate, who=who, task_id=task_id, status=body.status, note=body.note,
                                     if_match=request.headers.get("if-match"))
     return JSONResponse(view, headers=_etag(view["version"]))
 
 
 @api_router.get("/api/care/my-tasks", summary="My tasks: open tasks and care plan actions I own")
-async def api_my_tasks(who: Principal = _USER, gate: Gate = _GATE):
+def api_my_tasks(who: CurrentUser, gate: GateDep):
     task_service.ensure_escalator(gate)
     return JSONResponse(task_service.my_tasks(gate=gate, who=who))
 
 
 @api_router.get("/api/care/my-people",
                 summary="My people: key worker or care team member; what is overdue, who is in hospital today")
-async def api_my_people(who: Principal = _USER, gate: Gate = _GATE):
+def api_my_people(who: CurrentUser, gate: GateDep):
     task_service.ensure_escalator(gate)
     return JSONResponse(task_service.my_people(gate=gate, who=who))
 
 
 @api_router.post("/api/care/escalate", summary="Escalate overdue tasks now (integration account)")
-async def api_escalate(who: Principal = _USER, gate: Gate = _GATE):
+def api_escalate(who: CurrentUser, gate: GateDep):
     if who.role != "system":
         gate.audit.record(who, "escalate", allowed=False, reason="only the integration account runs escalation")
         raise FhirError(403, "Access refused: overdue escalation runs as the integration account (it runs by itself "
@@ -329,13 +326,13 @@ def _plan_page(request: Request, who: Principal, patient_id: str, *, error: str 
 
 
 @web_router.get("/patients/{patient_id}/care-plan")
-async def plan_page(request: Request, patient_id: str, saved: str = ""):
+def plan_page(request: Request, patient_id: str, saved: str = ""):
     notice = {"1": "Saved."}.get(saved)
     return service_page(request, "care/plan.html", _escalating(
         lambda gate, who: _plan_context(gate, who, patient_id, notice=notice)))
 
 
-async def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str, Any], call):
+def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str, Any], call):
     """Run an edit; on success redirect (or re-render for HTMX); on refusal keep what was typed and say why."""
     who = _who(request)
     if who is None:
@@ -357,70 +354,70 @@ async def _plan_post(request: Request, patient_id: str, section: str, draft: dic
 
 
 @web_router.post("/patients/{patient_id}/care-plan/what-matters")
-async def plan_what_matters(request: Request, patient_id: str, text: str = Form(""), written_by: str = Form(""),
-                            version: str = Form("")):
-    return await _plan_post(request, patient_id, "what-matters", {"what_matters": text, "written_by": written_by},
+def plan_what_matters(request: Request, patient_id: str, text: str = Form(""), written_by: str = Form(""),
+                      version: str = Form("")):
+    return _plan_post(request, patient_id, "what-matters", {"what_matters": text, "written_by": written_by},
                             lambda gate, who: plan_service.set_what_matters(
                                 gate=gate, who=who, patient_id=patient_id, text=text, written_by=written_by or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/goals")
-async def plan_add_goal(request: Request, patient_id: str, description: str = Form(""), target_date: str = Form(""),
-                        version: str = Form("")):
-    return await _plan_post(request, patient_id, "goals", {"goal": description, "goal_target": target_date},
+def plan_add_goal(request: Request, patient_id: str, description: str = Form(""), target_date: str = Form(""),
+                  version: str = Form("")):
+    return _plan_post(request, patient_id, "goals", {"goal": description, "goal_target": target_date},
                             lambda gate, who: plan_service.add_goal(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 target_date=target_date or None, if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/goals/{goal_id}")
-async def plan_goal_status(request: Request, patient_id: str, goal_id: str, status: str = Form(""),
-                           version: str = Form("")):
-    return await _plan_post(request, patient_id, "goals", {},
+def plan_goal_status(request: Request, patient_id: str, goal_id: str, status: str = Form(""),
+                     version: str = Form("")):
+    return _plan_post(request, patient_id, "goals", {},
                             lambda gate, who: plan_service.update_goal(
                                 gate=gate, who=who, patient_id=patient_id, goal_id=goal_id, status=status,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/actions")
-async def plan_add_action(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
-                          owner_practitioner: str = Form(""), owner_organization: str = Form(""),
-                          due: str = Form(""), version: str = Form("")):
+def plan_add_action(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
+                    owner_practitioner: str = Form(""), owner_organization: str = Form(""),
+                    due: str = Form(""), version: str = Form("")):
     prac, org = _split_owner(owner, owner_practitioner, owner_organization)
     draft = {"action": description, "action_owner": owner, "action_due": due}
-    return await _plan_post(request, patient_id, "actions", draft,
+    return _plan_post(request, patient_id, "actions", draft,
                             lambda gate, who: plan_service.add_action(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 owner_practitioner=prac, owner_organization=org, due=due, if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/actions/{action_id}")
-async def plan_action_status(request: Request, patient_id: str, action_id: str, status: str = Form(""),
-                             version: str = Form("")):
-    return await _plan_post(request, patient_id, "actions", {},
+def plan_action_status(request: Request, patient_id: str, action_id: str, status: str = Form(""),
+                       version: str = Form("")):
+    return _plan_post(request, patient_id, "actions", {},
                             lambda gate, who: plan_service.update_action(
                                 gate=gate, who=who, patient_id=patient_id, action_id=action_id, status=status or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/reviews/{finding}/accept")
-async def plan_accept_review(request: Request, patient_id: str, finding: str, due: str = Form(""),
-                             version: str = Form("")):
-    return await _plan_post(request, patient_id, "actions", {},
+def plan_accept_review(request: Request, patient_id: str, finding: str, due: str = Form(""),
+                       version: str = Form("")):
+    return _plan_post(request, patient_id, "actions", {},
                             lambda gate, who: review_service.accept(
                                 gate=gate, who=who, patient_id=patient_id, finding=finding, due=due or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/tasks")
-async def plan_new_task(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
-                        owner_practitioner: str = Form(""), owner_organization: str = Form(""), due: str = Form(""),
-                        priority: str = Form("routine")):
+def plan_new_task(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
+                  owner_practitioner: str = Form(""), owner_organization: str = Form(""), due: str = Form(""),
+                  priority: str = Form("routine")):
     prac, org = _split_owner(owner, owner_practitioner, owner_organization)
     draft = {"task": description, "task_owner": owner, "task_due": due, "task_priority": priority,
              "task_practitioner": owner_practitioner, "task_organization": owner_organization}
-    return await _plan_post(request, patient_id, "task", draft,
+    return _plan_post(request, patient_id, "task", draft,
                             lambda gate, who: task_service.create_task(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 owner_practitioner=prac, owner_organization=org, due=due, priority=priority))
@@ -432,13 +429,13 @@ def _tasks_context(mine: dict[str, Any], *, done: bool = False, error: str | Non
 
 
 @web_router.get("/care/tasks")
-async def tasks_page(request: Request, done: int = 0):
+def tasks_page(request: Request, done: int = 0):
     return service_page(request, "care/tasks.html", _escalating(lambda gate, who: _tasks_context(
         task_service.my_tasks(gate=gate, who=who, include_done=bool(done)), done=bool(done))))
 
 
 @web_router.post("/care/tasks/{task_id}")
-async def task_status(request: Request, task_id: str, status: str = Form(""), version: str = Form("")):
+def task_status(request: Request, task_id: str, status: str = Form(""), version: str = Form("")):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -462,7 +459,7 @@ def _server_timing(started: float) -> Callable[[HTMLResponse], None]:
 
 
 @web_router.get("/care/people")
-async def people_page(request: Request):
+def people_page(request: Request):
     started = time.perf_counter()
     return service_page(request, "care/people.html", _escalating(
         lambda gate, who: {"mine": task_service.my_people(gate=gate, who=who)}), after=_server_timing(started))
@@ -483,13 +480,13 @@ def _handover_page(request: Request, patient_id: str, *, who: Principal | None =
 
 
 @web_router.get("/patients/{patient_id}/key-worker/handover")
-async def handover_form(request: Request, patient_id: str):
+def handover_form(request: Request, patient_id: str):
     return _handover_page(request, patient_id)
 
 
 @web_router.post("/patients/{patient_id}/key-worker/handover")
-async def handover_submit(request: Request, patient_id: str, owner: str = Form(""), to_practitioner: str = Form(""),
-                          to_organization: str = Form(""), reason: str = Form("")):
+def handover_submit(request: Request, patient_id: str, owner: str = Form(""), to_practitioner: str = Form(""),
+                    to_organization: str = Form(""), reason: str = Form("")):
     who = _who(request)
     if who is None:
         return _to_login(request)

@@ -6,17 +6,19 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import referrals as svc
+from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
 
-api_router = APIRouter(tags=["referrals and advice"])
+# Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
+api_router = APIRouter(tags=["referrals and advice"], responses=api_errors())
 web_router = APIRouter(include_in_schema=False)
 
 
@@ -26,60 +28,55 @@ def _json(data: Any, status: int = 200) -> JSONResponse:
 
 # -- API ---------------------------------------------------------------------------------------------------------
 @api_router.post("/api/referrals", status_code=201, summary="Refer a person to a specialist (ServiceRequest)")
-async def create_referral(body: svc.NewRequest, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def create_referral(body: svc.NewRequest, who: CurrentUser, gate: GateDep):
     return _json(svc.create_request(gate=gate, who=who, kind="referral", **body.model_dump()), 201)
 
 
 @api_router.post("/api/advice", status_code=201,
                  summary="Ask a specialist for advice and guidance (ServiceRequest + first Communication)")
-async def create_advice(body: svc.NewRequest, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def create_advice(body: svc.NewRequest, who: CurrentUser, gate: GateDep):
     return _json(svc.create_request(gate=gate, who=who, kind="advice", **body.model_dump()), 201)
 
 
 @api_router.get("/api/referrals", summary="Inbox or outbox of referrals and advice requests, with status")
-async def list_all(box: str = Query("inbox", description="inbox (to me or my organisation) or outbox (sent by me)"),
-                   kind: str | None = Query(None, description="advice or referral"),
-                   state: str | None = Query(None, description="open, done or a state"),
-                   who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def list_all(who: CurrentUser, gate: GateDep,
+             box: str = Query("inbox", description="inbox (to me or my organisation) or outbox (sent by me)"),
+             kind: str | None = Query(None, description="advice or referral"),
+             state: str | None = Query(None, description="open, done or a state")):
     return _json({"box": box, "items": svc.list_requests(gate=gate, who=who, box=box, kind=kind, state=state)})
 
 
 @api_router.get("/api/advice", summary="Inbox or outbox of advice requests")
-async def list_advice(box: str = "inbox", state: str | None = None, who: Principal = Depends(current_user),
-                      gate: Gate = Depends(get_gate)):
+def list_advice(who: CurrentUser, gate: GateDep, box: str = "inbox", state: str | None = None):
     return _json({"box": box, "items": svc.list_requests(gate=gate, who=who, box=box, kind="advice", state=state)})
 
 
 @api_router.get("/api/advice/response-times",
                 summary="Advice-and-guidance volumes and response times (median and 90th percentile, hours)")
-async def response_times(since: str | None = Query(None, description="YYYY-MM-DD (default: a year ago)"),
-                         who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def response_times(who: CurrentUser, gate: GateDep,
+                   since: str | None = Query(None, description="YYYY-MM-DD (default: a year ago)")):
     return _json(svc.advice_response_times(gate=gate, who=who, since=since))
 
 
 def _conversation_routes(prefix: str) -> None:
     @api_router.get(f"{prefix}/{{request_id}}", summary="A referral or advice request with its thread and status")
-    async def get_one(request_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+    def get_one(request_id: str, who: CurrentUser, gate: GateDep):
         return _json(svc.get_request(gate=gate, who=who, request_id=request_id))
 
     @api_router.post(f"{prefix}/{{request_id}}/reply", summary="The recipient replies")
-    async def reply(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
-                    gate: Gate = Depends(get_gate)):
+    def reply(request_id: str, body: svc.Message, who: CurrentUser, gate: GateDep):
         return _json(svc.reply(gate=gate, who=who, request_id=request_id, text=body.text))
 
     @api_router.post(f"{prefix}/{{request_id}}/ask-more", summary="The recipient asks for more information")
-    async def ask_more(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
-                       gate: Gate = Depends(get_gate)):
+    def ask_more(request_id: str, body: svc.Message, who: CurrentUser, gate: GateDep):
         return _json(svc.ask_more(gate=gate, who=who, request_id=request_id, text=body.text))
 
     @api_router.post(f"{prefix}/{{request_id}}/answer", summary="The requester gives further information")
-    async def answer(request_id: str, body: svc.Message, who: Principal = Depends(current_user),
-                     gate: Gate = Depends(get_gate)):
+    def answer(request_id: str, body: svc.Message, who: CurrentUser, gate: GateDep):
         return _json(svc.answer(gate=gate, who=who, request_id=request_id, text=body.text))
 
     @api_router.post(f"{prefix}/{{request_id}}/close", summary="Close the conversation (either side)")
-    async def close(request_id: str, body: svc.Closing | None = None, who: Principal = Depends(current_user),
-                    gate: Gate = Depends(get_gate)):
+    def close(request_id: str, who: CurrentUser, gate: GateDep, body: svc.Closing | None = None):
         return _json(svc.close(gate=gate, who=who, request_id=request_id, text=body.text if body else None))
 
 
@@ -89,22 +86,21 @@ _conversation_routes("/api/advice")
 
 @api_router.post("/api/advice/{request_id}/convert", status_code=201,
                  summary="Convert advice into a referral (a new ServiceRequest that replaces the advice request)")
-async def convert(request_id: str, body: svc.Converting | None = None, who: Principal = Depends(current_user),
-                  gate: Gate = Depends(get_gate)):
+def convert(request_id: str, who: CurrentUser, gate: GateDep, body: svc.Converting | None = None):
     body = body or svc.Converting()
     return _json(svc.convert(gate=gate, who=who, request_id=request_id, text=body.text, priority=body.priority), 201)
 
 
 # -- pages -----------------------------------------------------------------------------------------------------------
 @web_router.get("/referrals")
-async def inbox_page(request: Request, box: str = "inbox", state: str = ""):
+def inbox_page(request: Request, box: str = "inbox", state: str = ""):
     return service_page(request, "care/referrals.html", lambda gate, who: {
         "items": svc.list_requests(gate=gate, who=who, box=box, state=state or None), "box": box, "state": state,
         "states": svc.STATE_TEXT})
 
 
 @web_router.get("/referrals/new")
-async def new_page(request: Request, patient: str = "", kind: str = "advice"):
+def new_page(request: Request, patient: str = "", kind: str = "advice"):
     return _new_form(request, {"patient_id": patient, "kind": kind, "to": "", "text": "", "reason": "",
                                "priority": "routine"})
 
@@ -122,8 +118,8 @@ def _new_form(request: Request, form: dict, error: str | None = None, status: in
 
 
 @web_router.post("/referrals/new")
-async def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
-                     text: str = Form(""), reason: str = Form(""), priority: str = Form("routine")):
+def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
+               text: str = Form(""), reason: str = Form(""), priority: str = Form("routine")):
     who = _who(request)
     if who is None:
         return _to_login(request)
@@ -144,13 +140,13 @@ async def new_submit(request: Request, patient_id: str = Form(""), kind: str = F
 
 
 @web_router.get("/referrals/{request_id}")
-async def thread_page(request: Request, request_id: str):
+def thread_page(request: Request, request_id: str):
     return service_page(request, "care/referral_thread.html", lambda gate, who: {
         "r": svc.get_request(gate=gate, who=who, request_id=request_id), "error": None, "draft": ""})
 
 
 @web_router.post("/referrals/{request_id}/{action}")
-async def thread_action(request: Request, request_id: str, action: str, text: str = Form("")):
+def thread_action(request: Request, request_id: str, action: str, text: str = Form("")):
     """Reply, ask more, answer, close or convert from the thread page (HTMX swaps the thread; plain forms redirect)."""
     who = _who(request)
     if who is None:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 from joinedup.fhir.bundles import split_url
 from joinedup.fhir.errors import FhirError
@@ -37,22 +38,35 @@ def check_subscription(resource: Any) -> None:
     if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
         return
     channel = resource.get("channel") or {}
+    if not isinstance(channel, dict):
+        raise FhirError(400, "Subscription.channel must be an object", code="structure",
+                        expression=["Subscription.channel"])
     ctype = channel.get("type")
     if ctype != "rest-hook":
         raise FhirError(400, f"Subscription.channel.type '{ctype}' is not supported: JoinedUp delivers rest-hook "
                              "notifications only", code="not-supported", expression=["Subscription.channel.type"])
     endpoint = channel.get("endpoint") or ""
-    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    try:
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
     if not parts or parts.scheme not in ("http", "https") or not parts.netloc:
         raise FhirError(400, f"Subscription.channel.endpoint '{str(endpoint)[:80]}' is not an http(s) URL: a "
                              "rest-hook endpoint must be http:// or https://", code="value",
                         expression=["Subscription.channel.endpoint"])
     criteria = resource.get("criteria") or ""
+    if not isinstance(criteria, str):
+        raise FhirError(400, "Subscription.criteria must be a string, e.g. Encounter?class=IMP", code="structure",
+                        expression=["Subscription.criteria"])
     rtype = criteria.split("?", 1)[0]
     if not rtype or not is_resource_type(rtype):
         raise FhirError(400, f"Subscription.criteria '{criteria[:80]}' must start with a resource type, e.g. "
                              "Encounter?class=IMP", code="value", expression=["Subscription.criteria"])
-    for h in channel.get("header") or []:
+    headers = channel.get("header") or []
+    if not isinstance(headers, list):
+        raise FhirError(400, "Subscription.channel.header must be a list of 'Name: value' strings",
+                        code="structure", expression=["Subscription.channel.header"])
+    for h in headers:
         if not isinstance(h, str) or ":" not in h:
             raise FhirError(400, f"Subscription.channel.header '{str(h)[:60]}' must be 'Name: value'",
                             code="value", expression=["Subscription.channel.header"])
@@ -187,7 +201,10 @@ def install(app) -> None:
 
 
 class SubscriptionCheck:
-    """ASGI middleware: POST/PUT /fhir/Subscription bodies must describe a deliverable rest-hook."""
+    """ASGI middleware: POST/PUT /fhir/Subscription bodies must describe a deliverable rest-hook.
+
+    The body is read (at most `settings.max_body_bytes`, else 413) and checked in the thread pool, never on the
+    event loop, then replayed to the route."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -196,27 +213,31 @@ class SubscriptionCheck:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT") or \
                 not scope["path"].startswith("/fhir/Subscription"):
             return await self.app(scope, receive, send)
+        from starlette.concurrency import run_in_threadpool
+
+        from joinedup.api.limits import BodyTooLarge, declared_length, send_outcome
+
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+        limit = settings.max_body_bytes if settings is not None else None
+        if limit is not None and (declared_length(scope) or 0) > limit:
+            return await send_outcome(send, BodyTooLarge(limit))
         chunks = []
+        size = 0
         more = True
         while more:
             msg = await receive()
-            chunks.append(msg.get("body", b""))
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if limit is not None and size > limit:
+                return await send_outcome(send, BodyTooLarge(limit))
+            chunks.append(chunk)
             more = msg.get("more_body", False)
         body = b"".join(chunks)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None  # not JSON: the FHIR route gives its own precise 400
-        try:
-            if doc is not None:
-                check_subscription(doc)
-        except FhirError as exc:
-            payload = json.dumps(exc.outcome()).encode()
-            await send({"type": "http.response.start", "status": exc.status,
-                        "headers": [(b"content-type", b"application/fhir+json"),
-                                    (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
+        refusal = await run_in_threadpool(_refusal, body)
+        if refusal is not None:
+            return await send_outcome(send, refusal)
 
         sent = False
 
@@ -228,3 +249,16 @@ class SubscriptionCheck:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+
+def _refusal(body: bytes) -> FhirError | None:
+    """Why a Subscription body is refused, or None (not JSON: the FHIR route gives its own precise 400)."""
+    try:
+        doc = orjson.loads(body)
+    except ValueError:  # orjson.JSONDecodeError: not JSON, or nested too deep
+        return None
+    try:
+        check_subscription(doc)
+    except FhirError as exc:
+        return exc
+    return None

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import JSONResponse, RedirectResponse
 
-from joinedup.api.auth import current_user, get_gate
+from joinedup.api.responses import api_errors
 from joinedup.care import virtual_wards as service
+from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
-from joinedup.governance.gate import Gate
-from joinedup.governance.identity import Principal
 
-router = APIRouter(tags=["care: virtual wards"])
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
+router = APIRouter(tags=["care: virtual wards"], responses=api_errors())
 
 
 def _body(data: Any, *keys: str) -> dict:
@@ -26,54 +26,51 @@ def _body(data: Any, *keys: str) -> dict:
 
 
 @router.get("/api/virtual-wards", summary="Virtual wards with occupancy against capacity")
-def wards_api(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def wards_api(who: CurrentUser, gate: GateDep):
     return {"wards": service.wards(gate=gate, who=who)}
 
 
 @router.post("/api/virtual-wards", status_code=201, summary="Set up a virtual ward (integration account)")
-def create_ward_api(data: Any = Body(...), who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def create_ward_api(data: Annotated[Any, Body()], who: CurrentUser, gate: GateDep):
     d = _body(data, "name", "kind", "capacity", "organization")
     return service.create_ward(gate=gate, who=who, name=d["name"], kind=d["kind"], capacity=d["capacity"],
                                organization_id=d["organization"], location_id=d.get("location"))
 
 
 @router.get("/api/virtual-wards/review", summary="Today's review list (acute virtual wards), alerts first")
-def review_api(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def review_api(who: CurrentUser, gate: GateDep):
     return {"patients": service.daily_review(gate=gate, who=who)}
 
 
 @router.get("/api/virtual-wards/case-finding", summary="People ranked by complexity score for preventive wards")
-def case_finding_api(limit: int = 50, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
-    if not 1 <= limit <= 1000:
-        raise FhirError(400, "limit must be from 1 to 1000", code="value", expression=["limit"])
+def case_finding_api(who: CurrentUser, gate: GateDep,
+                     limit: Annotated[int, Query(ge=1, le=1000, description="1 to 1,000")] = 50):
     return {"score": "conditions + 2×frailty + 2×dementia + 1.5×emergency admissions in the last year (max 4) "
                      "+ 1 if in a care home", "patients": service.case_finding(gate=gate, who=who, limit=limit)}
 
 
 @router.get("/api/virtual-wards/{ward_id}", summary="One ward and the people on it whom you may see")
-def ward_api(ward_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def ward_api(ward_id: str, who: CurrentUser, gate: GateDep):
     ward = service.get_ward(gate=gate, who=who, ward_id=ward_id)
     return {"ward": ward, "patients": service.ward_patients(gate=gate, who=who, ward_id=ward_id)}
 
 
 @router.post("/api/virtual-wards/{ward_id}/admissions", status_code=201,
              summary="Admit a person (acute: consultant; preventive: case manager)")
-def admit_api(ward_id: str, data: Any = Body(...), who: Principal = Depends(current_user),
-              gate: Gate = Depends(get_gate)):
+def admit_api(ward_id: str, data: Annotated[Any, Body()], who: CurrentUser, gate: GateDep):
     d = _body(data, "patient")
     return service.admit(gate=gate, who=who, ward_id=ward_id, patient_id=d["patient"], limits=d.get("limits"),
                          reason=d.get("reason"))
 
 
 @router.post("/api/virtual-wards/admissions/{episode_id}/discharge", summary="End a virtual ward stay")
-def discharge_api(episode_id: str, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def discharge_api(episode_id: str, who: CurrentUser, gate: GateDep):
     return service.discharge(gate=gate, who=who, episode_id=episode_id)
 
 
 @router.post("/api/patients/{patient_id}/readings", status_code=201,
              summary="Record remote-monitoring readings (SpO2 %, heart rate /min, BP mm[Hg]); bad units → 422")
-def readings_api(patient_id: str, data: Any = Body(...), who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
+def readings_api(patient_id: str, data: Annotated[Any, Body()], who: CurrentUser, gate: GateDep):
     readings = data.get("readings") if isinstance(data, dict) else data
     return JSONResponse(service.record_readings(gate=gate, who=who, patient_id=patient_id, readings=readings),
                         status_code=201)
@@ -132,12 +129,11 @@ def ward_page(request: Request, ward_id: str, msg: str = ""):
 
 
 @router.post("/wards/{ward_id}/admit", include_in_schema=False)
-async def admit_page(request: Request, ward_id: str):
+def admit_page(request: Request, ward_id: str, form: FormData):
     web = _web()
     who = web._who(request)
     if who is None:
         return web._to_login(request)
-    form = await request.form()
     limits: dict[str, float] = {}
     try:
         for k in service.DEFAULT_LIMITS:
@@ -159,12 +155,11 @@ async def admit_page(request: Request, ward_id: str):
 
 
 @router.post("/wards/discharge/{episode_id}", include_in_schema=False)
-async def discharge_page(request: Request, episode_id: str):
+def discharge_page(request: Request, episode_id: str, form: FormData):
     web = _web()
     who = web._who(request)
     if who is None:
         return web._to_login(request)
-    form = await request.form()
     try:
         service.discharge(gate=web._gate(request), who=who, episode_id=episode_id)
     except FhirError as exc:

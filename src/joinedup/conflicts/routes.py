@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Request
 
-from joinedup.api.auth import current_user, get_gate
-from joinedup.api.responses import FhirResponse
+from joinedup.api.responses import FhirResponse, api_errors
+from joinedup.deps import CurrentUser, GateDep, RawBody
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
+from joinedup.store.search import MAX_OFFSET
 
 from . import cds, person, preferences, screen
 from .knowledge import load_knowledge
 
+# Plain `def` handlers: FastAPI runs them in its thread pool, so screening and evaluation stay off the event loop.
 cds_router = APIRouter(tags=["CDS Hooks"])
-api_router = APIRouter(tags=["conflicts"])
+api_router = APIRouter(tags=["conflicts"], responses=api_errors())
 
 JSON = "application/json"
-Who = Annotated[Principal, Depends(current_user)]
-GateDep = Annotated[Gate, Depends(get_gate)]
+Who = CurrentUser
 
 
 def _json(content: Any, status: int = 200) -> FhirResponse:
@@ -45,30 +45,27 @@ def _base_url(request: Request) -> str:
 
 # -- CDS Hooks --------------------------------------------------------------------------------------------------
 @cds_router.get("/cds-services", summary="CDS Hooks discovery: the conflict services and their prefetch templates")
-async def cds_discovery():
+def cds_discovery():
     return _json(cds.discovery())
 
 
 @cds_router.post("/cds-services/{service_id}", summary="Call a CDS service (patient-view, order-select, order-sign)")
-async def cds_call(service_id: str, request: Request, who: Who,
-                   gate: GateDep):
+def cds_call(service_id: str, request: Request, who: Who, gate: GateDep, raw: RawBody):
     try:
         cds.service_hook(service_id)
-        body = cds.parse_json(await request.body())
-        result = await run_in_threadpool(cds.evaluate_hook, gate=gate, who=who, service_id=service_id, body=body,
-                                         base_url=_base_url(request))
+        body = cds.parse_json(raw)
+        result = cds.evaluate_hook(gate=gate, who=who, service_id=service_id, body=body, base_url=_base_url(request))
     except (cds.CdsError, FhirError) as exc:
         return _cds_error(exc)
     return _json(result)
 
 
 @cds_router.post("/cds-services/{service_id}/feedback", summary="Record accepted/overridden cards")
-async def cds_feedback(service_id: str, request: Request, who: Who,
-                       gate: GateDep):
+def cds_feedback(service_id: str, who: Who, gate: GateDep, raw: RawBody):
     try:
         cds.service_hook(service_id)
-        body = cds.parse_json(await request.body())
-        result = await run_in_threadpool(cds.record_feedback, gate=gate, who=who, service_id=service_id, body=body)
+        body = cds.parse_json(raw)
+        result = cds.record_feedback(gate=gate, who=who, service_id=service_id, body=body)
     except (cds.CdsError, FhirError) as exc:
         return _cds_error(exc)
     return _json(result)
@@ -76,7 +73,7 @@ async def cds_feedback(service_id: str, request: Request, who: Who,
 
 # -- conflict API -----------------------------------------------------------------------------------------------
 @api_router.get("/api/conflicts/rules/{rule_id}", summary="One conflict rule with its sources (card source link)")
-async def conflict_rule(rule_id: str):
+def conflict_rule(rule_id: str):
     kb = load_knowledge()
     items = [*kb.rules, *({**c, "kind": "lifestyle"} for c in kb.lifestyle),
              *({**t, "kind": "schedule"} for t in kb.timing), *([{**kb.reviews, "kind": "schedule"}]
@@ -141,27 +138,26 @@ def _screen_page(gate: Gate, who: Principal, severity: str | None, practice: str
 
 
 @api_router.get("/api/conflicts/screen", summary="Population conflict screen: worklist of flagged people (paged)")
-async def conflict_screen(who: Who, gate: GateDep,
-                          severity: str | None = Query(None, description="minimum severity: critical|high|moderate|low"),
-                          practice: str | None = Query(None, description="Organization/id, id or practice name"),
-                          count: int = Query(50, alias="_count", ge=1, le=1000),
-                          offset: int = Query(0, alias="_offset", ge=0),
-                          refresh: bool = Query(False, description="screen again instead of using a recent result")):
-    page = await run_in_threadpool(_screen_page, gate, who, severity, practice, count, offset, refresh)
-    return _json(page)
+def conflict_screen(who: Who, gate: GateDep,
+                    severity: str | None = Query(None, description="minimum severity: critical|high|moderate|low"),
+                    practice: str | None = Query(None, description="Organization/id, id or practice name"),
+                    count: int = Query(50, alias="_count", ge=1, le=1000),
+                    offset: int = Query(0, alias="_offset", ge=0, le=MAX_OFFSET),
+                    refresh: bool = Query(False, description="screen again instead of using a recent result")):
+    return _json(_screen_page(gate, who, severity, practice, count, offset, refresh))
 
 
 @api_router.get("/api/me/alert-settings", summary="My decision-support alert threshold")
-async def get_alert_settings(who: Who, gate: GateDep):
+def get_alert_settings(who: Who, gate: GateDep):
     return _json({"min_severity": preferences.threshold(gate=gate, who=who),
                   "choices": preferences.THRESHOLDS})
 
 
 @api_router.put("/api/me/alert-settings",
                 summary="Set my alert threshold: {\"min_severity\": \"low\"|\"moderate\"|\"high\"}")
-async def put_alert_settings(request: Request, who: Who, gate: GateDep):
+def put_alert_settings(who: Who, gate: GateDep, raw: RawBody):
     try:
-        body = orjson.loads(await request.body() or b"{}")
+        body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:
         raise FhirError(400, "request body is not valid JSON", code="invalid") from None
     if not isinstance(body, dict):
@@ -177,15 +173,13 @@ def _patient_conflicts(gate: Gate, who: Principal, patient_id: str,
 
 @api_router.get("/api/patients/{patient_id}/conflicts",
                 summary="Conflicts for a stored patient: findings (with acknowledgement) and least-harm resolution")
-async def patient_conflicts(patient_id: str, who: Who, gate: GateDep):
-    return _json(await run_in_threadpool(_patient_conflicts, gate, who, patient_id))
+def patient_conflicts(patient_id: str, who: Who, gate: GateDep):
+    return _json(_patient_conflicts(gate, who, patient_id))
 
 
 @api_router.post("/api/patients/{patient_id}/conflicts",
                  summary="As GET, with draft orders checked as if active: body {\"draftOrders\": [resources]}")
-async def patient_conflicts_with_drafts(patient_id: str, request: Request, who: Who,
-                                        gate: GateDep):
-    raw = await request.body()
+def patient_conflicts_with_drafts(patient_id: str, who: Who, gate: GateDep, raw: RawBody):
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -195,4 +189,4 @@ async def patient_conflicts_with_drafts(patient_id: str, request: Request, who: 
                                                for d in drafts):
         raise FhirError(400, "body must be {\"draftOrders\": [FHIR resources]}", code="invalid")
     drafts = [dict(d, id=d.get("id") or f"draft-{n + 1}") for n, d in enumerate(drafts)]
-    return _json(await run_in_threadpool(_patient_conflicts, gate, who, patient_id, drafts))
+    return _json(_patient_conflicts(gate, who, patient_id, drafts))

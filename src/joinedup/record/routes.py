@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from joinedup.api.auth import current_user, get_gate
-from joinedup.governance.gate import Gate
-from joinedup.governance.identity import Principal
+from joinedup.api.responses import api_errors
+from joinedup.deps import CurrentUser, GateDep
 from joinedup.record import service
 from joinedup.record.models import Summary, Timeline
 
-router = APIRouter(prefix="/api/patients", tags=["record"])
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
+router = APIRouter(prefix="/api/patients", tags=["record"], responses=api_errors())
 
 
 def _json(model) -> Response:
@@ -20,16 +20,14 @@ def _json(model) -> Response:
 
 @router.get("/{patient_id}/summary", response_model=Summary,
             summary="One view of the person: every section across settings, each item with source and date")
-async def summary(patient_id: str, request: Request, who: Principal = Depends(current_user),
-                  gate: Gate = Depends(get_gate)):
+def summary(patient_id: str, who: CurrentUser, gate: GateDep):
     return _json(service.summarise(gate=gate, who=who, patient_id=patient_id))
 
 
 @router.get("/{patient_id}/timeline", response_model=Timeline,
             summary="Contacts across settings, newest first, filterable by setting and type")
-async def timeline(patient_id: str, request: Request, setting: str | None = Query(None),
-                   type: str | None = Query(None, description="encounter, appointment, episode, referral, "
-                                                               "advice or document"),
-                   who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+def timeline(patient_id: str, who: CurrentUser, gate: GateDep, setting: str | None = Query(None),
+             type: str | None = Query(None, description="encounter, appointment, episode, referral, "
+                                                         "advice or document")):
     return _json(service.timeline(gate=gate, who=who, patient_id=patient_id, setting=setting or None,
                                   type=type or None))

@@ -98,15 +98,35 @@ def parse(params: list[tuple[str, str]], rtype: str, registry: SearchParameters,
     return plan
 
 
+# Paging bounds. _offset pages by skipping rows, so a deep offset costs a scan of everything before it and a huge
+# one overflows the database's integer; 10 million is past any page a person reads (narrow the search, e.g. with
+# _lastUpdated, or use bulk $export for whole collections). _count asks for a page size, capped at the server's
+# page size; a value past the same bound is a mistake, not a wish for a bigger page.
+MAX_OFFSET = 10_000_000
+MAX_COUNT_PARAM = 10_000_000
+_WHY = {"_offset": "paging deeper than that costs a scan of every earlier row: narrow the search (e.g. _lastUpdated) "
+                   "or use bulk $export",
+        "_count": "pages are capped at the server's page size anyway"}
+
+
+def parse_int(name: str, value: str, *, low: int = 0, high: int = MAX_OFFSET, why: str | None = None) -> int:
+    """A whole-number parameter in [low, high] (ASCII digits, optional minus sign), or a 400 saying what is allowed."""
+    text = value if isinstance(value, str) else ""
+    digits = text.removeprefix("-")
+    shown = text[:40] + ("…" if len(text) > 40 else "")
+    if not digits or not digits.isascii() or not digits.isdigit():
+        raise _bad(f"{name} must be a whole number from {low:,} to {high:,}, not '{shown}'", name)
+    if len(digits.lstrip("0")) > 18 or not low <= int(text) <= high:
+        reason = why or _WHY.get(name)
+        raise _bad(f"{name} must be from {low:,} to {high:,}, not {shown}" + (f" ({reason})" if reason else ""), name)
+    return int(text)
+
+
 def _control(plan: SearchPlan, name: str, value: str, registry: SearchParameters, max_count: int) -> None:
     if name == "_count":
-        if not value.isdigit():
-            raise _bad(f"_count must be a non-negative whole number, not '{value}'", "_count")
-        plan.count = min(int(value), max_count)
+        plan.count = min(parse_int("_count", value, high=MAX_COUNT_PARAM), max_count)
     elif name == "_offset":
-        if not value.isdigit():
-            raise _bad(f"_offset must be a non-negative whole number, not '{value}'", "_offset")
-        plan.offset = int(value)
+        plan.offset = parse_int("_offset", value, high=MAX_OFFSET)
     elif name == "_sort":
         for part in value.split(","):
             desc = part.startswith("-")
@@ -278,7 +298,9 @@ def _quantity_cond(t: sa.Table, value: str, name: str, kind: str):
     try:
         num = Decimal(parts[0])
     except InvalidOperation:
-        raise _bad(f"'{value}' is not a valid number for search parameter '{name}'", name) from None
+        num = None
+    if num is None or not num.is_finite() or abs(num.adjusted()) > 300:  # NaN, Infinity, 1e999999: not a value
+        raise _bad(f"'{value[:60]}' is not a valid number for search parameter '{name}'", name)
     exp = num.as_tuple().exponent
     half = Decimal(5).scaleb(exp - 1) if isinstance(exp, int) else Decimal(0)
     x, lo, hi = float(num), float(num - half), float(num + half)
@@ -412,4 +434,5 @@ def _restricted_keys(conn, found, restrict) -> set[tuple[str, str]]:
     return keys
 
 
-__all__ = ["parse", "execute", "SearchPlan", "Include", "sort_key", "split_reference", "reference_param_names"]
+__all__ = ["MAX_OFFSET", "Include", "SearchPlan", "execute", "parse", "parse_int", "reference_param_names",
+           "sort_key", "split_reference"]
