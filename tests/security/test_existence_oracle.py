@@ -223,3 +223,16 @@ def test_the_persons_own_gp_still_gets_told_why(people, world):
         r = c.get(f"/fhir/Observation/{world.sealed_obs}")
         assert r.status_code == 403 and "recorded it" in r.json()["issue"][0]["diagnostics"]
         assert c.get(f"/fhir/Observation/{world.obs}").status_code == 200
+
+
+def test_a_professional_refused_the_persons_access_log_is_audited(server, api):
+    """Every refusal is audited: a professional asking for the person's own access-log view is refused, and the
+    refusal is in the audit trail (it used to leave no event)."""
+    with server.client("gp") as gp:
+        r = gp.get("/api/me/access-log")
+        assert r.status_code == 403
+    server.gate.audit.flush()
+    events = api.get("/fhir/AuditEvent", params={"agent-name": "gp", "outcome": "8", "_count": 50}).json()
+    assert any(e["resource"].get("entity") and any(x.get("what", {}).get("reference") == "access-log"
+                                                    for x in e["resource"]["entity"])
+               for e in events.get("entry") or []), events

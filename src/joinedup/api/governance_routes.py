@@ -8,7 +8,6 @@ from fastapi import APIRouter, FastAPI, Query
 
 from joinedup.api.responses import FhirResponse, json_responses
 from joinedup.deps import CurrentUser, GateDep, JsonObject
-from joinedup.fhir.errors import FhirError
 from joinedup.governance import service
 from joinedup.governance.gate import access_notices
 from joinedup.store.search import MAX_OFFSET
@@ -58,8 +57,8 @@ def my_access_log(who: CurrentUser, gate: GateDep,
                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET,
                                                description=f"Entries to skip, 0 to {MAX_OFFSET:,}")] = 0):
     if who.role != "patient" or not who.patient_id:
-        raise FhirError(403, "Access refused: this is a person's view of their own record; privacy officers use "
-                             "GET /fhir/AuditEvent?patient=...", code="forbidden")
+        raise gate.refuse(who, "Access refused: this is a person's view of their own record; privacy officers use "
+                               "GET /fhir/AuditEvent?patient=...", action="search", entity="access-log")
     gate.audit.flush()
     total, entries = gate.access_log(who, count=count, offset=offset)
     return _json({"patient": f"Patient/{who.patient_id}", "total": total, "entries": entries})

@@ -2,53 +2,49 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 
-from joinedup.api.auth import current_user, get_gate
-from joinedup.api.responses import FhirResponse
-from joinedup.fhir.errors import FhirError
-from joinedup.fhir.validation import parse_json
+from joinedup.api.responses import FhirResponse, json_responses
+from joinedup.deps import CurrentUser, GateDep, JsonObject
 from joinedup.governance import service
-from joinedup.governance.gate import Gate, change_reason
-from joinedup.governance.identity import Principal
+from joinedup.governance.gate import change_reason
 
+# Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(prefix="/api/privacy", tags=["governance"])
 REASON_HEADER = "X-JoinedUp-Reason"
-
-
-async def json_object(request: Request) -> dict:
-    """The request body as a JSON object (400 otherwise)."""
-    body = parse_json(await request.body())
-    if not isinstance(body, dict):
-        raise FhirError(400, "The request body must be a JSON object", code="invalid")
-    return body
+_JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 def _json(doc, status: int = 200) -> FhirResponse:
     return FhirResponse(doc, status_code=status, media_type="application/json")
 
 
-@router.get("/link-requests", summary="Requests to link two records of one person (privacy officer)")
-def link_requests(status: str = "pending", who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/link-requests", summary="Requests to link two records of one person (privacy officer)",
+            responses=json_responses(400, 401, 403))
+def link_requests(who: CurrentUser, gate: GateDep, status: str = "pending"):
     return _json({"requests": service.link_requests(gate, who, status=status)})
 
 
-@router.post("/link-requests", summary="Ask for two records to be linked as one person's")
-def request_link(body: dict = Depends(json_object), who: Principal = Depends(current_user),
-                 gate: Gate = Depends(get_gate)):
+@router.post("/link-requests", summary="Ask for two records to be linked as one person's", status_code=202,
+             responses={**json_responses(400, 401, 403, 413, ok=202, ok_description="Waiting for review"),
+                        201: {"description": "Linked at once (integration account)",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+             openapi_extra=_JSON_BODY)
+def request_link(who: CurrentUser, gate: GateDep, body: JsonObject):
     out = service.request_link(gate, who, patient=body.get("patient"), other_patient=body.get("other_patient"),
                                reason=body.get("reason"))
     return _json(out, 201 if out["status"] == "approved" else 202)
 
 
-@router.post("/link-requests/{request_id}", summary="Approve or reject a link request (privacy officer)")
-def decide_link(request_id: str, body: dict = Depends(json_object), who: Principal = Depends(current_user),
-                gate: Gate = Depends(get_gate)):
+@router.post("/link-requests/{request_id}", summary="Approve or reject a link request (privacy officer)",
+             responses=json_responses(400, 401, 403, 404, 409, 413), openapi_extra=_JSON_BODY)
+def decide_link(request_id: str, who: CurrentUser, gate: GateDep, body: JsonObject):
     return _json(service.decide_link(gate, who, request_id, outcome=body.get("outcome"), note=body.get("note")))
 
 
-@router.get("/choice-changes", summary="Changes privacy officers made to people's choices, with reasons")
-def choice_changes(who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
+@router.get("/choice-changes", summary="Changes privacy officers made to people's choices, with reasons",
+            responses=json_responses(401, 403))
+def choice_changes(who: CurrentUser, gate: GateDep):
     return _json({"changes": service.choice_changes(gate, who)})
 
 
