@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ def sample_lines(name: str) -> list[str]:
     with gzip.open(SAMPLES / f"{name}.000.ndjson.gz", "rt", encoding="utf-8") as f:
         return [line for line in f.read().splitlines() if line.strip()]
 PG_URL = os.environ.get("JOINEDUP_TEST_DATABASE_URL")
+# Audit key and signed checkpoints of this test session, apart from any earlier run's: the PostgreSQL test database is
+# emptied each session, and an earlier run's checkpoints would (rightly) report its chain as removed.
+_AUDIT_DIR = Path(tempfile.mkdtemp(prefix="joinedup-audit-"))
+os.environ.setdefault("JOINEDUP_AUDIT_CHECKPOINT_FILE", str(_AUDIT_DIR / "checkpoints.log"))
+os.environ.setdefault("JOINEDUP_AUDIT_KEY_FILE", str(_AUDIT_DIR / "audit.key"))
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 

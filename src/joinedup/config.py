@@ -61,7 +61,9 @@ REGISTRY: tuple[Setting, ...] = (
     Setting("SUPPRESS_HIGH", "7", "Small-number suppression: largest count shown as '*'.", int),
     Setting("SUPPRESS_ROUND", "5", "Small-number suppression: other counts are rounded to a multiple of this.", int),
     # -- audit -----------------------------------------------------------------------------------------------
-    Setting("AUDIT_FLUSH_MS", "200", "Longest an audit event waits in the writer's buffer (ms).", int),
+    Setting("AUDIT_FLUSH_MS", "200",
+            "How often the background audit writer commits events nobody waits for (ms); requests always wait for "
+            "their own events to be committed.", int),
     Setting("AUDIT_KEYS", "",
             "HMAC keys of the audit chain, 'id:secret,id:secret'; the first signs new entries, the others still "
             "verify older ones (key rotation). Empty: a per-installation key in AUDIT_KEY_FILE."),

@@ -77,6 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health():
         return {"status": "ok", "version": __version__}
 
+    from joinedup.governance.audit import AuditDurabilityMiddleware
+
+    # added last = outermost: no response (the other middleware's refusals included) leaves before its audit events
+    # are committed
+    app.add_middleware(AuditDurabilityMiddleware)
     return app
 
 

@@ -1,4 +1,5 @@
-"""Governance commands: subject access reports, the break-glass review queue, de-identified extracts."""
+"""Governance commands: subject access reports, the break-glass review queue, de-identified extracts, and the
+audit trail (`joinedup audit verify`, `joinedup audit rotate-key`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 privacy_app = typer.Typer(help="Privacy officer: break-glass review queue.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the tamper-evident audit trail and rotate its key.", no_args_is_help=True)
 console = Console(stderr=True)
 out = Console()
 
@@ -136,3 +138,70 @@ def extract_command(out_dir: Path = typer.Option(..., "--out", "-o", help="Direc
         out.print(f"{t}.ndjson\t{n}")
     out.print(f"extracted {summary['people']:,} people ({sum(summary['resources'].values()):,} resources) to "
               f"{out_dir}; summary.json holds suppressed counts")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the keyed audit chain and the signed checkpoints: exit 0 with a one-line summary, or exit 2 with a
+    one-line problem naming the first bad entry (modified, inserted, removed, unknown key, truncated)."""
+    from joinedup.config import get_settings
+    from joinedup.governance.audit import verify_chain
+    from joinedup.store.repository import get_store
+
+    settings = get_settings()
+    try:
+        store = get_store(settings.database_url)  # not the gate: verifying must never create an audit key
+        report = verify_chain(store)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback (database unreachable, unreadable file)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"cannot verify the audit chain: {exc.__class__.__name__}: {first}")
+    if report.ok:
+        out.print(report.summary, highlight=False, soft_wrap=True)
+        return
+    console.print(f"[red]{report.summary}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(write: bool = typer.Option(False, "--write",
+                                                help="Put the new key first in the key file (only when the keys "
+                                                     "come from JOINEDUP_AUDIT_KEY_FILE).")) -> None:
+    """Print a new JOINEDUP_AUDIT_KEYS value: a new signing key first, every current key kept after it.
+
+    Restart every server process with it (entries signed meanwhile by the old key still verify: it stays
+    listed). Never drop a key while entries signed with it exist."""
+    import re
+
+    from joinedup.config import get_settings
+    from joinedup.governance.audit import AuditKeyError, load_keys, new_key_secret
+
+    settings = get_settings()
+    try:
+        current = load_keys(settings=settings, create=False)
+    except (AuditKeyError, OSError) as exc:
+        _fail(str(exc))
+    numbers = [int(m.group(1)) for k in current.ids if (m := re.fullmatch(r"k(\d+)", k))]
+    new_id = f"k{max(numbers, default=len(current.ids)) + 1}"
+    while new_id in current.ids:  # pragma: no cover - only with hand-made ids
+        new_id += "x"
+    pairs = [(new_id, new_key_secret())] + [(k, s.decode()) for k, s in current.keys]
+    if not write:
+        sys.stdout.write("JOINEDUP_AUDIT_KEYS=" + ",".join(f"{k}:{s}" for k, s in pairs) + "\n")
+        sys.stdout.flush()
+        console.print(f"new signing key {new_id}; kept: {', '.join(current.ids) or 'none'}. Set this on every "
+                      "server process and restart them; keep it secret.", highlight=False, soft_wrap=True)
+        return
+    if settings.audit_keys.strip():
+        _fail("the keys come from JOINEDUP_AUDIT_KEYS: set it to the value printed without --write")
+    path = Path(settings.audit_key_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, "".join(f"{k}:{s}\n" for k, s in pairs).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    out.print(f"{path}: new signing key {new_id}; kept: {', '.join(current.ids) or 'none'}. Restart every server "
+              "process to sign with it.", highlight=False, soft_wrap=True)

@@ -330,13 +330,13 @@ class Gate:
         resource["id"] = new_id()
         prepared = self._prepare(who, resource)
         requests: list[dict] = []
-        with self.store.writing() as conn:
+        with self.audit.writing() as conn:  # the write and its audit event commit together
             written = self.store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
             changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
+            self.audit.record(who, "create", allowed=True, reason=decision.reason,
+                              entity=f"{rtype}/{written.id}", patient_id=prepared.patient_id, conn=conn)
         if changed:
             self.facts.invalidate()
-        self.audit.record(who, "create", allowed=True, reason=decision.reason, entity=f"{rtype}/{written.id}",
-                          patient_id=prepared.patient_id)
         self._audit_link_requests(who, requests)
         self._emit(who, [written])
         return written
@@ -353,15 +353,15 @@ class Gate:
         decision = self._check_write(who, "update", resource, current=live, previous=current)
         prepared = self._prepare(who, copy.deepcopy(resource), current=current)
         requests: list[dict] = []
-        with self.store.writing() as conn:
+        with self.audit.writing() as conn:
             if if_match is not None:
                 _check_if_match(self.store, conn, rtype, rid, if_match)
             written = self.store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
             changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
+            self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
+                              patient_id=prepared.patient_id, conn=conn)
         if changed:
             self.facts.invalidate()
-        self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
-                          patient_id=prepared.patient_id)
         self._after_choice_change(who, decision, f"{rtype}/{rid}", prepared.patient_id)
         self._audit_link_requests(who, requests)
         self._emit(who, [written])
@@ -377,12 +377,13 @@ class Gate:
             self._refuse_if_hidden(who, "delete", rtype, entity)
         live = current if current and not current.deleted else None
         decision = self._check_delete(who, rtype, rid, live)
-        with self.store.writing() as conn:
+        with self.audit.writing() as conn:
             written = self.store.delete(conn, rtype, rid)
             changed = self.facts.on_delete(conn, rtype, rid) if written else False
+            self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=entity,
+                              patient_id=patient, conn=conn)
         if changed:
             self.facts.invalidate()
-        self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
         self._after_choice_change(who, decision, entity, patient)
         self._emit(who, [written])
         return written
@@ -397,14 +398,14 @@ class Gate:
     def import_resources(self, who: Principal, items: list[Prepared], *, label: str) -> list[Written]:
         """Bulk-load prepared resources (one transaction per batch); audited per batch."""
         decision = self.check(who, "import", None, entity=label)
-        with self.store.writing() as conn:
+        with self.audit.writing() as conn:
             written = self.store.write_prepared(conn, items, method="PUT")
             changed = self.facts.on_write(conn, items, [w.status for w in written], who=who)
+            self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
+                              detail={"resources": len(items),
+                                      "written": sum(1 for w in written if w.status != "unchanged")}, conn=conn)
         if changed:
             self.facts.invalidate()
-        self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
-                          detail={"resources": len(items),
-                                  "written": sum(1 for w in written if w.status != "unchanged")})
         if self.listeners:
             for w, p in zip(written, items):
                 if w.resource is None:
@@ -780,18 +781,21 @@ class Gate:
                     status = "201 Created" if w.status == "created" else "200 OK"
                     responses[i] = _entry_response(status, w.rtype, w.id, w.version, w.last_updated, base_url)
                     responses[i]["resource"] = w.resource
+            for i in order:
+                plan = plans[i]
+                if plan["kind"] in ("create", "put", "delete"):
+                    p = prepared.get(i)
+                    self.audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
+                                      allowed=True, reason="transaction", entity=f"{plan['rtype']}/{plan['id']}",
+                                      patient_id=p.patient_id if p else None, conn=conn)
+        self.audit.committed()
         if changed:
             self.facts.invalidate()
         self._audit_link_requests(who, requests)
         self._emit(who, committed)
         for i in order:
             plan = plans[i]
-            if plan["kind"] in ("create", "put", "delete"):
-                p = prepared.get(i)
-                self.audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
-                                  allowed=True, reason="transaction", entity=f"{plan['rtype']}/{plan['id']}",
-                                  patient_id=p.patient_id if p else None)
-            elif plan["kind"] == "get":
+            if plan["kind"] == "get":
                 responses[i] = self._bundle_get(who, plan["url"], base_url)
         out_entries = []
         for i in range(len(entries)):
