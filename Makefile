@@ -27,7 +27,7 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
 bench: $(STAMP) system-deps

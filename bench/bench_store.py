@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Served, wrk, write_result
+from bench.common import Served, write_result, wrk
 from bench.datagen import write_population
 
 

@@ -68,7 +68,7 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         return self
 
     def __exit__(self, *exc) -> None:

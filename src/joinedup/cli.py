@@ -10,7 +10,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -244,9 +244,9 @@ def _trust_bound_host(host: str) -> None:
 
 @app.command("import")
 def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles, or directories of them."),
-            source: Optional[str] = typer.Option(None, help="meta.source for resources that do not carry one, "
+            source: str | None = typer.Option(None, help="meta.source for resources that do not carry one, "
                                                            "e.g. Organization/ODS123."),
-            rejects: Optional[Path] = typer.Option(None, help="Where to write rejected lines with reasons."),
+            rejects: Path | None = typer.Option(None, help="Where to write rejected lines with reasons."),
             workers: int = typer.Option(2, help="Processes validating in parallel (1 = in-process)."),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Load FHIR NDJSON files or Bundles (idempotent; bad lines go to a rejects file)."""
@@ -287,8 +287,8 @@ def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles,
 
 @app.command("export")
 def export(out_dir: Path = typer.Argument(..., help="Directory for the NDJSON files."),
-           types: Optional[str] = typer.Option(None, "--type", help="Comma-separated resource types."),
-           since: Optional[str] = typer.Option(None, help="Only resources changed since this instant.")) -> None:
+           types: str | None = typer.Option(None, "--type", help="Comma-separated resource types."),
+           since: str | None = typer.Option(None, help="Only resources changed since this instant.")) -> None:
     """Export the store as Bulk Data NDJSON files (one per resource type)."""
     from joinedup.fhir.errors import FhirError
     from joinedup.fhir.search_params import date_range
@@ -316,11 +316,11 @@ def export(out_dir: Path = typer.Argument(..., help="Directory for the NDJSON fi
 @users_app.command("add")
 def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
               role: str = typer.Option(..., help="Role, e.g. gp, consultant, care-coordinator, analyst, system."),
-              practitioner: Optional[str] = typer.Option(None, help="Practitioner id this user acts as."),
-              organization: Optional[str] = typer.Option(None, help="Organization id the user works for."),
-              patient: Optional[str] = typer.Option(None, help="Patient id (for role patient)."),
-              display: Optional[str] = typer.Option(None, help="Display name."),
-              password: Optional[str] = typer.Option(None, help="Password for web log-in (optional)."),
+              practitioner: str | None = typer.Option(None, help="Practitioner id this user acts as."),
+              organization: str | None = typer.Option(None, help="Organization id the user works for."),
+              patient: str | None = typer.Option(None, help="Patient id (for role patient)."),
+              display: str | None = typer.Option(None, help="Display name."),
+              password: str | None = typer.Option(None, help="Password for web log-in (optional)."),
               replace: bool = typer.Option(False, help="Redefine an existing user.")) -> None:
     """Add a user."""
     from joinedup.governance.identity import IdentityError, add_user
@@ -395,7 +395,7 @@ def users_remove(name: str = typer.Argument(..., help="User name.")) -> None:
 
 @app.command("token")
 def token(name: str = typer.Argument(..., help="User name."),
-          hours: Optional[int] = typer.Option(None, help="Hours until the token expires (default "
+          hours: int | None = typer.Option(None, help="Hours until the token expires (default "
                                                       "JOINEDUP_TOKEN_TTL_HOURS, 720).")) -> None:
     """Issue a bearer token for a user (printed as the last word)."""
     from joinedup.governance.identity import IdentityError, issue_token

@@ -72,7 +72,8 @@ def _searchset(resources: list[dict]) -> dict[str, Any]:
 
 
 def _prefetch(resources: list[dict]) -> dict[str, Any]:
-    by = lambda t: [r for r in resources if r["resourceType"] == t]
+    def by(t):
+        return [r for r in resources if r["resourceType"] == t]
     return {"patient": by("Patient")[0], "conditions": _searchset(by("Condition")),
             "medications": _searchset(by("MedicationRequest")),
             "medicationStatements": _searchset(by("MedicationStatement")),

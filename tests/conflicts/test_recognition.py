@@ -13,7 +13,6 @@ from joinedup.conflicts.service import check_record
 from tests.conftest import sample_lines
 
 
-
 @pytest.mark.parametrize("text,expected", [
     ("Naproxen 500mg tablets", {"naproxen"}),
     ("lisinopril 10 MG Oral Tablet", {"lisinopril"}),

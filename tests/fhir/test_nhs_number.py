@@ -1,4 +1,5 @@
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from joinedup.fhir.nhs_number import check_digit, is_valid
 

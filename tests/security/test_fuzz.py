@@ -18,10 +18,10 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402 - after importorskip
+from hypothesis import strategies as st  # noqa: E402 - after importorskip
+from schemathesis import GenerationMode  # noqa: E402 - after importorskip
+from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance  # noqa: E402 - after importorskip
 
 EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
 FEW = 2  # operations that start heavy background work (bulk export jobs)

@@ -213,7 +213,7 @@ class Notifier:
         now = datetime.now(UTC)
         bulk = len(written) > BULK
         events: list[Event] = []
-        for rtype, rid, status, res in written:
+        for rtype, _rid, status, res in written:
             if rtype == "Subscription":
                 continue
             events += classify(rtype, res, now=now)

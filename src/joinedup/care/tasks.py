@@ -231,7 +231,8 @@ def my_tasks(*, gate: Gate, who: Principal, today: date | None = None, include_d
                 continue
             v.update(patient=pid, patient_name=names.get(pid), plan_version=str(s.version))
             actions.append(v)
-    key = (lambda x: (not x["overdue"], x["due"] or "9999"))
+    def key(x):
+        return ((not x["overdue"], x["due"] or "9999"))
     tasks.sort(key=key)
     actions.sort(key=key)
     return {"tasks": tasks, "actions": actions,

@@ -310,7 +310,7 @@ def record_readings(*, gate: Gate, who: Principal, patient_id: str, readings: An
     alerts = []
     if eoc:
         limits = _limits_of(eoc)
-        for values, when, _ in checked:
+        for values, _when, _ in checked:
             alerts += [a for n, v, _u in values if (a := _outside(n, v, limits))]
     return {"recorded": len(ids), "observations": [f"Observation/{i}" for i in ids], "alerts": alerts}
 

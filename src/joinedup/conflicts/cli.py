@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,18 +15,18 @@ app = typer.Typer(help="Multimorbidity conflict engine: detect clashes and propo
                   no_args_is_help=True, add_completion=False)
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     json = "json"
     text = "text"
 
 
-class ScreenFormat(str, Enum):
+class ScreenFormat(StrEnum):
     csv = "csv"
     json = "json"
     both = "both"
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     critical = "critical"
     high = "high"
     moderate = "moderate"

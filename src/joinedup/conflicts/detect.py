@@ -1,11 +1,15 @@
-"""Recognise a person's FHIR resources and detect conflicts against the compiled knowledge base."""
+"""Recognise a person's FHIR resources and detect conflicts against the compiled knowledge base.
+
+Map of this module: `build_record` turns FHIR resources (and draft orders) into a `PatientRecord`, helped by
+`recognise_medicine`, the FHIR field readers (`_ref`, `_codes`, `_medication_concept`, ...) and
+`_one_line_per_medicine` (one line per medicine across organisations); `detect` runs every rule through its kind's
+`detect` (the kinds and their table are in `conflicts.rules`) and sorts the findings.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from datetime import date
-from itertools import product
 from typing import Any
 
 from joinedup.fhir.values import age_on as _age
@@ -257,161 +261,13 @@ def _desc(text: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in text)
 
 
-def _fid(rule: str, involves: list[str]) -> str:
-    h = hashlib.sha1("|".join([rule, *involves]).encode()).hexdigest()[:10]
-    return f"{rule}:{h}"
-
-
-def _finding(rule: dict[str, Any], involves: Iterable[str], summary: str | None = None,
-             detail: str | None = None, kind: str | None = None) -> Finding:
-    inv = list(dict.fromkeys(involves))
-    return Finding(
-        id=_fid(rule["id"], inv), kind=kind or rule["kind"], severity=rule["severity"],
-        summary=summary or rule["summary"], detail=detail or str(rule.get("detail", "")).strip(),
-        involves=inv, rule=rule["id"], sources=list(rule.get("sources", [])),
-    )
-
-
-def _matches(med: MedItem, ingredients: frozenset[str]) -> bool:
-    return not med.ingredients.isdisjoint(ingredients)
-
-
-def _cond_refs(rec: PatientRecord, keys: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for k in keys:
-        out.extend(rec.conditions.get(k, ()))
-    return out
-
-
-def _compare(value: float, op: str, target: Any) -> bool:
-    if op == "<":
-        return value < target
-    if op == "<=":
-        return value <= target
-    if op == ">":
-        return value > target
-    if op == ">=":
-        return value >= target
-    if op == "between":
-        lo, hi = target
-        return lo <= value < hi
-    raise ValueError(op)
-
-
 def detect(kb: Knowledge, rec: PatientRecord) -> list[Finding]:
-    """Run every rule over a recognised record; deterministic order (severity, rule, involves)."""
+    """Run every rule over a recognised record through its kind's class (`kb.kinds`, see `rules.KINDS`), skipping
+    rules already reconciled (`rec.resolved_ids`); deterministic order (severity, rule, involves)."""
     findings: list[Finding] = []
-    meds = rec.meds
-    conds = rec.conditions
-    for rule in kb.rules:
-        if rule["id"] in rec.resolved_ids:
-            continue
-        kind = rule["kind"]
-        drugs = rule["_drugs"]
-        if rule.get("allergy"):
-            for a in rec.allergies:
-                for m in meds:
-                    if (m.ingredients & a.ingredients) or (m.classes & a.classes):
-                        findings.append(_finding(rule, [m.ref, a.ref],
-                                                 summary=f"{m.display}: recorded allergy or intolerance"))
-            continue
-        if "burden" in rule:
-            b = rule["burden"]
-            if b["type"] == "acb":
-                contrib = [m for m in meds if m.acb > 0]
-                total = sum(m.acb for m in contrib)
-                if total >= b["threshold"]:
-                    findings.append(_finding(rule, [m.ref for m in contrib],
-                                             summary=f"{rule['summary']}: total ACB score {total}"))
-            elif b["type"] == "regular_count":
-                regular = [m for m in meds if m.regular]
-                n = len(regular)
-                if n >= b["threshold"] and ("below" not in b or n < b["below"]):
-                    findings.append(_finding(rule, [m.ref for m in regular],
-                                             summary=f"{rule['summary']} ({n} regular medicines)"))
-            elif b["type"] == "falls_risk_count":
-                fr = [m for m in meds if m.falls_risk]
-                if len(fr) >= b["threshold"]:
-                    findings.append(_finding(rule, [m.ref for m in fr]))
-            continue
-        if kind == "duplicate":
-            for cls in rule["duplicate_classes"]:
-                group = [m for m in meds if cls in m.classes and (m.regular or not rule.get("regular_only"))]
-                if len(group) >= 2 and len(frozenset().union(*(m.ingredients for m in group))) >= 2:
-                    label = kb.class_display.get(cls, cls.replace("_", " "))
-                    findings.append(_finding(rule, [m.ref for m in group],
-                                             summary=f"Duplicate {label}: {', '.join(m.display for m in group)}"))
-            continue
-        if rule["_unless"] and any(_matches(m, s.ingredients) for s in rule["_unless"] for m in meds):
-            continue
-        if kind == "drug-drug":
-            cands = [[m for m in meds if _matches(m, s.ingredients)] for s in drugs]
-            if not all(cands):
-                continue
-            seen: set[frozenset[str]] = set()
-            for combo in product(*cands):
-                refs = [m.ref for m in combo]
-                if len(set(refs)) < len(refs) and any(
-                    len(m.ingredients) < 2 for m in combo if refs.count(m.ref) > 1
-                ):
-                    continue
-                key = frozenset(refs)
-                if key in seen:
-                    continue
-                seen.add(key)
-                findings.append(_finding(rule, refs))
-            continue
-        if kind == "drug-disease" and rule["_conditions"]:
-            crefs = _cond_refs(rec, rule["_conditions"])
-            if not crefs:
-                continue
-            for m in meds:
-                if _matches(m, drugs[0].ingredients) and (m.regular or not rule.get("regular_only")):
-                    findings.append(_finding(rule, [m.ref, *crefs]))
-            continue
-        if kind == "drug-result":
-            spec = rule["result"]
-            res = rec.results.get(spec["code"])
-            if res is None or not _compare(res.value, spec["op"], spec["value"]):
-                continue
-            for m in meds:
-                if _matches(m, drugs[0].ingredients):
-                    if rule.get("dose_adjustable") and m.dose_reduced:
-                        continue
-                    findings.append(_finding(rule, [m.ref, res.ref],
-                                             summary=f"{rule['summary']} ({res.key} {res.value:g})"))
-    # lifestyle clashes between conditions
-    for clash in kb.lifestyle:
-        if clash["id"] in rec.resolved_ids:
-            continue
-        if "conditions" in clash:
-            keys = clash["conditions"]
-            if not all(k in conds for k in keys):
-                continue
-        else:
-            keys = [k for k in clash["conditions_any_two"] if k in conds]
-            if len(keys) < 2:
-                continue
-        findings.append(_finding({**clash, "kind": "lifestyle", "rule": clash["id"]}, _cond_refs(rec, keys)))
-    # administration-timing clashes
-    for t in kb.timing:
-        a, b = t["_drugs"]
-        for ma in meds:
-            if not _matches(ma, a.ingredients):
-                continue
-            for mb in meds:
-                if mb is ma or not _matches(mb, b.ingredients):
-                    continue
-                if frozenset((ma.ref, mb.ref)) in rec.separated:
-                    continue
-                findings.append(_finding({**t, "kind": "schedule"}, [ma.ref, mb.ref]))
-    # separate condition reviews that could be one multimorbidity review
-    rv = kb.reviews
-    if rv and rv["id"] not in rec.resolved_ids:
-        due = [k for k in kb.guidance if k in conds and kb.guidance[k].get("review")]
-        if len(due) >= int(rv.get("min_reviews", 2)):
-            names = ", ".join(kb.guidance[k]["review"]["name"] for k in due)
-            findings.append(_finding({**rv, "kind": "schedule"}, _cond_refs(rec, due),
-                                     summary=f"{rv['summary']} ({names})"))
+    resolved = rec.resolved_ids
+    for kind, rule in kb.kinds:
+        if rule["id"] not in resolved:
+            findings += kind.detect(kb, rec, rule)
     findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.involves))
     return findings

@@ -1,4 +1,11 @@
-"""Load the conflict knowledge base from package YAML once and compile it into dicts/sets for fast matching."""
+"""Load the conflict knowledge base from package YAML once and compile it into dicts/sets for fast matching.
+
+Map of this module: text helpers (`code_system`, `normalise_text`, `tokens`, `PhraseIndex`); `Selector` and
+`Knowledge` (the compiled knowledge base); `compile_knowledge` (parsed YAML -> Knowledge; each rules.yaml rule gains
+`_drugs`, `_unless`, `_exclude`, `_conditions` and `_kind`, its key in `conflicts.rules.KINDS`, and `Knowledge.kinds`
+lists every rule with its kind's class for the engine to dispatch on); `load_knowledge` (the packaged files,
+cached); recognisers for free text and ICD-10 codes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from importlib import resources
 from typing import Any
 
 import yaml
+
+from .rules import KINDS, RuleKind, kind_of, rule_items
 
 KNOWLEDGE_PACKAGE = "joinedup.knowledge"
 
@@ -137,6 +146,8 @@ class Knowledge:
     reviews: dict[str, Any]
     severity_weights: dict[str, int]
     acb_source: str
+    # every rule (rules, lifestyle clashes, review merge, timing) with its kind's class, in the engine's order
+    kinds: list[tuple[type[RuleKind], dict[str, Any]]] = field(default_factory=list)
 
     def selector(self, spec: dict[str, Any]) -> Selector:
         """Compile a selector spec ({class}, {any_class}, {ingredient}, {any_ingredient}, {falls_risk})."""
@@ -286,6 +297,9 @@ def compile_knowledge(
         if cr["_drugs"] and excl:
             cr["_drugs"] = [Selector(sel.ingredients - excl, sel.label) for sel in cr["_drugs"]]
         cr["_conditions"] = tuple(r.get("conditions", []) or [])
+        cr["_kind"] = kind_of(r)
+        if cr["_kind"] not in KINDS:
+            raise ValueError(f"rule {r.get('id')!r}: unknown kind {cr['_kind']!r} (known: {', '.join(sorted(KINDS))})")
         compiled_rules.append(cr)
     kb.rules = compiled_rules
     timing = []
@@ -294,6 +308,7 @@ def compile_knowledge(
         ct["_drugs"] = [kb.selector(s) for s in t.get("drugs", [])]
         timing.append(ct)
     kb.timing = timing
+    kb.kinds = rule_items(kb)
     return kb
 
 

@@ -1,4 +1,8 @@
-"""Data shapes used by the conflict engine (plain dataclasses: fast to build per record)."""
+"""Data shapes used by the conflict engine (plain dataclasses: fast to build per record).
+
+Map of this module: the recognised record `PatientRecord` and its parts (`MedItem`, `ResultItem`, `AllergyItem`);
+`Finding` (one detected conflict, `as_dict` gives the public JSON shape); `SEVERITY_ORDER` (sort order).
+"""
 
 from __future__ import annotations
 

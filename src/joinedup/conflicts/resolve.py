@@ -7,12 +7,19 @@ objective minimises severity-weighted harm plus a small cost per change, subject
 treated by a class its guideline allows. A hard constraint forbids residual critical findings; it is dropped only if
 no combination of guideline options can satisfy it. Residual findings are recomputed by running detection on the
 proposed regimen, so the report never disagrees with the detector.
+
+Map of this module:
+- `Option`, `Slot`, `_alternatives`, `_build_slots`: the choices for each medicine line (and candidate additions).
+- `Encoding`: the model under construction, with the helpers each rule kind's `encode` uses (`terms`,
+  `finding_var`, `protection`, `choice`); the kinds themselves live in `conflicts.rules`.
+- `resolve()` = `build_model()` (slots, variables, every kind's constraints, treated conditions, objective)
+  -> `solve()` (CP-SAT with the time limit, relaxing the no-critical constraint only if it cannot hold; gives a
+  `Solution`) -> `explain()` (applies the solution to a copy of the record, re-detects, and words the changes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from itertools import combinations, product
 from typing import Any
 
 from ortools.sat.python import cp_model
@@ -24,7 +31,6 @@ from .models import Finding, MedItem, PatientRecord
 SCALE = 100
 COST = {"keep": 0, "stop": 10, "stop-unlinked": 5, "stop-draft": 3, "switch": 6, "adjust-dose": 4, "add": 5,
         "separate-timing": 1, "merge-reviews": 1, "agree-advice": 2}
-BIG = 1000
 
 
 @dataclass
@@ -124,10 +130,83 @@ def _terms(x: list[Any], slot: Slot, ings: frozenset[str] | None = None, *, clas
     return out
 
 
+@dataclass
+class Encoding:
+    """The CP-SAT model under construction for one record: slots with one boolean per option (`x[slot][option]`,
+    exactly one true), the weighted finding booleans (`harm`, with the critical ones also in `critical`), costed
+    extra decisions (`extra_costs`), and the decisions `explain` reads back: timing separations (`seps`) and
+    reconciling actions (`actions`)."""
+
+    kb: Knowledge
+    rec: PatientRecord
+    present: set[str]  # ids of the rules with a finding now
+    slots: list[Slot]
+    model: cp_model.CpModel
+    x: list[list[Any]]
+    harm: list[tuple[int, Any]] = field(default_factory=list)
+    critical: list[Any] = field(default_factory=list)
+    extra_costs: list[tuple[int, Any]] = field(default_factory=list)
+    seps: list[tuple[str, str, Any, dict[str, Any]]] = field(default_factory=list)
+    actions: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)
+    nfind: int = 0
+
+    def terms(self, s_i: int, ings: frozenset[str] | None = None, *, classes: frozenset[str] = frozenset(),
+              not_dose: bool = False, pred: Any = None) -> list[Any]:
+        """Option booleans of slot `s_i` whose option contains any of `ings`, any of `classes` or meets `pred`
+        (`not_dose`: leaving out reduced-dose options)."""
+        return _terms(self.x[s_i], self.slots[s_i], ings, classes=classes, not_dose=not_dose, pred=pred)
+
+    def finding_var(self, sev: str) -> Any:
+        """A new finding boolean weighted by its severity in the objective."""
+        v = self.model.NewBoolVar(f"f{self.nfind}")
+        self.nfind += 1
+        self.harm.append((self.kb.severity_weights[sev] * SCALE, v))
+        if sev == "critical":
+            self.critical.append(v)
+        return v
+
+    def protection(self, rule: dict[str, Any]) -> Any:
+        """A boolean that may be 1 only while a protective medicine the rule names under `unless` is chosen (0
+        when the rule names none or no option holds one)."""
+        if not rule["_unless"]:
+            return 0
+        terms = [t for sel in rule["_unless"] for s_i in range(len(self.slots))
+                 for t in self.terms(s_i, sel.ingredients)]
+        if not terms:
+            return 0
+        p = self.model.NewBoolVar("prot")
+        self.model.Add(p <= sum(terms))
+        return p
+
+    def choice(self, name: str, action: str) -> Any:
+        """A yes/no change the optimiser may make at the cost of `action` (separate doses, agree advice...)."""
+        v = self.model.NewBoolVar(name)
+        self.extra_costs.append((COST[action] * SCALE, v))
+        return v
+
+
+@dataclass
+class Solution:
+    """What the solver chose: the option of every slot, the timing separations and the reconciling actions."""
+
+    chosen: list[tuple[Slot, Option]]
+    seps: list[tuple[str, str, dict[str, Any]]]
+    actions: list[tuple[str, dict[str, Any]]]
+    critical_relaxed: bool
+
+
 def resolve(kb: Knowledge, rec: PatientRecord, findings: list[Finding], *, time_limit: float = 2.0) -> dict[str, Any]:
     """Choose the least-harm combination of changes; return changes and residual findings."""
     if not findings:
         return {"changes": [], "residual": []}
+    solution = solve(build_model(kb, rec, findings), time_limit=time_limit)
+    if solution is None:
+        return {"changes": [], "residual": [f.as_dict() for f in findings], "status": "no-solution"}
+    return explain(kb, rec, findings, solution)
+
+
+def new_encoding(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> Encoding:
+    """An empty model for the record: its slots, one boolean per option and exactly one option per slot."""
     slots = _build_slots(kb, rec, findings)
     model = cp_model.CpModel()
     X: list[list[Any]] = []
@@ -135,191 +214,94 @@ def resolve(kb: Knowledge, rec: PatientRecord, findings: list[Finding], *, time_
         xs = [model.NewBoolVar(f"x{s_i}_{o}") for o in range(len(s.options))]
         model.AddExactlyOne(xs)
         X.append(xs)
-    harm: list[tuple[int, Any]] = []
-    critical: list[Any] = []
-    w = kb.severity_weights
-    extra_costs: list[tuple[int, Any]] = []
-    nfind = 0
+    return Encoding(kb=kb, rec=rec, present={f.rule for f in findings}, slots=slots, model=model, x=X)
 
-    def finding_var(sev: str) -> Any:
-        nonlocal nfind
-        v = model.NewBoolVar(f"f{nfind}")
-        nfind += 1
-        harm.append((w[sev] * SCALE, v))
-        if sev == "critical":
-            critical.append(v)
-        return v
 
-    def protection(rule: dict[str, Any]) -> Any:
-        if not rule["_unless"]:
-            return 0
-        terms = [t for sel in rule["_unless"] for s_i, s in enumerate(slots) for t in _terms(X[s_i], s, sel.ingredients)]
-        if not terms:
-            return 0
-        p = model.NewBoolVar("prot")
-        model.Add(p <= sum(terms))
-        return p
-
-    conds = rec.conditions
-    for rule in kb.rules:
-        sev = rule["severity"]
-        kind = rule["kind"]
-        if rule.get("allergy"):
-            for a in rec.allergies:
-                for s_i, s in enumerate(slots):
-                    t = _terms(X[s_i], s, a.ingredients, classes=a.classes)
-                    if t:
-                        model.Add(finding_var(sev) >= sum(t))
-            continue
-        if "burden" in rule:
-            b = rule["burden"]
-            if b["type"] == "acb":
-                total = []
-                for s_i, s in enumerate(slots):
-                    for o, opt in enumerate(s.options):
-                        acb = sum(kb.ingredient_acb.get(i, 0) for i in opt.ingredients)
-                        if acb:
-                            total.append(acb * X[s_i][o])
-                if total:
-                    model.Add(sum(total) <= b["threshold"] - 1 + BIG * finding_var(sev))
-            elif b["type"] == "regular_count":
-                count = []
-                for s_i, s in enumerate(slots):
-                    if s.regular:
-                        count.extend(X[s_i][o] for o, opt in enumerate(s.options) if opt.ingredients)
-                if len(count) >= b["threshold"]:
-                    model.Add(sum(count) <= b["threshold"] - 1 + BIG * finding_var(sev))
-            elif b["type"] == "falls_risk_count":
-                count = []
-                for s_i, s in enumerate(slots):
-                    count.extend(_terms(X[s_i], s, pred=lambda opt: any(kb.ingredient_falls.get(i) for i in opt.ingredients)))
-                if len(count) >= b["threshold"]:
-                    model.Add(sum(count) <= b["threshold"] - 1 + BIG * finding_var(sev))
-            continue
-        if kind == "duplicate":
-            for cls in rule["duplicate_classes"]:
-                cand = [(s_i, s) for s_i, s in enumerate(slots) if s.regular or not rule.get("regular_only")]
-                exprs = [sum(t) for s_i, s in cand if (t := _terms(X[s_i], s, classes=frozenset({cls})))]
-                if len(exprs) >= 2:
-                    f = finding_var(sev)
-                    for a, b2 in combinations(exprs, 2):
-                        model.Add(f >= a + b2 - 1)
-            continue
-        drugs = rule["_drugs"]
-        if kind == "drug-drug":
-            per_role = [[s_i for s_i, s in enumerate(slots) if _terms(X[s_i], s, sel.ingredients)] for sel in drugs]
-            if not all(per_role):
-                continue
-            prot = None
-            for combo in product(*per_role):
-                groups: dict[int, list[int]] = {}
-                for role, s_i in enumerate(combo):
-                    groups.setdefault(s_i, []).append(role)
-                exprs = []
-                for s_i, roles in groups.items():
-                    s = slots[s_i]
-                    t = [X[s_i][o] for o, opt in enumerate(s.options)
-                         if opt.ingredients and all(not opt.ingredients.isdisjoint(drugs[r].ingredients) for r in roles)]
-                    if not t:
-                        break
-                    exprs.append(sum(t))
-                else:
-                    if prot is None:
-                        prot = protection(rule)
-                    model.Add(finding_var(sev) >= sum(exprs) - (len(exprs) - 1) - prot)
-            continue
-        if kind == "drug-disease" and rule["_conditions"]:
-            if not any(c in conds for c in rule["_conditions"]):
-                continue
-            prot = None
-            for s_i, s in enumerate(slots):
-                if rule.get("regular_only") and not s.regular:
-                    continue
-                t = _terms(X[s_i], s, drugs[0].ingredients)
-                if t:
-                    if prot is None:
-                        prot = protection(rule)
-                    model.Add(finding_var(sev) >= sum(t) - prot)
-            continue
-        if kind == "drug-result":
-            spec = rule["result"]
-            res = rec.results.get(spec["code"])
-            if res is None:
-                continue
-            from .detect import _compare  # local import keeps module import graph simple
-            if not _compare(res.value, spec["op"], spec["value"]):
-                continue
-            for s_i, s in enumerate(slots):
-                t = _terms(X[s_i], s, drugs[0].ingredients, not_dose=bool(rule.get("dose_adjustable")))
-                if t:
-                    model.Add(finding_var(sev) >= sum(t))
-    # lifestyle clashes and merged reviews: reconciled by a cheap action
-    actions: list[tuple[str, Any, dict[str, Any]]] = []
-    present = {f.rule for f in findings}
-    for clash in kb.lifestyle:
-        if clash["id"] in present:
-            act = model.NewBoolVar(f"agree_{clash['id']}")
-            extra_costs.append((COST["agree-advice"] * SCALE, act))
-            model.Add(finding_var(clash["severity"]) >= 1 - act)
-            actions.append(("agree-advice", act, clash))
-    rv = kb.reviews
-    if rv and rv["id"] in present:
-        act = model.NewBoolVar("merge_reviews")
-        extra_costs.append((COST["merge-reviews"] * SCALE, act))
-        model.Add(finding_var(rv["severity"]) >= 1 - act)
-        actions.append(("merge-reviews", act, rv))
-    # administration timing
-    seps: list[tuple[str, str, Any, dict[str, Any]]] = []
-    for t in kb.timing:
-        a, b = t["_drugs"]
-        for (i, si), (j, sj) in product(enumerate(slots), repeat=2):
-            if i == j:
-                continue
-            ta, tb = _terms(X[i], si, a.ingredients), _terms(X[j], sj, b.ingredients)
-            if ta and tb:
-                sep = model.NewBoolVar(f"sep{i}_{j}")
-                extra_costs.append((COST["separate-timing"] * SCALE, sep))
-                model.Add(finding_var(t["severity"]) >= sum(ta) + sum(tb) - 1 - sep)
-                seps.append((si.ref, sj.ref, sep, t))
+def build_model(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> Encoding:
+    """The whole model: every rule encoded by its kind, every treated condition kept treated, the objective
+    (option costs + severity-weighted findings + extra decisions) and the no-critical assumption."""
+    enc = new_encoding(kb, rec, findings)
+    for kind, rule in kb.kinds:
+        kind.encode(enc, rule)
+    model, slots, X = enc.model, enc.slots, enc.x
     # every treated condition stays treated as its guideline allows
-    for cond in sorted(conds):
+    for cond in sorted(rec.conditions):
         g = kb.guidance.get(cond)
         if not g:
             continue
         treats = frozenset(g.get("treats_classes", []))
         if not any(m.classes & treats for m in rec.meds):
             continue
-        t = [tt for s_i, s in enumerate(slots) for tt in _terms(X[s_i], s, classes=treats)]
+        t = [tt for s_i in range(len(slots)) for tt in enc.terms(s_i, classes=treats)]
         model.Add(sum(t) >= 1)
     objective = [c * X[s_i][o] for s_i, s in enumerate(slots) for o, opt in enumerate(s.options)
                  for c in [opt.cost] if c]
-    objective += [c * v for c, v in harm] + [c * v for c, v in extra_costs]
+    objective += [c * v for c, v in enc.harm] + [c * v for c, v in enc.extra_costs]
     model.Minimize(sum(objective))
     enforce = model.NewBoolVar("no_critical")
-    if critical:
-        model.Add(sum(critical) == 0).OnlyEnforceIf(enforce)
+    if enc.critical:
+        model.Add(sum(enc.critical) == 0).OnlyEnforceIf(enforce)
         model.AddAssumptions([enforce])
+    return enc
+
+
+def solve(enc: Encoding, *, time_limit: float = 2.0) -> Solution | None:
+    """Run CP-SAT (one worker, fixed seed: deterministic); if no critical-free solution exists, solve again
+    without that constraint. None when the model has no solution at all."""
     solver = cp_model.CpSolver()
     solver.parameters.num_search_workers = 1
     solver.parameters.random_seed = 0
     solver.parameters.max_time_in_seconds = time_limit
-    status = solver.Solve(model)
+    status = solver.Solve(enc.model)
     critical_relaxed = False
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        model.ClearAssumptions()
+        enc.model.ClearAssumptions()
         critical_relaxed = True
-        status = solver.Solve(model)
+        status = solver.Solve(enc.model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return {"changes": [], "residual": [f.as_dict() for f in findings], "status": "no-solution"}
-    # apply the chosen options to a copy of the record and re-detect
+            return None
+    chosen = []
+    for s_i, s in enumerate(enc.slots):
+        o = next(o for o in range(len(s.options)) if solver.Value(enc.x[s_i][o]))
+        chosen.append((s, s.options[o]))
+    return Solution(chosen=chosen,
+                    seps=[(a_ref, b_ref, t) for a_ref, b_ref, sep, t in enc.seps if solver.Value(sep)],
+                    actions=[(kind, item) for kind, act, item in enc.actions if solver.Value(act)],
+                    critical_relaxed=critical_relaxed)
+
+
+def explain(kb: Knowledge, rec: PatientRecord, findings: list[Finding], solution: Solution) -> dict[str, Any]:
+    """The proposal callers get: the changes (each with its reason and sources), the findings that remain on the
+    changed regimen (by re-running detection) and a note when a critical finding could not be removed."""
+    residual = detect(kb, _apply(kb, rec, solution))
+    residual_keys = {(f.rule, tuple(f.involves)) for f in residual}
+    gone = [f for f in findings if (f.rule, tuple(f.involves)) not in residual_keys]
+    patient = rec.patient or "Patient/unknown"
+    changes = [_slot_change(kb, s, opt, gone, patient) for s, opt in solution.chosen
+               if opt.action not in ("keep", "none")]
+    for a_ref, b_ref, t in solution.seps:
+        changes.append({"action": "separate-timing", "target": a_ref, "to": b_ref,
+                        "reason": f"{t['resolution']}: {t['summary']}.", "sources": list(t["sources"])})
+    for kind, item in solution.actions:
+        changes.append({"action": kind, "target": patient, "to": item["resolution"],
+                        "reason": f"{item['summary']}: {item['resolution']}.", "sources": list(item["sources"])})
+    if any(f.rule.startswith("burden-") for f in residual):
+        ng56 = [s for f in residual if f.rule.startswith("burden-") for s in f.sources]
+        changes.append({"action": "add-monitoring", "target": patient, "to": "structured medication review",
+                        "reason": "Medicine burden remains high after the changes above: offer a structured "
+                                  "medication review with the person.", "sources": list(dict.fromkeys(ng56))})
+    out: dict[str, Any] = {"changes": changes, "residual": [f.as_dict() for f in residual]}
+    if solution.critical_relaxed:
+        out["note"] = ("No combination of guideline options removes every critical finding; "
+                       "specialist review is needed.")
+    return out
+
+
+def _apply(kb: Knowledge, rec: PatientRecord, solution: Solution) -> PatientRecord:
+    """A copy of the record with the chosen options, separations and reconciliations applied."""
     new = PatientRecord(patient=rec.patient, age=rec.age, conditions=rec.conditions, results=rec.results,
                         allergies=rec.allergies, separated=set(rec.separated), resolved_ids=set(rec.resolved_ids))
-    changes: list[dict[str, Any]] = []
-    chosen: list[tuple[Slot, Option]] = []
-    for s_i, s in enumerate(slots):
-        o = next(o for o in range(len(s.options)) if solver.Value(X[s_i][o]))
-        opt = s.options[o]
-        chosen.append((s, opt))
+    for s, opt in solution.chosen:
         if s.added:
             if opt.action == "add":
                 new.meds.append(MedItem(ref=s.ref, display=opt.to or "", ingredients=opt.ingredients,
@@ -337,57 +319,34 @@ def resolve(kb: Knowledge, rec: PatientRecord, findings: list[Finding], *, time_
                                     acb=sum(kb.ingredient_acb.get(i, 0) for i in opt.ingredients),
                                     falls_risk=any(kb.ingredient_falls.get(i, False) for i in opt.ingredients),
                                     proposed=True))
-    for a_ref, b_ref, sep, _t in seps:
-        if solver.Value(sep):
-            new.separated.add(frozenset((a_ref, b_ref)))
-    for _kind, act, item in actions:
-        if solver.Value(act):
-            new.resolved_ids.add(item["id"])
-    residual = detect(kb, new)
-    residual_keys = {(f.rule, tuple(f.involves)) for f in residual}
-    gone = [f for f in findings if (f.rule, tuple(f.involves)) not in residual_keys]
+    for a_ref, b_ref, _t in solution.seps:
+        new.separated.add(frozenset((a_ref, b_ref)))
+    for _kind, item in solution.actions:
+        new.resolved_ids.add(item["id"])
+    return new
 
-    def resolved_for(refs: set[str]) -> list[Finding]:
-        return [f for f in gone if refs & set(f.involves)]
 
-    patient = rec.patient or "Patient/unknown"
-    for s, opt in chosen:
-        if opt.action in ("keep", "none"):
-            continue
-        target = patient if s.added else s.ref
-        fixed = resolved_for({s.ref}) if not s.added else [f for f in gone if f.rule in {
-            r["id"] for r in kb.rules if r.get("add_protection") in opt.ingredients}]
-        why = "; ".join(f"{f.summary} [{f.rule}]" for f in fixed) or "supports the other changes"
-        srcs = list(dict.fromkeys(src for f in fixed for src in f.sources))
-        name = s.med.display if s.med else ""
-        if opt.action == "stop":
-            verb = "Do not start" if s.med and s.med.draft else "Stop (or review the indication for)"
-            reason = f"{verb} {name}: resolves {why}."
-        elif opt.action == "switch":
-            reason = (f"Switch {name} to {opt.to}, an alternative the guideline allows ({opt.guideline}): "
-                      f"resolves {why}.")
-            if opt.guideline:
-                srcs.append(opt.guideline)
-        elif opt.action == "adjust-dose":
-            reason = f"Review and reduce the dose of {name}: resolves {why}."
-        else:
-            reason = f"Add {opt.to} for protection: resolves {why}."
-        changes.append({"action": opt.action, "target": target, "to": opt.to, "reason": reason, "sources": srcs})
-    for a_ref, b_ref, sep, t in seps:
-        if solver.Value(sep):
-            changes.append({"action": "separate-timing", "target": a_ref, "to": b_ref,
-                            "reason": f"{t['resolution']}: {t['summary']}.", "sources": list(t["sources"])})
-    for kind, act, item in actions:
-        if solver.Value(act):
-            changes.append({"action": kind, "target": patient, "to": item["resolution"],
-                            "reason": f"{item['summary']}: {item['resolution']}.", "sources": list(item["sources"])})
-    if any(f.rule.startswith("burden-") for f in residual):
-        ng56 = [s for f in residual if f.rule.startswith("burden-") for s in f.sources]
-        changes.append({"action": "add-monitoring", "target": patient, "to": "structured medication review",
-                        "reason": "Medicine burden remains high after the changes above: offer a structured "
-                                  "medication review with the person.", "sources": list(dict.fromkeys(ng56))})
-    out: dict[str, Any] = {"changes": changes, "residual": [f.as_dict() for f in residual]}
-    if critical_relaxed:
-        out["note"] = ("No combination of guideline options removes every critical finding; "
-                       "specialist review is needed.")
-    return out
+def _slot_change(kb: Knowledge, s: Slot, opt: Option, gone: list[Finding], patient: str) -> dict[str, Any]:
+    """One medicine change (stop, switch, adjust dose, add) with the findings it resolves as its reason."""
+    target = patient if s.added else s.ref
+    if s.added:
+        protected = {r["id"] for r in kb.rules if r.get("add_protection") in opt.ingredients}
+        fixed = [f for f in gone if f.rule in protected]
+    else:
+        fixed = [f for f in gone if s.ref in f.involves]
+    why = "; ".join(f"{f.summary} [{f.rule}]" for f in fixed) or "supports the other changes"
+    srcs = list(dict.fromkeys(src for f in fixed for src in f.sources))
+    name = s.med.display if s.med else ""
+    if opt.action == "stop":
+        verb = "Do not start" if s.med and s.med.draft else "Stop (or review the indication for)"
+        reason = f"{verb} {name}: resolves {why}."
+    elif opt.action == "switch":
+        reason = (f"Switch {name} to {opt.to}, an alternative the guideline allows ({opt.guideline}): "
+                  f"resolves {why}.")
+        if opt.guideline:
+            srcs.append(opt.guideline)
+    elif opt.action == "adjust-dose":
+        reason = f"Review and reduce the dose of {name}: resolves {why}."
+    else:
+        reason = f"Add {opt.to} for protection: resolves {why}."
+    return {"action": opt.action, "target": target, "to": opt.to, "reason": reason, "sources": srcs}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import typing
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 _DATE = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?"
@@ -126,14 +126,14 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
                 return None, is_list
             ann = args[0]
             continue
-        if origin in (list, typing.List):
+        if origin in (list, list):
             is_list = True
             ann = typing.get_args(ann)[0]
             continue
         return ann, is_list
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spec(cls: type) -> dict[str, tuple]:
     out: dict[str, tuple] = {}
     for name, info in cls.model_fields.items():
@@ -175,7 +175,7 @@ def _spec(cls: type) -> dict[str, tuple]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _klass(abc_type: type) -> type:
     ref = abc_type._model_klass
     if isinstance(ref, type):
@@ -186,7 +186,7 @@ def _klass(abc_type: type) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _groups(cls: type) -> dict[str, tuple[list[str], bool]]:
     groups: dict[str, tuple[list[str], bool]] = {}
     for name, info in cls.model_fields.items():
@@ -292,7 +292,7 @@ def validate_fast(resource: Any) -> None:
     _element(cls, resource, is_resource=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _has_codes(cls: type) -> bool:
     """True when a required-binding code element can occur anywhere inside elements of this class."""
     seen: set[type] = set()
@@ -314,7 +314,7 @@ def _has_codes(cls: type) -> bool:
     return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code_plan(cls: type) -> dict[str, tuple[str, Any]]:
     """The elements of a class to visit for required codes: key -> ("code", allowed) | ("complex", class) |
     ("resource", None)."""

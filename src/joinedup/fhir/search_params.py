@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from importlib import resources as pkg_resources
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
@@ -329,7 +330,7 @@ def date_range(value: str) -> tuple[str, str] | None:
             return f"{value}T00:00:00.000000", f"{value}T23:59:59.999999"
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if dt.tzinfo is not None:
-            dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
         low = dt.strftime(_FMT)
         time_part = value[11:]
         if "." in time_part:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_class(resource_type: str):
     """The fhir.resources R4B model for a resource type, or None when the type is unknown."""
     from fhir.resources.R4B import get_fhir_model_class

@@ -809,7 +809,7 @@ class Gate:
 
     def _batch(self, who: Principal, bundle: dict, base_url: str) -> dict:
         out = []
-        for i, e in enumerate(bundle.get("entry") or []):
+        for _i, e in enumerate(bundle.get("entry") or []):
             single = {"resourceType": "Bundle", "type": "transaction", "entry": [e]}
             try:
                 if e["request"]["method"] == "GET":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 import orjson
 import sqlalchemy as sa
@@ -53,7 +53,7 @@ def parse_types(value: str | None) -> list[str] | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def start_job(gate: Gate, who: Principal, *, request_url: str, export_dir: Path, types: list[str] | None,

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -32,7 +33,7 @@ INDEX_SQL = {
 
 def now_instant() -> tuple[str, str]:
     """(FHIR instant for meta.lastUpdated, normalised UTC column value) for this moment."""
-    column = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    column = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     return column + "Z", column
 
 

@@ -490,7 +490,7 @@ class Person:
             if self.age >= an["ppi_from_age"] and "ppi" not in g:
                 self.add_med("omeprazole_20", self.med_start(reason), reason)
         # prescribing for problems outside the condition list (overactive bladder in older women)
-        for key, x in c.extra_prescribing.items():
+        for x in c.extra_prescribing.values():
             p = x["p_frail"] if ({"frailty", "falls"} & set(self.conds)) else x["p"]
             if (("male" if self.male else "female") == x["sex"] and self.age >= x["min_age"]
                     and x["product"] not in {m["product"] for m in self.meds} and rng.random() < p):
