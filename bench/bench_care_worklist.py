@@ -108,8 +108,9 @@ def main() -> dict:
         os.environ.setdefault("JOINEDUP_SECRET_KEY", "bench")
         import httpx
 
+        from joinedup.governance.accounts import add_user, issue_token
         from joinedup.governance.gate import get_gate
-        from joinedup.governance.identity import SYSTEM, add_user, issue_token
+        from joinedup.governance.identity import SYSTEM
         from joinedup.store.repository import prepare
 
         gate = get_gate(db_url)
@@ -118,15 +119,15 @@ def main() -> dict:
         for i in range(n):
             items += _person(i)
         for i in range(0, len(items), 5000):
-            gate.import_resources(SYSTEM, [prepare(r, params=gate.store.params) for r in items[i:i + 5000]],
+            gate.import_resources(SYSTEM, [prepare(r, params=gate.params) for r in items[i:i + 5000]],
                                   label="bench")
-        gate.audit.flush()
-        gate.store.optimize()
+        gate.flush_audit()
+        gate.optimize()
         load_s = time.perf_counter() - t0
         print(f"loaded {len(items):,} resources ({n:,} people) in {load_s:.1f}s")
-        add_user(gate.store, name="bench-kw", role="care-coordinator", practitioner="kw-0", organization="comm-0",
+        add_user(gate, name="bench-kw", role="care-coordinator", practitioner="kw-0", organization="comm-0",
                  replace=True)
-        token = issue_token(gate.store, "bench-kw")
+        token = issue_token(gate, "bench-kw")
         figures: dict = {"population": n, "resources": len(items), "target_ms": TARGET_MS, "rounds": rounds}
         with Served(db_url, workers=1) as srv:
             headers = {"Authorization": f"Bearer {token}"}

@@ -79,8 +79,9 @@ class Receiver:
 
 
 def _setup(db_url: str, patients: int) -> tuple[list[str], dict[str, str], str]:
+    from joinedup.governance.accounts import add_user, issue_token
     from joinedup.governance.gate import get_gate
-    from joinedup.governance.identity import SYSTEM, add_user, issue_token
+    from joinedup.governance.identity import SYSTEM
 
     gate = get_gate(db_url)
     gate.update(SYSTEM, "Organization", "bench-hosp", {"resourceType": "Organization", "id": "bench-hosp",
@@ -93,11 +94,11 @@ def _setup(db_url: str, patients: int) -> tuple[list[str], dict[str, str], str]:
     for key, role in staff.items():
         gate.update(SYSTEM, "Practitioner", f"bench-{key}", {"resourceType": "Practitioner", "id": f"bench-{key}",
                                                              "name": [{"family": key}]})
-        add_user(gate.store, name=f"bench.{key}", role=role, practitioner=f"bench-{key}",
+        add_user(gate, name=f"bench.{key}", role=role, practitioner=f"bench-{key}",
                  organization="bench-hosp", replace=True)
-        tokens[key] = issue_token(gate.store, f"bench.{key}")
-    add_user(gate.store, name="bench.admin", role="system", replace=True)
-    tokens["admin"] = issue_token(gate.store, "bench.admin")
+        tokens[key] = issue_token(gate, f"bench.{key}")
+    add_user(gate, name="bench.admin", role="system", replace=True)
+    tokens["admin"] = issue_token(gate, "bench.admin")
     pids = []
     for i in range(patients):
         pid = f"bench-p{i}"
@@ -110,7 +111,7 @@ def _setup(db_url: str, patients: int) -> tuple[list[str], dict[str, str], str]:
                              "role": [{"text": "care coordinator" if k == "kw" else k}]}
                             for k in ("cons", "kw", "nurse", "nurse2")]})
         pids.append(pid)
-    gate.audit.flush()
+    gate.flush_audit()
     return pids, tokens, tokens["admin"]
 
 

@@ -86,39 +86,40 @@ def main() -> dict:
         os.environ["JOINEDUP_DATABASE_URL"] = db_url
         os.environ.setdefault("JOINEDUP_SECRET_KEY", "bench")
         from joinedup.governance import policy
+        from joinedup.governance.accounts import add_user, issue_token
         from joinedup.governance.gate import get_gate
-        from joinedup.governance.identity import SYSTEM, Principal, add_user, issue_token
+        from joinedup.governance.identity import SYSTEM, Principal
         from joinedup.store.repository import prepare
 
         gate = get_gate(db_url)
         t0 = time.perf_counter()
         items = _population(n)
         for i in range(0, len(items), 5000):
-            gate.import_resources(SYSTEM, [prepare(r, params=gate.store.params) for r in items[i:i + 5000]],
+            gate.import_resources(SYSTEM, [prepare(r, params=gate.params) for r in items[i:i + 5000]],
                                   label="bench")
-        gate.audit.flush()
-        gate.store.optimize()
+        gate.flush_audit()
+        gate.optimize()
         print(f"loaded {len(items):,} resources ({n:,} people) in {time.perf_counter() - t0:.1f}s")
         gp = Principal("bench-gp", "gp", practitioner_id="gp-0", organization_id="practice-0")
         rnd = random.Random(7)
         mine = [i for i in range(n) if i % 10 == 0 and i % 50 != 0]
         keys = [f"bp-{rnd.choice(mine):07d}-o{rnd.randint(0, 2)}" for _ in range(reads)]
-        keys = [k for k in keys if gate.visible(gp, gate.store.read("Observation", k))]
+        keys = [k for k in keys if gate.visible(gp, gate.store_for_tests.read("Observation", k))]
         # warm caches (facts, statements), then measure each way in turn
         for k in keys[:500]:
             gate.read(gp, "Observation", k)
             gate.read(SYSTEM, "Observation", k)
-        raw = _time(lambda k: gate.store.read("Observation", k), keys)
+        raw = _time(lambda k: gate.store_for_tests.read("Observation", k), keys)
         as_system, as_gp = _paired(lambda k: gate.read(SYSTEM, "Observation", k),
                                    lambda k: gate.read(gp, "Observation", k), keys)
-        stored = [gate.store.read("Observation", k) for k in keys[:2000]]
+        stored = [gate.store_for_tests.read("Observation", k) for k in keys[:2000]]
 
         def check(s) -> None:
             policy.decide(gp, "read", "Observation", patient_id=s.patient_id,
                           facts=gate.facts_for(gp, s.patient_id, s))
 
         decide_only = _time(check, stored, repeat=3)
-        gate.audit.flush()
+        gate.flush_audit()
         in_process = {"store_read": _pct(raw), "gate_read_system": _pct(as_system), "gate_read_gp": _pct(as_gp),
                       "policy_check_alone": _pct(decide_only)}
         in_process["policy_overhead_p50_ms"] = round(in_process["gate_read_gp"]["p50_ms"]
@@ -127,10 +128,10 @@ def main() -> dict:
                                                      - in_process["gate_read_system"]["p99_ms"], 4)
         print(f"in-process: {in_process}")
 
-        add_user(gate.store, name="bench-admin", role="system", replace=True)
-        add_user(gate.store, name="bench-gp", role="gp", practitioner="gp-0", organization="practice-0",
+        add_user(gate, name="bench-admin", role="system", replace=True)
+        add_user(gate, name="bench-gp", role="gp", practitioner="gp-0", organization="practice-0",
                  replace=True)
-        tokens = {u: issue_token(gate.store, u) for u in ("bench-admin", "bench-gp")}
+        tokens = {u: issue_token(gate, u) for u in ("bench-admin", "bench-gp")}
         import httpx
 
         http: dict = {}

@@ -79,14 +79,14 @@ def _largest_records(data: Path, top: int = 3) -> list[tuple[str, int]]:
 
 def _five_years(workdir: Path, n: int = 1000) -> dict:
     """Patient page server time for the largest record of a population generated with five years of history."""
+    from joinedup.governance.accounts import add_user, issue_token
     from joinedup.governance.gate import get_gate
-    from joinedup.governance.identity import add_user, issue_token
 
     _load(n, workdir, years=5)
     db_url = f"sqlite:///{workdir / 'store.db'}"
     gate = get_gate(db_url)
-    add_user(gate.store, name="bench-admin", role="system", display="Benchmark", replace=True)
-    token = issue_token(gate.store, "bench-admin")
+    add_user(gate, name="bench-admin", role="system", display="Benchmark", replace=True)
+    token = issue_token(gate, "bench-admin")
     big_id, big_n = _largest_records(workdir / "data")[0]
     server = []
     with Served(db_url, workers=1) as srv, httpx.Client(base_url=srv.url, timeout=60,
@@ -106,12 +106,12 @@ def main() -> None:
     workdir = Path(os.environ.get("JOINEDUP_BENCH_RECORD_DIR", ROOT / "var" / "bench" / f"record-{n}"))
     loaded = _load(n, workdir)
     db_url = f"sqlite:///{workdir / 'store.db'}"
+    from joinedup.governance.accounts import add_user, issue_token
     from joinedup.governance.gate import get_gate
-    from joinedup.governance.identity import add_user, issue_token
 
     gate = get_gate(db_url)
-    add_user(gate.store, name="bench-admin", role="system", display="Benchmark", replace=True)
-    token = issue_token(gate.store, "bench-admin")
+    add_user(gate, name="bench-admin", role="system", display="Benchmark", replace=True)
+    token = issue_token(gate, "bench-admin")
     largest = _largest_records(workdir / "data")
     rng = random.Random(7)
     ids = [f"p-{rng.randrange(n):07d}" for _ in range(requests)]

@@ -29,17 +29,18 @@ def main() -> dict:
 
         db_url = f"sqlite:///{tmp_path / 'bench.db'}"
         os.environ["JOINEDUP_DATABASE_URL"] = db_url
+        from joinedup.governance.accounts import add_user, issue_token
         from joinedup.governance.gate import get_gate
-        from joinedup.governance.identity import SYSTEM, add_user, issue_token
+        from joinedup.governance.identity import SYSTEM
         from joinedup.interop.bulk_import import import_paths
 
         gate = get_gate(db_url)
         report = import_paths(gate, SYSTEM, [tmp_path / "data"], workers=workers)
-        gate.audit.flush()
+        gate.flush_audit()
         print(f"imported {report.read:,} resources in {report.seconds:.1f}s = {report.rate:,.0f}/s "
               f"({report.rejected} rejected)")
-        add_user(gate.store, name="bench", role="system", replace=True)
-        token = issue_token(gate.store, "bench")
+        add_user(gate, name="bench", role="system", replace=True)
+        token = issue_token(gate, "bench")
 
         read_script = f"""
 math.randomseed(7)

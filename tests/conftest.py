@@ -84,10 +84,10 @@ def server(db_url, tmp_root) -> Server:
     """The app served by uvicorn on a loopback port, with users of several roles."""
     import uvicorn
 
-    from joinedup.api.app import create_app
+    from joinedup.app import create_app
     from joinedup.config import Settings
+    from joinedup.governance.accounts import add_user, issue_token
     from joinedup.governance.gate import get_gate
-    from joinedup.governance.identity import add_user, issue_token
 
     settings = Settings(database_url=db_url, export_dir=tmp_root / f"exports-{abs(hash(db_url))}",
                         secret_key="test-secret")
@@ -101,8 +101,8 @@ def server(db_url, tmp_root) -> Server:
     }
     tokens = {}
     for name, spec in users.items():
-        add_user(gate.store, name=name, password=f"{name}-pw", replace=True, **spec)
-        tokens[name] = issue_token(gate.store, name)
+        add_user(gate, name=name, password=f"{name}-pw", replace=True, **spec)
+        tokens[name] = issue_token(gate, name)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     srv = uvicorn.Server(config)

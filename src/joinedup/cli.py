@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import socket
 import sys
-import tempfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,44 +23,17 @@ from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
 from joinedup.governance import cli as governance_cli
 from joinedup.synth.cli import generate_command
+from joinedup.terminal import (
+    check_output_dir,
+    check_output_file,
+    check_port,
+    cli_principal,
+    console,
+    describe_error,
+    fail,
+)
 
-console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-
-
-def fail(message: str) -> None:
-    """One-line error and exit code 2."""
-    message = " ".join(str(message).split())
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line saying what went wrong, for an exception a command did not handle itself."""
-    from joinedup.fhir.errors import FhirError
-    from joinedup.store.engine import DatabaseUnavailable
-
-    if isinstance(exc, DatabaseUnavailable):
-        return f"{exc} (check JOINEDUP_DATABASE_URL)"
-    if isinstance(exc, FhirError):
-        return exc.diagnostics
-    if isinstance(exc, OSError) and exc.filename is not None:
-        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
-        return f"{where}: {exc.strerror or exc.__class__.__name__}"
-    try:
-        import sqlalchemy as sa
-
-        if isinstance(exc, sa.exc.DBAPIError):
-            reason = exc.orig if exc.orig is not None else exc
-            return f"database error: {' '.join(str(reason).split()) or reason.__class__.__name__}"
-        if isinstance(exc, sa.exc.SQLAlchemyError):
-            return f"database error: {' '.join(str(exc).split())}"
-    except ImportError:  # pragma: no cover - SQLAlchemy is a hard dependency
-        pass
-    text = " ".join(str(exc).split())
-    if isinstance(exc, (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, LookupError)):
-        return text or exc.__class__.__name__
-    return f"unexpected {exc.__class__.__name__}: {text}" if text else f"unexpected {exc.__class__.__name__}"
 
 
 class OneLineErrors(TyperGroup):
@@ -121,73 +91,6 @@ app.add_typer(users_app, name="users")
 app.add_typer(governance_cli.audit_app, name="audit")  # verify (exit 2 naming the first bad entry), rotate-key
 
 
-# -- checks made before any work, so a command fails at once, in one line ----------------------------------------
-def _nearest_existing(path: Path) -> Path:
-    """The path itself or its nearest ancestor that exists (a file ancestor included)."""
-    p = path.absolute()
-    while not os.path.lexists(p) and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _writable_dir(directory: Path, label: str) -> None:
-    """Fail unless `directory` is a directory this process can write in, or one it can create."""
-    try:
-        if directory.exists():
-            if not directory.is_dir():
-                fail(f"{label}: {directory} exists and is not a directory")
-            base = directory
-        else:
-            base = _nearest_existing(directory)
-            if not base.is_dir():
-                fail(f"{label}: cannot create {directory}: {base} is not a directory")
-    except OSError as exc:
-        fail(f"{label}: {exc.strerror or exc}")
-    try:
-        with tempfile.TemporaryFile(dir=base, prefix=".joinedup-probe-"):
-            pass
-    except OSError as exc:
-        fail(f"{label}: cannot write in {base}: {exc.strerror or exc}")
-
-
-def check_output_dir(path: Path, option: str) -> None:
-    """Fail (one line naming the path, exit 2) unless `path` is a directory this process can write in, or one
-    it can create. `option` names it in the message (e.g. "--out")."""
-    _writable_dir(path, f"{option} {path}")
-
-
-def check_output_file(path: Path, option: str) -> None:
-    """Fail (one line naming the path, exit 2) unless `path` names a file this process can write (its directory
-    may be created)."""
-    label = f"{option} {path}"
-    try:
-        if path.is_dir():
-            fail(f"{label}: is a directory; give a file name")
-        if path.exists():
-            with path.open("ab"):
-                return
-    except OSError as exc:
-        fail(f"{label}: cannot write it: {exc.strerror or exc}")
-    _writable_dir(path.parent, label)
-
-
-def check_port(host: str, port: int) -> None:
-    """Fail (one line, exit 2) unless the server could listen on host:port now."""
-    if not 1 <= port <= 65535:
-        fail(f"--port {port} is out of range: give a port from 1 to 65535")
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        fail(f"--host {host}: {getattr(exc, 'strerror', None) or exc}")
-    family, kind, proto, _, address = infos[0]
-    try:
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            s.bind(address)
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-
-
 def _gate():
     from joinedup.governance.gate import get_gate
     from joinedup.store.engine import DatabaseUnavailable
@@ -196,13 +99,6 @@ def _gate():
         return get_gate(get_settings().database_url)
     except DatabaseUnavailable as exc:
         fail(describe_error(exc))
-
-
-def _cli_principal():
-    from joinedup.governance.identity import Principal
-
-    return Principal(name=f"cli:{os.environ.get('USER', 'operator')}", role="system",
-                     display="command-line operator")
 
 
 @app.command("serve")
@@ -218,14 +114,13 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     check_port(host, port)
     _gate()  # migrate before workers start (and a database that cannot be used is one line, exit 2)
     _trust_bound_host(host)
-    uvicorn.run("joinedup.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("joinedup.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
 
 
 def _trust_bound_host(host: str) -> None:
     """Requests must name a trusted host (JOINEDUP_TRUSTED_HOSTS): the interface served on is trusted too;
     on every interface (0.0.0.0, ::) this machine's own names are."""
-    import socket
 
     trusted = get_settings().trusted_hosts
     names = {h.strip().lower() for h in trusted.split(",") if h.strip()}
@@ -261,7 +156,7 @@ def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles,
     if rejects is not None:
         check_output_file(rejects, "--rejects")
     gate = _gate()
-    who = _cli_principal()
+    who = cli_principal()
     with Progress(TextColumn("[bold]importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                   console=console, disable=quiet or not console.is_terminal) as bar:
         task = bar.add_task("import", total=None)
@@ -273,9 +168,9 @@ def import_(paths: list[Path] = typer.Argument(..., help="NDJSON files, Bundles,
             report = import_paths(gate, who, paths, source=source, rejects=rejects, workers=workers,
                                   progress=progress)
         except ImportFileError as exc:
-            gate.audit.flush()
+            gate.flush_audit()
             fail(str(exc))
-    gate.audit.flush()
+    gate.flush_audit()
     out.print(f"read {report.read:,} resources from {report.files} file(s) in {report.seconds:.1f}s "
               f"({report.rate:,.0f}/s): {report.created:,} created, {report.updated:,} updated, "
               f"{report.unchanged:,} unchanged, {report.rejected:,} rejected", highlight=False)
@@ -306,8 +201,8 @@ def export(out_dir: Path = typer.Argument(..., help="Directory for the NDJSON fi
         fail(exc.diagnostics)
     check_output_dir(out_dir, "output directory")
     gate = _gate()
-    counts = export_to_dir(gate, _cli_principal(), out_dir, types=wanted, since=since_norm, label="cli export")
-    gate.audit.flush()
+    counts = export_to_dir(gate, cli_principal(), out_dir, types=wanted, since=since_norm, label="cli export")
+    gate.flush_audit()
     for t, n in sorted(counts.items()):
         out.print(f"{t}.ndjson\t{n}")
     out.print(f"exported {sum(counts.values()):,} resources in {len(counts)} file(s) to {out_dir}")
@@ -323,20 +218,20 @@ def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
               password: str | None = typer.Option(None, help="Password for web log-in (optional)."),
               replace: bool = typer.Option(False, help="Redefine an existing user.")) -> None:
     """Add a user."""
-    from joinedup.governance.identity import IdentityError, add_user
+    from joinedup.governance.accounts import IdentityError, add_user
 
     gate = _gate()
     for option, rtype, rid in (("--practitioner", "Practitioner", practitioner),
                                ("--organization", "Organization", organization), ("--patient", "Patient", patient)):
         if rid is None:
             continue
-        found = gate.store.read(rtype, rid)
+        found = gate.entry_status(rtype, rid)
         if found is None:
             fail(f"{option} {rid}: there is no {rtype}/{rid} in the store (import it first, or check the id)")
-        if found.deleted:
+        if found == "deleted":
             fail(f"{option} {rid}: {rtype}/{rid} has been deleted from the store")
     try:
-        who = add_user(gate.store, name=name, role=role, display=display, practitioner=practitioner,
+        who = add_user(gate, name=name, role=role, display=display, practitioner=practitioner,
                        organization=organization, patient=patient, password=password, replace=replace)
     except IdentityError as exc:
         fail(str(exc))
@@ -347,9 +242,9 @@ def users_add(name: str = typer.Argument(..., help="User name (log-in name)."),
 def users_list() -> None:
     """List users with role, organisation and whether they are active (a table on a terminal, tab-separated
     lines when piped)."""
-    from joinedup.governance.identity import all_users
+    from joinedup.governance.accounts import all_users
 
-    users = all_users(_gate().store)
+    users = all_users(_gate())
     if not out.is_terminal:
         for u in users:
             sys.stdout.write("\t".join([u.name, u.role, u.organization_id or "", "active" if u.active else "disabled"])
@@ -364,32 +259,32 @@ def users_list() -> None:
 @users_app.command("disable")
 def users_disable(name: str = typer.Argument(..., help="User name.")) -> None:
     """Disable a user: their tokens are revoked and refused from their next request (history is kept)."""
-    from joinedup.governance.identity import IdentityError, disable_user
+    from joinedup.governance.accounts import IdentityError, disable_user
 
     gate = _gate()
     try:
-        revoked = disable_user(gate.store, name)
+        revoked = disable_user(gate, name)
     except IdentityError as exc:
         fail(str(exc))
-    gate.audit.record(_cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' disabled",
-                      detail={"user": name, "tokens revoked": revoked})
-    gate.audit.flush()
+    gate.record(cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' disabled",
+                detail={"user": name, "tokens revoked": revoked})
+    gate.flush_audit()
     out.print(f"user {name} disabled ({revoked} token(s) revoked)", highlight=False)
 
 
 @users_app.command("remove")
 def users_remove(name: str = typer.Argument(..., help="User name.")) -> None:
     """Remove a user and their tokens (the audit trail keeps their history)."""
-    from joinedup.governance.identity import IdentityError, remove_user
+    from joinedup.governance.accounts import IdentityError, remove_user
 
     gate = _gate()
     try:
-        removed = remove_user(gate.store, name)
+        removed = remove_user(gate, name)
     except IdentityError as exc:
         fail(str(exc))
-    gate.audit.record(_cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' removed",
-                      detail={"user": name, "tokens removed": removed})
-    gate.audit.flush()
+    gate.record(cli_principal(), "user-admin", allowed=True, reason=f"user '{name}' removed",
+                detail={"user": name, "tokens removed": removed})
+    gate.flush_audit()
     out.print(f"user {name} removed ({removed} token(s) removed)", highlight=False)
 
 
@@ -398,14 +293,14 @@ def token(name: str = typer.Argument(..., help="User name."),
           hours: int | None = typer.Option(None, help="Hours until the token expires (default "
                                                       "JOINEDUP_TOKEN_TTL_HOURS, 720).")) -> None:
     """Issue a bearer token for a user (printed as the last word)."""
-    from joinedup.governance.identity import IdentityError, issue_token
+    from joinedup.governance.accounts import IdentityError, issue_token
 
     hours = get_settings().token_ttl_hours if hours is None else hours
 
     if hours <= 0:
         fail("--hours must be positive")
     try:
-        value = issue_token(_gate().store, name, hours=hours)
+        value = issue_token(_gate(), name, hours=hours)
     except IdentityError as exc:
         fail(str(exc))
     sys.stdout.write(f"bearer token for {name}: {value}\n")

@@ -10,8 +10,9 @@ import orjson
 from rich.console import Console
 
 from joinedup.fhir.values import human_name
+from joinedup.governance.accounts import add_user, get_user, issue_token, login
 from joinedup.governance.gate import Gate
-from joinedup.governance.identity import SYSTEM, add_user, get_user, issue_token, login
+from joinedup.governance.identity import SYSTEM
 
 DEMO_PASSWORD = "demo"
 
@@ -43,7 +44,7 @@ def load_demo(gate: Gate, *, patients: int, seed: int, data_dir: Path, console: 
         console.print(f"  {result.resources:,} resources written to {data_dir}")
     console.print("loading it into the shared record ...")
     report = import_paths(gate, SYSTEM, [data_dir], workers=workers, rejects=data_dir / "rejects.ndjson")
-    gate.audit.flush()
+    gate.flush_audit()
     console.print(f"  {report.read:,} resources in {report.seconds:.0f}s: {report.created:,} new, "
                   f"{report.updated:,} changed, {report.unchanged:,} unchanged, {report.rejected:,} rejected")
     create_demo_wards(gate)
@@ -132,18 +133,18 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
     users: list[dict[str, str]] = []
 
     def add(name: str, role: str, display: str, **links: str | None) -> None:
-        existing = get_user(gate.store, name)
+        existing = get_user(gate, name)
         if existing is not None and (existing.role != role or any(
                 getattr(existing, f"{k}_id") != v for k, v in links.items())):
             # someone else's account with this name: leave it (and its password) alone
             users.append({"name": name, "role": existing.role, "password": "(unchanged)",
-                          "token": issue_token(gate.store, name)})
+                          "token": issue_token(gate, name)})
             return
         if existing is None:
-            add_user(gate.store, name=name, role=role, display=display, password=DEMO_PASSWORD, **links)
-        token = login(gate.store, name, DEMO_PASSWORD)
+            add_user(gate, name=name, role=role, display=display, password=DEMO_PASSWORD, **links)
+        token = login(gate, name, DEMO_PASSWORD)
         users.append({"name": name, "role": role, "password": DEMO_PASSWORD if token else "(unchanged)",
-                      "token": token or issue_token(gate.store, name)})
+                      "token": token or issue_token(gate, name)})
 
     add("admin", "system", "Integration account")
     gp_practitioner = None

@@ -8,7 +8,7 @@ import pytest
 
 
 def _events(server, api, **params) -> list[dict]:
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     r = api.get("/fhir/AuditEvent", params={"_count": 500, **params})
     assert r.status_code == 200, r.text
     b = r.json()
@@ -102,7 +102,7 @@ def test_failed_login_is_audited(server, api, uid):
             anon.get(f"/fhir/Patient/login-{uid}", headers={"Authorization": "Bearer nope"}).status_code
             == 401
         )
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     events = _events(server, api, subtype="login", outcome="8", _count=50)
     assert any(f"/fhir/Patient/login-{uid}" in _entities(ev) for ev in events)
 
@@ -144,7 +144,7 @@ def test_who_may_read_the_audit(server, api, uid):
     )
     with server.client("gp") as gp:
         gp.get("/fhir/Patient/self-1")
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     with server.client("pat") as pat:
         r = pat.get("/fhir/AuditEvent", params={"_count": 500})
         assert r.status_code == 200, r.text

@@ -35,7 +35,8 @@ def _pick(gate, data_dir: Path):
     import orjson
 
     from joinedup.fhir.errors import FhirError
-    from joinedup.governance.identity import SYSTEM, get_user
+    from joinedup.governance.accounts import get_user
+    from joinedup.governance.identity import SYSTEM
     from joinedup.record import service
 
     pids = []
@@ -45,7 +46,7 @@ def _pick(gate, data_dir: Path):
                   if any(f.severity != "info" for m in service.summarise(gate=gate, who=SYSTEM, patient_id=pid)
                          .medicines for f in m.flags)]
     for user in ("dr.gp", "dr.consultant", "key.worker", "nurse.community"):
-        who = get_user(gate.store, user)
+        who = get_user(gate, user)
         seen = []
         for pid in candidates:
             try:  # as this professional sees the record (linked records need their own relationship)

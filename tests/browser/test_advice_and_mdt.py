@@ -13,11 +13,11 @@ def _login(page, url: str, user: str) -> None:
 
 
 def _other_professional(demo) -> tuple[str, str]:
-    from joinedup.governance.identity import get_user
+    from joinedup.governance.accounts import get_user
 
     for user in ("dr.consultant", "nurse.community", "key.worker", "dr.gp"):
         if user != demo.user:
-            p = get_user(demo.gate.store, user)
+            p = get_user(demo.gate, user)
             if p and p.practitioner_id:
                 return user, p.practitioner_id
     raise AssertionError("no second professional")

@@ -36,10 +36,10 @@ def _far_practitioner(gate) -> tuple[str, str]:
 def _person_for_handover(demo, kw) -> tuple[str, str]:
     """Someone on the demo clinician's list whose key worker is not (yet) key.worker."""
     from joinedup.care import team
-    from joinedup.governance.identity import get_user
+    from joinedup.governance.accounts import get_user
     from joinedup.record import service
 
-    who = get_user(demo.gate.store, demo.user)
+    who = get_user(demo.gate, demo.user)
     for p in service.my_patients(gate=demo.gate, who=who):
         current = team.key_worker(gate=demo.gate, who=who, patient_id=p["id"])
         if not current or current["practitioner_id"] != kw.practitioner_id:
@@ -48,9 +48,9 @@ def _person_for_handover(demo, kw) -> tuple[str, str]:
 
 
 def test_care_plan_journey(chromium, demo):
-    from joinedup.governance.identity import get_user
+    from joinedup.governance.accounts import get_user
 
-    kw = get_user(demo.gate.store, "key.worker")
+    kw = get_user(demo.gate, "key.worker")
     assert kw and kw.practitioner_id, "the demo has a key worker linked to a practitioner"
     pid, name = _person_for_handover(demo, kw)
     due = (datetime.now(UTC).date() + timedelta(days=21)).isoformat()

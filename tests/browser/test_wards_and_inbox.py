@@ -19,11 +19,12 @@ def _login(page, url, user, password):
 
 
 def test_journey_inbox_and_wards(server, page, uid):
-    from joinedup.governance.identity import SYSTEM, add_user
+    from joinedup.governance.accounts import add_user
+    from joinedup.governance.identity import SYSTEM
 
     gate = server.gate
     w = make_world(gate, uid)
-    add_user(gate.store, name=f"webcons.{uid}", role="consultant", practitioner=w.practitioners["cons"],
+    add_user(gate, name=f"webcons.{uid}", role="consultant", practitioner=w.practitioners["cons"],
              organization=w.hospital, password="pw-cons", replace=True, display="Dr Webb")
     enc = gate.create(SYSTEM, admission(w))
     ward = gate.create(SYSTEM, {

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from joinedup.governance.identity import SYSTEM, add_user, issue_token
+from joinedup.governance.accounts import add_user, issue_token
+from joinedup.governance.identity import SYSTEM
 
 
 def iso(delta: timedelta = timedelta()) -> str:
@@ -61,9 +62,9 @@ def make_world(gate, uid: str) -> World:
     tokens = {}
     for key, (role, org) in roles.items():
         name = f"{key}.{uid}"
-        add_user(gate.store, name=name, role=role, practitioner=prs[key], organization=org, replace=True,
+        add_user(gate, name=name, role=role, practitioner=prs[key], organization=org, replace=True,
                  display=f"{key} {uid}")
-        tokens[key] = issue_token(gate.store, name)
+        tokens[key] = issue_token(gate, name)
     return World(uid, pid, practice, hospital, ward, tokens, prs, ct)
 
 
@@ -74,7 +75,7 @@ def drop_users(gate, uid: str) -> None:
     from joinedup.store import schema
 
     names = [f"{k}.{uid}" for k in ("gp", "cons", "kw", "nurse", "out")]
-    with gate.store.writing() as conn:
+    with gate.store_for_tests.writing() as conn:
         conn.execute(sa.delete(schema.api_token).where(schema.api_token.c.user_name.in_(names)))
         conn.execute(sa.delete(schema.app_user).where(schema.app_user.c.name.in_(names)))
 

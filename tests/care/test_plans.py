@@ -9,7 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 
-from joinedup.governance.identity import SYSTEM, add_user, issue_token
+from joinedup.governance.accounts import add_user, issue_token
+from joinedup.governance.identity import SYSTEM
 
 
 @dataclass
@@ -75,8 +76,8 @@ def build_world(server, uid: str, *, conditions: bool = True) -> CareWorld:
                                   (f"nurse-{uid}", "community-nurse", w.nurse, comm),
                                   (f"cons-{uid}", "consultant", w.cons, hosp),
                                   (f"far-{uid}", "gp", w.far, far_org)):
-        add_user(g.store, name=user, role=role, practitioner=prac, organization=org, password="pw", replace=True)
-        w.tokens[user] = issue_token(g.store, user)
+        add_user(g, name=user, role=role, practitioner=prac, organization=org, password="pw", replace=True)
+        w.tokens[user] = issue_token(g, user)
     return w
 
 
@@ -278,9 +279,9 @@ def test_overdue_actions_are_flagged(server, world):
 
 
 def test_the_person_sees_their_own_plan(server, world):
-    add_user(server.gate.store, name=f"me-{world.uid}", role="patient", patient=world.patient, password="pw",
+    add_user(server.gate, name=f"me-{world.uid}", role="patient", patient=world.patient, password="pw",
              replace=True)
-    token = issue_token(server.gate.store, f"me-{world.uid}")
+    token = issue_token(server.gate, f"me-{world.uid}")
     with world.client(server, f"kw-{world.uid}") as c:
         c.patch(f"/api/patients/{world.patient}/care-plan", json={"what_matters": "My dog Biscuit",
                                                                    "written_by": "the person"})

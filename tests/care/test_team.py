@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from joinedup.care import team
-from joinedup.governance.identity import get_user
+from joinedup.governance.accounts import get_user
 from tests.care.test_plans import CareWorld, build_world
 
 
@@ -24,7 +24,7 @@ def test_key_worker_is_named(server, world):
         members = c.get(f"/api/patients/{world.patient}/care-team").json()["members"]
         assert {m["practitioner_id"] for m in members} == {world.kw, world.nurse, world.cons}
     # the function the record and web layers call
-    who = get_user(server.gate.store, f"cons-{world.uid}")
+    who = get_user(server.gate, f"cons-{world.uid}")
     assert team.key_worker(gate=server.gate, who=who, patient_id=world.patient)["practitioner_id"] == world.kw
 
 
@@ -43,7 +43,7 @@ def test_handover_is_explicit_recorded_and_audited(server, world):
         assert world.kw in {m["practitioner_id"] for m in body["former_members"]}
     with world.client(server, f"cons-{world.uid}") as c:
         assert c.get(f"/api/patients/{world.patient}/key-worker").json()["key_worker"]["practitioner_id"] == world.nurse
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     with server.client("admin") as c:
         r = c.get("/fhir/AuditEvent", params={"subtype": "key-worker-handover", "patient": world.patient})
         assert r.status_code == 200

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from joinedup.governance.identity import SYSTEM, add_user, issue_token
+from joinedup.governance.accounts import add_user, issue_token
+from joinedup.governance.identity import SYSTEM
 
 
 @dataclass
@@ -73,6 +74,6 @@ def build(server, uid: str) -> World:
     w = World(uid, pats["patient"], pats["objecting"], pats["stranger"], cons, sw, orphan, hosp)
     for user, role, prac, org in ((f"cons-{uid}", "consultant", cons, hosp), (f"sw-{uid}", "social-worker", sw, council),
                                   (f"gp2-{uid}", "gp", f"gp2-{uid}", "practice-1")):
-        add_user(g.store, name=user, role=role, practitioner=prac, organization=org, password="pw", replace=True)
-        w.tokens[user] = issue_token(g.store, user)
+        add_user(g, name=user, role=role, practitioner=prac, organization=org, password="pw", replace=True)
+        w.tokens[user] = issue_token(g, user)
     return w

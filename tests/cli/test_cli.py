@@ -162,7 +162,7 @@ def test_export_to_a_file_is_exit_2(run, tmp_path):
 
 def test_audit_verify_is_exit_0_on_an_intact_chain(server, api, run):
     api.get("/fhir/Patient", params={"_count": 1})
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     result = run("audit", "verify")
     assert result.exit_code == 0, result.output
     assert "audit chain intact" in result.output

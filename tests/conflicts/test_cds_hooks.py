@@ -140,7 +140,7 @@ def test_patient_view_without_prefetch_reads_the_store(server, api, uid) -> None
     assert "patient" not in fetched and "allergies" in fetched and "conditions" in fetched
     assert _rules(r2) == _rules(r)
     # the access was made as the caller, through the gate, and audited (once the writer has flushed)
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     with server.client("admin") as c:
         audit = c.get("/fhir/AuditEvent", params={"patient": pid, "agent-name": "gp"})
     assert audit.status_code == 200 and audit.json().get("total", 0) >= 1

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from joinedup.cli import app
-from joinedup.governance.audit import GENESIS, event_hash, verify_chain
+from joinedup.governance.audit import GENESIS, event_hash
 
 SCRIPT = Path(sys.executable).with_name("joinedup")
 
@@ -40,7 +40,7 @@ def traffic(server, api, uid) -> str:
         assert analyst.get(f"/fhir/Patient/{pid}").status_code == 403
     with server.client("gp") as gp:
         gp.get(f"/fhir/Patient/{pid}")
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     return pid
 
 
@@ -60,7 +60,7 @@ def _copy(server, tmp_path: Path) -> tuple[str, Path]:
     url = f"sqlite:///{path}"
     target = get_store(url)  # creates the schema
     a = schema.audit_event
-    with server.gate.store.reading() as conn:
+    with server.gate.store_for_tests.reading() as conn:
         rows = [dict(r) for r in conn.execute(sa.select(a).order_by(a.c.seq)).mappings()]
     with target.engine.begin() as conn:
         conn.execute(a.insert(), rows)
@@ -93,7 +93,7 @@ def _row(db: sqlite3.Connection, seq: int) -> dict:
 
 
 def test_chain_is_intact_after_traffic(server, traffic):
-    report = verify_chain(server.gate.store)
+    report = server.gate.verify_audit()
     assert report.ok, report.problem
     assert report.checked >= 10
     assert report.first_bad_seq is None
@@ -152,7 +152,7 @@ def _forged_hash(server, prev_hash: str, content: str, row: dict) -> str:
         row["entity"],
     )
     kid = {e["url"]: e for e in json.loads(content)["extension"][0]["extension"]}["key"]["valueString"]
-    return event_hash(prev_hash, content, columns, server.gate.audit.keys.get(kid))
+    return event_hash(prev_hash, content, columns, server.gate.audit_for_tests.keys.get(kid))
 
 
 def _shift_up(db: sqlite3.Connection, after: int) -> None:
@@ -209,7 +209,7 @@ def test_well_forged_inserted_entry_breaks_the_following_link(server, traffic, t
         fake["extension"][0]["extension"] = [
             {"url": "sequence", "valueInteger": k + 1},
             {"url": "previousHash", "valueString": row["hash"]},
-            {"url": "key", "valueString": server.gate.audit.keys.active[0]},
+            {"url": "key", "valueString": server.gate.audit_for_tests.keys.active[0]},
         ]
         text = json.dumps(fake, sort_keys=True, separators=(",", ":"))
         new = dict(row, seq=k + 1, id=fake["id"])
@@ -309,7 +309,7 @@ def test_genesis_and_links_of_the_real_chain(server, traffic):
     from joinedup.store import schema
 
     a = schema.audit_event
-    with server.gate.store.reading() as conn:
+    with server.gate.store_for_tests.reading() as conn:
         rows = conn.execute(sa.select(a.c.seq, a.c.prev_hash, a.c.hash).order_by(a.c.seq).limit(3)).all()
     assert rows[0][0] == 1 and rows[0][1] == GENESIS
     assert rows[1][1] == rows[0][2] and rows[2][1] == rows[1][2]

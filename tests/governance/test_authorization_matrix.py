@@ -172,7 +172,7 @@ class World:
                                    "source": source, "pid": pid})
             res.append(_consent(f"{pid}-private", pid, {"type": "permit",
                                                         "provision": [{"type": "deny", "data": private}]}))
-        params = self.gate.store.params
+        params = self.gate.params
         self.gate.import_resources(SYSTEM, [prepare(r, params=params) for r in res], label=f"matrix {self.u}")
         # break-glass grants, as POST /api/break-glass would give them (only to roles that may break glass)
         rows = []
@@ -184,11 +184,11 @@ class World:
                                  "patient_id": self.patients[("break-glass", consent)],
                                  "reason_category": "emergency-treatment", "reason": "matrix test emergency",
                                  "granted": "2000-01-01T00:00:00", "expires": "2999-01-01T00:00:00"})
-        with self.gate.store.writing() as conn:
+        with self.gate.store_for_tests.writing() as conn:
             conn.execute(schema.break_glass.insert(), rows)
             conn.execute(schema.break_glass.update().where(schema.break_glass.c.id.in_([r["id"] for r in rows]))
                          .values(review_outcome="appropriate", reviewed_by="matrix"))
-        self.gate.facts.bump()
+        self.gate.facts_for_tests.bump()
 
 
 def _consent(cid: str, pid: str, provision: dict) -> dict:
@@ -335,7 +335,7 @@ def test_write_matrix(world, role):
         if c["rtype"] == "Patient":
             continue
         own = c["pid"] == world.own_patient_id
-        stored = gate.store.read(c["rtype"], c["id"])
+        stored = gate.store_for_tests.read(c["rtype"], c["id"])
         facts = gate.facts_for(who, c["pid"], stored if op == "update" else None)
         got = bool(policy.decide(who, op, c["rtype"], patient_id=c["pid"], facts=facts))
         if got != expected_write(role, op, c, own):
@@ -349,7 +349,7 @@ def test_matrix_size(world):
     writes = sum(len(WRITE_OPS) for c in world.cases if c["rtype"] != "Patient")
     assert len(world.cases) == len(RELATIONSHIPS) * len(CONSENTS) * (1 + len(TYPES) * len(LABELS) * len(SOURCES))
     assert len(ROLES) * (per_role + writes) >= 5000
-    with world.gate.store.reading() as conn:
+    with world.gate.store_for_tests.reading() as conn:
         cr = schema.care_relationship
         n = conn.execute(sa.select(sa.func.count()).select_from(cr).where(cr.c.patient_id.like(f"mx-p-{world.u}%"))
                          ).scalar_one()

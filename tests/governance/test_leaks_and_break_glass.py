@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from joinedup.governance.accounts import add_user, issue_token
 from joinedup.governance.facts import OPT_OUT_CODE, OPT_OUT_SYSTEM, PRIVATE_TAG_CODE, PRIVATE_TAG_SYSTEM
-from joinedup.governance.identity import add_user, issue_token
 
 CONF = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
@@ -26,13 +26,13 @@ def users(server, uid) -> dict:
     gate = server.gate
     # fixed names (redefined for each test): the user list stays short
     names = {"consultant": "lb-cons", "officer": "lb-po", "person": "lb-person", "social": "lb-sw"}
-    add_user(gate.store, name=names["consultant"], role="consultant", practitioner=f"c-{uid[:6]}",
+    add_user(gate, name=names["consultant"], role="consultant", practitioner=f"c-{uid[:6]}",
              organization=f"h-{uid[:6]}", replace=True)
-    add_user(gate.store, name=names["social"], role="social-worker", practitioner=f"s-{uid[:6]}",
+    add_user(gate, name=names["social"], role="social-worker", practitioner=f"s-{uid[:6]}",
              organization=f"la-{uid[:6]}", replace=True)
-    add_user(gate.store, name=names["officer"], role="privacy-officer", replace=True)
-    add_user(gate.store, name=names["person"], role="patient", patient=f"pp-{uid[:6]}", replace=True)
-    server.tokens.update({k: issue_token(gate.store, v) for k, v in names.items()})
+    add_user(gate, name=names["officer"], role="privacy-officer", replace=True)
+    add_user(gate, name=names["person"], role="patient", patient=f"pp-{uid[:6]}", replace=True)
+    server.tokens.update({k: issue_token(gate, v) for k, v in names.items()})
     yield names
     _deactivate(server, list(names.values()))
 
@@ -42,7 +42,7 @@ def _deactivate(server, names: list[str]) -> None:
     from joinedup.store import schema
 
     u = schema.app_user
-    with server.gate.store.writing() as conn:
+    with server.gate.store_for_tests.writing() as conn:
         conn.execute(u.update().where(u.c.name.in_(names)).values(active=False))
 
 
@@ -236,7 +236,7 @@ def test_break_glass_flow(server, users, record, uid):
         r = sw.post("/api/break-glass", json={"patient": pid, "reason_category": "safeguarding",
                                               "reason": "Safeguarding concern raised by neighbour"})
         assert r.status_code == 403
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     # the privacy officer's queue
     with server.client("consultant") as cons:
         assert cons.get("/api/privacy/reviews").status_code == 403
@@ -269,9 +269,9 @@ def test_break_glass_expires(server, users, record):
                                                     "reason": "Collapsed in clinic waiting room", "hours": 0.5}).json()
         assert cons.get(f"/fhir/Patient/{pid}").status_code == 200
         bg = schema.break_glass
-        with server.gate.store.writing() as conn:
+        with server.gate.store_for_tests.writing() as conn:
             conn.execute(bg.update().where(bg.c.id == grant["id"]).values(expires="2000-01-01T00:00:00"))
-        server.gate.facts.bump()
+        server.gate.facts_for_tests.bump()
         r = cons.get(f"/fhir/Patient/{pid}")
         assert r.status_code == 403 and "X-JoinedUp-Access" not in r.headers
 
@@ -301,7 +301,7 @@ def test_opt_out_has_no_effect_on_direct_care(server, api, record):
         "policyRule": {"coding": [{"system": OPT_OUT_SYSTEM, "code": OPT_OUT_CODE}]},
         "patient": {"reference": f"Patient/{pid}"}, "provision": {"type": "deny"}})
     assert r.status_code == 201
-    assert server.gate.facts.opted_out(pid)
+    assert server.gate.facts_for_tests.opted_out(pid)
     with server.client("gp") as gp:
         assert gp.get(f"/fhir/Observation/{record['shared']}").status_code == 200
         assert record["shared"] in _ids(gp.get(f"/fhir/Patient/{pid}/$everything").json())

@@ -42,7 +42,7 @@ def _setup(api, uid):
 
 def test_relationship_with_one_record_reaches_the_linked_social_care_record(server, api, uid):
     gp_rec, la_rec = _setup(api, uid)
-    server.gate.facts.invalidate()
+    server.gate.facts_for_tests.invalidate()
     with server.client("gp") as c:
         assert c.get(f"/fhir/Patient/{la_rec}").status_code == 200
         assert c.get(f"/fhir/Encounter/lk-visit-{uid}").status_code == 200
@@ -50,7 +50,7 @@ def test_relationship_with_one_record_reaches_the_linked_social_care_record(serv
         assert found["total"] == 1
     # without the GP record, the council's record alone is no relationship
     api.delete(f"/fhir/Patient/{gp_rec}")
-    server.gate.facts.invalidate()
+    server.gate.facts_for_tests.invalidate()
     with server.client("gp") as c:
         assert c.get(f"/fhir/Encounter/lk-visit-{uid}").status_code == 403
         assert c.get("/fhir/Encounter", params={"subject": f"Patient/{la_rec}"}).status_code == 403
@@ -67,7 +67,7 @@ def test_objection_on_one_record_covers_the_linked_record(server, api, uid):
                "provision": {"type": "deny"}}
     r = api.put(f"/fhir/Consent/{consent['id']}", json=consent)
     assert r.status_code in (200, 201), r.text
-    server.gate.facts.invalidate()
+    server.gate.facts_for_tests.invalidate()
     with server.client("gp") as c:
         # the council's visit was recorded elsewhere: the person's objection hides it from the practice
         assert c.get(f"/fhir/Encounter/lk-visit-{uid}").status_code == 403

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from joinedup.governance.identity import add_user, issue_token
+from joinedup.governance.accounts import add_user, issue_token
 
 
 def _put(api, res: dict) -> None:
@@ -36,9 +36,9 @@ def world(server, api, uid):
                "participant": [{"member": {"reference": f"PractitionerRole/pr-{uid}"}}]})
     tokens = {}
     for name, org in ((f"rn-{uid}", f"comm-{uid}"), (f"rn2-{uid}", f"elsewhere-{uid}")):
-        add_user(server.gate.store, name=name, password="pw", role="community-nurse", practitioner=f"nurse-{uid}",
+        add_user(server.gate, name=name, password="pw", role="community-nurse", practitioner=f"nurse-{uid}",
                  organization=org, replace=True)
-        tokens[name] = issue_token(server.gate.store, name)
+        tokens[name] = issue_token(server.gate, name)
     return {"pid": pid, "tokens": tokens, "nurse": f"rn-{uid}", "other": f"rn2-{uid}"}
 
 

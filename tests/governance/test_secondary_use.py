@@ -161,7 +161,7 @@ def test_extract_cli(server, people, tmp_path):
 def test_subject_access_report_cli(server, people, tmp_path):
     with server.client("gp") as gp:
         assert gp.get(f"/fhir/Patient/{people['in']}").status_code == 200
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     out = tmp_path / "sar.json"
     r = _run(server, "sar", people["nhs_in"], "--out", str(out))
     assert r.exit_code == 0, r.output
@@ -184,12 +184,12 @@ def test_subject_access_report_cli(server, people, tmp_path):
 
 
 def test_privacy_reviews_cli(server, people):
-    from joinedup.governance.identity import add_user
+    from joinedup.governance.accounts import add_user
     from joinedup.governance.service import grant_break_glass
 
-    add_user(server.gate.store, name="cli-cons", role="consultant", practitioner="cli-c", organization="cli-h",
+    add_user(server.gate, name="cli-cons", role="consultant", practitioner="cli-c", organization="cli-h",
              replace=True)
-    add_user(server.gate.store, name="cli-po", role="privacy-officer", replace=True)
+    add_user(server.gate, name="cli-po", role="privacy-officer", replace=True)
     cons = Principal("cli-cons", "consultant", practitioner_id="cli-c", organization_id="cli-h")
     grant = grant_break_glass(server.gate, cons, patient_id=people["in"], reason_category="emergency-treatment",
                               reason="Seen in ED after a fall")
@@ -206,5 +206,5 @@ def test_privacy_reviews_cli(server, people):
     from joinedup.store import schema
 
     u = schema.app_user
-    with server.gate.store.writing() as conn:
+    with server.gate.store_for_tests.writing() as conn:
         conn.execute(u.update().where(u.c.name.in_(["cli-cons", "cli-po"])).values(active=False))

@@ -32,7 +32,7 @@ def imported(server, tmp_path_factory):
     """The sample imported once into the server's database (the report of that first import)."""
     rejects = tmp_path_factory.mktemp("synthea") / "rejects.ndjson"
     report = import_paths(server.gate, SYSTEM, [SAMPLES], rejects=rejects, workers=1)
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     return report, rejects
 
 

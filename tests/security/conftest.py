@@ -61,14 +61,14 @@ class People:
 
     def add(self, key: str, role: str, *, org: str | None = None, practitioner: str | None = None,
             patient: str | None = None) -> str:
-        from joinedup.governance.identity import add_user, issue_token
+        from joinedup.governance.accounts import add_user, issue_token
 
         name = f"sec-{key}-{self.uid}"
         if practitioner is None and org is not None:
             practitioner = f"pr-{key}-{self.uid}"
-        add_user(self.server.gate.store, name=name, role=role, practitioner=practitioner, organization=org,
+        add_user(self.server.gate, name=name, role=role, practitioner=practitioner, organization=org,
                  patient=patient, replace=True)
-        self.server.tokens[name] = issue_token(self.server.gate.store, name)
+        self.server.tokens[name] = issue_token(self.server.gate, name)
         self.names[key] = name
         return name
 
@@ -81,7 +81,7 @@ class People:
         if not self.names:
             return
         u = schema.app_user
-        with self.server.gate.store.writing() as conn:
+        with self.server.gate.store_for_tests.writing() as conn:
             conn.execute(u.update().where(u.c.name.in_(list(self.names.values()))).values(active=False))
 
 
@@ -217,7 +217,7 @@ ISO_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 def audit_events(server, api: httpx.Client, patient_id: str) -> list[dict]:
     """The AuditEvents about one person, as the integration account sees them (the buffer flushed first)."""
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     r = api.get("/fhir/AuditEvent", params={"patient": patient_id, "_count": "1000"})
     assert r.status_code == 200, r.text[:500]
     return [e["resource"] for e in r.json().get("entry") or [] if "resource" in e]

@@ -231,7 +231,7 @@ def test_a_professional_refused_the_persons_access_log_is_audited(server, api):
     with server.client("gp") as gp:
         r = gp.get("/api/me/access-log")
         assert r.status_code == 403
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     events = api.get("/fhir/AuditEvent", params={"agent-name": "gp", "outcome": "8", "_count": 50}).json()
     assert any(e["resource"].get("entity") and any(x.get("what", {}).get("reference") == "access-log"
                                                     for x in e["resource"]["entity"])

@@ -94,7 +94,7 @@ def fuzz_tokens(server, uid):
     from joinedup.governance.identity import add_user, issue_token
     from joinedup.store import schema as tables
 
-    store = server.gate.store
+    store = server.gate.store_for_tests
     names = {"system": f"fuzz-sys-{uid}", "gp": f"fuzz-gp-{uid}"}
     add_user(store, name=names["system"], role="system", replace=True)
     add_user(store, name=names["gp"], role="gp", practitioner="gp-1", organization="practice-1", replace=True)

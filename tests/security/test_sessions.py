@@ -30,9 +30,9 @@ def bearer(server, token: str) -> httpx.Client:
 
 
 def _token_of(server, name: str) -> str:
-    from joinedup.governance.identity import issue_token
+    from joinedup.governance.accounts import issue_token
 
-    return issue_token(server.gate.store, name)
+    return issue_token(server.gate, name)
 
 
 # -- log-out ------------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_a_removed_user_is_refused_and_their_history_stays(server, run, api, uid
         assert result.exit_code == 0, result.output
         assert them.get("/api/me/alert-settings").status_code == 401
     assert all(not line.startswith(f"{name}\t") for line in run("users", "list").stdout.splitlines())
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     r = api.get("/fhir/AuditEvent", params={"agent": name, "_count": 50})
     assert r.status_code == 200 and r.json()["entry"], "the removed user's audit history is kept"
     # the name can be given to someone new, who does not inherit the old tokens

@@ -41,10 +41,10 @@ def from_address(url: str, address: str | None = None) -> httpx.Client:
 
 
 def make_user(server, name: str, password: str | None = None, **spec) -> str:
-    from joinedup.governance.identity import add_user
+    from joinedup.governance.accounts import add_user
 
     spec = spec or {"role": "gp", "practitioner": "gp-1", "organization": "practice-1"}
-    add_user(server.gate.store, name=name, password=password, replace=True, **spec)
+    add_user(server.gate, name=name, password=password, replace=True, **spec)
     return name
 
 
@@ -64,7 +64,7 @@ def parse_instant(value: str) -> datetime:
 
 def login_events(server, api: httpx.Client, name: str) -> list[str]:
     """The outcome descriptions of refused log-in audit events that name this user, oldest first."""
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     r = api.get("/fhir/AuditEvent", params={"subtype": "login", "outcome": "8", "_count": 500})
     assert r.status_code == 200, r.text
     texts = [e["resource"].get("outcomeDesc", "") for e in r.json().get("entry", [])]
@@ -78,7 +78,7 @@ def extra_server(server, tmp_path, **overrides) -> Iterator[str]:
 
     import uvicorn
 
-    from joinedup.api.app import create_app
+    from joinedup.app import create_app
     from joinedup.config import Settings
 
     settings = replace(Settings(database_url=server.db_url, export_dir=tmp_path / "exports",
@@ -186,7 +186,7 @@ def test_one_address_trying_many_names_is_locked_out(server, api, uid):
         assert page.status_code == 429 and "network address" in page.text
     with from_address(server.url) as elsewhere:  # the account itself is not locked
         assert grant(elsewhere, victim, "victim-pw").status_code == 200
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     r = api.get("/fhir/AuditEvent", params={"subtype": "login", "outcome": "8", "_count": 100})
     texts = [e["resource"].get("outcomeDesc", "") for e in r.json()["entry"]]
     assert any(t.startswith(f"lockout: address {address} locked until") for t in texts)
@@ -245,11 +245,11 @@ def test_unknown_user_gets_the_same_answer_in_the_same_time(server, uid):
 
 @pytest.mark.parametrize("kind", ["disabled", "no-password"])
 def test_disabled_and_password_less_users_look_like_wrong_passwords(server, uid, kind):
-    from joinedup.governance.identity import disable_user
+    from joinedup.governance.accounts import disable_user
 
     name = make_user(server, f"{kind}-{uid}", None if kind == "no-password" else "their-pw")
     if kind == "disabled":
-        disable_user(server.gate.store, name)
+        disable_user(server.gate, name)
     with from_address(server.url) as c:
         r = grant(c, name, "their-pw")
         assert r.status_code == 400 and r.json()["error_description"] == "wrong user name or password"

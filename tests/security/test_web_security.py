@@ -33,10 +33,10 @@ def prefs(server, token: str) -> dict:
 
 
 def _user_with_token(server, name: str, password: str) -> str:
-    from joinedup.governance.identity import issue_token
+    from joinedup.governance.accounts import issue_token
 
     make_user(server, name, password)
-    return issue_token(server.gate.store, name)
+    return issue_token(server.gate, name)
 
 
 def _refused_by_csrf(r: httpx.Response) -> bool:
@@ -83,7 +83,7 @@ def test_a_forged_form_post_is_refused_and_the_real_one_accepted(server, api, ui
                    files={"unused": ("x.txt", b"x")})
         assert r.status_code == 303 and prefs(server, token) == before
     # the refusals are in the audit trail
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     events = api.get("/fhir/AuditEvent", params={"subtype": "csrf", "_count": 50}).json().get("entry", [])
     assert sum("POST /inbox/settings refused" in e["resource"]["outcomeDesc"] for e in events) >= 4
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from joinedup.governance.identity import SYSTEM, add_user
+from joinedup.governance.accounts import add_user
+from joinedup.governance.identity import SYSTEM
 from tests.web.test_pages import browser, csrf_of, form_token, login
 
 
@@ -43,7 +44,7 @@ def person(server, uid):
     g.update(SYSTEM, "CareTeam", f"{pid}-ct", {
         "resourceType": "CareTeam", "id": f"{pid}-ct", "status": "active", "subject": {"reference": f"Patient/{pid}"},
         "participant": [{"member": {"reference": f"Practitioner/{sw}"}}]})
-    add_user(g.store, name=sw, password=f"{sw}-pw", role="social-worker", practitioner=sw,
+    add_user(g, name=sw, password=f"{sw}-pw", role="social-worker", practitioner=sw,
              organization=f"council-{uid}", replace=True)
     return {"id": pid, "sw": sw}
 
@@ -150,8 +151,8 @@ def test_roles_and_login(server, person):
     # the refusal is audited like any other
     from joinedup.governance.audit import search_events
 
-    server.gate.audit.flush()
-    _, events = search_events(server.gate.store, patient_id=pid, count=50, offset=0)
+    server.gate.flush_audit()
+    _, events = search_events(server.gate.store_for_tests, patient_id=pid, count=50, offset=0)
     assert any(e["outcome"] != "0" and e["agent"][0]["who"]["display"] == sw and
                "clinical role" in e.get("outcomeDesc", "") for e in events)
     # no relationship at all: the refusal page, which offers break-glass
@@ -167,12 +168,12 @@ def test_each_clinician_tunes_their_alerts(server, person, uid):
 
     import httpx
 
-    from joinedup.governance.identity import issue_token
+    from joinedup.governance.accounts import issue_token
 
     pid, name = person["id"], f"tuned-{uid}"
-    add_user(server.gate.store, name=name, password=f"{name}-pw", role="gp", practitioner="gp-1",
+    add_user(server.gate, name=name, password=f"{name}-pw", role="gp", practitioner="gp-1",
              organization="practice-1", replace=True)
-    token = issue_token(server.gate.store, name)
+    token = issue_token(server.gate, name)
     hook = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
             "context": {"userId": "Practitioner/gp-1", "patientId": pid}}
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:

@@ -45,7 +45,7 @@ def test_who_has_looked_at_my_record(server, me):
         c.get(f"/patients/{me}")  # my own visit
     with server.client("gp") as gp:
         assert gp.get(f"/fhir/Patient/{me}").status_code == 200
-    server.gate.audit.flush()
+    server.gate.flush_audit()
     with browser(server, "pat") as c:
         page = c.get("/me/access-log").text
         assert "Who has looked at my record" in page
@@ -128,11 +128,11 @@ def test_the_person_asks_for_a_correction(server, me, uid):
 
 def test_a_correction_request_reaches_the_organisation_named(server, me, uid):
     """Staff of the organisation the person names hear about it even when they are not the named GP."""
-    from joinedup.governance.identity import add_user, issue_token
+    from joinedup.governance.accounts import add_user, issue_token
 
-    add_user(server.gate.store, name=f"gp2-{uid}", password="pw", role="gp", practitioner=f"gp2-{uid}",
+    add_user(server.gate, name=f"gp2-{uid}", password="pw", role="gp", practitioner=f"gp2-{uid}",
              organization="practice-1", replace=True)
-    token = issue_token(server.gate.store, f"gp2-{uid}")
+    token = issue_token(server.gate, f"gp2-{uid}")
     words = f"My address is wrong ({uid})"
     with browser(server, "pat") as c:
         csrf = form_token(c, f"/patients/{me}")

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Form, Request
 
 from joinedup.api.responses import FhirResponse
 from joinedup.fhir.errors import FhirError
+from joinedup.governance.accounts import authenticate, revoke_token, sign_in
 from joinedup.governance.gate import Gate
-from joinedup.governance.identity import Principal, authenticate, revoke_token, sign_in
+from joinedup.governance.identity import Principal
 
 router = APIRouter(tags=["auth"])
 COOKIE = "joinedup_token"
@@ -64,12 +65,12 @@ def current_user(request: Request) -> Principal:
     A plain function: FastAPI runs it, and its database lookup, in the threadpool."""
     gate: Gate = request.app.state.gate
     token = header_token(request)
-    who = authenticate(gate.store, token)
+    who = authenticate(gate, token)
     if who is None:
         cookie_only = token is None and COOKIE in request.cookies
         reason = ("session cookie sent to an API (bearer tokens only)" if cookie_only
                   else "no bearer token" if not token else "invalid or expired token")
-        gate.audit.record(None, "login", allowed=False, reason=reason, entity=request.url.path)
+        gate.record(None, "login", allowed=False, reason=reason, entity=request.url.path)
         raise FhirError(401, "Authentication required: send 'Authorization: Bearer <token>' "
                              "(get one with `joinedup token NAME` or POST /auth/token)", code="login")
     return who
@@ -103,6 +104,6 @@ def token(request: Request, grant_type: str = Form("password"), username: str = 
 @router.post("/auth/logout", summary="Revoke the bearer token this request carries",
              description="The token stops working at once (every request looks it up).")
 def logout(request: Request, who: Principal = Depends(current_user), gate: Gate = Depends(get_gate)):
-    revoke_token(gate.store, header_token(request))
-    gate.audit.record(who, "logout", allowed=True, reason="bearer token revoked (POST /auth/logout)")
+    revoke_token(gate, header_token(request))
+    gate.record(who, "logout", allowed=True, reason="bearer token revoked (POST /auth/logout)")
     return FhirResponse({"revoked": True}, media_type="application/json")

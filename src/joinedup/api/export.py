@@ -104,5 +104,5 @@ def export_file(job_id: str, name: str, request: Request, who: CurrentUser, gate
     path = request.app.state.settings.export_dir / job_id / name
     if job["status"] != "completed" or not _FILE.match(name) or not path.exists():
         raise FhirError(404, f"No file '{name}' in export {job_id}", code="not-found")
-    gate.audit.record(who, "export", allowed=True, reason="download of own export", entity=f"$export:{job_id}/{name}")
+    gate.record(who, "export", allowed=True, reason="download of own export", entity=f"$export:{job_id}/{name}")
     return FileResponse(path, media_type="application/fhir+ndjson")

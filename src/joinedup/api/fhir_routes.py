@@ -104,7 +104,7 @@ def _check_format(request: Request) -> None:
 
 @router.get("/metadata", summary="CapabilityStatement", responses=fhir_responses())
 def metadata(request: Request, settings: SettingsDep):
-    return FhirResponse(capability_statement(base_url(request), request.app.state.gate.store.params,
+    return FhirResponse(capability_statement(base_url(request), request.app.state.gate.params,
                                              max_body_bytes=settings.max_body_bytes,
                                              max_bundle_entries=settings.max_bundle_entries,
                                              max_page_size=settings.max_page_size))

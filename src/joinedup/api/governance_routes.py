@@ -59,7 +59,7 @@ def my_access_log(who: CurrentUser, gate: GateDep,
     if who.role != "patient" or not who.patient_id:
         raise gate.refuse(who, "Access refused: this is a person's view of their own record; privacy officers use "
                                "GET /fhir/AuditEvent?patient=...", action="search", entity="access-log")
-    gate.audit.flush()
+    gate.flush_audit()
     total, entries = gate.access_log(who, count=count, offset=offset)
     return _json({"patient": f"Patient/{who.patient_id}", "total": total, "entries": entries})
 

@@ -331,11 +331,11 @@ class SecurityMiddleware:
         gate = getattr(self.fastapi_app.state, "gate", None)
         client = scope.get("client")
         if gate is not None:
-            gate.audit.record(None, "csrf", allowed=False, entity=path[:255],
-                              detail={"method": method, "address": client[0] if client else "unknown"},
-                              reason=f"{method} {path[:200]} refused: "
-                                     f"{'wrong' if had_token else 'missing'} CSRF token on a cookie-authenticated "
-                                     "request")
+            gate.record(None, "csrf", allowed=False, entity=path[:255],
+                        detail={"method": method, "address": client[0] if client else "unknown"},
+                        reason=f"{method} {path[:200]} refused: "
+                               f"{'wrong' if had_token else 'missing'} CSRF token on a cookie-authenticated "
+                               "request")
         title = "This form could not be accepted"
         message = ("It did not carry this session's security token, so it may not have come from a JoinedUp page "
                    "(another site can try to make your browser send forms). If you sent it yourself, the page was "

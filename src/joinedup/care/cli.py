@@ -31,7 +31,7 @@ def _gate():
     try:
         return get_gate(get_settings().database_url)
     except DatabaseUnavailable as exc:
-        from joinedup.cli import describe_error
+        from joinedup.terminal import describe_error
 
         _fail(describe_error(exc))
 
@@ -60,7 +60,7 @@ def escalate_command(
                     display="JoinedUp overdue-task escalation (command line)")
     gate = _gate()
     result = escalate_overdue(gate=gate, who=who, now=when)
-    gate.audit.flush()
+    gate.flush_audit()
     if as_json:
         out.print(json.dumps(result), highlight=False)
     else:
@@ -75,12 +75,12 @@ def worklist_command(
 ) -> None:
     """Print a professional's tasks (or people) as JSON, read through the gate as that user."""
     from joinedup.care.tasks import my_people, my_tasks
-    from joinedup.governance.identity import get_user
+    from joinedup.governance.accounts import get_user
 
     gate = _gate()
-    who = get_user(gate.store, user)
+    who = get_user(gate, user)
     if who is None:
         _fail(f"no user '{user}'")
     result = my_people(gate=gate, who=who) if people else my_tasks(gate=gate, who=who)
-    gate.audit.flush()
+    gate.flush_audit()
     out.print(json.dumps(result, indent=1), highlight=False)

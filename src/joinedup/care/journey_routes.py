@@ -23,7 +23,7 @@ def journey_api(patient_id: str, who: CurrentUser, gate: GateDep):
 
 
 def _web():
-    from joinedup.web import routes as web
+    from joinedup.web import pages as web
 
     return web
 

@@ -17,7 +17,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.service import my_patients
-from joinedup.web.routes import _gate, _to_login, _who, error_page, service_page
+from joinedup.web.pages import current_who, error_page, gate_of, service_page, to_login
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"], responses=api_errors())
@@ -87,9 +87,9 @@ def _schedule_form(request: Request, form: dict, error: str | None = None, statu
 
 @web_router.post("/mdt")
 def schedule_submit(request: Request, data: FormData):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     form = {"title": str(data.get("title", "")), "start": str(data.get("start", "")),
             "minutes": str(data.get("minutes", "60")), "location": str(data.get("location", "")),
             "patient_ids": [str(x) for x in data.getlist("patient_ids") if x],
@@ -99,7 +99,7 @@ def schedule_submit(request: Request, data: FormData):
     except ValueError:
         return _schedule_form(request, form, "The length must be a whole number of minutes.", 422, who=who)
     try:
-        review = svc.schedule_review(gate=_gate(request), who=who, title=form["title"], start=form["start"],
+        review = svc.schedule_review(gate=gate_of(request), who=who, title=form["title"], start=form["start"],
                                      minutes=minutes, patient_ids=form["patient_ids"],
                                      participants=form["participants"], location=form["location"] or None)
     except FhirError as exc:
@@ -129,14 +129,14 @@ def review_page(request: Request, review_id: str):
 def decision_submit(request: Request, review_id: str, patient_id: str = Form(""), text: str = Form(""),
                     owner: str = Form(""), due: str = Form("")):
     """Capture a decision (HTMX swaps the person's decision list in place)."""
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     htmx = bool(request.headers.get("hx-request"))
     form = {"patient_id": patient_id, "text": text, "owner": owner, "due": due}
     error = None
     try:
-        svc.record_decision(gate=_gate(request), who=who, review_id=review_id, patient_id=patient_id, text=text,
+        svc.record_decision(gate=gate_of(request), who=who, review_id=review_id, patient_id=patient_id, text=text,
                             owner=owner, due=due)
     except FhirError as exc:
         if exc.status == 403:
@@ -160,12 +160,12 @@ def decision_submit(request: Request, review_id: str, patient_id: str = Form("")
 
 @web_router.post("/mdt/{review_id}/attendance")
 def attendance_submit(request: Request, review_id: str, data: FormData):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     marks = {k.removeprefix("att-"): str(v) for k, v in data.items() if k.startswith("att-")}
     try:
-        svc.record_attendance(gate=_gate(request), who=who, review_id=review_id, attendance=marks)
+        svc.record_attendance(gate=gate_of(request), who=who, review_id=review_id, attendance=marks)
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)
@@ -175,11 +175,11 @@ def attendance_submit(request: Request, review_id: str, data: FormData):
 
 @web_router.post("/mdt/{review_id}/complete")
 def complete_submit(request: Request, review_id: str, outcome: str = Form("")):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     try:
-        svc.complete_review(gate=_gate(request), who=who, review_id=review_id, outcome=outcome)
+        svc.complete_review(gate=gate_of(request), who=who, review_id=review_id, outcome=outcome)
     except FhirError as exc:
         if exc.status == 403:
             return error_page(request, exc.status, exc.diagnostics, who=who)

@@ -46,7 +46,7 @@ def set_prefs_api(choices: Annotated[Any, Body()], who: CurrentUser, gate: GateD
 
 # -- pages ------------------------------------------------------------------------------------------------------
 def _web():
-    from joinedup.web import routes as web
+    from joinedup.web import pages as web
 
     return web
 
@@ -61,10 +61,10 @@ def inbox_page(request: Request, unread: int = 0):
 def inbox_count(request: Request):
     """The unread count for the page header (polled by HTMX)."""
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None or who.role in ("patient", "analyst"):
         return HTMLResponse("")
-    n = service.unread_count(gate=web._gate(request), who=who)
+    n = service.unread_count(gate=web.gate_of(request), who=who)
     return web.page(request, "care/inbox_count.html", {"n": n}, who=who)
 
 
@@ -88,15 +88,15 @@ def settings_page(request: Request, saved: int = 0):
 @router.post("/inbox/settings", include_in_schema=False)
 def settings_submit(request: Request, form: FormData):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
+        return web.to_login(request)
     chosen = set(form.getlist("event"))
     unknown = chosen - set(service.EVENT_TYPES)
     if unknown:
         return web.error_page(request, 400, f"Unknown event type '{min(unknown)}'", who=who)
     try:
-        service.set_preferences(gate=web._gate(request), who=who,
+        service.set_preferences(gate=web.gate_of(request), who=who,
                                 choices={t: t in chosen for t in service.EVENT_TYPES})
     except FhirError as exc:
         return web.error_page(request, exc.status, exc.diagnostics, who=who)

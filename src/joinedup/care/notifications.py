@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _ref_id
+from joinedup.governance import platform
+from joinedup.governance.accounts import list_users
 from joinedup.governance.gate import Gate
-from joinedup.governance.identity import SYSTEM, Principal, list_users
+from joinedup.governance.identity import SYSTEM, Principal
 
 log = logging.getLogger("joinedup.care.notifications")
 
@@ -57,14 +57,6 @@ CLOSED_TASK = {"completed", "cancelled", "entered-in-error", "rejected", "failed
 RECENT = timedelta(days=3)        # events about the past older than this (e.g. history loads) are not news
 COLLAPSE_WINDOW = timedelta(minutes=10)
 BULK = 25                         # a write of more resources than this is a load: no per-resource conflict checks
-
-# Lightweight handles on the platform tables defined in store/schema.py (revision 0004).
-_inbox = sa.table("inbox_item", sa.column("id"), sa.column("user_name"), sa.column("event_type"),
-                  sa.column("patient_id"), sa.column("source_ref"), sa.column("title"), sa.column("detail"),
-                  sa.column("hits"), sa.column("occurred"), sa.column("first_at"), sa.column("last_at"),
-                  sa.column("read_at"))
-_prefs = sa.table("notification_preference", sa.column("user_name"), sa.column("event_type"),
-                  sa.column("enabled"))
 
 
 @dataclass
@@ -287,7 +279,7 @@ class Notifier:
         unknown = {p for p in want or () if p not in users and now - self._no_user.get(p, 0) > 5}
         if now - at > 5 or unknown or fresh:
             users = {}
-            for u in list_users(self.gate.store):
+            for u in list_users(self.gate):
                 if u.practitioner_id and u.role not in ("system", "patient", "analyst"):
                     users.setdefault(u.practitioner_id, []).append(u)
             self._users = (now, users)
@@ -332,32 +324,14 @@ class Notifier:
     def deliver(self, ev: Event) -> list[str]:
         """Write (or collapse into) one inbox item per recipient who may and wants to hear; returns user names."""
         users = self.recipients(ev)
-        facts = self.gate.facts
-        users = {n: u for n, u in users.items() if facts.relationship(u, ev.patient_id)}
+        users = {n: u for n, u in users.items() if self.gate.relationship_of(u, ev.patient_id)}
         if not users:
             return []
         stamp = now_iso()
         since = (datetime.now(UTC) - self.window).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        delivered = []
-        with self.gate.store.writing() as conn:
-            off = {r[0] for r in conn.execute(sa.select(_prefs.c.user_name).where(
-                _prefs.c.user_name.in_(sorted(users)), _prefs.c.event_type == ev.type,
-                _prefs.c.enabled.is_(False)))}
-            for name in sorted(set(users) - off):
-                row = conn.execute(sa.select(_inbox.c.id).where(
-                    _inbox.c.user_name == name, _inbox.c.event_type == ev.type,
-                    _inbox.c.patient_id == ev.patient_id, _inbox.c.source_ref == ev.source_ref,
-                    _inbox.c.last_at >= since).order_by(_inbox.c.id.desc()).limit(1)).first()
-                if row:
-                    conn.execute(sa.update(_inbox).where(_inbox.c.id == row[0]).values(
-                        hits=_inbox.c.hits + 1, last_at=stamp, read_at=None, title=ev.title, detail=ev.detail))
-                else:
-                    conn.execute(sa.insert(_inbox).values(
-                        user_name=name, event_type=ev.type, patient_id=ev.patient_id, source_ref=ev.source_ref,
-                        title=ev.title, detail=ev.detail, hits=1, occurred=ev.occurred, first_at=stamp,
-                        last_at=stamp, read_at=None))
-                delivered.append(name)
-        return delivered
+        return platform.deliver_inbox_items(self.gate, SYSTEM, recipients=users, event_type=ev.type,
+                                            patient_id=ev.patient_id, source_ref=ev.source_ref, title=ev.title,
+                                            detail=ev.detail, occurred=ev.occurred, since=since, stamp=stamp)
 
 
 _notifiers: dict[int, Notifier] = {}
@@ -388,13 +362,7 @@ def _professional(gate: Gate, who: Principal) -> None:
 def inbox(*, gate: Gate, who: Principal, unread_only: bool = False, limit: int = 100) -> dict[str, Any]:
     """The user's inbox, newest first; people's names are read through the gate (hidden once access ends)."""
     _professional(gate, who)
-    q = sa.select(_inbox).where(_inbox.c.user_name == who.name)
-    if unread_only:
-        q = q.where(_inbox.c.read_at.is_(None))
-    with gate.store.reading() as conn:
-        rows = [dict(r) for r in conn.execute(q.order_by(_inbox.c.last_at.desc()).limit(limit)).mappings()]
-        unread = conn.execute(sa.select(sa.func.count()).select_from(_inbox).where(
-            _inbox.c.user_name == who.name, _inbox.c.read_at.is_(None))).scalar_one()
+    rows, unread = platform.inbox_items(gate, who, unread_only=unread_only, limit=limit)
     names: dict[str, dict] = {}
     pids = sorted({r["patient_id"] for r in rows if r["patient_id"]})
     if pids:
@@ -421,31 +389,19 @@ def inbox(*, gate: Gate, who: Principal, unread_only: bool = False, limit: int =
 
 def unread_count(*, gate: Gate, who: Principal) -> int:
     """How many unread items the user has (no patient details)."""
-    with gate.store.reading() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(_inbox).where(
-            _inbox.c.user_name == who.name, _inbox.c.read_at.is_(None))).scalar_one()
+    return platform.inbox_unread(gate, who)
 
 
 def mark_read(*, gate: Gate, who: Principal, item_id: int | None = None) -> int:
     """Mark one item (or, with no id, all) as read; 404 when the item is not the user's."""
     _professional(gate, who)
-    cond = [_inbox.c.user_name == who.name, _inbox.c.read_at.is_(None)]
-    with gate.store.writing() as conn:
-        if item_id is not None:
-            owner = conn.execute(sa.select(_inbox.c.user_name).where(_inbox.c.id == item_id)).first()
-            if owner is None or owner[0] != who.name:
-                raise FhirError(404, f"Inbox item {item_id} is not in your inbox", code="not-found")
-            cond.append(_inbox.c.id == item_id)
-        n = conn.execute(sa.update(_inbox).where(*cond).values(read_at=now_iso())).rowcount
-    return n or 0
+    return platform.mark_inbox_read(gate, who, item_id)
 
 
 def preferences(*, gate: Gate, who: Principal) -> dict[str, bool]:
     """Which event types the user receives (all on unless turned off)."""
     _professional(gate, who)
-    with gate.store.reading() as conn:
-        rows = dict(conn.execute(sa.select(_prefs.c.event_type, _prefs.c.enabled).where(
-            _prefs.c.user_name == who.name)).all())
+    rows = platform.notification_choices(gate, who)
     return {t: bool(rows.get(t, True)) for t in EVENT_TYPES}
 
 
@@ -461,10 +417,7 @@ def set_preferences(*, gate: Gate, who: Principal, choices: dict[str, Any]) -> d
                             expression=[k])
         if not isinstance(v, bool):
             raise FhirError(400, f"'{k}' must be true or false", code="value", expression=[k])
-    with gate.store.writing() as conn:
-        for k, v in choices.items():
-            conn.execute(sa.delete(_prefs).where(_prefs.c.user_name == who.name, _prefs.c.event_type == k))
-            conn.execute(sa.insert(_prefs).values(user_name=who.name, event_type=k, enabled=v))
+    platform.set_notification_choices(gate, who, choices)
     return preferences(gate=gate, who=who)
 
 

@@ -21,7 +21,7 @@ from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
+from joinedup.web.pages import current_who, error_page, gate_of, page, service_page, to_login
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(tags=["care plans, key workers and tasks"], responses=api_errors())
@@ -246,7 +246,7 @@ def api_my_people(who: CurrentUser, gate: GateDep):
 @api_router.post("/api/care/escalate", summary="Escalate overdue tasks now (integration account)")
 def api_escalate(who: CurrentUser, gate: GateDep):
     if who.role != "system":
-        gate.audit.record(who, "escalate", allowed=False, reason="only the integration account runs escalation")
+        gate.record(who, "escalate", allowed=False, reason="only the integration account runs escalation")
         raise FhirError(403, "Access refused: overdue escalation runs as the integration account (it runs by itself "
                              "every 15 minutes, or `joinedup care escalate`).", code="forbidden")
     return JSONResponse(task_service.escalate_overdue(gate=gate, who=who))
@@ -334,12 +334,12 @@ def plan_page(request: Request, patient_id: str, saved: str = ""):
 
 def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str, Any], call):
     """Run an edit; on success redirect (or re-render for HTMX); on refusal keep what was typed and say why."""
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     htmx = bool(request.headers.get("hx-request"))
     try:
-        call(gate=_gate(request), who=who)
+        call(gate=gate_of(request), who=who)
     except plan_service.StalePlan as exc:
         return _plan_page(request, who, patient_id, error=exc.diagnostics, draft=draft, section=section,
                           status=200 if htmx else 412)
@@ -436,10 +436,10 @@ def tasks_page(request: Request, done: int = 0):
 
 @web_router.post("/care/tasks/{task_id}")
 def task_status(request: Request, task_id: str, status: str = Form(""), version: str = Form("")):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
-    gate = _gate(request)
+        return to_login(request)
+    gate = gate_of(request)
     try:
         task_service.update_task(gate=gate, who=who, task_id=task_id, status=status or None, if_match=version or None)
     except FhirError as exc:
@@ -487,13 +487,13 @@ def handover_form(request: Request, patient_id: str):
 @web_router.post("/patients/{patient_id}/key-worker/handover")
 def handover_submit(request: Request, patient_id: str, owner: str = Form(""), to_practitioner: str = Form(""),
                     to_organization: str = Form(""), reason: str = Form("")):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     prac, org = _split_owner(owner, to_practitioner, to_organization)
     form = {"owner": owner, "to_practitioner": to_practitioner, "to_organization": to_organization, "reason": reason}
     try:
-        team_service.handover(gate=_gate(request), who=who, patient_id=patient_id, to_practitioner=prac,
+        team_service.handover(gate=gate_of(request), who=who, patient_id=patient_id, to_practitioner=prac,
                               to_organization=org, reason=reason)
     except FhirError as exc:
         if exc.status in (401, 403, 404):

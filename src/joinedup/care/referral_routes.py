@@ -15,7 +15,7 @@ from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.routes import _gate, _to_login, _who, error_page, page, service_page
+from joinedup.web.pages import current_who, error_page, gate_of, page, service_page, to_login
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(tags=["referrals and advice"], responses=api_errors())
@@ -120,9 +120,9 @@ def _new_form(request: Request, form: dict, error: str | None = None, status: in
 @web_router.post("/referrals/new")
 def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
                text: str = Form(""), reason: str = Form(""), priority: str = Form("routine")):
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
+        return to_login(request)
     form = {"patient_id": patient_id.strip(), "kind": kind, "to": to, "text": text, "reason": reason,
             "priority": priority}
     if not form["patient_id"]:
@@ -130,7 +130,7 @@ def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("a
     if not to:
         return _new_form(request, form, "Choose who to send it to.", 422, who=who)
     try:
-        view = svc.create_request(gate=_gate(request), who=who, kind=kind, patient_id=form["patient_id"], to=to,
+        view = svc.create_request(gate=gate_of(request), who=who, kind=kind, patient_id=form["patient_id"], to=to,
                                   text=text, reason=reason or None, priority=priority)
     except FhirError as exc:
         if exc.status == 403:
@@ -148,10 +148,10 @@ def thread_page(request: Request, request_id: str):
 @web_router.post("/referrals/{request_id}/{action}")
 def thread_action(request: Request, request_id: str, action: str, text: str = Form("")):
     """Reply, ask more, answer, close or convert from the thread page (HTMX swaps the thread; plain forms redirect)."""
-    who = _who(request)
+    who = current_who(request)
     if who is None:
-        return _to_login(request)
-    gate = _gate(request)
+        return to_login(request)
+    gate = gate_of(request)
     fns = {"reply": svc.reply, "ask-more": svc.ask_more, "answer": svc.answer}
     htmx = bool(request.headers.get("hx-request"))
     try:

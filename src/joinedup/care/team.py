@@ -125,7 +125,7 @@ def route_to_person(*, gate: Gate, patient_id: str, practitioner_id: str | None,
     """The kind of legitimate relationship the practitioner (or their organisation) has with the person."""
     probe = Principal(name=f"route-check:{practitioner_id or organization_id}", role="care-coordinator",
                       practitioner_id=practitioner_id, organization_id=organization_id)
-    return gate.facts.relationship(probe, patient_id)
+    return gate.relationship_of(probe, patient_id)
 
 
 def require_route(*, gate: Gate, patient_id: str, owner: dict[str, Any], doing: str) -> str:
@@ -317,9 +317,9 @@ def handover(*, gate: Gate, who: Principal, patient_id: str, to_practitioner: st
         written = gate.create(who, resource)
     else:
         written = gate.update(who, "CareTeam", team.id, resource, if_match=f'W/"{version}"')
-    gate.audit.record(who, "key-worker-handover", allowed=True, reason=reason, entity=f"CareTeam/{written.id}",
-                      patient_id=patient_id,
-                      detail={"from": f"Practitioner/{current['practitioner_id']}" if current else None,
-                              "to": f"Practitioner/{to['practitioner_id']}",
-                              "to_organization": f"Organization/{to['organization_id']}"})
+    gate.record(who, "key-worker-handover", allowed=True, reason=reason, entity=f"CareTeam/{written.id}",
+                patient_id=patient_id,
+                detail={"from": f"Practitioner/{current['practitioner_id']}" if current else None,
+                        "to": f"Practitioner/{to['practitioner_id']}",
+                        "to_organization": f"Organization/{to['organization_id']}"})
     return care_team(gate=gate, who=who, patient_id=patient_id)

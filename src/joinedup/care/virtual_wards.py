@@ -180,8 +180,8 @@ def _write_episode(gate: Gate, who: Principal, eoc: dict, *, action: str) -> dic
     if who.source:
         eoc = {**eoc, "meta": {**(eoc.get("meta") or {}), "source": who.source}}
     w = gate.create(SYSTEM, eoc) if action == "create" else gate.update(SYSTEM, "EpisodeOfCare", eoc["id"], eoc)
-    gate.audit.record(who, action, allowed=True, reason=f"virtual ward {action} by case manager",
-                      entity=f"EpisodeOfCare/{w.id}", patient_id=pid)
+    gate.record(who, action, allowed=True, reason=f"virtual ward {action} by case manager",
+                entity=f"EpisodeOfCare/{w.id}", patient_id=pid)
     return w.resource
 
 
@@ -310,7 +310,7 @@ def record_readings(*, gate: Gate, who: Principal, patient_id: str, readings: An
     alerts = []
     if eoc:
         limits = _limits_of(eoc)
-        for values, _when, _ in checked:
+        for values, _at, _ in checked:
             alerts += [a for n, v, _u in values if (a := _outside(n, v, limits))]
     return {"recorded": len(ids), "observations": [f"Observation/{i}" for i in ids], "alerts": alerts}
 

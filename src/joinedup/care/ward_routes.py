@@ -78,7 +78,7 @@ def readings_api(patient_id: str, data: Annotated[Any, Body()], who: CurrentUser
 
 # -- pages ------------------------------------------------------------------------------------------------------
 def _web():
-    from joinedup.web import routes as web
+    from joinedup.web import pages as web
 
     return web
 
@@ -98,10 +98,10 @@ def review_page(request: Request):
 @router.get("/wards/case-finding", include_in_schema=False)
 def case_finding_page(request: Request):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
-    gate = web._gate(request)
+        return web.to_login(request)
+    gate = web.gate_of(request)
     try:
         rows = service.case_finding(gate=gate, who=who)
         ws = [w for w in service.wards(gate=gate, who=who) if w["kind"] == "preventive"]
@@ -113,10 +113,10 @@ def case_finding_page(request: Request):
 @router.get("/wards/{ward_id}", include_in_schema=False)
 def ward_page(request: Request, ward_id: str, msg: str = ""):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
-    gate = web._gate(request)
+        return web.to_login(request)
+    gate = web.gate_of(request)
     try:
         ward = service.get_ward(gate=gate, who=who, ward_id=ward_id)
         rows = service.ward_patients(gate=gate, who=who, ward_id=ward_id)
@@ -131,9 +131,9 @@ def ward_page(request: Request, ward_id: str, msg: str = ""):
 @router.post("/wards/{ward_id}/admit", include_in_schema=False)
 def admit_page(request: Request, ward_id: str, form: FormData):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
+        return web.to_login(request)
     limits: dict[str, float] = {}
     try:
         for k in service.DEFAULT_LIMITS:
@@ -147,7 +147,7 @@ def admit_page(request: Request, ward_id: str, form: FormData):
         pid = (form.get("patient") or "").strip()
         if not pid:
             raise FhirError(400, "Choose the person to admit", code="required")
-        service.admit(gate=web._gate(request), who=who, ward_id=ward_id, patient_id=pid, limits=limits or None,
+        service.admit(gate=web.gate_of(request), who=who, ward_id=ward_id, patient_id=pid, limits=limits or None,
                       reason=(form.get("reason") or "").strip() or None)
     except FhirError as exc:
         return web.error_page(request, exc.status, exc.diagnostics, who=who)
@@ -157,11 +157,11 @@ def admit_page(request: Request, ward_id: str, form: FormData):
 @router.post("/wards/discharge/{episode_id}", include_in_schema=False)
 def discharge_page(request: Request, episode_id: str, form: FormData):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
+        return web.to_login(request)
     try:
-        service.discharge(gate=web._gate(request), who=who, episode_id=episode_id)
+        service.discharge(gate=web.gate_of(request), who=who, episode_id=episode_id)
     except FhirError as exc:
         return web.error_page(request, exc.status, exc.diagnostics, who=who)
     back = form.get("back") or "/wards"

@@ -548,8 +548,8 @@ def evaluate_hook(*, gate: Any, who: Principal, service_id: str, body: Any, base
     # when the client sent everything as prefetch
     entity = f"cds:{service_id}"
     decision = gate.check(who, "read", "Patient", patient_id=req.patient_id, entity=entity)
-    gate.audit.record(who, "read", allowed=True, reason=decision.reason, entity=entity, patient_id=req.patient_id,
-                      detail={"hookInstance": req.hook_instance[:64], "prefetch": sorted(req.prefetch)})
+    gate.record(who, "read", allowed=True, reason=decision.reason, entity=entity, patient_id=req.patient_id,
+                detail={"hookInstance": req.hook_instance[:64], "prefetch": sorted(req.prefetch)})
     resources, fetched = gather_record(gate=gate, who=who, req=req)
     kb = load_knowledge()
     meds = [d for d in req.drafts if d.get("resourceType") in MEDICATION_TYPES]

@@ -105,11 +105,11 @@ def screen_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from joinedup.cli import _cli_principal, check_output_dir, describe_error
     from joinedup.config import get_settings
     from joinedup.fhir.errors import FhirError
     from joinedup.governance.gate import get_gate
     from joinedup.store.engine import DatabaseUnavailable
+    from joinedup.terminal import check_output_dir, cli_principal, describe_error
 
     from . import screen
 
@@ -120,7 +120,7 @@ def screen_command(
     except DatabaseUnavailable as exc:
         typer.echo(f"error: {describe_error(exc)}", err=True)
         raise typer.Exit(code=2) from None
-    who = _cli_principal()
+    who = cli_principal()
     formats = {"csv", "json"} if format == ScreenFormat.both else {format.value}
     try:
         total = gate.search(who, "Patient", [("_summary", "count")], query_text="Patient?_summary=count").total
@@ -134,7 +134,7 @@ def screen_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     finally:
-        gate.audit.flush()
+        gate.flush_audit()
     if not quiet:
         table = Table(title=f"Conflict screen: {result.flagged} of {result.screened} people flagged "
                             f"(severity >= {severity.value}) in {result.seconds:.1f} s")

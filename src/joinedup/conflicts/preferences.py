@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-
 from joinedup.fhir.errors import FhirError
+from joinedup.governance import platform
 from joinedup.governance.identity import Principal
-from joinedup.store import schema
 
 THRESHOLDS = {"low": "Every alert", "moderate": "Moderate, high and critical",
               "high": "High and critical only"}
@@ -20,9 +18,7 @@ DEFAULT = "low"
 
 def threshold(*, gate: Any, who: Principal) -> str:
     """The user's lowest shown severity ('low' = every alert, the default)."""
-    t = schema.alert_preference
-    with gate.store.reading() as conn:
-        got = conn.execute(sa.select(t.c.min_severity).where(t.c.user_name == who.name)).scalar()
+    got = platform.alert_threshold(gate, who)
     return got if got in THRESHOLDS else DEFAULT
 
 
@@ -34,11 +30,7 @@ def set_threshold(*, gate: Any, who: Principal, min_severity: Any) -> str:
     if min_severity not in THRESHOLDS:
         raise FhirError(422, f"min_severity must be one of: {', '.join(THRESHOLDS)} (high and critical alerts are "
                              "always shown)", code="value")
-    t = schema.alert_preference
-    with gate.store.writing() as conn:
-        conn.execute(sa.delete(t).where(t.c.user_name == who.name))
-        if min_severity != DEFAULT:
-            conn.execute(sa.insert(t).values(user_name=who.name, min_severity=min_severity))
+    platform.set_alert_threshold(gate, who, None if min_severity == DEFAULT else min_severity)
     return min_severity
 
 

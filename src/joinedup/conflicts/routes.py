@@ -121,15 +121,15 @@ def _screen_page(gate: Gate, who: Principal, severity: str | None, practice: str
         sev = screen.check_severity(severity)
     except screen.ScreenError as exc:
         raise FhirError(400, str(exc), code="value", expression=["severity"]) from None
-    key = (gate.store.url if hasattr(gate.store, "url") else id(gate), who.name, who.role, sev, practice or "")
+    key = (gate.database_url or id(gate), who.name, who.role, sev, practice or "")
     result = None if refresh else SCREEN_CACHE.get(key)
     if result is None:
         result = screen.screen_population(gate=gate, who=who, severity=sev, practice=practice)
         SCREEN_CACHE.put(key, result)
     else:
         decision = gate.check(who, "search", "Patient", entity=f"population:{screen.PURPOSE}")
-        gate.audit.record(who, "search", allowed=True, reason=decision.reason,
-                          entity=f"population:{screen.PURPOSE}", detail={"records": result.screened, "cached": True})
+        gate.record(who, "search", allowed=True, reason=decision.reason,
+                    entity=f"population:{screen.PURPOSE}", detail={"records": result.screened, "cached": True})
     page = result.worklist[offset:offset + count]
     nxt = offset + len(page) if offset + len(page) < result.flagged else None
     return {"generated": result.generated, "knowledge_version": result.knowledge_version, "filters": result.filters,

@@ -212,7 +212,7 @@ def _screen_shard(db_url: str, who: Principal, severity: str, practice: str | No
         screened = _tally(iter_screen(gate=gate, who=who, severity=severity, practice=practice, today=today,
                                       progress=progress, every=200, shard=shard), per_practice, worklist)
     finally:
-        gate.audit.flush()
+        gate.flush_audit()
     return per_practice, worklist, screened
 
 
@@ -239,7 +239,7 @@ def screen_population(*, gate: Any, who: Principal, severity: str | None = None,
         screened = 0
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_shard,
                                  initargs=(counter,)) as pool:
-            pending = {pool.submit(_screen_shard, gate.store.url, who, sev, practice, today, (k, workers))
+            pending = {pool.submit(_screen_shard, gate.database_url, who, sev, practice, today, (k, workers))
                        for k in range(workers)}
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

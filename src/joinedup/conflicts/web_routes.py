@@ -26,7 +26,7 @@ ACTIONS = {"stop": "Stop or review", "switch": "Switch", "adjust-dose": "Reduce 
 
 
 def _web():
-    from joinedup.web import routes as web
+    from joinedup.web import pages as web
 
     return web
 
@@ -83,11 +83,11 @@ def settings_submit(request: Request, patient_id: str, min_severity: str = Form(
 def review_submit(request: Request, patient_id: str, fingerprint: str = Form(""), outcome: str = Form(""),
                   comment: str = Form("")):
     web = _web()
-    who = web._who(request)
+    who = web.current_who(request)
     if who is None:
-        return web._to_login(request)
+        return web.to_login(request)
     try:
-        person.review_finding(gate=web._gate(request), who=who, patient_id=patient_id, fingerprint=fingerprint,
+        person.review_finding(gate=web.gate_of(request), who=who, patient_id=patient_id, fingerprint=fingerprint,
                               outcome=outcome, comment=comment)
     except FhirError as exc:
         if exc.status in (401, 403, 404):

@@ -282,7 +282,6 @@ def _ext_class() -> type:
 
 def validate_fast(resource: Any) -> None:
     """Raise Doubt unless the resource is certainly valid."""
-    from joinedup.fhir.validation import model_class
 
     if type(resource) is not dict:
         raise Doubt
@@ -351,7 +350,6 @@ def _walk_codes(cls: type, node: Any, where: str) -> None:
 
 
 def _resource_codes(resource: Any, where: str | None = None) -> None:
-    from joinedup.fhir.validation import model_class
 
     if type(resource) is not dict:
         return
@@ -395,3 +393,19 @@ def is_certainly_valid(resource: Any) -> bool:
     except (TypeError, RecursionError):
         return False
     return True
+
+
+@cache
+def model_class(resource_type: str):
+    """The fhir.resources R4B model for a resource type, or None when the type is unknown."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    if not resource_type or not resource_type[0].isupper():
+        return None
+    try:
+        cls = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return None
+    if cls.__name__ != resource_type or not hasattr(cls, "get_resource_type"):
+        return None
+    return cls

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
 
 import orjson
 
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.fastvalid import model_class  # noqa: F401 - also imported from here by other modules
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-
-@cache
-def model_class(resource_type: str):
-    """The fhir.resources R4B model for a resource type, or None when the type is unknown."""
-    from fhir.resources.R4B import get_fhir_model_class
-
-    if not resource_type or not resource_type[0].isupper():
-        return None
-    try:
-        cls = get_fhir_model_class(resource_type)
-    except (KeyError, ValueError, AttributeError, ImportError):
-        return None
-    if cls.__name__ != resource_type or not hasattr(cls, "get_resource_type"):
-        return None
-    return cls
 
 
 def is_resource_type(name: str) -> bool:

@@ -58,7 +58,7 @@ def sar_command(nhs_number: str = typer.Argument(..., help="The person's NHS num
         _fail(str(exc))
     except FhirError as exc:
         _fail(exc.diagnostics)
-    gate.audit.flush()
+    gate._audit.flush()
     data = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"
     if out_file is None:
         sys.stdout.buffer.write(data)
@@ -85,7 +85,7 @@ def reviews(status: str = typer.Option("pending", help="pending, reviewed or all
         rows = review_queue(gate, _operator(), status=status)
     except FhirError as exc:
         _fail(exc.diagnostics)
-    gate.audit.flush()
+    gate._audit.flush()
     table = Table("id", "granted", "user", "role", "patient", "category", "reason", "accesses", "outcome",
                   title=f"break-glass grants ({status})")
     for r in rows:
@@ -106,14 +106,14 @@ def review(grant_id: str = typer.Argument(..., help="The grant id (from `joinedu
     from joinedup.governance.service import record_review
 
     gate = _gate()
-    who = get_user(gate.store, reviewer)
+    who = get_user(gate._store, reviewer)
     if who is None:
         _fail(f"no such user '{reviewer}'")
     try:
         done = record_review(gate, who, grant_id, outcome=outcome, note=note)
     except FhirError as exc:
         _fail(exc.diagnostics)
-    gate.audit.flush()
+    gate._audit.flush()
     out.print(f"grant {done['id']} reviewed: {done['outcome']} (by {done['reviewed_by']})")
 
 
@@ -133,7 +133,7 @@ def extract_command(out_dir: Path = typer.Option(..., "--out", "-o", help="Direc
     gate = _gate()
     records = gate.deidentified_records(_operator(), purpose=purpose, birth_precision=birth)
     summary = deid.write_extract(records, out_dir)
-    gate.audit.flush()
+    gate._audit.flush()
     for t, n in sorted(summary["resources"].items()):
         out.print(f"{t}.ndjson\t{n}")
     out.print(f"extracted {summary['people']:,} people ({sum(summary['resources'].values()):,} resources) to "

@@ -67,9 +67,9 @@ class Gate:
     """Policy + audit in front of the store."""
 
     def __init__(self, store: Store, audit: AuditWriter) -> None:
-        self.store = store
-        self.audit = audit
-        self.facts = AccessFacts(store)
+        self._store = store
+        self._audit = audit
+        self._facts = AccessFacts(store)
         # After-commit listeners (e.g. care notifications): fn(who, [Written]) — never a path to data.
         self.listeners: list = []
 
@@ -87,13 +87,74 @@ class Gate:
 
                 logging.getLogger("joinedup.gate").exception("write listener failed")
 
+    # -- what callers outside governance may ask of the gate (the store, facts and audit are private) ----------
+    def record(self, who: Principal | None, action: str, *, allowed: bool, reason: str, entity: str | None = None,
+               patient_id: str | None = None, query: str | None = None, detail: dict[str, Any] | None = None
+               ) -> None:
+        """Audit one access decided by the caller (a domain's own rule, a log-in, a CSRF refusal, a download)."""
+        self._audit.record(who, action, allowed=allowed, reason=reason, entity=entity, patient_id=patient_id,
+                           query=query, detail=detail)
+
+    def flush_audit(self) -> int:
+        """Commit every buffered audit event now (end of a CLI command, shutdown); returns how many."""
+        return self._audit.flush()
+
+    def verify_audit(self):
+        """Check the keyed audit chain and its signed checkpoints (an `audit.ChainReport`)."""
+        from joinedup.governance.audit import verify_chain
+
+        return verify_chain(self._store)
+
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (after bulk loads, and at start-up)."""
+        self._store.optimize()
+
+    @property
+    def params(self):
+        """The search parameter registry (compartments, patient_of) the store indexes by: no data."""
+        return self._store.params
+
+    @property
+    def database_url(self) -> str | None:
+        """The database URL, for worker processes that open their own gate on it."""
+        return getattr(self._store, "url", None)
+
+    def entry_status(self, rtype: str, rid: str) -> str | None:
+        """Whether an entry exists ("current"), has been deleted ("deleted") or never existed (None): for
+        administrative checks (e.g. a user account linked to a Practitioner); no content, so no audit."""
+        found = self._store.read(rtype, rid)
+        if found is None:
+            return None
+        return "deleted" if found.deleted else "current"
+
+    def relationship_of(self, who: Principal, patient_id: str) -> str | None:
+        """The legitimate relationship `who` has with the person (None when there is none)."""
+        return self._facts.relationship(who, patient_id)
+
+    def break_glass_until(self, who: Principal, patient_id: str) -> str | None:
+        """Until when `who` has break-glass access to the person (None when they have none)."""
+        return self._facts.break_glass_until(who, patient_id)
+
+    # -- for tests and benchmarks only: never used under src/ (tests/test_architecture.py checks) ----------------
+    @property
+    def store_for_tests(self) -> Store:
+        return self._store
+
+    @property
+    def facts_for_tests(self) -> AccessFacts:
+        return self._facts
+
+    @property
+    def audit_for_tests(self) -> AuditWriter:
+        return self._audit
+
     # -- the decision ---------------------------------------------------------------------------
     def facts_for(self, who: Principal, patient_id: str | None, item: Stored | None = None, *,
                   label: str | None = None) -> policy.Facts | None:
         """What the policy needs to know about this person (and entry) for this professional."""
         if patient_id is None or who.role in ("system", "patient"):
             return None
-        f = self.facts
+        f = self._facts
         rel = f.relationship(who, patient_id)
         until = None if rel else f.break_glass_until(who, patient_id)
         restricted, own = None, False
@@ -110,7 +171,7 @@ class Gate:
             facts = self.facts_for(who, patient_id, item)
         decision = policy.decide(who, action, rtype, patient_id=patient_id, facts=facts)
         if not decision:
-            self.audit.record(who, action, allowed=False, reason=decision.reason, entity=entity,
+            self._audit.record(who, action, allowed=False, reason=decision.reason, entity=entity,
                               patient_id=patient_id, query=query)
             raise refusal(who, decision)
         if decision.break_glass_until:
@@ -121,7 +182,7 @@ class Gate:
                patient_id: str | None = None) -> FhirError:
         """A refusal decided outside the policy (a domain's own rule, e.g. only the key worker may accept a merge):
         audited like every other refusal; returns the 403 to raise."""
-        self.audit.record(who, action, allowed=False, reason=message[:1000], entity=entity, patient_id=patient_id)
+        self._audit.record(who, action, allowed=False, reason=message[:1000], entity=entity, patient_id=patient_id)
         return FhirError(403, message, code="forbidden")
 
     def visible(self, who: Principal, s: Stored, action: str = "read") -> bool:
@@ -139,7 +200,7 @@ class Gate:
                                if rule["group"] == DIRECTORY_GROUP)
             return [sa.or_(r.c.patient_id == decision.patient_only,
                            sa.and_(r.c.patient_id.is_(None), r.c.res_type.in_(directory)))]
-        conds = self.facts.restriction(who)
+        conds = self._facts.restriction(who)
         fallback_ok, readable, unreadable = policy.readable_types(who)
         if fallback_ok:
             if unreadable:
@@ -154,8 +215,8 @@ class Gate:
         _known_type(rtype)
         if rtype == "AuditEvent":
             return self._read_audit(who, rid)
-        current = self.store.read(rtype, rid)
-        stored = current if version is None else self.store.vread(rtype, rid, version)
+        current = self._store.read(rtype, rid)
+        stored = current if version is None else self._store.vread(rtype, rid, version)
         entity = f"{rtype}/{rid}" + (f"/_history/{version}" if version else "")
         action = "vread" if version else "read"
         if current is None:
@@ -167,17 +228,17 @@ class Gate:
         patient = stored.patient_id if (version is None or stored.patient_id) else current.patient_id
         facts = None
         if who.role not in ("system", "patient"):
-            label = self.facts.label(rtype, rid, stored.content)
+            label = self._facts.label(rtype, rid, stored.content)
             if version is not None and not label:  # an older version: the current labels count too
-                label = self.facts.label(rtype, rid, current.content)
+                label = self._facts.label(rtype, rid, current.content)
             facts = self.facts_for(who, patient, stored, label=label)
         decision = self.check(who, action, rtype, patient_id=patient, entity=entity, facts=facts)
         if decision.patient_only and patient != decision.patient_only and \
                 policy.type_rule(rtype)["group"] != DIRECTORY_GROUP:
-            self.audit.record(who, action, allowed=False, reason="not part of this person's own record",
+            self._audit.record(who, action, allowed=False, reason="not part of this person's own record",
                               entity=entity, patient_id=patient)
             raise refusal(who, policy.Decision(False, policy.OWN_RECORD_ONLY))
-        self.audit.record(who, action, allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
+        self._audit.record(who, action, allowed=True, reason=decision.reason, entity=entity, patient_id=patient)
         if stored.deleted:
             raise gone(rtype, rid)
         return stored
@@ -190,24 +251,24 @@ class Gate:
             return self._search_audit(who, params, query_text)
         patient_param = _patient_filter(params, rtype)
         decision = self.check(who, "search", rtype, patient_id=patient_param, query=query_text)
-        plan = search.parse(params, rtype, self.store.params, strict=strict, default_count=default_count,
+        plan = search.parse(params, rtype, self._store.params, strict=strict, default_count=default_count,
                             max_count=max_count)
         for inc in plan.include + plan.revinclude:
             self.check(who, "search", inc.source_type if inc in plan.revinclude else (inc.target_type or None),
                        query=query_text)
         restrict = self.restriction(who, decision, rtype)
-        total, page, included, has_more = search.execute(self.store, plan, restrict or None)
+        total, page, included, has_more = search.execute(self._store, plan, restrict or None)
         if decision.patient_only:
             included = [s for s in included if s.patient_id in (None, decision.patient_only)
                         and (s.patient_id or policy.type_rule(s.rtype)["group"] == DIRECTORY_GROUP)]
         patients = sorted({s.patient_id for s in page if s.patient_id})
         if who.role not in ("system", "patient"):
-            reach = self.facts.reach(who)
+            reach = self._facts.reach(who)
             for pid in {s.patient_id for s in page + included if s.patient_id and s.patient_id not in reach}:
-                until = self.facts.break_glass_until(who, pid)
+                until = self._facts.break_glass_until(who, pid)
                 if until:
                     _notice(f"break-glass until {until}Z (Patient/{pid})")
-        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=rtype,
+        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity=rtype,
                           patient_id=patients[0] if len(patients) == 1 else patient_param, query=query_text,
                           detail={"returned": len(page) + len(included)} if page else None)
         return SearchResult(total, page, included, has_more, plan)
@@ -220,7 +281,7 @@ class Gate:
         patient = None
         cur = None
         if rtype and rid:
-            cur = self.store.read(rtype, rid)
+            cur = self._store.read(rtype, rid)
             if cur is None:
                 self._missing(who, "history", rtype, rid, f"{rtype}/{rid}")
             patient = cur.patient_id
@@ -229,24 +290,24 @@ class Gate:
         decision = self.check(who, "history", rtype, patient_id=patient,
                               entity=f"{rtype}/{rid}" if rid else rtype, item=cur)
         if not rid and who.role != "system" and decision.activity != "*" and not decision.patient_only:
-            self.audit.record(who, "history", allowed=False, reason="type and system history span many "
+            self._audit.record(who, "history", allowed=False, reason="type and system history span many "
                               "people's records", entity=rtype or "system")
             raise FhirError(403, "Access refused: type and system history span many people's records and are "
                                  "available to the integration account only; search, or read the history of one "
                                  "entry instead.", code="forbidden")
         if decision.patient_only and (not rid or patient != decision.patient_only):
-            self.audit.record(who, "history", allowed=False, reason="history is limited to one's own entries",
+            self._audit.record(who, "history", allowed=False, reason="history is limited to one's own entries",
                               entity=rtype)
             raise FhirError(403, "Access refused: a patient account can read the history of its own entries only.",
                             code="forbidden")
-        total, rows = self.store.history(rtype=rtype, rid=rid, since=since, count=count, offset=offset)
+        total, rows = self._store.history(rtype=rtype, rid=rid, since=since, count=count, offset=offset)
         if rid and who.role not in ("system", "patient") and decision.activity != "*":
             # an older version may carry labels the current one does not: hide those versions
             own = bool(who.source) and cur is not None and cur.source == who.source
-            kept = [row for row in rows if own or not self.facts.label(rtype, rid, row["content"])]
+            kept = [row for row in rows if own or not self._facts.label(rtype, rid, row["content"])]
             total -= len(rows) - len(kept)
             rows = kept
-        self.audit.record(who, "history", allowed=True, reason=decision.reason,
+        self._audit.record(who, "history", allowed=True, reason=decision.reason,
                           entity=f"{rtype}/{rid}" if rid else (rtype or "system"), patient_id=patient)
         return total, rows
 
@@ -255,7 +316,7 @@ class Gate:
         they would be told then (no existence oracle); the integration account and directory readers get 404."""
         if who.role != "system":
             self._refuse_if_hidden(who, action, rtype, entity)
-        self.audit.record(who, action, allowed=True, reason="not found", entity=entity)
+        self._audit.record(who, action, allowed=True, reason="not found", entity=entity)
         raise not_found(rtype, rid)
 
     def _refuse_if_hidden(self, who: Principal, action: str, rtype: str, entity: str) -> None:
@@ -263,7 +324,7 @@ class Gate:
         relationship with would be refused (returns when such an entry would be visible, e.g. the directory)."""
         probe = policy.decide(who, action, rtype, patient_id=_NOBODY, facts=policy.NO_FACTS)
         if not probe:
-            self.audit.record(who, action, allowed=False, reason=f"{probe.reason} (no such entry)", entity=entity)
+            self._audit.record(who, action, allowed=False, reason=f"{probe.reason} (no such entry)", entity=entity)
             raise refusal(who, probe)
 
     def _version_visible(self, who: Principal, rtype: str, rid: str, row: dict, cur: Stored) -> bool:
@@ -273,7 +334,7 @@ class Gate:
             return pid == who.patient_id or (pid is None and policy.type_rule(rtype)["group"] == DIRECTORY_GROUP)
         facts = None
         if pid:
-            f = self.facts
+            f = self._facts
             rel = f.relationship(who, pid)
             label = f.label(rtype, rid, row.get("content")) or f.label(rtype, rid, cur.content)
             own = bool(who.source) and who.source in (row.get("source"), cur.source)
@@ -286,34 +347,34 @@ class Gate:
         """One entry's history for a person or a professional: only the versions they may see, each checked
         against the record it belonged to; refused as a read of the current entry when they may see none."""
         rtype, rid = cur.rtype, cur.id
-        _, rows = self.store.history(rtype=rtype, rid=rid, since=since, count=100_000, offset=0)
+        _, rows = self._store.history(rtype=rtype, rid=rid, since=since, count=100_000, offset=0)
         kept = [row for row in rows if self._version_visible(who, rtype, rid, row, cur)]
         entity = f"{rtype}/{rid}"
         if not kept:  # nothing they may see: refused as the current entry would be (or empty, if that is allowed)
             self.check(who, "history", rtype, patient_id=cur.patient_id, entity=entity, item=cur)
-        self.audit.record(who, "history", allowed=True, reason=f"{len(kept)} of {len(rows)} versions shown",
+        self._audit.record(who, "history", allowed=True, reason=f"{len(kept)} of {len(rows)} versions shown",
                           entity=entity, patient_id=cur.patient_id)
         return len(kept), kept[offset:offset + count]
 
     def everything(self, who: Principal, patient_id: str, *, since: str | None = None,
                    types: set[str] | None = None) -> list[Stored]:
         """Patient/$everything: the Patient, their compartment and the resources it references."""
-        patient = self.store.read("Patient", patient_id)
+        patient = self._store.read("Patient", patient_id)
         entity = f"Patient/{patient_id}"
         decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
         if patient is None or patient.deleted:
-            self.audit.record(who, "everything", allowed=True, reason="not found", entity=entity)
+            self._audit.record(who, "everything", allowed=True, reason="not found", entity=entity)
             raise not_found("Patient", patient_id) if patient is None else gone("Patient", patient_id)
-        items = [s for s in self.store.compartment(patient_id, types=types, since=since)
+        items = [s for s in self._store.compartment(patient_id, types=types, since=since)
                  if self.visible(who, s)]
         have = {(s.rtype, s.id) for s in items}
         refs: list[tuple[str, str]] = []
         for s in items:
             _collect_refs(s.content, refs)
         extra = [k for k in dict.fromkeys(refs) if k not in have and (not types or k[0] in types)]
-        linked = [s for s in self.store.read_many(extra)
+        linked = [s for s in self._store.read_many(extra)
                   if s.patient_id in (None, patient_id) and self.visible(who, s)]
-        self.audit.record(who, "everything", allowed=True, reason=decision.reason, entity=entity,
+        self._audit.record(who, "everything", allowed=True, reason=decision.reason, entity=entity,
                           patient_id=patient_id, detail={"returned": len(items) + len(linked)})
         return items + linked
 
@@ -330,13 +391,13 @@ class Gate:
         resource["id"] = new_id()
         prepared = self._prepare(who, resource)
         requests: list[dict] = []
-        with self.audit.writing() as conn:  # the write and its audit event commit together
-            written = self.store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
-            changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
-            self.audit.record(who, "create", allowed=True, reason=decision.reason,
+        with self._audit.writing() as conn:  # the write and its audit event commit together
+            written = self._store.write_prepared(conn, [prepared], method="POST", skip_unchanged=False)[0]
+            changed = self._facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
+            self._audit.record(who, "create", allowed=True, reason=decision.reason,
                               entity=f"{rtype}/{written.id}", patient_id=prepared.patient_id, conn=conn)
         if changed:
-            self.facts.invalidate()
+            self._facts.invalidate()
         self._audit_link_requests(who, requests)
         self._emit(who, [written])
         return written
@@ -348,20 +409,20 @@ class Gate:
         if resource.get("id") != rid:
             raise FhirError(400, f"The resource id '{resource.get('id')}' does not match the URL id '{rid}'",
                             code="invalid", expression=[f"{rtype}.id"])
-        current = self.store.read(rtype, rid)
+        current = self._store.read(rtype, rid)
         live = current if current and not current.deleted else None
         decision = self._check_write(who, "update", resource, current=live, previous=current)
         prepared = self._prepare(who, copy.deepcopy(resource), current=current)
         requests: list[dict] = []
-        with self.audit.writing() as conn:
+        with self._audit.writing() as conn:
             if if_match is not None:
-                _check_if_match(self.store, conn, rtype, rid, if_match)
-            written = self.store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
-            changed = self.facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
-            self.audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
+                _check_if_match(self._store, conn, rtype, rid, if_match)
+            written = self._store.write_prepared(conn, [prepared], method="PUT", skip_unchanged=False)[0]
+            changed = self._facts.on_write(conn, [prepared], [written.status], who=who, link_requests=requests)
+            self._audit.record(who, "update", allowed=True, reason=decision.reason, entity=f"{rtype}/{rid}",
                               patient_id=prepared.patient_id, conn=conn)
         if changed:
-            self.facts.invalidate()
+            self._facts.invalidate()
         self._after_choice_change(who, decision, f"{rtype}/{rid}", prepared.patient_id)
         self._audit_link_requests(who, requests)
         self._emit(who, [written])
@@ -370,20 +431,20 @@ class Gate:
     def delete(self, who: Principal, rtype: str, rid: str) -> Written | None:
         """Delete a resource (idempotent: deleting what is not there is not an error)."""
         _known_type(rtype)
-        current = self.store.read(rtype, rid)
+        current = self._store.read(rtype, rid)
         patient = current.patient_id if current else None
         entity = f"{rtype}/{rid}"
         if current is None and who.role != "system":
             self._refuse_if_hidden(who, "delete", rtype, entity)
         live = current if current and not current.deleted else None
         decision = self._check_delete(who, rtype, rid, live)
-        with self.audit.writing() as conn:
-            written = self.store.delete(conn, rtype, rid)
-            changed = self.facts.on_delete(conn, rtype, rid) if written else False
-            self.audit.record(who, "delete", allowed=True, reason=decision.reason, entity=entity,
+        with self._audit.writing() as conn:
+            written = self._store.delete(conn, rtype, rid)
+            changed = self._facts.on_delete(conn, rtype, rid) if written else False
+            self._audit.record(who, "delete", allowed=True, reason=decision.reason, entity=entity,
                               patient_id=patient, conn=conn)
         if changed:
-            self.facts.invalidate()
+            self._facts.invalidate()
         self._after_choice_change(who, decision, entity, patient)
         self._emit(who, [written])
         return written
@@ -398,14 +459,14 @@ class Gate:
     def import_resources(self, who: Principal, items: list[Prepared], *, label: str) -> list[Written]:
         """Bulk-load prepared resources (one transaction per batch); audited per batch."""
         decision = self.check(who, "import", None, entity=label)
-        with self.audit.writing() as conn:
-            written = self.store.write_prepared(conn, items, method="PUT")
-            changed = self.facts.on_write(conn, items, [w.status for w in written], who=who)
-            self.audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
+        with self._audit.writing() as conn:
+            written = self._store.write_prepared(conn, items, method="PUT")
+            changed = self._facts.on_write(conn, items, [w.status for w in written], who=who)
+            self._audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
                               detail={"resources": len(items),
                                       "written": sum(1 for w in written if w.status != "unchanged")}, conn=conn)
         if changed:
-            self.facts.invalidate()
+            self._facts.invalidate()
         if self.listeners:
             for w, p in zip(written, items):
                 if w.resource is None:
@@ -419,7 +480,7 @@ class Gate:
         for rtype in types:
             decision = self.check(who, "export", rtype, entity=label)
             n = 0
-            for s in self.store.iter_type(rtype, since=since):
+            for s in self._store.iter_type(rtype, since=since):
                 if patient_ids is not None and s.patient_id not in patient_ids and rtype != "Patient":
                     continue
                 if patient_ids is not None and rtype == "Patient" and s.id not in patient_ids:
@@ -428,7 +489,7 @@ class Gate:
                     continue
                 n += 1
                 yield s
-            self.audit.record(who, "export", allowed=True, reason=decision.reason, entity=f"{label}:{rtype}",
+            self._audit.record(who, "export", allowed=True, reason=decision.reason, entity=f"{label}:{rtype}",
                               detail={"resources": n})
 
     def records(self, who: Principal, *, purpose: str, types: set[str] | None = None,
@@ -442,11 +503,11 @@ class Gate:
         """
         decision = self.check(who, "search", "Patient", entity=f"population:{purpose}")
         secondary = purpose.split(":")[0] in SECONDARY_PURPOSES
-        opted_out = self.facts.opted_out_ids() if secondary else set()
+        opted_out = self._facts.opted_out_ids() if secondary else set()
         professional = who.role != "system" and decision.activity != "*" and not decision.patient_only
-        reach = self.facts.reach(who) if professional else None
+        reach = self._facts.reach(who) if professional else None
         n = excluded = 0
-        for patient, items in self.store.iter_records(types=types, shard=shard):
+        for patient, items in self._store.iter_records(types=types, shard=shard):
             if decision.patient_only and patient.id != decision.patient_only:
                 continue
             if patient.id in opted_out:
@@ -461,7 +522,7 @@ class Gate:
         detail = {"records": n}
         if secondary:
             detail["opted_out_excluded"] = excluded
-        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity=f"population:{purpose}",
+        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity=f"population:{purpose}",
                           detail=detail)
 
     def deidentified_records(self, who: Principal, *, purpose: str, types: set[str] | None = None,
@@ -473,16 +534,16 @@ class Gate:
         from joinedup.governance import deid
 
         decision = self.check(who, "extract", None, entity=f"extract:{purpose}")
-        opted_out = self.facts.opted_out_ids()
+        opted_out = self._facts.opted_out_ids()
         n = excluded = 0
         pseudo = deid.Pseudonymiser(key)
-        for patient, items in self.store.iter_records(types=types):
+        for patient, items in self._store.iter_records(types=types):
             if patient.id in opted_out:
                 excluded += 1
                 continue
             n += 1
             yield [deid.deidentify(s.content, pseudo, birth_precision=birth_precision) for s in [patient, *items]]
-        self.audit.record(who, "extract", allowed=True, reason=decision.reason, entity=f"extract:{purpose}",
+        self._audit.record(who, "extract", allowed=True, reason=decision.reason, entity=f"extract:{purpose}",
                           detail={"records": n, "opted_out_excluded": excluded})
 
     def access_log(self, who: Principal, patient_id: str | None = None, *, count: int = 200,
@@ -497,14 +558,14 @@ class Gate:
             patient_id = decision.patient_only
         if not patient_id:
             raise FhirError(400, "Name the person whose access log you want", code="required")
-        total, events = search_events(self.store, patient_id=patient_id, count=count, offset=offset)
-        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity="access-log",
+        total, events = search_events(self._store, patient_id=patient_id, count=count, offset=offset)
+        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity="access-log",
                           patient_id=patient_id)
         return total, [access_entry(ev) for ev in events]
 
     def types_present(self, who: Principal) -> list[str]:
         self.check(who, "export", None, entity="types")
-        return self.store.types_present()
+        return self._store.types_present()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_write(self, who: Principal, action: str, resource: dict, *, current: Stored | None = None,
@@ -512,7 +573,7 @@ class Gate:
         """Check a create or update (`current`: the live entry it replaces; `previous`: what the store holds at that
         id, a deleted entry's tombstone included)."""
         rtype = resource["resourceType"]
-        patient = self.store.params.patient_of(resource)
+        patient = self._store.params.patient_of(resource)
         entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
         current_patient = current.patient_id if current else None
         if current is not None and is_choice(current):
@@ -535,7 +596,7 @@ class Gate:
         if current is not None and current_patient != patient:
             self.check(who, action, rtype, patient_id=current_patient, entity=entity, item=current)
         if decision.patient_only and patient != decision.patient_only:
-            self.audit.record(who, action, allowed=False, reason="not this person's own record", entity=entity)
+            self._audit.record(who, action, allowed=False, reason="not this person's own record", entity=entity)
             raise FhirError(403, "Access refused: a patient account can only add to its own record.",
                             code="forbidden")
         return decision
@@ -549,8 +610,8 @@ class Gate:
             return
         reason = ("only the person (or their proxy) can mark entries of their record private; an organisation can "
                   "seal its own entries")
-        self.audit.record(who, action, allowed=False, reason=reason, entity=entity,
-                          patient_id=self.store.params.patient_of(resource))
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity,
+                          patient_id=self._store.params.patient_of(resource))
         raise FhirError(403, f"Access refused: {reason}.", code="forbidden")
 
     def _check_new_person_id(self, who: Principal, action: str, rid: str | None, previous: Stored | None,
@@ -559,10 +620,10 @@ class Gate:
         the registering organisation whatever is filed under that id: only a fresh id may be registered."""
         if not rid:
             return
-        if previous is None and not self.store.compartment_in_use(rid):
+        if previous is None and not self._store.compartment_in_use(rid):
             return
         reason = "this id already names a person's record here (or did): register a new person with POST"
-        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=rid)
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=rid)
         raise FhirError(409, f"Patient/{rid}: {reason}, and the server assigns a new id.", code="conflict")
 
     def _check_delete(self, who: Principal, rtype: str, rid: str, current: Stored | None) -> policy.Decision:
@@ -585,7 +646,7 @@ class Gate:
         if who.role == "privacy-officer":
             reason = (change_reason.get() or "").strip()
             if len(reason) < 10:
-                self.audit.record(who, action, allowed=False, reason="a privacy officer changing a person's choice "
+                self._audit.record(who, action, allowed=False, reason="a privacy officer changing a person's choice "
                                   "must state a reason", entity=entity, patient_id=patient)
                 raise FhirError(403, "Access refused: a privacy officer may change a person's choice about sharing "
                                      "only with a stated reason: send it in the X-JoinedUp-Reason header (at least "
@@ -595,7 +656,7 @@ class Gate:
                                    CHOICE_CHANGE)
         reason = ("this is the person's own choice about sharing their record; only the person, their recorded proxy "
                   "or a privacy officer stating a reason can change or withdraw it")
-        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=patient)
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=patient)
         raise FhirError(403, f"Access refused: {reason}. Ask the person, or the privacy officer.", code="forbidden")
 
     def _check_label_change(self, who: Principal, action: str, current: Stored, resource: dict,
@@ -609,7 +670,7 @@ class Gate:
         if who.source and current.source == who.source:
             return
         reason = "only the organisation that recorded this entry can seal it or mark it private"
-        self.audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=current.patient_id)
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity, patient_id=current.patient_id)
         raise FhirError(403, f"Access refused: {reason}. A person can ask for an entry to be kept private from their "
                              "own record page.", code="forbidden")
 
@@ -621,7 +682,7 @@ class Gate:
         import uuid
 
         pr = schema.privacy_review
-        with self.store.writing() as conn:
+        with self._store.writing() as conn:
             conn.execute(pr.insert().values(
                 id=uuid.uuid4().hex, kind="choice-change", patient_id=patient_id, entity=entity,
                 requested_by=who.name, requested_role=who.role, requested_org=who.organization_id,
@@ -632,7 +693,7 @@ class Gate:
         for req in requests:
             for pid, other in ((req["patient_id"], req["other_patient_id"]),
                                (req["other_patient_id"], req["patient_id"])):
-                self.audit.record(who, "link-request", allowed=False,
+                self._audit.record(who, "link-request", allowed=False,
                                   reason="link to another record of the same person requested; it grants nothing "
                                          "until a privacy officer approves it", entity=f"Patient/{other}",
                                   patient_id=pid, detail={"request": req["id"]})
@@ -659,7 +720,7 @@ class Gate:
             else:
                 meta.pop("extension", None)
             resource["meta"] = meta
-        return prepare(resource, source=source, validate=False, params=self.store.params)
+        return prepare(resource, source=source, validate=False, params=self._store.params)
 
     def _conditional_match(self, who: Principal, rtype: str, query: str) -> Stored | None:
         params = split_url(f"{rtype}?{query.lstrip('?')}")[2]
@@ -733,7 +794,7 @@ class Gate:
             plan = plans[i]
             if plan["kind"] not in ("create", "put"):
                 if plan["kind"] == "delete":
-                    cur = self.store.read(plan["rtype"], plan["id"])
+                    cur = self._store.read(plan["rtype"], plan["id"])
                     if cur is None and who.role != "system":
                         self._refuse_if_hidden(who, "delete", plan["rtype"], f"{plan['rtype']}/{plan['id']}")
                     self._check_delete(who, plan["rtype"], plan["id"], cur if cur and not cur.deleted else None)
@@ -748,7 +809,7 @@ class Gate:
                 validate_resource(resource, plan["rtype"])
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
-            current = self.store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
+            current = self._store.read(plan["rtype"], plan["id"]) if plan["kind"] == "put" else None
             live = current if current and not current.deleted else None
             self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live,
                               previous=current)
@@ -758,24 +819,24 @@ class Gate:
         changed = False
         committed: list[Written] = []
         requests: list[dict] = []
-        with self.store.writing() as conn:
+        with self._store.writing() as conn:
             for i in order:
                 plan = plans[i]
                 if plan["kind"] == "delete":
-                    gone_w = self.store.delete(conn, plan["rtype"], plan["id"])
+                    gone_w = self._store.delete(conn, plan["rtype"], plan["id"])
                     if gone_w:
                         committed.append(gone_w)
-                        changed = self.facts.on_delete(conn, plan["rtype"], plan["id"]) or changed
+                        changed = self._facts.on_delete(conn, plan["rtype"], plan["id"]) or changed
                     responses[i] = {"status": "204 No Content"}
                 elif plan["kind"] == "exists":
                     m = plan["match"]
                     responses[i] = _entry_response("200 OK", m.rtype, m.id, m.version, m.last_updated, base_url)
                 elif plan["kind"] in ("create", "put"):
                     if plan.get("if_match"):
-                        _check_if_match(self.store, conn, plan["rtype"], plan["id"], plan["if_match"])
-                    w = self.store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
+                        _check_if_match(self._store, conn, plan["rtype"], plan["id"], plan["if_match"])
+                    w = self._store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
                                                   else "PUT", skip_unchanged=False)[0]
-                    changed = self.facts.on_write(conn, [prepared[i]], [w.status], who=who,
+                    changed = self._facts.on_write(conn, [prepared[i]], [w.status], who=who,
                                                   link_requests=requests) or changed
                     committed.append(w)
                     status = "201 Created" if w.status == "created" else "200 OK"
@@ -785,12 +846,12 @@ class Gate:
                 plan = plans[i]
                 if plan["kind"] in ("create", "put", "delete"):
                     p = prepared.get(i)
-                    self.audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
+                    self._audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
                                       allowed=True, reason="transaction", entity=f"{plan['rtype']}/{plan['id']}",
                                       patient_id=p.patient_id if p else None, conn=conn)
-        self.audit.committed()
+        self._audit.committed()
         if changed:
-            self.facts.invalidate()
+            self._facts.invalidate()
         self._audit_link_requests(who, requests)
         self._emit(who, committed)
         for i in order:
@@ -846,7 +907,7 @@ class Gate:
     def _read_audit(self, who: Principal, rid: str) -> Stored:
         decision = self.check(who, "read", "AuditEvent", entity=f"AuditEvent/{rid}")
         a = schema.audit_event
-        with self.store.reading() as conn:
+        with self._store.reading() as conn:
             row = conn.execute(sa.select(a.c.content, a.c.patient_id, a.c.recorded).where(a.c.id == rid)).first()
         if row is None:
             raise not_found("AuditEvent", rid)
@@ -854,7 +915,7 @@ class Gate:
             raise FhirError(403, "Access refused: this audit entry is not about your record.", code="forbidden")
         import orjson
 
-        self.audit.record(who, "read", allowed=True, reason=decision.reason, entity=f"AuditEvent/{rid}")
+        self._audit.record(who, "read", allowed=True, reason=decision.reason, entity=f"AuditEvent/{rid}")
         return Stored("AuditEvent", rid, 1, False, orjson.loads(row[0]), row[2])
 
     def _search_audit(self, who: Principal, params: list[tuple[str, str]], query_text: str | None) -> SearchResult:
@@ -869,7 +930,7 @@ class Gate:
                                 code="forbidden")
             patient = decision.patient_only
         plan = search.parse([(k, v) for k, v in params if k in ("_count", "_offset")], "AuditEvent",
-                            self.store.params)
+                            self._store.params)
         since = until = None
         for k, v in params:
             if k == "date":
@@ -878,11 +939,11 @@ class Gate:
                     since = value
                 elif prefix in ("le", "lt"):
                     until = value
-        total, events = search_events(self.store, patient_id=patient, user_name=q.get("agent-name") or q.get("agent"),
+        total, events = search_events(self._store, patient_id=patient, user_name=q.get("agent-name") or q.get("agent"),
                                       action=q.get("subtype"), outcome={"0": "allowed", "8": "refused"}.get(
                                           q.get("outcome", ""), None), since=since, until=until,
                                       count=plan.count, offset=plan.offset)
-        self.audit.record(who, "search", allowed=True, reason=decision.reason, entity="AuditEvent",
+        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity="AuditEvent",
                           patient_id=patient, query=query_text)
         matches = [Stored("AuditEvent", ev["id"], 1, False, ev, ev.get("recorded", "")) for ev in events]
         return SearchResult(total, matches, [], plan.offset + len(matches) < total, plan)

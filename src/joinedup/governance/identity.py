@@ -318,9 +318,9 @@ def sign_in(gate, name: str, password: str, *, address: str | None, settings, ch
     every failure, lockout and refused attempt while locked is audited.
 
     Each attempt is counted before its password is checked (and taken back if it was right), so a burst of
-    concurrent guesses gets no more tries than a slow one. `gate`: anything with .store and .audit; `settings`:
+    concurrent guesses gets no more tries than a slow one. `gate`: the Gate; `settings`:
     login_max_failures, login_lockout_seconds, login_ip_max_failures; `channel`: "web" or "api" (for the audit)."""
-    store, audit = gate.store, gate.audit
+    store, audit = gate._store, gate._audit
     name = (name or "").strip()
     who_tried = {"user": name[:128], "address": address or "unknown", "channel": channel}
     if not name or not password:

@@ -63,7 +63,7 @@ def grant_break_glass(gate: Gate, who: Principal, *, patient_id: Any, reason_cat
                         expression=["hours"])
     decision = gate.check(who, "break-glass", "Patient", patient_id=None, entity=f"Patient/{patient_id}")
     # no existence check here: a grant for an id nobody holds reads exactly like any other until it is used
-    existing = gate.facts.relationship(who, patient_id)
+    existing = gate._facts.relationship(who, patient_id)
     if existing:
         raise FhirError(409, f"You already have a relationship with this person ({existing}); "
                              "break-glass is not needed", code="business-rule")
@@ -73,16 +73,16 @@ def grant_break_glass(gate: Gate, who: Principal, *, patient_id: Any, reason_cat
     row = {"id": grant_id, "user_name": who.name, "role": who.role, "practitioner_id": who.practitioner_id,
            "organization_id": who.organization_id, "patient_id": patient_id, "reason_category": reason_category,
            "reason": reason.strip(), "granted": _iso(now), "expires": _iso(expires)}
-    with gate.store.writing() as conn:
+    with gate._store.writing() as conn:
         conn.execute(schema.break_glass.insert().values(**row))
-        gate.facts._bump(conn)
-    gate.facts.invalidate()
-    gate.audit.record(who, "break-glass", allowed=True,
+        gate._facts._bump(conn)
+    gate._facts.invalidate()
+    gate._audit.record(who, "break-glass", allowed=True,
                       reason=f"{decision.reason}; {reason_category}: {reason.strip()}"[:1000],
                       entity=f"Patient/{patient_id}", patient_id=patient_id, detail={"grant": grant_id,
                                                                                      "until": row["expires"]})
     out = _grant_view(row)
-    objection = gate.facts.objection(who, patient_id)
+    objection = gate._facts.objection(who, patient_id)
     out["notice"] = (f"Emergency access to this person's record until {out['expires']}. It is recorded and will be "
                      "reviewed by the privacy officer. Sealed and private entries stay hidden")
     if objection:
@@ -105,7 +105,7 @@ def _grant_view(row: dict) -> dict[str, Any]:
 def my_grants(gate: Gate, who: Principal) -> list[dict[str, Any]]:
     """The caller's active break-glass grants."""
     bg = schema.break_glass
-    with gate.store.reading() as conn:
+    with gate._store.reading() as conn:
         rows = conn.execute(sa.select(bg).where(bg.c.user_name == who.name, bg.c.expires > _iso(_now()))
                             .order_by(bg.c.granted.desc())).mappings().all()
     return [_grant_view(dict(r)) for r in rows]
@@ -122,17 +122,17 @@ def review_queue(gate: Gate, who: Principal, *, status: str = "pending", limit: 
         q = q.where(bg.c.review_outcome.is_(None))
     elif status == "reviewed":
         q = q.where(bg.c.review_outcome.is_not(None))
-    with gate.store.reading() as conn:
+    with gate._store.reading() as conn:
         rows = conn.execute(q.order_by(bg.c.granted).limit(limit)).mappings().all()
-    gate.audit.flush()
+    gate._audit.flush()
     out = []
     for r in rows:
         view = _grant_view(dict(r))
-        total, _ = search_events(gate.store, patient_id=r["patient_id"], user_name=r["user_name"],
+        total, _ = search_events(gate._store, patient_id=r["patient_id"], user_name=r["user_name"],
                                  since=r["granted"], until=r["expires"] + "Z", count=0)
         view["accesses_during_grant"] = total
         out.append(view)
-    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-reviews",
+    gate._audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-reviews",
                       detail={"listed": len(out), "status": status})
     return out
 
@@ -149,7 +149,7 @@ def record_review(gate: Gate, who: Principal, grant_id: str, *, outcome: Any, no
                         expression=["note"])
     decision = gate.check(who, "review", None, entity=f"break-glass/{grant_id}")
     bg = schema.break_glass
-    with gate.store.writing() as conn:
+    with gate._store.writing() as conn:
         row = conn.execute(sa.select(bg).where(bg.c.id == grant_id)).mappings().first()
         if row is None:
             raise FhirError(404, f"No break-glass grant '{grant_id}'", code="not-found")
@@ -161,7 +161,7 @@ def record_review(gate: Gate, who: Principal, grant_id: str, *, outcome: Any, no
         values = {"review_outcome": outcome, "review_note": (note or "").strip() or None, "reviewed_by": who.name,
                   "reviewed_at": _iso(_now())}
         conn.execute(bg.update().where(bg.c.id == grant_id).values(**values))
-    gate.audit.record(who, "review", allowed=True, reason=f"{decision.reason}; break-glass judged {outcome}",
+    gate._audit.record(who, "review", allowed=True, reason=f"{decision.reason}; break-glass judged {outcome}",
                       entity=f"break-glass/{grant_id}", patient_id=row["patient_id"],
                       detail={"outcome": outcome, "user": row["user_name"]})
     return _grant_view({**dict(row), **values})
@@ -187,7 +187,7 @@ def subject_access_report(gate: Gate, who: Principal, nhs_number: str) -> dict[s
     records = []
     for patient in result.matches:
         entries = gate.everything(who, patient.id)
-        gate.audit.flush()
+        gate._audit.flush()
         total, log = gate.access_log(who, patient.id, count=100000)
         records.append({"patient": f"Patient/{patient.id}", "entries": [s.content for s in entries],
                         "access_log": log, "access_log_total": total})
@@ -242,9 +242,9 @@ def link_requests(gate: Gate, who: Principal, *, status: str = "pending", limit:
     q = sa.select(pr).where(pr.c.kind == "link")
     if status != "all":
         q = q.where(pr.c.status == status)
-    with gate.store.reading() as conn:
+    with gate._store.reading() as conn:
         rows = conn.execute(q.order_by(pr.c.requested_at).limit(limit)).mappings().all()
-    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-link-requests",
+    gate._audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-link-requests",
                       detail={"listed": len(rows), "status": status})
     return [_review_view(dict(r)) for r in rows]
 
@@ -262,17 +262,17 @@ def request_link(gate: Gate, who: Principal, *, patient: Any, other_patient: Any
                         code="required", expression=["reason"])
     if who.role == "system":
         decision = gate.check(who, "update", "Patient", entity=f"Patient/{a}")
-        with gate.store.writing() as conn:
+        with gate._store.writing() as conn:
             facts_mod._confirm_link(conn, a, b, basis="integration", by=who.name)
-            gate.facts._bump(conn)
-        gate.facts.invalidate()
+            gate._facts._bump(conn)
+        gate._facts.invalidate()
         for x, y in ((a, b), (b, a)):
-            gate.audit.record(who, "link", allowed=True, reason=f"{decision.reason}; {reason.strip()}"[:1000],
+            gate._audit.record(who, "link", allowed=True, reason=f"{decision.reason}; {reason.strip()}"[:1000],
                               entity=f"Patient/{y}", patient_id=x)
         return {"status": "approved", "patient": f"Patient/{a}", "other_patient": f"Patient/{b}"}
     # anyone else must at least be able to act in one of the two records (else they learn nothing either way)
     gate.check(who, "update", "Patient", patient_id=a, entity=f"Patient/{a}")
-    with gate.store.writing() as conn:
+    with gate._store.writing() as conn:
         row = facts_mod.request_link(conn, who, a, b, reason=reason.strip())
     if row is None:
         return {"status": "unchanged", "patient": f"Patient/{a}", "other_patient": f"Patient/{b}",
@@ -291,7 +291,7 @@ def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, no
         raise FhirError(400, "'note' must be text of at most 2000 characters", code="value", expression=["note"])
     decision = gate.check(who, "review", None, entity=f"link-request/{request_id}")
     pr = schema.privacy_review
-    with gate.store.writing() as conn:
+    with gate._store.writing() as conn:
         row = conn.execute(sa.select(pr).where(pr.c.id == request_id, pr.c.kind == "link")).mappings().first()
         if row is None:
             raise FhirError(404, f"No link request '{request_id}'", code="not-found")
@@ -306,11 +306,11 @@ def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, no
         if outcome == "approved":
             facts_mod._confirm_link(conn, row["patient_id"], row["other_patient_id"], basis="review", by=who.name,
                                     review_id=request_id)
-            gate.facts._bump(conn)
+            gate._facts._bump(conn)
     if outcome == "approved":
-        gate.facts.invalidate()
+        gate._facts.invalidate()
     for x, y in ((row["patient_id"], row["other_patient_id"]), (row["other_patient_id"], row["patient_id"])):
-        gate.audit.record(who, "link-review", allowed=True, reason=f"{decision.reason}; link {outcome}",
+        gate._audit.record(who, "link-review", allowed=True, reason=f"{decision.reason}; link {outcome}",
                           entity=f"Patient/{y}", patient_id=x, detail={"request": request_id, "outcome": outcome})
     return _review_view({**dict(row), **values})
 
@@ -319,9 +319,9 @@ def choice_changes(gate: Gate, who: Principal, *, limit: int = 200) -> list[dict
     """Changes privacy officers made to people's choices on their behalf, newest first, with their reasons."""
     decision = gate.check(who, "review", None, entity="privacy-choice-changes")
     pr = schema.privacy_review
-    with gate.store.reading() as conn:
+    with gate._store.reading() as conn:
         rows = conn.execute(sa.select(pr).where(pr.c.kind == "choice-change")
                             .order_by(pr.c.requested_at.desc()).limit(limit)).mappings().all()
-    gate.audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-choice-changes",
+    gate._audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-choice-changes",
                       detail={"listed": len(rows)})
     return [_review_view(dict(r)) for r in rows]

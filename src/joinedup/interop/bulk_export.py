@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import sqlalchemy as sa
 
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.validation import is_resource_type
+from joinedup.governance import platform
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.store import schema
 
 
 def export_to_dir(gate: Gate, who: Principal, out: Path, *, types: Iterable[str] | None = None,
@@ -62,10 +61,7 @@ def start_job(gate: Gate, who: Principal, *, request_url: str, export_dir: Path,
     gate.check(who, "export", types[0] if types and len(types) == 1 else None, entity="$export",
                query=request_url)
     job_id = uuid.uuid4().hex
-    j = schema.export_job
-    with gate.store.writing() as conn:
-        conn.execute(j.insert().values(id=job_id, user_name=who.name, request=request_url[:2048],
-                                       status="in-progress", created=_now(), transaction_time=_now()))
+    platform.create_export_job(gate, who, job_id=job_id, request_url=request_url, now=_now())
 
     def run() -> None:
         try:
@@ -76,29 +72,21 @@ def start_job(gate: Gate, who: Principal, *, request_url: str, export_dir: Path,
             if wanted is None:
                 wanted = gate.types_present(who)
                 if patient_level:
-                    wanted = [t for t in wanted if t == "Patient" or gate.store.params.compartment.get(t)]
+                    wanted = [t for t in wanted if t == "Patient" or gate.params.compartment.get(t)]
             counts = export_to_dir(gate, who, export_dir / job_id, types=wanted, since=since,
                                    patient_ids=patient_ids, label=f"$export:{job_id}")
             status, output, error = "completed", orjson.dumps(counts).decode(), None
         except Exception as exc:  # noqa: BLE001 - the job reports its failure to the client
             status, output, error = "failed", None, f"{type(exc).__name__}: {exc}"
-        with gate.store.writing() as conn:
-            conn.execute(j.update().where(j.c.id == job_id).values(status=status, output=output, error=error))
+        platform.finish_export_job(gate, who, job_id, status=status, output=output, error=error)
 
     threading.Thread(target=run, name=f"export-{job_id}", daemon=True).start()
     return job_id
 
 
 def get_job(gate: Gate, who: Principal, job_id: str) -> dict:
-    j = schema.export_job
-    with gate.store.reading() as conn:
-        row = conn.execute(sa.select(j).where(j.c.id == job_id)).mappings().first()
-    if row is None:
-        raise FhirError(404, f"No export job '{job_id}'", code="not-found")
-    if row["user_name"] != who.name and who.role != "system":
-        raise gate.refuse(who, "This export job belongs to another user", action="export",
-                          entity=f"export-job/{job_id}")
-    return dict(row)
+    """The principal's export job (404 when there is none, 403 when it is another user's)."""
+    return platform.export_job(gate, who, job_id)
 
 
 def delete_job(gate: Gate, who: Principal, job_id: str, export_dir: Path) -> None:
@@ -106,6 +94,4 @@ def delete_job(gate: Gate, who: Principal, job_id: str, export_dir: Path) -> Non
     import shutil
 
     shutil.rmtree(export_dir / job_id, ignore_errors=True)
-    j = schema.export_job
-    with gate.store.writing() as conn:
-        conn.execute(j.delete().where(j.c.id == job_id))
+    platform.delete_export_job(gate, who, job_id)

@@ -165,7 +165,7 @@ def _load_in_worker(db_url: str, who: Principal, chunk, source, label):
     try:
         return load_chunk(gate, who, chunk, source, label)
     finally:
-        gate.audit.flush()
+        gate.flush_audit()
 
 
 def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: str | None = None,
@@ -238,7 +238,7 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             if pool is None:
                 tally(load_chunk(gate, who, chunk, source, label))
             else:
-                pending.append(pool.submit(_load_in_worker, gate.store.url, who, chunk, source, label))
+                pending.append(pool.submit(_load_in_worker, gate.database_url, who, chunk, source, label))
                 while len(pending) > workers * 2:
                     tally(pending.pop(0).result())
             done_bytes = min(total_bytes, done_bytes + nbytes)
@@ -252,7 +252,7 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
         if rejects_fh is not None:
             rejects_fh.close()
     if report.created or report.updated:
-        gate.store.optimize()  # new data shapes the query plans: refresh the planner's statistics
+        gate.optimize()  # new data shapes the query plans: refresh the planner's statistics
     report.seconds = time.perf_counter() - start
     if progress:
         progress(total_bytes, total_bytes)

@@ -78,7 +78,7 @@ def access_log(*, gate: Gate, who: Principal, mine: bool = False, everything: bo
     the person's own visits are left out unless `mine`."""
     pid = _person(gate, who, "This page is a person's view of their own record. Privacy officers see access logs under "
                        "Privacy reviews.", "search")
-    gate.audit.flush()
+    gate.flush_audit()
     total, entries = gate.access_log(who, count=1000 if everything else 200)
     shown = [e for e in entries if mine or e.get("practitioner") != f"Patient/{pid}"]
     names: dict[str, str] = {}

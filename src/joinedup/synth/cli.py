@@ -51,7 +51,7 @@ def generate_command(
         _fail("--patients must be at least 1")
     if workers < 1:
         _fail("--workers must be at least 1")
-    from joinedup.cli import check_output_dir, describe_error
+    from joinedup.terminal import check_output_dir, describe_error
 
     check_output_dir(out, "--out")  # fails at once, in one line, rather than after the people are made
     console = Console(stderr=True, quiet=quiet)

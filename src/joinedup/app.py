@@ -1,0 +1,104 @@
+"""The application root: assembles the FastAPI app from each domain's routers, its middleware and background work.
+
+Read top to bottom, this is the whole web surface of JoinedUp:
+
+* `api/`        FHIR REST (`/fhir`), bulk export, sign-in (`/auth`), governance and privacy APIs (`/api/...`)
+* `conflicts/`  CDS Hooks (`/cds-services`), the conflicts API and the medicines-safety pages
+* `record/`     the whole-person record summary (`/api/patients/...`)
+* `care/`       care plans, tasks, referrals and advice, MDT, journey, notifications, virtual wards (API and pages)
+* `web/`        the web home, person page and sign-in pages; static files
+
+Middleware, innermost first: request limits, web security (trusted hosts, CSRF, headers), access notices, stated
+reasons, Subscription checks, and outermost the audit durability wait (no response before its audit is committed).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from joinedup import __version__
+from joinedup.api import auth, export, fhir_routes, governance_routes, limits, privacy_routes, security
+from joinedup.api.responses import install_error_handlers
+from joinedup.care import (
+    journey_routes,
+    mdt_routes,
+    notification_routes,
+    notifications,
+    plan_routes,
+    referral_routes,
+    subscriptions,
+    ward_routes,
+)
+from joinedup.config import Settings, get_settings
+from joinedup.conflicts import routes as conflicts_routes
+from joinedup.conflicts import web_routes as medicines_safety_pages
+from joinedup.governance.audit import AuditDurabilityMiddleware
+from joinedup.governance.gate import get_gate
+from joinedup.record import routes as record_routes
+from joinedup.web import pages as web_pages
+from joinedup.web import routes as web_routes
+
+ROUTERS = [
+    # platform: sign-in, FHIR REST, bulk export, governance
+    auth.router, export.router, fhir_routes.everything_router, fhir_routes.router, governance_routes.router,
+    privacy_routes.router,
+    # decision support
+    conflicts_routes.cds_router, conflicts_routes.api_router, medicines_safety_pages.router,
+    # the whole-person record
+    record_routes.router,
+    # care coordination
+    plan_routes.api_router, plan_routes.web_router, journey_routes.router, notification_routes.router,
+    ward_routes.router, referral_routes.api_router, referral_routes.web_router, mdt_routes.api_router,
+    mdt_routes.web_router,
+    # the web home ("/"), person page and sign-in pages last: /docs stays FastAPI's
+    web_routes.router,
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for one database."""
+    settings = settings or get_settings()
+    gate = get_gate(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        import gc
+
+        gate.optimize()
+        gc.collect()
+        gc.freeze()  # long-lived startup objects leave the collector's scans: shorter pauses under load
+        yield
+        gate.flush_audit()
+
+    app = FastAPI(title="JoinedUp", version=__version__, lifespan=lifespan,
+                  description="Open integrated care platform: FHIR R4 shared care record, bulk data, "
+                              "governance and care coordination APIs.")
+    app.state.settings = settings
+    app.state.gate = gate
+    install_error_handlers(app)
+    limits.install(app, settings)
+    security.install(app, settings)
+    governance_routes.install(app)  # break-glass access notices on responses
+    privacy_routes.install(app)  # a privacy officer's stated reason (X-JoinedUp-Reason) reaches the gate
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=web_pages.STATIC_DIR), name="static")
+    notifications.install(gate)  # background notification worker, fed by gate.on_written
+    subscriptions.install(app)  # refuse undeliverable FHIR Subscriptions (400) before they are stored
+
+    @app.get("/healthz", include_in_schema=False)
+    async def health():
+        return {"status": "ok", "version": __version__}
+
+    # added last = outermost: no response (the other middleware's refusals included) leaves before its audit events
+    # are committed
+    app.add_middleware(AuditDurabilityMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory joinedup.app:app_from_env` (settings from the environment)."""
+    return create_app()

@@ -1,0 +1,88 @@
+"""Architecture rules checked by scanning the source (issue 12: "the gate owns every table").
+
+Only `store/` (the tables, the repository, the migrations) and `governance/` (the gate, policy, audit, facts and the
+platform / account services) touch tables: everything else asks the gate or a governance function, never `schema`,
+SQL or the gate's private store, facts and audit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from joinedup.governance.gate import Gate
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "joinedup"
+ALLOWED = ("store", "governance")  # store/migrations is under store/
+# Ways into the tables: the schema module's tables, SQL statements, raw driver SQL, and the gate's private parts
+# (the test-only accessors `store_for_tests` & co. are for tests and benches, never for src/).
+FORBIDDEN = re.compile(
+    r"\bschema\.|\bsa\.select\(|\bsa\.text\(|\.execute\(|exec_driver_sql"
+    r"|(?<![A-Za-z0-9])_(?:store|facts|audit)\b|\b(?:store|facts|audit)_for_tests\b"
+    r"|\bgate(?:_of\([^()]*\))?\.(?:store|facts|audit)\b"  # the names the gate no longer has (they would fail late)
+)
+
+
+def _offences() -> list[str]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in ALLOWED:
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if m := FORBIDDEN.search(line):
+                found.append(f"src/joinedup/{rel.as_posix()}:{n}: {m.group(0)!r} in {line.strip()[:100]}")
+    return found
+
+
+def test_only_store_and_governance_touch_tables():
+    offences = _offences()
+    assert not offences, ("only store/ and governance/ may touch tables; ask the gate or a governance function "
+                          "(governance.platform, governance.accounts) instead:\n" + "\n".join(offences))
+
+
+def test_the_scan_finds_what_it_looks_for():
+    for bad in ("with gate._store.writing() as conn:", "conn.execute(q)", "sa.select(t)", "schema.export_job",
+                "conn.exec_driver_sql('ANALYZE')", "gate._audit.flush()", "gate.store_for_tests.read(x)",
+                "authenticate(gate.store, t)", "gate_of(request).store", "self.gate.facts.relationship(u, p)"):
+        assert FORBIDDEN.search(bad), bad
+    for fine in ("gate.flush_audit()", "gate.record(who, 'x', allowed=True, reason='r')", "from joinedup.store "
+                 "import search", "gate.optimize()", "gate.relationship_of(who, pid)"):
+        assert not FORBIDDEN.search(fine), fine
+
+
+def test_gate_exposes_no_store():
+    private = {"store", "facts", "audit"}
+    assert not private & {name for name in dir(Gate) if not name.startswith("_")}
+    gate = Gate(object(), object())  # a gate's attributes, without a database
+    assert not private & {name for name in dir(gate) if not name.startswith("_")}
+    assert {"_store", "_facts", "_audit"} <= set(vars(gate))
+
+
+def test_the_import_layers_hold():
+    """fhir < store < governance < domains < api/pages < app/cli, as the import-linter contracts in pyproject.toml
+    say (docs/architecture.md); a new upward import fails here."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert exe, "import-linter is not installed (pip install -e '.[test]')"
+    done = subprocess.run([exe, "--config", str(root / "pyproject.toml")], cwd=root / "src", capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
+
+
+def test_no_two_modules_import_each_other_at_run_time():
+    """No import circles between modules (imports for type checking only are not circles at run time); the one
+    known circle is named so that it cannot grow unnoticed."""
+    import grimp
+
+    graph = grimp.build_graph("joinedup", exclude_type_checking_imports=True)
+    pairs = {(m, i) for m in graph.modules for i in graph.find_modules_directly_imported_by(m)}
+    circles = {tuple(sorted((a, b))) for a, b in pairs if (b, a) in pairs and a != b}
+    known = {("joinedup.care.notifications", "joinedup.care.virtual_wards")}  # virtual-ward alerts <-> inbox
+    assert circles <= known, sorted(circles - known)
