@@ -22,16 +22,14 @@ from fastapi.staticfiles import StaticFiles
 from joinedup import __version__
 from joinedup.api import auth, export, fhir_routes, governance_routes, limits, privacy_routes, security
 from joinedup.api.responses import install_error_handlers
-from joinedup.care import (
-    journey_routes,
-    mdt_routes,
-    notification_routes,
-    notifications,
-    plan_routes,
-    referral_routes,
-    subscriptions,
-    ward_routes,
-)
+from joinedup.care.journey import routes as journey_routes
+from joinedup.care.mdt import routes as mdt_routes
+from joinedup.care.notifications import routes as notification_routes
+from joinedup.care.notifications import service as notifications
+from joinedup.care.notifications import subscriptions
+from joinedup.care.plans import routes as plan_routes
+from joinedup.care.referrals import routes as referral_routes
+from joinedup.care.wards import routes as ward_routes
 from joinedup.config import Settings, get_settings
 from joinedup.conflicts import routes as conflicts_routes
 from joinedup.conflicts import web_routes as medicines_safety_pages

@@ -59,7 +59,7 @@ DEMO_WARDS = [  # (name, kind, capacity, organisation id in the generated system
 
 def create_demo_wards(gate: Gate) -> None:
     """Virtual wards for the demo, once (acute at the acute trust, preventive at the community trust)."""
-    from joinedup.care.virtual_wards import create_ward, wards
+    from joinedup.care.wards.service import create_ward, wards
 
     have = {w.get("name") for w in wards(gate=gate, who=SYSTEM)}
     orgs = {s.id for s in gate.search(SYSTEM, "Organization", [("_id", ",".join(o for *_, o in DEMO_WARDS))],

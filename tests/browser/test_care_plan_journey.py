@@ -35,7 +35,7 @@ def _far_practitioner(gate) -> tuple[str, str]:
 
 def _person_for_handover(demo, kw) -> tuple[str, str]:
     """Someone on the demo clinician's list whose key worker is not (yet) key.worker."""
-    from joinedup.care import team
+    from joinedup.care.plans import team
     from joinedup.governance.accounts import get_user
     from joinedup.record import service
 

@@ -33,7 +33,7 @@ def test_journey_inbox_and_wards(server, page, uid):
         "providedBy": {"reference": f"Organization/{w.hospital}"},
         "extension": [{"url": "https://joinedup.example/fhir/StructureDefinition/virtual-ward-capacity",
                        "valueInteger": 4}]})
-    from joinedup.care.notifications import notifier_for
+    from joinedup.care.notifications.service import notifier_for
 
     wait_for(lambda: notifier_for(gate).flush(5))
     _login(page, server.url, f"webcons.{uid}", "pw-cons")

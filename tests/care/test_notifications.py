@@ -281,7 +281,7 @@ def test_rest_hook_subscription_delivers_matching_resources(server, world, api):
 
 
 def test_rest_hook_failures_are_retried_then_recorded(server, world, api, monkeypatch):
-    from joinedup.care import subscriptions
+    from joinedup.care.notifications import subscriptions
 
     monkeypatch.setattr(subscriptions, "BACKOFF", (0.05, 0.1))
     rx = _Receiver(status=503)

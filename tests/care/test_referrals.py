@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from joinedup.care.referrals import measure_response_times, percentile
+from joinedup.care.referrals.service import measure_response_times, percentile
 from tests.care.world import build
 from tests.web.test_pages import csrf_of, form_token
 

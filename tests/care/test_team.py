@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from joinedup.care import team
+from joinedup.care.plans import team
 from joinedup.governance.accounts import get_user
 from tests.care.test_plans import CareWorld, build_world
 

@@ -1,9 +1,10 @@
-"""Care coordination across organisations (each service a plain module, its routes beside it).
+"""Care coordination across organisations: one sub-package per service, each with its `service` (and helpers)
+and its `routes` (API and pages) beside it.
 
-* `plans` personalised care and support plan (what matters, goals, owned actions); `team` key worker and care team;
-  `tasks` tasks, overdue escalation; `reviews` merging single-condition reviews into the plan;
+* `plans` personalised care and support plan (`service`), key worker and care team (`team`), tasks and overdue
+  escalation (`tasks`), merging single-condition reviews into the plan (`reviews`);
 * `referrals` referrals and advice-and-guidance conversations; `mdt` multidisciplinary reviews and their decisions;
-* `journey` where the person is in the system; `virtual_wards` remote monitoring with limits and alerts;
-* `notifications` after-commit events delivered to inboxes; `subscriptions` FHIR Subscription checks;
-* `*_routes` the API and pages of each; `cli` the care commands.
+* `journey` where the person is in the system; `wards` virtual wards: remote monitoring with limits and alerts;
+* `notifications` after-commit events delivered to inboxes (`service`) and FHIR Subscription checks
+  (`subscriptions`); `cli` the care commands.
 """

@@ -47,7 +47,7 @@ def escalate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
 ) -> None:
     """Mark open tasks past their due date as overdue and raise their priority (each task once)."""
-    from joinedup.care.tasks import escalate_overdue
+    from joinedup.care.plans.tasks import escalate_overdue
     from joinedup.governance.identity import Principal
 
     when = None
@@ -74,7 +74,7 @@ def worklist_command(
     people: Annotated[bool, typer.Option("--people", help="My people instead of my tasks")] = False,
 ) -> None:
     """Print a professional's tasks (or people) as JSON, read through the gate as that user."""
-    from joinedup.care.tasks import my_people, my_tasks
+    from joinedup.care.plans.tasks import my_people, my_tasks
     from joinedup.governance.accounts import get_user
 
     gate = _gate()

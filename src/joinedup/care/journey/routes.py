@@ -7,7 +7,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 
 from joinedup.api.responses import api_errors
-from joinedup.care import journey as service
+from joinedup.care.journey import service
 from joinedup.deps import CurrentUser, GateDep
 
 router = APIRouter(tags=["care: journey"], responses=api_errors())

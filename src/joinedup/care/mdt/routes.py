@@ -10,8 +10,8 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import JSONResponse, RedirectResponse
 
 from joinedup.api.responses import api_errors
-from joinedup.care import mdt as svc
-from joinedup.care.referrals import recipients
+from joinedup.care.mdt import service as svc
+from joinedup.care.referrals.service import recipients
 from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from joinedup.care.referrals import (
+from joinedup.care.referrals.service import (
     REQUEST_CATEGORY,
     _check_text,
     _me,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
 from joinedup.api.responses import api_errors
-from joinedup.care import notifications as service
+from joinedup.care.notifications import service
 from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
 

@@ -165,7 +165,7 @@ class Notifier:
     """Queue + background worker: classify committed writes, deliver inbox items, dispatch rest-hooks."""
 
     def __init__(self, gate: Gate, *, window: timedelta = COLLAPSE_WINDOW) -> None:
-        from joinedup.care.subscriptions import RestHooks
+        from joinedup.care.notifications.subscriptions import RestHooks
 
         self.gate = gate
         self.window = window
@@ -238,7 +238,7 @@ class Notifier:
                 ev.detail = name if not ev.detail else f"{name} ({ev.detail})"
 
     def _monitoring_alerts(self, res: dict) -> list[Event]:
-        from joinedup.care import virtual_wards
+        from joinedup.care.wards import service as virtual_wards
 
         try:
             return virtual_wards.reading_alerts(gate=self.gate, observation=res)

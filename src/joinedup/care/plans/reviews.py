@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from joinedup.care import plans as plan_service
-from joinedup.care import team as team_service
+from joinedup.care.plans import service as plan_service
+from joinedup.care.plans import team as team_service
 from joinedup.conflicts import service as conflicts
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate

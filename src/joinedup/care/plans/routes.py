@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from joinedup.api.responses import api_errors
-from joinedup.care import plans as plan_service
-from joinedup.care import reviews as review_service
-from joinedup.care import tasks as task_service
-from joinedup.care import team as team_service
+from joinedup.care.plans import reviews as review_service
+from joinedup.care.plans import service as plan_service
+from joinedup.care.plans import tasks as task_service
+from joinedup.care.plans import team as team_service
 from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate

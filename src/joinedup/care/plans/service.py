@@ -13,8 +13,8 @@ import copy
 from datetime import UTC, date, datetime
 from typing import Any
 
-from joinedup.care import team as team_service
-from joinedup.care.team import EXT, new_id, now_iso, who_text
+from joinedup.care.plans import team as team_service
+from joinedup.care.plans.team import EXT, new_id, now_iso, who_text
 from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate, SearchResult

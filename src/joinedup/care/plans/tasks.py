@@ -17,9 +17,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from joinedup import config
-from joinedup.care import plans as plan_service
-from joinedup.care import team as team_service
-from joinedup.care.team import EXT, human_name, now_iso
+from joinedup.care.plans import service as plan_service
+from joinedup.care.plans import team as team_service
+from joinedup.care.plans.team import EXT, human_name, now_iso
 from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from joinedup.api.responses import api_errors
-from joinedup.care import referrals as svc
+from joinedup.care.referrals import service as svc
 from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate

@@ -64,6 +64,16 @@ STATE_TEXT = {
     "withdrawn": "Withdrawn",
 }
 OPEN_STATES = {"awaiting-reply", "replied", "more-information-requested"}
+# what each action does to an open conversation: {(state, action): new state}; a pair not here is refused
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (state, action): new
+    for state in OPEN_STATES
+    for action, new in (("reply", "replied"), ("ask-more", "more-information-requested"),
+                        ("answer", "awaiting-reply"), ("close", "closed"), ("convert", "converted"))
+}
+# how each action is named when it is refused
+ACTION_LABELS = {"reply": "reply", "ask-more": "request for more information", "answer": "further information",
+                 "close": "closing note", "convert": "conversion into a referral"}
 MAX_TEXT = 10_000
 PRIORITIES = ("routine", "urgent", "asap", "stat")
 
@@ -319,35 +329,15 @@ def create_request(*, gate: Gate, who: Principal, kind: str, patient_id: str, to
     check_route(gate=gate, who=who, patient_id=patient_id, organization_id=org.get("id"),
                 what="this advice request" if kind == "advice" else "this referral")
     at = at or now_iso()
-    performer = []
-    if prac:
-        performer.append({"reference": f"Practitioner/{prac['id']}", "display": person_name(prac)})
-    performer.append({"reference": f"Organization/{org['id']}", "display": org.get("name") or org["id"]})
-    spec = KINDS[kind]
-    coding = [{"system": REQUEST_CATEGORY, "code": kind, "display": spec["display"]}]
-    if spec["snomed"]:
-        coding.append({"system": SNOMED, "code": spec["snomed"][0], "display": spec["snomed"][1]})
+    performer = _performer(prac, org)
     specialty = _specialty(gate, who, prac, org)
     title = (f"Advice: {specialty}" if kind == "advice" else f"Referral to {specialty}")
     sr_url, msg_url = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
-    sr: dict[str, Any] = {
-        "resourceType": "ServiceRequest", "status": "active", "intent": "order" if kind == "referral" else "proposal",
-        "category": [{"coding": coding, "text": spec["display"]}], "priority": priority,
-        "code": {"text": title}, "subject": {"reference": f"Patient/{patient_id}", "display": person_name(patient)},
-        "authoredOn": at, "requester": me, "performer": performer,
-        "note": [{"text": text, "authorReference": me, "time": at}],
-    }
-    if reason:
-        sr["reasonCode"] = [{"text": reason}]
-    if replaces:
-        sr["replaces"] = [{"reference": replaces}]
-    if based_on:
-        sr["basedOn"] = [{"reference": based_on}]
-    req_org = _org_ref(gate, who, who.organization_id)
-    if req_org:
-        _set_ext(sr, EXT_REQ_ORG, "valueReference", req_org)
-    _set_ext(sr, EXT_STATE, "valueCode", "awaiting-reply")
-    _set_ext(sr, EXT_LAST, "valueDateTime", at)
+    sr = _build_request(kind=kind, priority=priority, title=title,
+                        subject={"reference": f"Patient/{patient_id}", "display": person_name(patient)},
+                        requester=me, performer=performer, text=text, author=me, at=at,
+                        reason_code=[{"text": reason}] if reason else None, replaces=replaces, based_on=based_on,
+                        requester_org=_org_ref(gate, who, who.organization_id))
     msg = _message(kind="question", text=text, sr_ref=sr_url, patient_id=patient_id, sender=me,
                    recipient=performer[0], previous=None, at=at)
     entries = [{"fullUrl": sr_url, "resource": sr, "request": {"method": "POST", "url": "ServiceRequest"}},
@@ -355,6 +345,43 @@ def create_request(*, gate: Gate, who: Principal, kind: str, patient_id: str, to
     result = gate.bundle(who, {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     sr_id = result["entry"][0]["response"]["location"].split("/")[1]
     return get_request(gate=gate, who=who, request_id=sr_id)
+
+
+def _performer(prac: dict | None, org: dict) -> list[dict[str, Any]]:
+    """The recipient practitioner (when there is one) and their organisation, as ServiceRequest.performer."""
+    performer = []
+    if prac:
+        performer.append({"reference": f"Practitioner/{prac['id']}", "display": person_name(prac)})
+    performer.append({"reference": f"Organization/{org['id']}", "display": org.get("name") or org["id"]})
+    return performer
+
+
+def _build_request(*, kind: str, priority: str, title: str, subject: Any, requester: Any, performer: list[dict],
+                   text: str, author: dict, at: str, reason_code: list | None = None, replaces: str | None = None,
+                   based_on: str | None = None, requester_org: Any = None) -> dict[str, Any]:
+    """A new, open ServiceRequest (awaiting reply): the one builder behind `create_request` and `convert`."""
+    spec = KINDS[kind]
+    coding = [{"system": REQUEST_CATEGORY, "code": kind, "display": spec["display"]}]
+    if spec["snomed"]:
+        coding.append({"system": SNOMED, "code": spec["snomed"][0], "display": spec["snomed"][1]})
+    sr: dict[str, Any] = {
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order" if kind == "referral" else "proposal",
+        "category": [{"coding": coding, "text": spec["display"]}], "priority": priority,
+        "code": {"text": title}, "subject": subject,
+        "authoredOn": at, "requester": requester, "performer": performer,
+        "note": [{"text": text, "authorReference": author, "time": at}],
+    }
+    if reason_code:
+        sr["reasonCode"] = reason_code
+    if replaces:
+        sr["replaces"] = [{"reference": replaces}]
+    if based_on:
+        sr["basedOn"] = [{"reference": based_on}]
+    if requester_org:
+        _set_ext(sr, EXT_REQ_ORG, "valueReference", requester_org)
+    _set_ext(sr, EXT_STATE, "valueCode", "awaiting-reply")
+    _set_ext(sr, EXT_LAST, "valueDateTime", at)
+    return sr
 
 
 def _specialty(gate: Gate, who: Principal, prac: dict | None, org: dict) -> str:
@@ -545,16 +572,15 @@ def _refuse_closed(view_state: str, action: str) -> FhirError:
 def _act(*, gate: Gate, who: Principal, request_id: str, action: str, text: str | None, at: str | None,
          attempts: int = 3) -> dict[str, Any]:
     """Add a message and/or change the request's state in one transaction guarded by If-Match (retried on races)."""
-    labels = {"reply": "reply", "ask-more": "request for more information", "answer": "further information",
-              "close": "closing note"}
     required = action in ("reply", "ask-more", "answer")
     body = _check_text(text, "text", required=required)
     me = _me(gate, who)
     for attempt in range(attempts):
         sr, version = _read_request(gate, who, request_id)
         state = state_of(sr)
-        if state not in OPEN_STATES:
-            raise _refuse_closed(state, labels.get(action, action))
+        new_state = TRANSITIONS.get((state, action))
+        if new_state is None:
+            raise _refuse_closed(state, ACTION_LABELS.get(action, action))
         side = _side(who, sr)
         if side is None:
             raise gate.refuse(who, "Only the requester's side or the recipient's side can take part in this "
@@ -580,15 +606,10 @@ def _act(*, gate: Gate, who: Principal, request_id: str, action: str, text: str 
         _set_ext(new, EXT_LAST, "valueDateTime", when)
         if action in ("reply", "ask-more") and not _ext(sr, EXT_FIRST):
             _set_ext(new, EXT_FIRST, "valueDateTime", when)
-        if action == "reply":
-            _set_ext(new, EXT_STATE, "valueCode", "replied")
-        elif action == "ask-more":
-            _set_ext(new, EXT_STATE, "valueCode", "more-information-requested")
-        elif action == "answer":
-            _set_ext(new, EXT_STATE, "valueCode", "awaiting-reply")
-        elif action == "close":
+        if action == "close":
             new["status"] = "completed"
-            _set_ext(new, EXT_STATE, "valueCode", "closed")
+        _set_ext(new, EXT_STATE, "valueCode", new_state)
+        if action == "close":
             _set_ext(new, EXT_CLOSED, "valueDateTime", when)
             _set_ext(new, EXT_OUTCOME, "valueCode", "advice-given" if kind_of(sr) == "advice" else "completed")
         entries = [{"resource": new, "request": {"method": "PUT", "url": f"ServiceRequest/{request_id}",
@@ -646,8 +667,9 @@ def convert(*, gate: Gate, who: Principal, request_id: str, text: str | None = N
     if kind_of(sr) != "advice":
         raise FhirError(422, "Only an advice request can be converted into a referral", code="business-rule")
     state = state_of(sr)
-    if state not in OPEN_STATES:
-        raise _refuse_closed(state, "conversion into a referral")
+    new_state = TRANSITIONS.get((state, "convert"))
+    if new_state is None:
+        raise _refuse_closed(state, ACTION_LABELS["convert"])
     side = _side(who, sr)
     if side is None:
         raise gate.refuse(who, "Only the requester's side or the recipient's side can convert this advice request",
@@ -665,34 +687,19 @@ def convert(*, gate: Gate, who: Principal, request_id: str, text: str | None = N
     requester = sr.get("requester") if side == "recipient" else me
     rcpt = resolve_recipient(gate=gate, who=who, to=to)
     prac, org = rcpt["practitioner"], rcpt["organization"]
-    performer = ([{"reference": f"Practitioner/{prac['id']}", "display": person_name(prac)}] if prac else []) + \
-        [{"reference": f"Organization/{org['id']}", "display": org.get("name") or org["id"]}]
+    performer = _performer(prac, org)
     title = ((sr.get("code") or {}).get("text") or "").removeprefix("Advice: ")
-    spec = KINDS["referral"]
     ref_url = f"urn:uuid:{uuid.uuid4()}"
-    referral: dict[str, Any] = {
-        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
-        "category": [{"coding": [{"system": REQUEST_CATEGORY, "code": "referral", "display": spec["display"]},
-                                 {"system": SNOMED, "code": spec["snomed"][0], "display": spec["snomed"][1]}],
-                      "text": spec["display"]}],
-        "priority": priority or sr.get("priority") or "routine", "code": {"text": f"Referral to {title}"},
-        "subject": sr.get("subject"), "authoredOn": when, "requester": requester, "performer": performer,
-        "replaces": [{"reference": f"ServiceRequest/{request_id}"}],
-        "basedOn": [{"reference": f"ServiceRequest/{request_id}"}],
-        "note": [{"text": body, "authorReference": me, "time": when}],
-    }
-    if sr.get("reasonCode"):
-        referral["reasonCode"] = sr["reasonCode"]
-    req_org = _ext(sr, EXT_REQ_ORG)
-    if req_org:
-        _set_ext(referral, EXT_REQ_ORG, "valueReference", req_org)
-    _set_ext(referral, EXT_STATE, "valueCode", "awaiting-reply")
-    _set_ext(referral, EXT_LAST, "valueDateTime", when)
+    referral = _build_request(kind="referral", priority=priority or sr.get("priority") or "routine",
+                              title=f"Referral to {title}", subject=sr.get("subject"), requester=requester,
+                              performer=performer, text=body, author=me, at=when, reason_code=sr.get("reasonCode"),
+                              replaces=f"ServiceRequest/{request_id}", based_on=f"ServiceRequest/{request_id}",
+                              requester_org=_ext(sr, EXT_REQ_ORG))
     old = dict(sr)
     old.pop("meta", None)
     old["status"] = "completed"
     old["extension"] = list(sr.get("extension") or [])
-    _set_ext(old, EXT_STATE, "valueCode", "converted")
+    _set_ext(old, EXT_STATE, "valueCode", new_state)
     _set_ext(old, EXT_CLOSED, "valueDateTime", when)
     _set_ext(old, EXT_LAST, "valueDateTime", when)
     _set_ext(old, EXT_OUTCOME, "valueCode", "converted-to-referral")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import JSONResponse, RedirectResponse
 
 from joinedup.api.responses import api_errors
-from joinedup.care import virtual_wards as service
+from joinedup.care.wards import service
 from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
 
