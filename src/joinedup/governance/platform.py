@@ -1,7 +1,7 @@
 """Platform tables behind the gate: the notification inbox and choices, alert settings and bulk export jobs.
 
 These are not clinical FHIR resources but per-user platform data in their own tables (store/schema.py). The domain
-modules (care.notifications, conflicts.preferences, interop.bulk_export) keep their own rules (which event
+modules (care.notifications.service, conflicts.preferences, interop.bulk_export) keep their own rules (which event
 types exist, who may have an inbox, which thresholds are allowed) and call these functions for the rows: each takes
 the gate and the principal, touches only that principal's rows (or refuses, audited, when a row is someone else's),
 and audits the user's own changes like every other access. Only the notification worker, running as the system,

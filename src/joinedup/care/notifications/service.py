@@ -7,7 +7,7 @@ virtual ward reading outside limits), finds the people who care (registered GP, 
 person a reply or task is addressed to), keeps those who still have a legitimate relationship with the person
 and want that kind of event, and writes one inbox item each — collapsing repeats of the same event about the
 same person and source within a window into one item with a count. External systems get FHIR Subscription
-rest-hook notifications from the same worker (see `care.subscriptions`).
+rest-hook notifications from the same worker (see `care.notifications.subscriptions`).
 
 The inbox and the notification choices are platform data in their own tables, not clinical FHIR resources:
 an item holds only the event, the person's id and the source reference. Patient details are shown only by

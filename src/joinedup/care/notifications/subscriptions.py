@@ -2,7 +2,7 @@
 
 A system creates a Subscription through /fhir (`criteria` such as `Encounter?class=IMP`, `channel.type`
 rest-hook, `channel.endpoint` http(s), optional `channel.payload` and `channel.header`). The notification worker
-(`care.notifications`) hands every committed write to `RestHooks.dispatch`; a written resource matches when the
+(`care.notifications.service`) hands every committed write to `RestHooks.dispatch`; a written resource matches when the
 store's own search finds it with the criteria plus `_id`, so criteria mean exactly what they mean in a search.
 Matches are POSTed from a small thread pool (a slow receiver never holds up the inbox): with a payload, a
 `history` Bundle holding the resource; without, an empty body. Failures are retried with backoff and then the
