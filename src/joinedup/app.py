@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.gate = gate
     install_error_handlers(app)
+    web_pages.install(app)  # a page that needs someone signed in sends nobody to the log-in page
     limits.install(app, settings)
     security.install(app, settings)
     governance_routes.install(app)  # break-glass access notices on responses

@@ -13,6 +13,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import human_name
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
+from joinedup.web.pages import Viewer
 
 from . import person, preferences
 
@@ -80,12 +81,9 @@ def settings_submit(request: Request, patient_id: str, min_severity: str = Form(
 
 
 @router.post("/patients/{patient_id}/medicines-safety/review")
-def review_submit(request: Request, patient_id: str, fingerprint: str = Form(""), outcome: str = Form(""),
+def review_submit(request: Request, who: Viewer, patient_id: str, fingerprint: str = Form(""), outcome: str = Form(""),
                   comment: str = Form("")):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     try:
         person.review_finding(gate=web.gate_of(request), who=who, patient_id=patient_id, fingerprint=fingerprint,
                               outcome=outcome, comment=comment)

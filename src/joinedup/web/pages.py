@@ -8,6 +8,8 @@ Domain page routes (care/, conflicts/, record pages in web/routes.py) import the
   become the error page;
 * `service_action(request, do, then=...)`: the usual form post (redirect on success);
 * `panel_page(...)`: an HTMX panel of the person page;
+* `Viewer`: the signed-in person as a route parameter (`def show(request: Request, who: Viewer)`); nobody signed in
+  is sent to the log-in page and back (the `LoginRequired` handler installed by `install(app)`);
 * `gate_of(request)`, `current_who(request)`, `to_login(request)`, `safe_next(path)`, `role_name(role)`;
 * `templates` (Jinja2, with the date/number filters and the CSRF helpers), `STATIC_DIR`, `COOKIE`.
 
@@ -20,10 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from markupsafe import Markup, escape
@@ -217,3 +219,27 @@ def panel_page(request: Request, template: str, build: Callable[[Gate, Principal
     if who is None:
         return to_login(request)
     return page(request, template, on_error(refused.diagnostics) if refused is not None else context, who=who)
+
+
+class LoginRequired(Exception):
+    """Nobody is signed in on a page that needs someone: answered with the log-in page (and back afterwards)."""
+
+
+def viewer(request: Request) -> Principal:
+    """The signed-in person, or LoginRequired (a plain `def`: the token lookup runs in the threadpool)."""
+    who = current_who(request)
+    if who is None:
+        raise LoginRequired()
+    return who
+
+
+Viewer = Annotated[Principal, Depends(viewer)]
+
+
+def install(app) -> None:
+    """Answer LoginRequired with the redirect to the log-in page."""
+
+    async def _login_required(request: Request, _exc: LoginRequired) -> RedirectResponse:
+        return to_login(request)
+
+    app.add_exception_handler(LoginRequired, _login_required)

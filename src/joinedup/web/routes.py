@@ -26,26 +26,22 @@ from joinedup.record.models import SETTINGS
 from joinedup.web.pages import (
     COOKIE,
     TIMELINE_PAGE,
-    current_who,
+    Viewer,
     error_page,
     gate_of,
     page,
     safe_next,
     service_action,
     service_page,
-    to_login,
 )
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.post("/patients/{patient_id}/break-glass")
-def break_glass_form(request: Request, patient_id: str, reason_category: str = Form(""),
+def break_glass_form(request: Request, who: Viewer, patient_id: str, reason_category: str = Form(""),
                            reason: str = Form("")):
     """Emergency access from the refusal page: reason required, time-limited, reviewed by the privacy officer."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     try:
         grant_break_glass(gate_of(request), who, patient_id=patient_id, reason_category=reason_category,
                           reason=reason)
@@ -99,10 +95,7 @@ def logout(request: Request):
 
 # -- home, search, my patients ------------------------------------------------------------------------------
 @router.get("/")
-def home(request: Request):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def home(request: Request, who: Viewer):
     if who.role == "patient" and who.patient_id:  # a person's home is their own record
         return RedirectResponse(f"/patients/{quote(who.patient_id)}", status_code=303)
     mine = service.my_patients(gate=gate_of(request), who=who)
@@ -132,10 +125,7 @@ def my_access_log(request: Request, mine: int = 0, all: int = 0):
 
 
 @router.get("/patients/search")
-def search(request: Request, q: str = ""):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def search(request: Request, who: Viewer, q: str = ""):
     gate = gate_of(request)
     results, error = None, None
     text = q.strip()
@@ -173,11 +163,8 @@ def _patient_row(p: dict[str, Any]) -> dict[str, Any]:
 
 # -- the patient page ---------------------------------------------------------------------------------------
 @router.get("/patients/{patient_id}")
-def patient(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0,
+def patient(request: Request, who: Viewer, patient_id: str, setting: str = "", type: str = "", all: int = 0,
                   asked: int = 0):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     started = time.perf_counter()
     try:
         _check_filters(setting, type)
@@ -196,11 +183,8 @@ def patient(request: Request, patient_id: str, setting: str = "", type: str = ""
 
 
 @router.get("/patients/{patient_id}/timeline")
-def patient_timeline(request: Request, patient_id: str, setting: str = "", type: str = "", all: int = 0):
+def patient_timeline(request: Request, who: Viewer, patient_id: str, setting: str = "", type: str = "", all: int = 0):
     """The timeline section alone (HTMX swaps it in place when the filters change)."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     if not request.headers.get("hx-request"):
         query = urlencode({k: v for k, v in (("setting", setting), ("type", type), ("all", all or "")) if v})
         return RedirectResponse(f"/patients/{quote(patient_id)}{'?' + query if query else ''}#timeline",
@@ -255,11 +239,8 @@ def _charts(summary) -> list[dict[str, Any]]:
 
 # -- open in context ----------------------------------------------------------------------------------------
 @router.get("/launch")
-def launch(request: Request, nhs: str = ""):
+def launch(request: Request, who: Viewer, nhs: str = ""):
     """Open a person's page straight from a host system: /launch?nhs=NHS_NUMBER."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     digits = re.sub(r"[\s-]", "", nhs)
     if not digits:
         return error_page(request, 400, "No NHS number was given. The link should end in ?nhs= followed by the "

@@ -17,7 +17,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.record.service import my_patients
-from joinedup.web.pages import current_who, error_page, gate_of, service_page, to_login
+from joinedup.web.pages import Viewer, error_page, gate_of, service_page
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(prefix="/api/mdt", tags=["multidisciplinary reviews"], responses=api_errors())
@@ -86,10 +86,7 @@ def _schedule_form(request: Request, form: dict, error: str | None = None, statu
 
 
 @web_router.post("/mdt")
-def schedule_submit(request: Request, data: FormData):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def schedule_submit(request: Request, who: Viewer, data: FormData):
     form = {"title": str(data.get("title", "")), "start": str(data.get("start", "")),
             "minutes": str(data.get("minutes", "60")), "location": str(data.get("location", "")),
             "patient_ids": [str(x) for x in data.getlist("patient_ids") if x],
@@ -126,12 +123,9 @@ def review_page(request: Request, review_id: str):
 
 
 @web_router.post("/mdt/{review_id}/decisions")
-def decision_submit(request: Request, review_id: str, patient_id: str = Form(""), text: str = Form(""),
+def decision_submit(request: Request, who: Viewer, review_id: str, patient_id: str = Form(""), text: str = Form(""),
                     owner: str = Form(""), due: str = Form("")):
     """Capture a decision (HTMX swaps the person's decision list in place)."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     htmx = bool(request.headers.get("hx-request"))
     form = {"patient_id": patient_id, "text": text, "owner": owner, "due": due}
     error = None
@@ -159,10 +153,7 @@ def decision_submit(request: Request, review_id: str, patient_id: str = Form("")
 
 
 @web_router.post("/mdt/{review_id}/attendance")
-def attendance_submit(request: Request, review_id: str, data: FormData):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def attendance_submit(request: Request, who: Viewer, review_id: str, data: FormData):
     marks = {k.removeprefix("att-"): str(v) for k, v in data.items() if k.startswith("att-")}
     try:
         svc.record_attendance(gate=gate_of(request), who=who, review_id=review_id, attendance=marks)
@@ -174,10 +165,7 @@ def attendance_submit(request: Request, review_id: str, data: FormData):
 
 
 @web_router.post("/mdt/{review_id}/complete")
-def complete_submit(request: Request, review_id: str, outcome: str = Form("")):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def complete_submit(request: Request, who: Viewer, review_id: str, outcome: str = Form("")):
     try:
         svc.complete_review(gate=gate_of(request), who=who, review_id=review_id, outcome=outcome)
     except FhirError as exc:

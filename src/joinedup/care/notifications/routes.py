@@ -11,6 +11,7 @@ from joinedup.api.responses import api_errors
 from joinedup.care.notifications import service
 from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
+from joinedup.web.pages import Viewer
 
 # Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(tags=["care: notifications"], responses=api_errors())
@@ -86,11 +87,8 @@ def settings_page(request: Request, saved: int = 0):
 
 
 @router.post("/inbox/settings", include_in_schema=False)
-def settings_submit(request: Request, form: FormData):
+def settings_submit(request: Request, who: Viewer, form: FormData):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     chosen = set(form.getlist("event"))
     unknown = chosen - set(service.EVENT_TYPES)
     if unknown:

@@ -21,7 +21,7 @@ from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.pages import current_who, error_page, gate_of, page, service_page, to_login
+from joinedup.web.pages import Viewer, current_who, error_page, gate_of, page, service_page, to_login
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(tags=["care plans, key workers and tasks"], responses=api_errors())
@@ -435,10 +435,7 @@ def tasks_page(request: Request, done: int = 0):
 
 
 @web_router.post("/care/tasks/{task_id}")
-def task_status(request: Request, task_id: str, status: str = Form(""), version: str = Form("")):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
+def task_status(request: Request, who: Viewer, task_id: str, status: str = Form(""), version: str = Form("")):
     gate = gate_of(request)
     try:
         task_service.update_task(gate=gate, who=who, task_id=task_id, status=status or None, if_match=version or None)
@@ -485,11 +482,8 @@ def handover_form(request: Request, patient_id: str):
 
 
 @web_router.post("/patients/{patient_id}/key-worker/handover")
-def handover_submit(request: Request, patient_id: str, owner: str = Form(""), to_practitioner: str = Form(""),
+def handover_submit(request: Request, who: Viewer, patient_id: str, owner: str = Form(""), to_practitioner: str = Form(""),
                     to_organization: str = Form(""), reason: str = Form("")):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     prac, org = _split_owner(owner, to_practitioner, to_organization)
     form = {"owner": owner, "to_practitioner": to_practitioner, "to_organization": to_organization, "reason": reason}
     try:

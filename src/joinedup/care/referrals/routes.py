@@ -15,7 +15,7 @@ from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.pages import current_who, error_page, gate_of, page, service_page, to_login
+from joinedup.web.pages import Viewer, error_page, gate_of, page, service_page
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(tags=["referrals and advice"], responses=api_errors())
@@ -118,11 +118,8 @@ def _new_form(request: Request, form: dict, error: str | None = None, status: in
 
 
 @web_router.post("/referrals/new")
-def new_submit(request: Request, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
+def new_submit(request: Request, who: Viewer, patient_id: str = Form(""), kind: str = Form("advice"), to: str = Form(""),
                text: str = Form(""), reason: str = Form(""), priority: str = Form("routine")):
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     form = {"patient_id": patient_id.strip(), "kind": kind, "to": to, "text": text, "reason": reason,
             "priority": priority}
     if not form["patient_id"]:
@@ -146,11 +143,8 @@ def thread_page(request: Request, request_id: str):
 
 
 @web_router.post("/referrals/{request_id}/{action}")
-def thread_action(request: Request, request_id: str, action: str, text: str = Form("")):
+def thread_action(request: Request, who: Viewer, request_id: str, action: str, text: str = Form("")):
     """Reply, ask more, answer, close or convert from the thread page (HTMX swaps the thread; plain forms redirect)."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     gate = gate_of(request)
     fns = {"reply": svc.reply, "ask-more": svc.ask_more, "answer": svc.answer}
     htmx = bool(request.headers.get("hx-request"))

@@ -11,6 +11,7 @@ from joinedup.api.responses import api_errors
 from joinedup.care.wards import service
 from joinedup.deps import CurrentUser, FormData, GateDep
 from joinedup.fhir.errors import FhirError
+from joinedup.web.pages import Viewer
 
 # Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(tags=["care: virtual wards"], responses=api_errors())
@@ -96,11 +97,8 @@ def review_page(request: Request):
 
 
 @router.get("/wards/case-finding", include_in_schema=False)
-def case_finding_page(request: Request):
+def case_finding_page(request: Request, who: Viewer):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     gate = web.gate_of(request)
     try:
         rows = service.case_finding(gate=gate, who=who)
@@ -111,11 +109,8 @@ def case_finding_page(request: Request):
 
 
 @router.get("/wards/{ward_id}", include_in_schema=False)
-def ward_page(request: Request, ward_id: str, msg: str = ""):
+def ward_page(request: Request, who: Viewer, ward_id: str, msg: str = ""):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     gate = web.gate_of(request)
     try:
         ward = service.get_ward(gate=gate, who=who, ward_id=ward_id)
@@ -129,11 +124,8 @@ def ward_page(request: Request, ward_id: str, msg: str = ""):
 
 
 @router.post("/wards/{ward_id}/admit", include_in_schema=False)
-def admit_page(request: Request, ward_id: str, form: FormData):
+def admit_page(request: Request, who: Viewer, ward_id: str, form: FormData):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     limits: dict[str, float] = {}
     try:
         for k in service.DEFAULT_LIMITS:
@@ -155,11 +147,8 @@ def admit_page(request: Request, ward_id: str, form: FormData):
 
 
 @router.post("/wards/discharge/{episode_id}", include_in_schema=False)
-def discharge_page(request: Request, episode_id: str, form: FormData):
+def discharge_page(request: Request, who: Viewer, episode_id: str, form: FormData):
     web = _web()
-    who = web.current_who(request)
-    if who is None:
-        return web.to_login(request)
     try:
         service.discharge(gate=web.gate_of(request), who=who, episode_id=episode_id)
     except FhirError as exc:
