@@ -86,3 +86,16 @@ def test_no_two_modules_import_each_other_at_run_time():
     circles = {tuple(sorted((a, b))) for a, b in pairs if (b, a) in pairs and a != b}
     known = {("joinedup.care.notifications.service", "joinedup.care.wards.service")}  # virtual-ward alerts <-> inbox
     assert circles <= known, sorted(circles - known)
+
+
+def test_no_page_route_checks_log_in_by_hand():
+    """Pages take the signed-in person as `who: Viewer` (web/pages.py); only the page layer itself looks the session
+    up - and the inbox badge, which shows nothing (rather than a log-in page) to nobody."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "joinedup"
+    allowed = {src / "web" / "pages.py", src / "care" / "notifications" / "routes.py"}
+    offenders = [f"{p.relative_to(src)}:{n}" for p in src.rglob("*.py") if p not in allowed
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if "current_who(" in line or "to_login(" in line]
+    assert not offenders, offenders

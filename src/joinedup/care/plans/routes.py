@@ -21,7 +21,7 @@ from joinedup.deps import CurrentUser, GateDep
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.web.pages import Viewer, current_who, error_page, gate_of, page, service_page, to_login
+from joinedup.web.pages import Viewer, error_page, gate_of, page, service_page
 
 # Plain `def` handlers (API and pages): FastAPI runs them in its thread pool, off the event loop.
 api_router = APIRouter(tags=["care plans, key workers and tasks"], responses=api_errors())
@@ -332,11 +332,8 @@ def plan_page(request: Request, patient_id: str, saved: str = ""):
         lambda gate, who: _plan_context(gate, who, patient_id, notice=notice)))
 
 
-def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str, Any], call):
+def _plan_post(request: Request, who: Principal, patient_id: str, section: str, draft: dict[str, Any], call):
     """Run an edit; on success redirect (or re-render for HTMX); on refusal keep what was typed and say why."""
-    who = current_who(request)
-    if who is None:
-        return to_login(request)
     htmx = bool(request.headers.get("hx-request"))
     try:
         call(gate=gate_of(request), who=who)
@@ -354,70 +351,70 @@ def _plan_post(request: Request, patient_id: str, section: str, draft: dict[str,
 
 
 @web_router.post("/patients/{patient_id}/care-plan/what-matters")
-def plan_what_matters(request: Request, patient_id: str, text: str = Form(""), written_by: str = Form(""),
+def plan_what_matters(request: Request, who: Viewer, patient_id: str, text: str = Form(""), written_by: str = Form(""),
                       version: str = Form("")):
-    return _plan_post(request, patient_id, "what-matters", {"what_matters": text, "written_by": written_by},
+    return _plan_post(request, who, patient_id, "what-matters", {"what_matters": text, "written_by": written_by},
                             lambda gate, who: plan_service.set_what_matters(
                                 gate=gate, who=who, patient_id=patient_id, text=text, written_by=written_by or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/goals")
-def plan_add_goal(request: Request, patient_id: str, description: str = Form(""), target_date: str = Form(""),
+def plan_add_goal(request: Request, who: Viewer, patient_id: str, description: str = Form(""), target_date: str = Form(""),
                   version: str = Form("")):
-    return _plan_post(request, patient_id, "goals", {"goal": description, "goal_target": target_date},
+    return _plan_post(request, who, patient_id, "goals", {"goal": description, "goal_target": target_date},
                             lambda gate, who: plan_service.add_goal(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 target_date=target_date or None, if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/goals/{goal_id}")
-def plan_goal_status(request: Request, patient_id: str, goal_id: str, status: str = Form(""),
+def plan_goal_status(request: Request, who: Viewer, patient_id: str, goal_id: str, status: str = Form(""),
                      version: str = Form("")):
-    return _plan_post(request, patient_id, "goals", {},
+    return _plan_post(request, who, patient_id, "goals", {},
                             lambda gate, who: plan_service.update_goal(
                                 gate=gate, who=who, patient_id=patient_id, goal_id=goal_id, status=status,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/actions")
-def plan_add_action(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
+def plan_add_action(request: Request, who: Viewer, patient_id: str, description: str = Form(""), owner: str = Form(""),
                     owner_practitioner: str = Form(""), owner_organization: str = Form(""),
                     due: str = Form(""), version: str = Form("")):
     prac, org = _split_owner(owner, owner_practitioner, owner_organization)
     draft = {"action": description, "action_owner": owner, "action_due": due}
-    return _plan_post(request, patient_id, "actions", draft,
+    return _plan_post(request, who, patient_id, "actions", draft,
                             lambda gate, who: plan_service.add_action(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 owner_practitioner=prac, owner_organization=org, due=due, if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/actions/{action_id}")
-def plan_action_status(request: Request, patient_id: str, action_id: str, status: str = Form(""),
+def plan_action_status(request: Request, who: Viewer, patient_id: str, action_id: str, status: str = Form(""),
                        version: str = Form("")):
-    return _plan_post(request, patient_id, "actions", {},
+    return _plan_post(request, who, patient_id, "actions", {},
                             lambda gate, who: plan_service.update_action(
                                 gate=gate, who=who, patient_id=patient_id, action_id=action_id, status=status or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/care-plan/reviews/{finding}/accept")
-def plan_accept_review(request: Request, patient_id: str, finding: str, due: str = Form(""),
+def plan_accept_review(request: Request, who: Viewer, patient_id: str, finding: str, due: str = Form(""),
                        version: str = Form("")):
-    return _plan_post(request, patient_id, "actions", {},
+    return _plan_post(request, who, patient_id, "actions", {},
                             lambda gate, who: review_service.accept(
                                 gate=gate, who=who, patient_id=patient_id, finding=finding, due=due or None,
                                 if_match=version or None))
 
 
 @web_router.post("/patients/{patient_id}/tasks")
-def plan_new_task(request: Request, patient_id: str, description: str = Form(""), owner: str = Form(""),
+def plan_new_task(request: Request, who: Viewer, patient_id: str, description: str = Form(""), owner: str = Form(""),
                   owner_practitioner: str = Form(""), owner_organization: str = Form(""), due: str = Form(""),
                   priority: str = Form("routine")):
     prac, org = _split_owner(owner, owner_practitioner, owner_organization)
     draft = {"task": description, "task_owner": owner, "task_due": due, "task_priority": priority,
              "task_practitioner": owner_practitioner, "task_organization": owner_organization}
-    return _plan_post(request, patient_id, "task", draft,
+    return _plan_post(request, who, patient_id, "task", draft,
                             lambda gate, who: task_service.create_task(
                                 gate=gate, who=who, patient_id=patient_id, description=description,
                                 owner_practitioner=prac, owner_organization=org, due=due, priority=priority))
