@@ -20,10 +20,10 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from joinedup.care.notifications.events import Event
 from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import concept_text as _text
@@ -57,21 +57,6 @@ CLOSED_TASK = {"completed", "cancelled", "entered-in-error", "rejected", "failed
 RECENT = timedelta(days=3)        # events about the past older than this (e.g. history loads) are not news
 COLLAPSE_WINDOW = timedelta(minutes=10)
 BULK = 25                         # a write of more resources than this is a load: no per-resource conflict checks
-
-
-@dataclass
-class Event:
-    """Something the people who care about a person should hear about."""
-
-    type: str
-    patient_id: str
-    source_ref: str
-    title: str
-    detail: str = ""
-    occurred: str | None = None
-    also_to: set[str] = field(default_factory=set)   # practitioner ids the event is addressed to
-    also_orgs: set[str] = field(default_factory=set)  # organisation ids the event is addressed to (their staff)
-    queued_at: float = 0.0
 
 
 def now_iso() -> str:

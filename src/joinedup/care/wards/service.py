@@ -346,7 +346,7 @@ def _observation_values(obs: dict) -> list[tuple[str, float]]:
 
 def reading_alerts(*, gate: Gate, observation: dict) -> list:
     """Notification events for a reading outside the agreed limits of a person on a virtual ward."""
-    from joinedup.care.notifications.service import Event
+    from joinedup.care.notifications.events import Event
 
     values = _observation_values(observation)
     pid = _rid(observation.get("subject"), "Patient")
