@@ -4,6 +4,7 @@ legitimate request next to it is shown to work."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -266,7 +267,11 @@ def test_serve_trusts_the_address_it_binds(server, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
         port = s.getsockname()[1]
-    env = {"PATH": "/usr/bin:/bin", "JOINEDUP_DATABASE_URL": server.db_url, "JOINEDUP_SECRET_KEY": "test-secret"}
+    # the shared test database: the server signs its audit events with this session's key and checkpoints (else
+    # the chain of the shared database would carry entries under another key)
+    env = {"PATH": "/usr/bin:/bin", "JOINEDUP_DATABASE_URL": server.db_url, "JOINEDUP_SECRET_KEY": "test-secret",
+           **{k: os.environ[k] for k in ("JOINEDUP_AUDIT_KEY_FILE", "JOINEDUP_AUDIT_CHECKPOINT_FILE",
+                                         "JOINEDUP_AUDIT_KEYS") if k in os.environ}}
     proc = subprocess.Popen([str(script), "serve", "--host", "127.0.0.2", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
