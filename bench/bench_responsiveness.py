@@ -10,8 +10,8 @@ the Bundle took.
 A store call made on the event loop shows up here as /healthz waiting for the whole Bundle (seconds); with store
 work in the thread pool it waits only for the interpreter lock (milliseconds).
 
-Set JOINEDUP_BENCH_BEFORE_SRC to another checkout's `src` (e.g. `git worktree add /tmp/before HEAD~1`, then
-`/tmp/before/src`) to measure that code too, in the same run, as `before`. Writes bench/results/responsiveness.json.
+Set JOINEDUP_BENCH_BEFORE_SRC to another checkout's `src` (e.g. `git worktree add ../before HEAD~1`, then
+`../before/src`) to measure that code too, in the same run, as `before`. Writes bench/results/responsiveness.json.
 Bounded: at most 50,000 entries, polls every 20 ms, gives up after 600 s; loopback only.
 """
 
@@ -151,7 +151,7 @@ def measure(body: bytes, entries: int, src: str | None = None) -> dict:
             poster.start()
             during = _poll(srv.url, stop, time.monotonic() + TIMEOUT_S)
             poster.join()
-    return {"code": src or "this checkout", "baseline_healthz": _pct(baseline), "during_batch_healthz": _pct(during),
+    return {"code": "another checkout (JOINEDUP_BENCH_BEFORE_SRC)" if src else "this checkout", "baseline_healthz": _pct(baseline), "during_batch_healthz": _pct(during),
             "batch": {"entries": entries, "bytes": len(body), **result}}
 
 

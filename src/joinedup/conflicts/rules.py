@@ -19,6 +19,7 @@ Map of this module:
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from itertools import combinations, product
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -84,21 +85,22 @@ def suppressed(rule: dict[str, Any], meds: list[MedItem]) -> bool:
 
 
 # -- the interface --------------------------------------------------------------------------------------------------
-class RuleKind:
-    """One kind of conflict rule: how it is detected on a record and how it is encoded in the CP-SAT model."""
+class RuleKind(ABC):
+    """One kind of conflict rule: how it is detected on a record and how it is encoded in the CP-SAT model (every
+    kind in `KINDS` defines both; tests/conflicts/test_rule_kinds.py checks each one)."""
 
     key: ClassVar[str]  # the kind as the knowledge files state it (the KINDS key)
     reports: ClassVar[str]  # the `kind` of the findings it raises
 
     @staticmethod
+    @abstractmethod
     def detect(kb: Knowledge, rec: PatientRecord, rule: dict[str, Any]) -> list[Finding]:
         """The findings `rule` raises on the recognised record."""
-        raise NotImplementedError
 
     @staticmethod
+    @abstractmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
         """Add the rule's finding variables and constraints to the model under construction."""
-        raise NotImplementedError
 
 
 # -- rules.yaml -----------------------------------------------------------------------------------------------------
