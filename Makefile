@@ -6,6 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+HL7_PORT ?= 2575
 
 .PHONY: demo test bench lint system-deps venv clean
 
@@ -17,15 +18,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the browser tests and benchmarks need (chromium for Playwright, wrk for load).
+# Debian packages the browser tests and benchmarks need (chromium for Playwright, wrk for load, Java 17 for Spark).
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium wrk; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium wrk default-jre-headless; \
 	fi
 
 demo: $(STAMP)
-	$(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
+	JOINEDUP_HL7_PORT=$(HL7_PORT) $(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest

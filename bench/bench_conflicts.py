@@ -97,11 +97,13 @@ def main() -> dict:
     rng = random.Random(20251123)
     people = [_person(rng, kb, rng.randint(5, 20), rng.randint(2, 8), i) for i in range(3000)]
     det_ms: list[float] = []
+    cpu_ms: list[float] = []  # CPU time of this thread: unaffected by other processes on a shared, loaded machine
     findings_n: list[int] = []
     for res in people:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         rec = build_record(kb, res)
         f = detect(kb, rec)
+        cpu_ms.append((time.thread_time() - c) * 1000)
         det_ms.append((time.perf_counter() - t) * 1000)
         findings_n.append(len(f))
     res_ms: list[float] = []
@@ -130,19 +132,25 @@ def main() -> dict:
         "conditions_per_person": "2-8",
         "detection_ms": {"median": round(statistics.median(det_ms), 3), "p95": round(_pct(det_ms, 0.95), 3),
                          "max": round(max(det_ms), 3)},
+        "detection_cpu_ms": {"median": round(statistics.median(cpu_ms), 3), "p95": round(_pct(cpu_ms, 0.95), 3),
+                             "max": round(max(cpu_ms), 3)},
+        "load_average_1min": round(os.getloadavg()[0], 1),
+        "rules": len(kb.kinds),
         "findings_per_person_mean": round(statistics.mean(findings_n), 2),
         "resolution_ms": {"n": len(res_ms), "median": round(statistics.median(res_ms), 2),
                           "p95": round(_pct(res_ms, 0.95), 2), "max": round(max(res_ms), 2)},
         "resolution_harm": {"before": harm_before, "after": harm_after, "critical_remaining": crit_left},
         "screen_100k_estimate_s": round(per_person * 100_000, 1),
         "screen_store": screen_benchmark(),
-        "targets": {"detection_median_ms": 2, "resolution_ms": 200, "screen_100k_s": 120},
+        "targets": {"detection_median_ms": 2, "detection_p95_ms": 5, "resolution_ms": 200, "screen_100k_s": 120},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"conflicts: knowledge load {load_s*1000:.0f} ms (once per process)")
-    print(f"conflicts: detection per person (5-20 medicines): median {result['detection_ms']['median']} ms, "
-          f"p95 {result['detection_ms']['p95']} ms (target median <= 2 ms)")
+    print(f"conflicts: detection per person (5-20 medicines, {result['rules']} rules): median "
+          f"{result['detection_ms']['median']} ms, p95 {result['detection_ms']['p95']} ms wall; CPU median "
+          f"{result['detection_cpu_ms']['median']} ms, p95 {result['detection_cpu_ms']['p95']} ms "
+          f"(targets median <= 2 ms, p95 <= 5 ms; load average {result['load_average_1min']})")
     print(f"conflicts: resolution (2-8 conditions): median {result['resolution_ms']['median']} ms, "
           f"p95 {result['resolution_ms']['p95']} ms, max {result['resolution_ms']['max']} ms (target <= 200 ms)")
     print(f"conflicts: weighted harm {harm_before} -> {harm_after}; critical findings remaining {crit_left}")

@@ -35,9 +35,18 @@ from joinedup.conflicts import routes as conflicts_routes
 from joinedup.conflicts import web_routes as medicines_safety_pages
 from joinedup.governance.audit import AuditDurabilityMiddleware
 from joinedup.governance.gate import get_gate
+from joinedup.interop.linkage import routes as linkage_routes
+from joinedup.interop.linkage import web_routes as linkage_pages
+from joinedup.population.registers import routes as register_routes
+from joinedup.population.risk import routes as risk_routes
 from joinedup.record import routes as record_routes
+from joinedup.system import routes as system_routes
+from joinedup.web import analytics as analyst_pages
+from joinedup.web import medicines as medicines_review_pages
 from joinedup.web import pages as web_pages
+from joinedup.web import privacy as privacy_pages
 from joinedup.web import routes as web_routes
+from joinedup.web import social_care as social_care_pages
 
 ROUTERS = [
     # platform: sign-in, FHIR REST, bulk export, governance
@@ -46,11 +55,19 @@ ROUTERS = [
     # decision support
     conflicts_routes.cds_router, conflicts_routes.api_router, medicines_safety_pages.router,
     # the whole-person record
-    record_routes.router,
+    record_routes.router, record_routes.pages,
     # care coordination
     plan_routes.api_router, plan_routes.web_router, journey_routes.router, notification_routes.router,
     ward_routes.router, referral_routes.api_router, referral_routes.web_router, mdt_routes.api_router,
     mdt_routes.web_router,
+    # each role's pages: privacy officer, analyst, pharmacist (medicines reviews), social care
+    privacy_pages.router, analyst_pages.router, medicines_review_pages.router, social_care_pages.router,
+    # the services directory and the partnership board's integration self-assessment
+    system_routes.api_router, system_routes.web_router,
+    # record linkage for records without an NHS number: API and the clerical review page
+    linkage_routes.router, linkage_pages.router,
+    # population health: risk and burden, registers and care-gap worklists
+    risk_routes.api_router, risk_routes.web_router, register_routes.api_router, register_routes.web_router,
     # the web home ("/"), person page and sign-in pages last: /docs stays FastAPI's
     web_routes.router,
 ]

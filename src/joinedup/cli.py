@@ -22,7 +22,13 @@ from joinedup.care import cli as care_cli
 from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
 from joinedup.governance import cli as governance_cli
+from joinedup.interop.hl7.cli import app as hl7_app
+from joinedup.interop.linkage.cli import app as link_app
+from joinedup.population.registers.cli import app as registers_app
+from joinedup.population.risk.cli import app as risk_app
+from joinedup.population.views.cli import app as views_app
 from joinedup.synth.cli import generate_command
+from joinedup.system.cli import assessment_app, directory_app
 from joinedup.terminal import (
     check_output_dir,
     check_output_file,
@@ -89,6 +95,11 @@ app = typer.Typer(help="JoinedUp: an open integrated care platform (FHIR shared 
 users_app = typer.Typer(help="Manage users (roles, practitioner and organisation links).", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(governance_cli.audit_app, name="audit")  # verify (exit 2 naming the first bad entry), rotate-key
+app.add_typer(assessment_app, name="assessment")  # the integration self-assessment (report --format json, score)
+app.add_typer(directory_app, name="directory")  # the services directory (search NEED)
+app.add_typer(registers_app, name="registers")  # long-term condition registers and care-gap worklists
+app.add_typer(risk_app, name="risk")  # risk and burden scores per person and per population
+app.add_typer(link_app, name="link")  # record linkage without an NHS number (train, run --report, review)
 
 
 def _gate():
@@ -112,10 +123,29 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     if workers < 1:
         fail("--workers must be at least 1")
     check_port(host, port)
-    _gate()  # migrate before workers start (and a database that cannot be used is one line, exit 2)
+    gate = _gate()  # migrate before workers start (and a database that cannot be used is one line, exit 2)
     _trust_bound_host(host)
+    _start_hl7_listener(gate)
     uvicorn.run("joinedup.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
+
+
+def _start_hl7_listener(gate) -> None:
+    """With JOINEDUP_HL7_PORT set, the HL7 v2 MLLP listener runs beside the web server (in this process)."""
+    port = config.value("HL7_PORT")
+    if not port:
+        return
+    from joinedup.care.notifications import service as notifications
+    from joinedup.interop.hl7 import mllp
+    from joinedup.interop.hl7.service import Hl7Service
+
+    host = config.value("HL7_HOST")
+    check_port(host, port)
+    notifications.install(gate)
+    _, bound = mllp.start_in_thread(Hl7Service(gate), host=host, port=port,
+                                    max_bytes=config.value("HL7_MAX_MESSAGE_BYTES"),
+                                    frame_timeout=config.value("HL7_FRAME_TIMEOUT"))
+    console.print(f"listening for HL7 v2 (MLLP) on {bound[0]}:{bound[1]}", highlight=False)
 
 
 def _trust_bound_host(host: str) -> None:
@@ -361,6 +391,8 @@ app.command("extract")(_checking(governance_cli.extract_command, _extract_output
 app.add_typer(governance_cli.privacy_app, name="privacy")
 app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
 app.add_typer(care_cli.app, name="care")
+app.add_typer(views_app, name="views", help="SQL on FHIR v2 views over NDJSON files or the store (DuckDB, Spark).")
+app.add_typer(hl7_app, name="hl7")
 
 
 if __name__ == "__main__":  # pragma: no cover

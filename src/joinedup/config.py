@@ -80,6 +80,28 @@ REGISTRY: tuple[Setting, ...] = (
     # -- care coordination -----------------------------------------------------------------------------------
     Setting("ESCALATE_SECONDS", "900", "How often overdue tasks are escalated by the background worker (s).",
             float),
+    # -- HL7 v2 feeds ----------------------------------------------------------------------------------------
+    Setting("HL7_PORT", "0", "`joinedup serve` also listens for HL7 v2 ADT over MLLP on this TCP port (0: not).",
+            int),
+    Setting("HL7_HOST", "127.0.0.1", "Interface the HL7 v2 MLLP listener binds (serve, and `hl7 listen`)."),
+    Setting("HL7_MAX_MESSAGE_BYTES", "1048576", "Largest HL7 v2 message accepted in one MLLP frame (bytes).", int),
+    Setting("HL7_FRAME_TIMEOUT", "30",
+            "Seconds to wait for the end of an MLLP frame before the partial message is kept and refused (AR).",
+            float),
+    # -- record linkage (interop/linkage) --------------------------------------------------------------------
+    Setting("LINKAGE_MODEL", "var/linkage-model.json",
+            "The trained Splink record-linkage model (`joinedup link train` writes it, `link run` reads it).", Path),
+    Setting("LINKAGE_CONFIRM_PROBABILITY", "0.99",
+            "Record linkage: a pair at or above this match probability becomes a confirmed link.", float),
+    Setting("LINKAGE_REVIEW_PROBABILITY", "0.2",
+            "Record linkage: a pair at or above this (and below the confirm level) goes to clerical review.", float),
+    # -- population health -----------------------------------------------------------------------------------
+    Setting("SPARK_MASTER", "local[2]",
+            "Spark master for `joinedup views ... --engine spark` (local[N] on one machine, or a cluster URL)."),
+    # -- decision support ------------------------------------------------------------------------------------
+    Setting("CONFLICT_ROUTINE_ALERTS", "0",
+            "Show low-severity schedule and lifestyle findings on CDS cards and the person page by default "
+            "(each clinician can still choose 'all' in their alert settings).", bool),
 )
 _BY_NAME = {s.name: s for s in REGISTRY}
 

@@ -162,6 +162,7 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
             organization=organization)
     add("analyst", "analyst", "ICS analyst")
     add("privacy.officer", "privacy-officer", "Privacy officer")
+    add("board", "board", "Partnership board member")  # the integration self-assessment (system/)
     patient = _demo_patient(data_dir, gp_practitioner)
     if patient:
         add("patient", "patient", "Patient (demo)", patient=patient)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import date, timedelta
 from typing import Any
 
 _ids = itertools.count(1)
@@ -37,7 +38,13 @@ def cond(key_or_text: str, *, code: str | None = None, status: str = "active") -
             "clinicalStatus": {"coding": [{"code": status}]}}
 
 
-def obs(loinc: str, value: float, when: str = "2025-10-01") -> dict[str, Any]:
+def days_ago(n: int) -> str:
+    """An ISO date n days before today (results must be recent to drive a finding)."""
+    return (date.today() - timedelta(days=n)).isoformat()
+
+
+def obs(loinc: str, value: float, when: str | None = None) -> dict[str, Any]:
+    when = when or days_ago(30)
     return {"resourceType": "Observation", "id": f"o{next(_ids)}", "status": "final", "subject": _subj(),
             "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
             "valueQuantity": {"value": value}, "effectiveDateTime": when}

@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 
+from .builders import days_ago
+
 SERVICE_PV = "joinedup-conflicts-patient-view"
 SERVICE_OS = "joinedup-conflicts-order-select"
 SERVICE_SIGN = "joinedup-conflicts-order-sign"
 
 
-def _record(pid: str, *, egfr: float = 38, egfr_date: str = "2025-09-01") -> list[dict[str, Any]]:
+def _record(pid: str, *, egfr: float = 38, egfr_date: str | None = None) -> list[dict[str, Any]]:
+    egfr_date = egfr_date or days_ago(90)  # results must be recent to drive a finding
     subj = {"reference": f"Patient/{pid}"}
     return [
         {"resourceType": "Patient", "id": pid, "birthDate": "1944-03-02",
@@ -194,7 +197,7 @@ def test_order_select_override_suppresses_until_facts_change(server, api, uid) -
         sign = c.post(f"/cds-services/{SERVICE_SIGN}", json=_hook("order-sign", pid, drafts=[draft]))
         assert sign.status_code == 200 and "ddis-nsaid-ckd" not in _rules(sign)
     # the facts change: a new, lower eGFR -> the eGFR card returns; the CKD card (same facts) stays acknowledged
-    _store(api, [_egfr(pid, f"{pid}-egfr2", 29, "2025-11-20")])
+    _store(api, [_egfr(pid, f"{pid}-egfr2", 29, days_ago(5))])
     with server.client("gp") as c:
         changed = c.post(f"/cds-services/{SERVICE_OS}", json=req)
     rules = _rules(changed)

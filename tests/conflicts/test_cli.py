@@ -29,7 +29,8 @@ def test_json_output(tmp_path: Path) -> None:
     out = json.loads(r.output)
     assert out["patient"] == "Patient/pt1"
     assert {"findings", "unrecognised", "resolution"} <= set(out)
-    assert out["findings"][0]["rule"] == "dr-metformin-egfr-30"
+    assert "dr-metformin-egfr-30" in {f["rule"] for f in out["findings"]}
+    assert all({"involves", "rule", "why_now", "mechanism"} <= set(f) for f in out["findings"])
     assert set(out["resolution"]) >= {"changes", "residual"}
 
 

@@ -81,7 +81,7 @@ def test_each_class_is_registered_under_its_key_and_defines_detect_and_encode() 
 def test_knowledge_lists_every_rule_once_in_the_engine_order() -> None:
     ids = [r["id"] for _k, r in KB.kinds]
     assert ids == [*(r["id"] for r in KB.rules), *(c["id"] for c in KB.lifestyle), KB.reviews["id"],
-                   *(t["id"] for t in KB.timing)]
+                   *(t["id"] for t in KB.timing), *(d["id"] for d in KB.dose_rules)]
     assert all(r["_kind"] in rules.KINDS for r in KB.rules)
 
 

@@ -37,9 +37,13 @@ def _person(pid: str, practice: str, *, nsaid: bool, nhs: str) -> list[dict[str,
          "name": [{"family": "Screen", "given": [pid[-4:]]}],
          "generalPractitioner": [{"reference": f"Organization/{practice}"}]},
         {"resourceType": "Condition", "id": f"{pid}-hf", "subject": subj,
-         "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": "Heart failure"}},
+         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                        "code": "active"}]}, "code": {"text": "Heart failure"}},
         {"resourceType": "MedicationStatement", "id": f"{pid}-m1", "status": "active", "subject": subj,
          "medicationCodeableConcept": {"text": "Bisoprolol 2.5mg tablets"}},
+        # heart failure treated as START A6/A8 expect (so the person without an NSAID has nothing to flag)
+        {"resourceType": "MedicationStatement", "id": f"{pid}-m3", "status": "active", "subject": subj,
+         "medicationCodeableConcept": {"text": "Ramipril 2.5mg capsules"}},
     ]
     if nsaid:
         res.append({"resourceType": "MedicationStatement", "id": f"{pid}-m2", "status": "active", "subject": subj,

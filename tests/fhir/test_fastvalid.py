@@ -174,3 +174,18 @@ def test_the_samples_and_the_generator_use_only_allowed_codes(tmp_path):
             docs += [orjson.loads(line) for line in f.read_bytes().splitlines() if line.strip()]
     problems = [p for p in map(required_code_problem, docs) if p]
     assert len(docs) > 1000 and problems == []
+
+
+# -- the shortcuts for free text and base64 decide exactly as the FHIR regexes they stand in for ----------------
+@pytest.mark.parametrize("fmt", ["String", "Markdown", "EncodedBytes"])
+def test_string_shortcuts_agree_with_the_fhir_regex(fmt):
+    import random
+
+    from joinedup.fhir.fastvalid import STRING_FORMATS, _string_ok
+
+    rng = random.Random(fmt)
+    alphabet = "AB+/=09xyz \t\r\n\x0b\x0c\x1c\x85\u00a0\u2028\u3000é"
+    samples = ["", " ", "QUJD", "QUJD\n", "QUJ", "QU JD", "====", "\u00a0", "a\u3000", "QUJDRA=="]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(50000)]
+    for value in samples:
+        assert _string_ok(value, fmt) == (STRING_FORMATS[fmt].fullmatch(value) is not None), repr(value)

@@ -17,10 +17,15 @@ def _rest_resources(params: SearchParameters) -> tuple:
     out = []
     for rtype in sorted(params.by_type):
         search = [{"name": name, "type": t, "documentation": "Supported on every type"} for name, t in COMMON.items()]
+        not_served = dict(params.unsupported.get(rtype, {}))
         for p in params.params(rtype).values():
             if p.type in ("composite", "special"):
+                not_served[p.name] = f"{p.type} parameters are not supported"
                 continue
-            search.append({"name": p.name, "type": p.type})
+            entry = {"name": p.name, "type": p.type}
+            if (rtype, p.name) in params.urls:
+                entry["definition"] = params.urls[(rtype, p.name)]
+            search.append(entry)
         ref_params = [p.name for p in params.params(rtype).values() if p.type == "reference"]
         entry = {
             "type": rtype,
@@ -35,6 +40,10 @@ def _rest_resources(params: SearchParameters) -> tuple:
             "searchRevInclude": ["*"],
             "searchParam": search,
         }
+        if not_served:
+            entry["documentation"] = ("FHIR R4 search parameters of this type not supported (a search by one of "
+                                      "them alone is refused with 400; with other filters it is ignored and "
+                                      "reported): " + "; ".join(f"{n} ({why})" for n, why in sorted(not_served.items())))
         if rtype == "Patient":
             entry["operation"] = [
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},

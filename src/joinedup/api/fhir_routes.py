@@ -25,7 +25,7 @@ from joinedup.fhir.validation import is_resource_type
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.store.repository import Stored, Written
-from joinedup.store.search import MAX_COUNT_PARAM, MAX_OFFSET, parse_int
+from joinedup.store.search import MAX_COUNT_PARAM, MAX_OFFSET, parse_int, unsupported_reason
 
 # Every handler is a plain `def`: FastAPI runs it in its thread pool, so a long store call (a 20,000-entry
 # transaction) never holds up the event loop and other requests.
@@ -191,7 +191,9 @@ def _search(request: Request, who: Principal, gate: Gate, rtype: str, params: li
         bundle["entry"].append({"resource": {
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "warning", "code": "not-supported",
-                       "diagnostics": f"Ignored unknown search parameter(s): {', '.join(plan.ignored)}"}]},
+                       "diagnostics": "Ignored (not used to filter): " + "; ".join(dict.fromkeys(
+                           unsupported_reason(gate.params, rtype, n.partition(":")[0]) for n in plan.ignored)),
+                       "expression": list(dict.fromkeys(plan.ignored))}]},
             "search": {"mode": "outcome"}})
     return FhirResponse(bundle)
 
@@ -326,7 +328,9 @@ everything_router = APIRouter(prefix="/fhir", tags=["fhir"], default_response_cl
                                                      _COUNT, _OFFSET]})
 def everything(pid: str, request: Request, who: CurrentUser, gate: GateDep):
     q = request.query_params
-    count = parse_int("_count", q["_count"], high=MAX_COUNT_PARAM) if "_count" in q else None
+    settings = request.app.state.settings
+    count = (min(parse_int("_count", q["_count"], high=MAX_COUNT_PARAM), settings.max_page_size)
+             if "_count" in q else None)
     offset = parse_int("_offset", q.get("_offset", "0"), high=MAX_OFFSET)
     since = None
     if q.get("_since"):
@@ -337,16 +341,27 @@ def everything(pid: str, request: Request, who: CurrentUser, gate: GateDep):
             raise FhirError(400, f"_since '{q['_since']}' is not a valid instant", code="value")
         since = rng[0]
     types = {t.strip() for t in q.get("_type", "").split(",") if t.strip()} or None
+    unknown = sorted(t for t in types or () if not is_resource_type(t))
+    if unknown:
+        raise FhirError(400, f"_type names no FHIR R4 resource type: {', '.join(unknown)}", code="value",
+                        expression=["_type"])
     items = gate.everything(who, pid, since=since, types=types)
     base = base_url(request)
     links = [{"relation": "self", "url": str(request.url)}]
     page = items[offset:]
     if count is not None:
         page = page[:count]
+        path = str(request.url).split("?")[0]
+        kept = [(k, v) for k, v in q.multi_items() if k != "_offset"]
+
+        def link(relation: str, at: int) -> dict:
+            return {"relation": relation, "url": f"{path}?{urlencode(kept + ([('_offset', str(at))] if at else []))}"}
+
+        links.append(link("first", 0))
         if offset + count < len(items) and count:
-            path = str(request.url).split("?")[0]
-            nq = [(k, v) for k, v in q.multi_items() if k != "_offset"] + [("_offset", str(offset + count))]
-            links.append({"relation": "next", "url": f"{path}?{urlencode(nq)}"})
+            links.append(link("next", offset + count))
+        if offset > 0 and count:
+            links.append(link("previous", max(0, offset - count)))
     entries = [{"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}}
                for s in page]
     return FhirResponse(searchset(entries, total=len(items), links=links), media_type=FHIR_JSON)

@@ -50,6 +50,10 @@ RECORD_TYPES = {"Patient", "Condition", "MedicationRequest", "MedicationStatemen
 MONITORING = {
     "egfr": "Urea and electrolytes with eGFR (renal function)",
     "potassium": "Serum potassium (urea and electrolytes)",
+    "sodium": "Serum sodium (urea and electrolytes)",
+    "magnesium": "Serum magnesium",
+    "heart_rate": "Pulse rate and ECG",
+    "hba1c": "HbA1c",
 }
 RENAL_RULES = {"ddis-nsaid-ckd", "dd-triple-whammy", "dd-acei-arb"}
 OVERRIDE_REASONS = [
@@ -465,7 +469,7 @@ def _suggestions(card_uuid: str, f: dict[str, Any], *, patient_id: str, by_ref: 
             else:
                 add(f"{'Do not start' if target in drafts else 'Stop'} {name}", acts, recommended=not out)
         elif action == "add" and to:
-            add(f"Add {to} for protection", [{"type": "create", "description": f"Draft an order for {to}",
+            add(f"Start {to}" if f["kind"] == "omission" else f"Add {to} for protection", [{"type": "create", "description": f"Draft an order for {to}",
                                                "resource": _draft_medication(patient_id, to, f["involves"])}],
                 recommended=not out)
         elif action == "adjust-dose" and target in involved:
@@ -477,7 +481,7 @@ def _suggestions(card_uuid: str, f: dict[str, Any], *, patient_id: str, by_ref: 
             add(f"Do not start {name}", [{"type": "delete", "description": f"Remove the draft order for {name}",
                                            "resourceId": ref}])
     tests = []
-    if f["kind"] == "drug-result":
+    if f["kind"] in ("drug-result", "monitoring"):
         for ref in f["involves"]:
             res = by_ref.get(ref) or {}
             if res.get("resourceType") == "Observation":
@@ -519,6 +523,12 @@ def card_for(*, finding: dict[str, Any], fp: str, req: HookRequest, by_ref: dict
         value = (res.get("valueQuantity") or {}).get("value")
         extra = f" = {value:g}" if isinstance(value, (int, float)) else ""
         lines.append(f"- `{ref}`{' (draft order)' if ref in drafts else ''}{': ' + label if label else ''}{extra}")
+    if finding.get("mechanism"):
+        lines += ["", f"**Mechanism:** {finding['mechanism']}"]
+    if finding.get("why_now"):
+        lines += ["", "**Why now:**"] + [
+            f"- {w.get('what', '')}{' (' + w['date'][:10] + ')' if w.get('date') else ''}"
+            f"{' - recorded by ' + w['source'] if w.get('source') else ''}" for w in finding["why_now"]]
     lines += ["", "**Sources:**"] + [f"- {s}" for s in finding["sources"]]
     lines += ["", "_Decision support only: it supports, and does not replace, clinical judgement._"]
     suggestions = _suggestions(card_uuid, finding, patient_id=req.patient_id, by_ref=by_ref, drafts=drafts,
@@ -571,13 +581,15 @@ def evaluate_hook(*, gate: Any, who: Principal, service_id: str, body: Any, base
     keep = {id(f) for f in visible}
     shown = [(f, fp) for f, fp in zip(findings, fps) if fp not in done and id(f) in keep]
     changes: list[dict[str, Any]] = []
-    if shown and any(f["kind"] in ("drug-drug", "drug-disease", "drug-result", "duplicate") for f, _ in shown):
+    if shown and any(f["kind"] in ("drug-drug", "drug-disease", "drug-result", "duplicate", "omission")
+                     for f, _ in shown):
         changes = resolve(kb, rec, all_found).get("changes", [])
     cards = [card_for(finding=f, fp=fp, req=req, by_ref=by_ref, changes=changes, base_url=base_url, kb=kb)
              for f, fp in shown]
     return {"cards": cards, "extension": {
         "example.joinedup.acknowledged-not-shown": len(findings) - len(shown),
         "example.joinedup.read-from-store": fetched,
+        "example.joinedup.deceased": rec.deceased,
         "example.joinedup.ms": round((time.perf_counter() - started) * 1000, 1)}}
 
 

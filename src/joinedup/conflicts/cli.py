@@ -99,6 +99,8 @@ def screen_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or summary")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=16,
                                          help="processes sharing the population")] = 2,
+    include_deceased: Annotated[bool, typer.Option("--include-deceased",
+                                                   help="also screen people recorded as deceased")] = False,
 ) -> None:
     """Screen the whole store for conflicts (detection only) and write a worklist with counts per practice."""
     from rich.console import Console
@@ -128,7 +130,8 @@ def screen_command(
                       console=console, disable=quiet or not console.is_terminal) as bar:
             task = bar.add_task("screen", total=total)
             result = screen.screen_population(gate=gate, who=who, severity=severity.value, practice=practice,
-                                              progress=lambda n: bar.update(task, completed=n), workers=workers)
+                                              progress=lambda n: bar.update(task, completed=n), workers=workers,
+                                              include_deceased=include_deceased)
         files = screen.write_outputs(result, out=out, formats=formats)
     except (screen.ScreenError, FhirError) as exc:
         typer.echo(f"error: {exc}", err=True)

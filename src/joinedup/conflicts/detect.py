@@ -15,19 +15,16 @@ from typing import Any
 from joinedup.fhir.values import age_on as _age
 
 from .knowledge import (
-    SYSTEM_ICD10,
-    SYSTEM_LOINC,
-    SYSTEM_SCT,
     Knowledge,
     code_system,
-    recognise_condition_text,
-    recognise_icd10,
     recognise_medicine_text,
 )
 from .models import SEVERITY_ORDER, AllergyItem, Finding, MedItem, PatientRecord, ResultItem
+from .recognition import ckd_from_egfr, condition_keys, med_dose, non_medicinal, result_key, result_value
 
 ACTIVE_MED_STATEMENT = {"active", "intended", "on-hold"}
 ACTIVE_MED_REQUEST = {"active", "on-hold"}
+STOPPED_MED = {"stopped", "completed", "cancelled"}
 INACTIVE_CONDITION = {"resolved", "inactive", "remission"}
 BAD_VERIFICATION = {"refuted", "entered-in-error"}
 BAD_OBS_STATUS = {"entered-in-error", "cancelled"}
@@ -113,9 +110,57 @@ def _medication_concept(res: dict[str, Any], by_ref: dict[str, dict[str, Any]]) 
 
 def _obs_value(res: dict[str, Any]) -> float | None:
     vq = res.get("valueQuantity")
-    if isinstance(vq, dict) and isinstance(vq.get("value"), (int, float)):
+    if isinstance(vq, dict) and isinstance(vq.get("value"), (int, float)) and not isinstance(vq["value"], bool):
         return float(vq["value"])
     return None
+
+
+def _obs_unit(res: dict[str, Any]) -> str:
+    vq = res.get("valueQuantity") or {}
+    return str(vq.get("unit") or vq.get("code") or "") if isinstance(vq, dict) else ""
+
+
+# HbA1c is recorded in IFCC mmol/mol (UK) or DCCT % (US feeds): rules use mmol/mol; % = mmol/mol / 10.929 + 2.15
+# (IFCC-DCCT master equation, NGSP/IFCC; NHS Diabetes "HbA1c standardisation" conversion)
+def _normalise_result(key: str, value: float, unit: str) -> float:
+    u = unit.strip().lower()
+    if key == "hba1c" and (u == "%" or (not u and value < 20)):
+        return round((value - 2.15) * 10.929, 1)
+    if key == "magnesium" and (u == "mg/dl" or (not u and value > 1.4)):
+        # mg/dL -> mmol/L (Mg 24.305 g/mol); an unlabelled value above 1.4 cannot be mmol/L in a living person's
+        # serum range report (reference 0.7-1.0 mmol/L = 1.7-2.4 mg/dL) and is read as mg/dL
+        return round(value / 2.431, 2)
+    return value
+
+
+def _med_date(res: dict[str, Any]) -> str:
+    return str(res.get("authoredOn") or res.get("dateAsserted") or res.get("effectiveDateTime")
+               or ((res.get("effectivePeriod") or {}).get("start")) or "")
+
+
+def _stop_date(res: dict[str, Any]) -> str:
+    """When a stopped/completed/cancelled line says the medicine ended (end of period, else when it was recorded)."""
+    return str(((res.get("effectivePeriod") or {}).get("end")) or res.get("dateAsserted") or res.get("authoredOn")
+               or res.get("effectiveDateTime") or ((res.get("effectivePeriod") or {}).get("start")) or "")
+
+
+def _expired(res: dict[str, Any], today: str) -> bool:
+    """A prescription whose dispense validity period (or whole-course effective period) ended before today."""
+    end = ((res.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end")
+    if res.get("resourceType") == "MedicationStatement":
+        end = (res.get("effectivePeriod") or {}).get("end")
+    return bool(end) and str(end)[:10] < today
+
+
+def _is_deceased(res: dict[str, Any]) -> bool:
+    if res.get("deceasedBoolean") is True:
+        return True
+    return bool(res.get("deceasedDateTime"))
+
+
+def _condition_date(res: dict[str, Any]) -> str:
+    return str(res.get("onsetDateTime") or res.get("recordedDate") or ((res.get("onsetPeriod") or {}).get("start"))
+               or "")
 
 
 def build_record(
@@ -132,12 +177,19 @@ def build_record(
     today = today or date.today()
 
     origin: dict[str, tuple[str, int, str]] = {}  # med ref -> (source, prescription first, date)
+    rec.today = today.isoformat()
+    stops: list[tuple[frozenset[str], str, str, str]] = []  # (ingredients, stop date, source, ref)
+    egfr_history: list[tuple[str, float, str]] = []  # (date, value, ref): CKD shown by eGFR (recognition.py)
 
     def add_med(res: dict[str, Any], draft: bool) -> None:
         concept = _medication_concept(res, by_ref)
         ings, missing = recognise_medicine(kb, concept)
         ref = _ref(res)
         text = _concept_text(concept) or "(no medication code or text)"
+        if not ings and (what := non_medicinal(kb, concept, text)):  # e.g. a device ordered as a "medication"
+            rec.non_medicinal.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
+                                      "codes": [c for _, c, _ in _codes(concept)], "kind": what})
+            return
         if not ings:
             unrec.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
                           "codes": [c for _, c, _ in _codes(concept)], "reason": "medicine not recognised"})
@@ -145,72 +197,107 @@ def build_record(
         if missing:
             unrec.append({"reference": ref, "resourceType": res.get("resourceType"), "text": text,
                           "codes": [], "reason": "component not recognised: " + "; ".join(missing)})
+        source = str((res.get("meta") or {}).get("source") or "")
+        started = _med_date(res)
         if not draft:
-            origin[ref] = (str((res.get("meta") or {}).get("source") or ""),
-                           0 if res.get("resourceType") == "MedicationRequest" else 1,
-                           str(res.get("authoredOn") or res.get("dateAsserted") or res.get("effectiveDateTime")
-                               or ((res.get("effectivePeriod") or {}).get("start")) or ""))
+            origin[ref] = (source, 0 if res.get("resourceType") == "MedicationRequest" else 1, started)
         rec.meds.append(MedItem(
             ref=ref, display=text, ingredients=ings, classes=kb.classes_of(ings), regular=_is_regular(res),
             draft=draft, acb=sum(kb.ingredient_acb.get(i, 0) for i in ings),
-            falls_risk=any(kb.ingredient_falls.get(i, False) for i in ings),
+            falls_risk=any(kb.ingredient_falls.get(i, False) for i in ings), start=started, source=source,
+            dose=med_dose(kb, concept, res, ings),
         ))
+        rec.facts[ref] = {"what": f"{'draft order' if draft else 'current medicine'}: {text}", "date": started,
+                          "source": source}
+
+    def add_stop(res: dict[str, Any]) -> None:
+        ings, _ = recognise_medicine(kb, _medication_concept(res, by_ref))
+        if ings:
+            stops.append((ings, _stop_date(res), str((res.get("meta") or {}).get("source") or ""), _ref(res)))
 
     for res in resources:
         rt = res.get("resourceType")
         if rt == "Patient":
-            rec.patient = _ref(res)
-            rec.age = _age(res.get("birthDate"), today)
+            if _is_deceased(res):
+                rec.deceased = True  # any of the person's linked Patient records
+            if rec.patient is None or res.get("birthDate"):
+                rec.patient = _ref(res)
+                rec.age = _age(res.get("birthDate"), today)
+                gender = str(res.get("gender") or "").lower()
+                rec.sex = gender if gender in ("female", "male") else rec.sex
+                rec.facts[rec.patient] = {"what": f"person: age {rec.age if rec.age is not None else 'unknown'}"
+                                                  f"{', ' + gender if gender else ''}",
+                                          "date": str(res.get("birthDate") or ""),
+                                          "source": str((res.get("meta") or {}).get("source") or "")}
         elif rt == "MedicationStatement":
-            if str(res.get("status", "")).lower() in ACTIVE_MED_STATEMENT:
-                add_med(res, False)
+            status = str(res.get("status", "")).lower()
+            if status in ACTIVE_MED_STATEMENT:
+                if _expired(res, rec.today):
+                    rec.not_current[_ref(res)] = "course ended (effectivePeriod.end)"
+                else:
+                    add_med(res, False)
+            elif status in STOPPED_MED:
+                add_stop(res)
         elif rt == "MedicationRequest":
-            if str(res.get("status", "")).lower() in ACTIVE_MED_REQUEST and res.get("intent", "order") != "proposal":
-                add_med(res, False)
+            status = str(res.get("status", "")).lower()
+            if status in ACTIVE_MED_REQUEST and res.get("intent", "order") != "proposal":
+                if _expired(res, rec.today):
+                    rec.not_current[_ref(res)] = "prescription expired (dispenseRequest.validityPeriod.end)"
+                else:
+                    add_med(res, False)
+            elif status in STOPPED_MED:
+                add_stop(res)
         elif rt == "Condition":
             status = (_status_code(res.get("clinicalStatus")) or "active").lower()
             verification = (_status_code(res.get("verificationStatus")) or "").lower()
             if verification in BAD_VERIFICATION:
                 continue
-            key = None
-            for system, code, _ in _codes(res.get("code")):
-                if system == SYSTEM_SCT:
-                    key = kb.condition_codes.get((SYSTEM_SCT, code))
-                elif system == SYSTEM_ICD10:
-                    key = recognise_icd10(kb, code)
-                if key:
-                    break
-            if key is None:
-                key = recognise_condition_text(kb, _concept_text(res.get("code")))
-            if key is None:
+            # every condition the code stands for (code lists, ICD-10, text) and those it implies (terminology.py)
+            keys = condition_keys(kb, res.get("code"), _concept_text(res.get("code")))
+            if not keys:
                 unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
                               "codes": [c for _, c, _ in _codes(res.get("code"))], "reason": "condition not recognised"})
                 continue
-            if status in INACTIVE_CONDITION and key not in kb.history_counts:
-                continue
-            rec.conditions.setdefault(key, []).append(_ref(res))
+            if status in INACTIVE_CONDITION:
+                keys = tuple(k for k in keys if k in kb.history_counts)
+                if not keys:
+                    continue
+            key = keys[0]
+            for k in keys:
+                rec.conditions.setdefault(k, []).append(_ref(res))
+            rec.facts[_ref(res)] = {"what": f"condition: {_concept_text(res.get('code')) or key}"
+                                            f"{' (' + status + ')' if status != 'active' else ''}",
+                                    "date": _condition_date(res),
+                                    "source": str((res.get("meta") or {}).get("source") or "")}
         elif rt == "Observation":
             if str(res.get("status", "")).lower() in BAD_OBS_STATUS:
                 continue
-            key = None
-            for system, code, _ in _codes(res.get("code")):
-                if system == SYSTEM_LOINC:
-                    key = kb.result_loinc.get(code)
-                    if key:
-                        break
-            if key is None:
-                hits = kb.result_text.match(_concept_text(res.get("code")))
-                key = hits[0][0] if hits else None
+            key = result_key(kb, res.get("code"), _concept_text(res.get("code")))  # LOINC, SNOMED CT, text
             value = _obs_value(res)
             if key is None or value is None:
                 unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
                               "codes": [c for _, c, _ in _codes(res.get("code"))],
                               "reason": "observation not used by any rule" if key is None else "no numeric value"})
                 continue
-            when = str(res.get("effectiveDateTime") or res.get("issued") or "")
+            when = str(res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start")
+                       or res.get("issued") or "")
+            unit = _obs_unit(res)
+            converted = result_value(kb, key, value, unit)  # to the canonical unit (terminology/results.yaml)
+            if converted is None:
+                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                              "codes": [c for _, c, _ in _codes(res.get("code"))],
+                              "reason": f"unit not recognised for {key}: {unit}"})
+                continue
+            value = _normalise_result(key, converted, "" if key in kb.term.result_specs else unit)
+            if key == "egfr":
+                egfr_history.append((when, value, _ref(res)))
             prev = rec.results.get(key)
             if prev is None or when >= prev.when:
-                rec.results[key] = ResultItem(key=key, value=value, ref=_ref(res), when=when)
+                rec.results[key] = ResultItem(key=key, value=value, ref=_ref(res), when=when,
+                                              unit=kb.result_units.get(key, "") or unit)
+                rec.facts[_ref(res)] = {"what": f"result: {key} {value:g} {kb.result_units.get(key, '') or unit}"
+                                                .rstrip(),
+                                        "date": when, "source": str((res.get("meta") or {}).get("source") or "")}
         elif rt == "AllergyIntolerance":
             status = (_status_code(res.get("clinicalStatus")) or "active").lower()
             verification = (_status_code(res.get("verificationStatus")) or "").lower()
@@ -218,14 +305,22 @@ def build_record(
                 continue
             ings, _ = recognise_medicine(kb, res.get("code"))
             if not ings:
-                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
-                              "codes": [c for _, c, _ in _codes(res.get("code"))],
-                              "reason": "allergen not recognised as a medicine"})
+                what = non_medicinal(kb, res.get("code"), _concept_text(res.get("code")))
+                item = {"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                        "codes": [c for _, c, _ in _codes(res.get("code"))]}
+                if what:  # positively identified as a food/environmental allergen: not an unrecognised medicine
+                    rec.non_medicinal.append({**item, "kind": what})
+                else:
+                    unrec.append({**item, "reason": "allergen not recognised as a medicine"})
                 continue
             cls = kb.classes_of(ings)
             # a penicillin or NSAID allergy is a class allergy (cross-sensitivity)
             rec.allergies.append(AllergyItem(ref=_ref(res), ingredients=ings,
                                              classes=cls & {"penicillin", "nsaid"}))
+    if len(egfr_history) > 1:
+        ckd_from_egfr(rec, egfr_history)
+    if stops:
+        _stopped_elsewhere(rec, stops)
     _one_line_per_medicine(rec, origin)
     for res in draft_orders or ():
         if isinstance(res, dict):
@@ -256,18 +351,62 @@ def _one_line_per_medicine(rec: PatientRecord, origin: dict[str, tuple[str, int,
         rec.meds = [m for m in rec.meds if m.ref not in drop]
 
 
+def _stopped_elsewhere(rec: PatientRecord, stops: list[tuple[frozenset[str], str, str, str]]) -> None:
+    """A current line is not current when another organisation later recorded the same medicine as stopped or
+    completed (e.g. the hospital stopped it at discharge after the GP's last issue): the stop must be dated after
+    the line's own date and come from a different source."""
+    keep: list[MedItem] = []
+    for m in rec.meds:
+        why = None
+        for ings, when, source, ref in stops:
+            if ings == m.ingredients and source != m.source and when and m.start and when[:10] > m.start[:10]:
+                why = f"stopped by a later record ({ref}, {when[:10]}{', ' + source if source else ''})"
+                break
+        if why:
+            rec.not_current[m.ref] = why
+            rec.facts.pop(m.ref, None)
+        else:
+            keep.append(m)
+    rec.meds = keep
+
+
 def _desc(text: str) -> tuple[int, ...]:
     """Sort key putting later ISO dates first."""
     return tuple(-ord(ch) for ch in text)
 
 
-def detect(kb: Knowledge, rec: PatientRecord) -> list[Finding]:
+def detect(kb: Knowledge, rec: PatientRecord, *, include_deceased: bool = False) -> list[Finding]:
     """Run every rule over a recognised record through its kind's class (`kb.kinds`, see `rules.KINDS`), skipping
     rules already reconciled (`rec.resolved_ids`); deterministic order (severity, rule, involves)."""
+    if rec.deceased and not include_deceased:
+        return []
     findings: list[Finding] = []
     resolved = rec.resolved_ids
+    held = frozenset().union(*(m.ingredients for m in rec.meds)) if rec.meds else frozenset()
     for kind, rule in kb.kinds:
+        need = rule.get("_need")
+        if need and any(n.isdisjoint(held) for n in need):
+            continue  # a medicine the rule needs is not in the record
         if rule["id"] not in resolved:
             findings += kind.detect(kb, rec, rule)
-    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.involves))
+    if findings:
+        findings = _one_monitoring_request(findings)
+        facts = rec.facts
+        for f in findings:
+            f.why_now = [{"ref": r, **facts[r]} for r in f.involves if r in facts]
+        findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.involves))
     return findings
+
+
+def _one_monitoring_request(findings: list[Finding]) -> list[Finding]:
+    """Several rules reading the same out-of-date result on the same medicine ask for one repeat test."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for f in findings:
+        if f.kind == "monitoring":
+            key = tuple(f.involves[:2])
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(f)
+    return out

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-from .rules import KINDS, RuleKind, kind_of, rule_items
+from .dose_rules import compile_dose_rules
+from .rules import KINDS, PATIENT_FILTERS, RuleKind, kind_of, rule_items
+from .terminology import SAFE_LOADER, CompiledTerms, TermData, compile_terms, load_term_data, merge_ingredients
 
 KNOWLEDGE_PACKAGE = "joinedup.knowledge"
 
@@ -146,6 +148,13 @@ class Knowledge:
     reviews: dict[str, Any]
     severity_weights: dict[str, int]
     acb_source: str
+    # resolution sequencing: stop-first selectors and medicines never to stop while a result is above a threshold
+    stop_first: list[dict[str, Any]] = field(default_factory=list)
+    keep_guards: list[dict[str, Any]] = field(default_factory=list)
+    result_units: dict[str, str] = field(default_factory=dict)
+    # terminology (terminology.py: code lists, brands, product codes, result codes/units) and dose checks (dose_rules)
+    term: CompiledTerms = field(default_factory=CompiledTerms)
+    dose_rules: list[dict[str, Any]] = field(default_factory=list)
     # every rule (rules, lifestyle clashes, review merge, timing) with its kind's class, in the engine's order
     kinds: list[tuple[type[RuleKind], dict[str, Any]]] = field(default_factory=list)
 
@@ -164,6 +173,13 @@ class Knowledge:
             return Selector(frozenset({spec["ingredient"]}), spec["ingredient"])
         if "any_ingredient" in spec:
             return Selector(frozenset(spec["any_ingredient"]), "/".join(spec["any_ingredient"]))
+        if "any_of" in spec:
+            parts = [self.selector(x) for x in spec["any_of"]]
+            return Selector(frozenset().union(*(x.ingredients for x in parts)), " or ".join(x.label for x in parts))
+        if "acb_min" in spec:
+            n = int(spec["acb_min"])
+            return Selector(frozenset(k for k, v in self.ingredient_acb.items() if v >= n),
+                            f"anticholinergic (ACB score {n} or more)")
         if spec.get("falls_risk"):
             return Selector(frozenset(k for k, v in self.ingredient_falls.items() if v), "falls-risk medicine")
         raise ValueError(f"unknown selector {spec!r}")
@@ -184,7 +200,7 @@ class Knowledge:
 def _read(name: str) -> dict[str, Any]:
     path = resources.files(KNOWLEDGE_PACKAGE).joinpath(name)
     with path.open("r", encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
+        return yaml.load(fh, Loader=SAFE_LOADER) or {}  # libyaml's safe loader when available (terminology.py)
 
 
 def _expand(classes: list[str], class_meta: dict[str, Any]) -> frozenset[str]:
@@ -206,18 +222,28 @@ def compile_knowledge(
     guidance: dict[str, Any],
     lifestyle: dict[str, Any],
     schedules: dict[str, Any],
+    terminology: TermData | None = None,
+    dosing: dict[str, Any] | None = None,
 ) -> Knowledge:
-    """Build the compiled knowledge from parsed YAML documents."""
+    """Build the compiled knowledge from parsed YAML documents (plus the terminology data and dose limits)."""
     class_meta = medicines.get("classes", {}) or {}
     falls_sources = medicines.get("falls_risk_classes", {}) or {}
-    meds = medicines["medicines"]
+    meds = merge_ingredients(medicines["medicines"], terminology)
     ingredient_classes: dict[str, frozenset[str]] = {}
     ingredient_acb: dict[str, int] = {}
     ingredient_falls: dict[str, bool] = {}
     med_codes: dict[tuple[str, str], tuple[str, ...]] = {}
     med_text = PhraseIndex()
+    extra_classes: dict[str, list[str]] = {}
+    for cls, spec in (medicines.get("class_members", {}) or {}).items():
+        if cls not in class_meta:
+            raise ValueError(f"class_members: class {cls!r} is not defined under classes")
+        for ing in (spec or {}).get("members", []) or []:
+            if ing not in meds:
+                raise ValueError(f"class_members {cls!r}: unknown ingredient {ing!r}")
+            extra_classes.setdefault(ing, []).append(cls)
     for key, m in meds.items():
-        classes = _expand(list(m.get("classes", [])), class_meta)
+        classes = _expand(list(m.get("classes", [])) + extra_classes.get(key, []), class_meta)
         ingredient_classes[key] = classes
         ingredient_acb[key] = int(m.get("anticholinergic_burden") or 0)
         ingredient_falls[key] = bool(classes & set(falls_sources))
@@ -285,11 +311,27 @@ def compile_knowledge(
         severity_weights=dict(rules.get("severity_weights") or {"critical": 1000, "high": 100, "moderate": 20, "low": 3}),
         acb_source=str(medicines.get("acb_source", "")),
     )
+    result_windows = {k: (v or {}).get("recency_days") for k, v in (rules.get("results", {}) or {}).items()}
     compiled_rules = []
+    seen_ids: set[str] = set()
     for r in rules.get("rules", []) or []:
         cr = dict(r)
+        rid = str(r.get("id"))
+        if rid in seen_ids:
+            raise ValueError(f"rule {rid!r} is defined twice")
+        seen_ids.add(rid)
+        if r.get("verified") is False and r.get("severity") in ("high", "critical"):
+            raise ValueError(f"rule {rid!r}: an unverified rule cannot be {r['severity']}")
         cr["_drugs"] = [kb.selector(s) for s in r.get("drugs", []) or []]
-        cr["_unless"] = [kb.selector(s) for s in r.get("unless", []) or []]
+        cr["_unless"] = [kb.selector(s) for s in (r.get("unless") or r.get("indicated") or [])]
+        cr["_with"] = [kb.selector(s) for s in r.get("with_drugs", []) or []]
+        cr["_filters"] = any(k in r for k in PATIENT_FILTERS)
+        if "result" in r:
+            window = r.get("recency_days", result_windows.get(r["result"]["code"]))
+            cr["_window"] = int(window) if window is not None else None
+        if r.get("add"):
+            cr["add_protection"] = r["add"]
+            cr["_suggest"] = {"action": "add", "ingredient": r["add"], "display": kb.display_of(r["add"])}
         excl: set[str] = set()
         for s in r.get("exclude_drugs", []) or []:
             excl |= kb.selector(s).ingredients
@@ -298,18 +340,55 @@ def compile_knowledge(
             cr["_drugs"] = [Selector(sel.ingredients - excl, sel.label) for sel in cr["_drugs"]]
         cr["_conditions"] = tuple(r.get("conditions", []) or [])
         cr["_kind"] = kind_of(r)
+        # ingredient sets of which the record must hold at least one each for the rule to be able to fire (lets
+        # detection skip a rule with one set intersection instead of scanning the medicines)
+        need = [sel.ingredients for sel in cr["_with"]]
+        if cr["_kind"] == "drug-drug":
+            need += [sel.ingredients for sel in cr["_drugs"]]
+        elif cr["_kind"] in ("drug-disease", "drug-result") and cr["_drugs"]:
+            need.append(cr["_drugs"][0].ingredients)
+        cr["_need"] = tuple(need)
         if cr["_kind"] not in KINDS:
             raise ValueError(f"rule {r.get('id')!r}: unknown kind {cr['_kind']!r} (known: {', '.join(sorted(KINDS))})")
         compiled_rules.append(cr)
     kb.rules = compiled_rules
+    res_block = rules.get("resolution") or {}
+    for item in res_block.get("stop_first", []) or []:
+        kb.stop_first.append({**item, "_ingredients": kb.selector(item["drugs"]).ingredients})
+    for item in res_block.get("keep_while", []) or []:
+        kb.keep_guards.append({**item, "_ingredients": kb.selector(item["drugs"]).ingredients})
+    kb.result_units = {k: str((v or {}).get("unit", "")) for k, v in (rules.get("results", {}) or {}).items()}
     timing = []
     for t in schedules.get("timing", []) or []:
         ct = dict(t)
         ct["_drugs"] = [kb.selector(s) for s in t.get("drugs", [])]
         timing.append(ct)
     kb.timing = timing
+    kb.term = compile_terms(kb, terminology, conditions, phrase_index=PhraseIndex,
+                            recognise_text=recognise_medicine_text, rxnorm=SYSTEM_RXNORM, sct=SYSTEM_SCT)
+    kb.dose_rules = compile_dose_rules(kb, dosing)
     kb.kinds = rule_items(kb)
     return kb
+
+
+# further rule files (same shape as rules.yaml: `results` and `rules`), merged after rules.yaml in this order
+RULE_FILES = ("conflicts/results.yaml", "conflicts/interactions.yaml", "conflicts/mhra.yaml",
+              "conflicts/stopp_start_v3.yaml", "conflicts/nice.yaml", "conflicts/resolution.yaml")
+
+
+def merged_rules(base: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
+    """rules.yaml with the rules and result definitions of the further rule files appended."""
+    out = dict(base)
+    out["results"] = dict(base.get("results") or {})
+    out["rules"] = list(base.get("rules") or [])
+    out["resolution"] = dict(base.get("resolution") or {})
+    for doc in extra:
+        for key, val in (doc.get("results") or {}).items():
+            out["results"][key] = {**out["results"].get(key, {}), **val}
+        out["rules"].extend(doc.get("rules") or [])
+        for key, val in (doc.get("resolution") or {}).items():
+            out["resolution"][key] = list(out["resolution"].get(key) or []) + list(val or [])
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -318,10 +397,12 @@ def load_knowledge() -> Knowledge:
     return compile_knowledge(
         _read("conditions.yaml"),
         _read("medicines.yaml"),
-        _read("conflicts/rules.yaml"),
+        merged_rules(_read("conflicts/rules.yaml"), [_read(name) for name in RULE_FILES]),
         _read("conflicts/guidance.yaml"),
         _read("conflicts/lifestyle.yaml"),
         _read("conflicts/schedules.yaml"),
+        terminology=load_term_data(),
+        dosing=_read("dosing.yaml"),
     )
 
 

@@ -24,6 +24,9 @@ class MedItem:
     falls_risk: bool = False
     dose_reduced: bool = False
     proposed: bool = False
+    start: str = ""  # date the line was authored/asserted/started (ISO text, may be empty)
+    source: str = ""  # meta.source: the organisation that recorded it
+    dose: Any = None  # dosage.LineDose: mg/day per ingredient and days a week, read from the dosage and strength
 
 
 @dataclass(slots=True)
@@ -34,6 +37,7 @@ class ResultItem:
     value: float
     ref: str
     when: str = ""
+    unit: str = ""
 
 
 @dataclass(slots=True)
@@ -60,6 +64,15 @@ class PatientRecord:
     resolved_ids: set[str] = field(default_factory=set)
     # the same medicine recorded by other organisations: kept line -> the other organisations' lines it stands for
     recorded_elsewhere: dict[str, list[str]] = field(default_factory=dict)
+    sex: str | None = None
+    deceased: bool = False
+    today: str = ""  # ISO date the record is judged on (recency windows)
+    # medicine lines left out as not current: ref -> why (expired, stopped by a later record elsewhere)
+    not_current: dict[str, str] = field(default_factory=dict)
+    # what each recognised resource is, for a finding's "why now": ref -> {what, date, source}
+    facts: dict[str, dict[str, str]] = field(default_factory=dict)
+    # items positively identified as not medicines (food/environmental allergens, devices): kept out of `unrecognised`
+    non_medicinal: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -74,10 +87,15 @@ class Finding:
     involves: list[str]
     rule: str
     sources: list[str]
+    mechanism: str = ""
+    criterion: str = ""
+    verified: bool = True
+    suggest: dict[str, Any] | None = None
+    why_now: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """Serialise to the public JSON shape."""
-        return {
+        """Serialise to the public JSON shape (fields are only ever added, never renamed)."""
+        out: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "severity": self.severity,
@@ -86,7 +104,14 @@ class Finding:
             "involves": list(self.involves),
             "rule": self.rule,
             "sources": list(self.sources),
+            "mechanism": self.mechanism,
+            "criterion": self.criterion,
+            "verified": self.verified,
+            "why_now": [dict(w) for w in self.why_now],
         }
+        if self.suggest:
+            out["suggest"] = dict(self.suggest)
+        return out
 
 
 SEVERITY_ORDER = {"critical": 0, "high": 1, "moderate": 2, "low": 3}

@@ -27,10 +27,11 @@ from ortools.sat.python import cp_model
 from .detect import detect
 from .knowledge import Knowledge
 from .models import Finding, MedItem, PatientRecord
+from .rules import applies, compare
 
 SCALE = 100
-COST = {"keep": 0, "stop": 10, "stop-unlinked": 5, "stop-draft": 3, "switch": 6, "adjust-dose": 4, "add": 5,
-        "separate-timing": 1, "merge-reviews": 1, "agree-advice": 2}
+COST = {"keep": 0, "stop": 10, "stop-unlinked": 5, "stop-draft": 3, "stop-first": 2, "switch": 6, "adjust-dose": 4,
+        "add": 5, "separate-timing": 1, "merge-reviews": 1, "agree-advice": 2}
 
 
 @dataclass
@@ -77,16 +78,22 @@ def _alternatives(kb: Knowledge, rec: PatientRecord, med: MedItem) -> list[tuple
 
 
 def _build_slots(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> list[Slot]:
-    dose_rules = {r["id"] for r in kb.rules if r.get("dose_adjustable")}
+    dose_rules = {r["id"] for r in [*kb.rules, *kb.dose_rules] if r.get("dose_adjustable")}
     dose_refs = {ref for f in findings if f.rule in dose_rules for ref in f.involves}
     slots: list[Slot] = []
     treated = [set(g.get("treats_classes", [])) for c, g in kb.guidance.items() if c in rec.conditions]
+    fired_rules = {f.rule for f in findings}
     for m in rec.meds:
         opts = [Option("keep", m.ingredients, m.classes, 0)]
         # a medicine with no recorded indication among the person's conditions is cheaper to review/stop
         linked = any(m.classes & t for t in treated)
         stop_cost = COST["stop-draft"] if m.draft else COST["stop" if linked else "stop-unlinked"]
-        opts.append(Option("stop", frozenset(), frozenset(), stop_cost))
+        if any(not m.ingredients.isdisjoint(g["_ingredients"]) for g in kb.stop_first):
+            stop_cost = min(stop_cost, COST["stop-first"])  # clinically sequenced: this one goes first
+        if not _stop_allowed(kb, rec, m, fired_rules, findings):
+            stop_cost = -1
+        if stop_cost >= 0:
+            opts.append(Option("stop", frozenset(), frozenset(), stop_cost))
         if m.ref in dose_refs:
             opts.append(Option("adjust-dose", m.ingredients, m.classes, COST["adjust-dose"], dose_reduced=True))
         if len(m.ingredients) == 1:
@@ -108,6 +115,21 @@ def _build_slots(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> 
             Option("add", ings, kb.classes_of(ings), COST["add"] * SCALE, to=kb.display_of(ing)),
         ]))
     return slots
+
+
+def _stop_allowed(kb: Knowledge, rec: PatientRecord, m: MedItem, fired: set[str], findings: list[Finding]) -> bool:
+    """A `keep_while` guard forbids proposing to stop a medicine while its result is on the safe side of the
+    licensed threshold (e.g. metformin while eGFR >= 30), unless a rule the guard names fired on that very line."""
+    for g in kb.keep_guards:
+        if m.ingredients.isdisjoint(g["_ingredients"]) or m.draft:
+            continue
+        res = rec.results.get(g["result"])
+        if res is None:
+            continue
+        if compare(res.value, g["op"], g["value"]) and not any(
+                f.rule in set(g.get("except_rules") or ()) and m.ref in f.involves for f in findings):
+            return False
+    return True
 
 
 def _terms(x: list[Any], slot: Slot, ings: frozenset[str] | None = None, *, classes: frozenset[str] = frozenset(),
@@ -221,7 +243,15 @@ def build_model(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> E
     """The whole model: every rule encoded by its kind, every treated condition kept treated, the objective
     (option costs + severity-weighted findings + extra decisions) and the no-critical assumption."""
     enc = new_encoding(kb, rec, findings)
+    # every ingredient any option could bring (kept, switched to or added): a rule needing a medicine none of them
+    # holds cannot fire on any combination, so it adds nothing to the model
+    available = frozenset().union(*(o.ingredients for sl in enc.slots for o in sl.options))
     for kind, rule in kb.kinds:
+        need = rule.get("_need")
+        if need and any(n.isdisjoint(available) for n in need):
+            continue
+        if rule.get("_filters") and not applies(rule, rec):
+            continue
         kind.encode(enc, rule)
     model, slots, X = enc.model, enc.slots, enc.x
     # every treated condition stays treated as its guideline allows
@@ -290,6 +320,7 @@ def explain(kb: Knowledge, rec: PatientRecord, findings: list[Finding], solution
         changes.append({"action": "add-monitoring", "target": patient, "to": "structured medication review",
                         "reason": "Medicine burden remains high after the changes above: offer a structured "
                                   "medication review with the person.", "sources": list(dict.fromkeys(ng56))})
+    changes = _sequence(kb, changes, {m.ref: m for m in rec.meds})
     out: dict[str, Any] = {"changes": changes, "residual": [f.as_dict() for f in residual]}
     if solution.critical_relaxed:
         out["note"] = ("No combination of guideline options removes every critical finding; "
@@ -300,7 +331,8 @@ def explain(kb: Knowledge, rec: PatientRecord, findings: list[Finding], solution
 def _apply(kb: Knowledge, rec: PatientRecord, solution: Solution) -> PatientRecord:
     """A copy of the record with the chosen options, separations and reconciliations applied."""
     new = PatientRecord(patient=rec.patient, age=rec.age, conditions=rec.conditions, results=rec.results,
-                        allergies=rec.allergies, separated=set(rec.separated), resolved_ids=set(rec.resolved_ids))
+                        allergies=rec.allergies, separated=set(rec.separated), resolved_ids=set(rec.resolved_ids),
+                        sex=rec.sex, deceased=rec.deceased, today=rec.today, facts=rec.facts)
     for s, opt in solution.chosen:
         if s.added:
             if opt.action == "add":
@@ -347,6 +379,33 @@ def _slot_change(kb: Knowledge, s: Slot, opt: Option, gone: list[Finding], patie
             srcs.append(opt.guideline)
     elif opt.action == "adjust-dose":
         reason = f"Review and reduce the dose of {name}: resolves {why}."
+    elif any(f.kind == "omission" for f in fixed):
+        reason = f"Start {opt.to} (indicated and missing): resolves {why}."
     else:
         reason = f"Add {opt.to} for protection: resolves {why}."
     return {"action": opt.action, "target": target, "to": opt.to, "reason": reason, "sources": srcs}
+
+
+def _sequence(kb: Knowledge, changes: list[dict[str, Any]], by_ref: dict[str, MedItem]) -> list[dict[str, Any]]:
+    """Order the changes clinically and number them (`step`): stop-first medicines (e.g. a potassium supplement
+    before the potassium-sparing diuretic is reviewed), then other stops and switches, dose changes, additions,
+    then schedule and review changes; each step cites the sequencing source where one applies."""
+    first = {ref for ref, m in by_ref.items()
+             if any(not m.ingredients.isdisjoint(g["_ingredients"]) for g in kb.stop_first)}
+    order = {"stop": 1, "switch": 1, "adjust-dose": 2, "add": 3, "add-monitoring": 4}
+
+    def key(ch: dict[str, Any]) -> int:
+        if ch["action"] == "stop" and ch.get("target") in first:
+            return 0
+        return order.get(ch["action"], 5)
+
+    out = sorted(changes, key=key)
+    for n, ch in enumerate(out, 1):
+        ch["step"] = n
+        if key(ch) == 0:
+            for g in kb.stop_first:
+                m = by_ref.get(ch["target"])
+                if m is not None and not m.ingredients.isdisjoint(g["_ingredients"]):
+                    ch["reason"] += f" Do this first: {g['why']}"
+                    ch["sources"] = list(dict.fromkeys([*ch["sources"], *g.get("sources", [])]))
+    return out

@@ -116,15 +116,16 @@ SCREEN_CACHE = _ScreenCache()
 
 
 def _screen_page(gate: Gate, who: Principal, severity: str | None, practice: str | None, count: int, offset: int,
-                 refresh: bool) -> dict[str, Any]:
+                 refresh: bool, include_deceased: bool = False) -> dict[str, Any]:
     try:
         sev = screen.check_severity(severity)
     except screen.ScreenError as exc:
         raise FhirError(400, str(exc), code="value", expression=["severity"]) from None
-    key = (gate.database_url or id(gate), who.name, who.role, sev, practice or "")
+    key = (gate.database_url or id(gate), who.name, who.role, sev, practice or "", include_deceased)
     result = None if refresh else SCREEN_CACHE.get(key)
     if result is None:
-        result = screen.screen_population(gate=gate, who=who, severity=sev, practice=practice)
+        result = screen.screen_population(gate=gate, who=who, severity=sev, practice=practice,
+                                          include_deceased=include_deceased)
         SCREEN_CACHE.put(key, result)
     else:
         decision = gate.check(who, "search", "Patient", entity=f"population:{screen.PURPOSE}")
@@ -143,8 +144,9 @@ def conflict_screen(who: Who, gate: GateDep,
                     practice: str | None = Query(None, description="Organization/id, id or practice name"),
                     count: int = Query(50, alias="_count", ge=1, le=1000),
                     offset: int = Query(0, alias="_offset", ge=0, le=MAX_OFFSET),
-                    refresh: bool = Query(False, description="screen again instead of using a recent result")):
-    return _json(_screen_page(gate, who, severity, practice, count, offset, refresh))
+                    refresh: bool = Query(False, description="screen again instead of using a recent result"),
+                    include_deceased: bool = Query(False, description="also list people recorded as deceased")):
+    return _json(_screen_page(gate, who, severity, practice, count, offset, refresh, include_deceased))
 
 
 @api_router.get("/api/me/alert-settings", summary="My decision-support alert threshold")

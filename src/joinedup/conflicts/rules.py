@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from datetime import date
 from itertools import combinations, product
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,7 +48,58 @@ def make_finding(rule: dict[str, Any], involves: Iterable[str], summary: str | N
         id=_fid(rule["id"], inv), kind=kind or rule["kind"], severity=rule["severity"],
         summary=summary or rule["summary"], detail=detail or str(rule.get("detail", "")).strip(),
         involves=inv, rule=rule["id"], sources=list(rule.get("sources", [])),
+        mechanism=str(rule.get("mechanism", "")), criterion=str(rule.get("criterion", "")),
+        verified=rule.get("verified", True) is not False, suggest=rule.get("_suggest"),
     )
+
+
+# -- who a rule is about: age, sex, childbearing potential, conditions that must be absent --------------------------
+PATIENT_FILTERS = ("age_min", "age_max", "sex", "childbearing_potential", "unless_conditions", "with_drugs",
+                   "with_conditions")
+
+
+def applies(rule: dict[str, Any], rec: PatientRecord) -> bool:
+    """Whether the person is one the rule is about. `age_min`/`age_max` (an unknown age never matches), `sex`,
+    `childbearing_potential` (a woman aged 12-55 with no recorded pregnancy-preventing state: menopause,
+    sterilisation or hysterectomy condition, or a contraceptive medicine), `unless_conditions` (none of them
+    recorded) and `with_drugs` (a current medicine for each selector)."""
+    if not rule.get("_filters"):
+        return True
+    age = rec.age
+    if "age_min" in rule and (age is None or age < rule["age_min"]):
+        return False
+    if "age_max" in rule and (age is None or age > rule["age_max"]):
+        return False
+    if "sex" in rule and rec.sex != rule["sex"]:
+        return False
+    if rule.get("childbearing_potential"):
+        if rec.sex != "female" or age is None or not 12 <= age <= 55:
+            return False
+        if any(k in rec.conditions for k in CANNOT_CONCEIVE):
+            return False
+        if any("contraception" in m.classes for m in rec.meds):
+            return False
+    if rule.get("unless_conditions") and any(k in rec.conditions for k in rule["unless_conditions"]):
+        return False
+    if rule.get("with_conditions") and not any(k in rec.conditions for k in rule["with_conditions"]):
+        return False
+    for sel in rule.get("_with", ()):
+        if not any(matches(m, sel.ingredients) for m in rec.meds):
+            return False
+    return True
+
+
+CANNOT_CONCEIVE = ("menopause", "sterilisation", "hysterectomy", "pregnancy")
+
+
+def patient_refs(rule: dict[str, Any], rec: PatientRecord) -> list[str]:
+    """The resources behind a rule's person filters: the Patient (age, sex) and the `with_drugs` medicines."""
+    out: list[str] = []
+    if rec.patient and any(k in rule for k in ("age_min", "age_max", "sex", "childbearing_potential")):
+        out.append(rec.patient)
+    for sel in rule.get("_with", ()):
+        out.extend(m.ref for m in rec.meds if matches(m, sel.ingredients))
+    return out
 
 
 def matches(med: MedItem, ingredients: frozenset[str]) -> bool:
@@ -77,6 +129,29 @@ def compare(value: float, op: str, target: Any) -> bool:
         lo, hi = target
         return lo <= value < hi
     raise ValueError(op)
+
+
+SEVERITY_RANK = {"critical": 0, "high": 1, "moderate": 2, "low": 3}
+
+
+def result_age_days(res: Any, rec: PatientRecord) -> int | None:
+    """Days between a result's date and the day the record is judged on (None: undated or unreadable)."""
+    if not res.when or not rec.today:
+        return None
+    try:
+        return (date.fromisoformat(rec.today[:10]) - date.fromisoformat(res.when[:10])).days
+    except ValueError:
+        return None
+
+
+def _taken_for(m: MedItem, rec: PatientRecord) -> int:
+    """Days since a medicine line started (0 when its start date or the judging date is unknown)."""
+    if not m.start or not rec.today:
+        return 0
+    try:
+        return (date.fromisoformat(rec.today[:10]) - date.fromisoformat(m.start[:10])).days
+    except ValueError:
+        return 0
 
 
 def suppressed(rule: dict[str, Any], meds: list[MedItem]) -> bool:
@@ -141,11 +216,15 @@ class Burden(RuleKind):
     def detect(kb: Knowledge, rec: PatientRecord, rule: dict[str, Any]) -> list[Finding]:
         meds = rec.meds
         b = rule["burden"]
+        crefs = cond_refs(rec, rule["_conditions"])
+        if (rule["_conditions"] and not crefs) or not applies(rule, rec):
+            return []
         if b["type"] == "acb":
             contrib = [m for m in meds if m.acb > 0]
             total = sum(m.acb for m in contrib)
             if total >= b["threshold"]:
-                return [make_finding(rule, [m.ref for m in contrib],
+                extra = [r for r in patient_refs(rule, rec) if r not in {m.ref for m in contrib}]
+                return [make_finding(rule, [m.ref for m in contrib] + crefs + extra,
                                      summary=f"{rule['summary']}: total ACB score {total}")]
         elif b["type"] == "regular_count":
             regular = [m for m in meds if m.regular]
@@ -164,6 +243,9 @@ class Burden(RuleKind):
         kb, model, slots, X = enc.kb, enc.model, enc.slots, enc.x
         sev = rule["severity"]
         b = rule["burden"]
+        if (rule["_conditions"] and not any(k in enc.rec.conditions for k in rule["_conditions"])) or (
+                not applies(rule, enc.rec)):
+            return
         if b["type"] == "acb":
             total = []
             for s_i, s in enumerate(slots):
@@ -229,22 +311,34 @@ class DrugDrug(RuleKind):
         meds = rec.meds
         if rule["_unless"] and suppressed(rule, meds):
             return []
-        cands = [[m for m in meds if matches(m, s.ingredients)] for s in rule["_drugs"]]
+        if not applies(rule, rec):
+            return []
+        regular_only = rule.get("regular_only")
+        cands = [[m for m in meds if matches(m, s.ingredients) and (m.regular or not regular_only)]
+                 for s in rule["_drugs"]]
         if not all(cands):
             return []
         out = []
         seen: set[frozenset[str]] = set()
+        distinct = rule.get("distinct")
+        extra = patient_refs(rule, rec) + cond_refs(rec, rule["_conditions"])
+        if rule["_conditions"] and not any(k in rec.conditions for k in rule["_conditions"]):
+            return []
         for combo in product(*cands):
             refs = [m.ref for m in combo]
-            if len(set(refs)) < len(refs) and any(
+            if len(set(refs)) < len(refs) and (distinct or any(
                 len(m.ingredients) < 2 for m in combo if refs.count(m.ref) > 1
-            ):
+            )):
+                continue
+            if distinct and len(frozenset().union(*(m.ingredients for m in combo))) < len(combo):
                 continue
             key = frozenset(refs)
             if key in seen:
                 continue
             seen.add(key)
-            out.append(make_finding(rule, refs))
+            names = " + ".join(m.display for m in combo)
+            out.append(make_finding(rule, refs + extra, summary=f"{rule['summary']}: {names}"
+                                    if rule.get("name_medicines") else None))
         return out
 
     @staticmethod
@@ -252,11 +346,17 @@ class DrugDrug(RuleKind):
         sev = rule["severity"]
         drugs = rule["_drugs"]
         slots, X = enc.slots, enc.x
-        per_role = [[s_i for s_i in range(len(slots)) if enc.terms(s_i, sel.ingredients)] for sel in drugs]
+        if not applies(rule, enc.rec) or (
+                rule["_conditions"] and not any(k in enc.rec.conditions for k in rule["_conditions"])):
+            return
+        per_role = [[s_i for s_i in range(len(slots)) if enc.terms(s_i, sel.ingredients)
+                     and (slots[s_i].regular or not rule.get("regular_only"))] for sel in drugs]
         if not all(per_role):
             return
         prot = None
         for combo in product(*per_role):
+            if rule.get("distinct") and len(set(combo)) < len(combo):
+                continue
             groups: dict[int, list[int]] = {}
             for role, s_i in enumerate(combo):
                 groups.setdefault(s_i, []).append(role)
@@ -283,18 +383,27 @@ class DrugDisease(RuleKind):
 
     @staticmethod
     def detect(kb: Knowledge, rec: PatientRecord, rule: dict[str, Any]) -> list[Finding]:
-        if not rule["_conditions"] or (rule["_unless"] and suppressed(rule, rec.meds)):
+        if not (rule["_conditions"] or rule.get("_filters")) or (rule["_unless"] and suppressed(rule, rec.meds)):
             return []
         crefs = cond_refs(rec, rule["_conditions"])
-        if not crefs:
+        if rule["_conditions"] and not crefs:
             return []
+        if not applies(rule, rec):
+            return []
+        extra = patient_refs(rule, rec)
         drug = rule["_drugs"][0]
-        return [make_finding(rule, [m.ref, *crefs]) for m in rec.meds
-                if matches(m, drug.ingredients) and (m.regular or not rule.get("regular_only"))]
+        min_days = rule.get("min_days")
+        return [make_finding(rule, [m.ref, *crefs, *(r for r in extra if r != m.ref)],
+                             summary=f"{rule['summary']}: {m.display}" if rule.get("name_medicines") else None)
+                for m in rec.meds
+                if matches(m, drug.ingredients) and (m.regular or not rule.get("regular_only"))
+                and (min_days is None or _taken_for(m, rec) >= min_days)]
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
-        if not rule["_conditions"] or not any(c in enc.rec.conditions for c in rule["_conditions"]):
+        if rule["_conditions"] and not any(c in enc.rec.conditions for c in rule["_conditions"]):
+            return
+        if not (rule["_conditions"] or rule.get("_filters")) or not applies(rule, enc.rec):
             return
         sev = rule["severity"]
         drug = rule["_drugs"][0]
@@ -324,14 +433,30 @@ class DrugResult(RuleKind):
         res = rec.results.get(spec["code"])
         if res is None or not compare(res.value, spec["op"], spec["value"]):
             return []
+        crefs = cond_refs(rec, rule["_conditions"])
+        if (rule["_conditions"] and not crefs) or not applies(rule, rec):
+            return []
         drug = rule["_drugs"][0]
-        out = []
-        for m in rec.meds:
-            if matches(m, drug.ingredients):
-                if rule.get("dose_adjustable") and m.dose_reduced:
-                    continue
-                out.append(make_finding(rule, [m.ref, res.ref], summary=f"{rule['summary']} ({res.key} {res.value:g})"))
-        return out
+        meds = [m for m in rec.meds if matches(m, drug.ingredients)
+                and not (rule.get("dose_adjustable") and m.dose_reduced)]
+        if not meds:
+            return []
+        extra = [*crefs, *patient_refs(rule, rec)]
+        age = result_age_days(res, rec)
+        window = rule.get("_window") if rec.today else None  # no judging date (hand-made record): no window
+        label = f"{res.key} {res.value:g}{(' ' + res.unit) if res.unit else ''}"
+        if window is not None and (age is None or age > window):
+            # too old (or undated) to act on: it never drives this finding, it asks for the test to be repeated
+            when = f"dated {res.when[:10]}" if res.when else "undated"
+            overdue = {**rule, "severity": "moderate" if SEVERITY_RANK[rule["severity"]] <= 1 else "low",
+                       "_suggest": {"action": "monitor", "what": spec["code"]}}
+            return [make_finding(overdue, [m.ref, res.ref, *extra], kind="monitoring",
+                                 summary=f"Monitoring overdue: {label} is {when}, older than the {window}-day window "
+                                         f"for '{rule['summary']}' - repeat the test before acting",
+                                 detail=f"{str(rule.get('detail', '')).strip()} The latest result is too old to rely "
+                                        "on; repeat it and review.")
+                    for m in meds]
+        return [make_finding(rule, [m.ref, res.ref, *extra], summary=f"{rule['summary']} ({label})") for m in meds]
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
@@ -339,12 +464,48 @@ class DrugResult(RuleKind):
         res = enc.rec.results.get(spec["code"])
         if res is None or not compare(res.value, spec["op"], spec["value"]):
             return
+        if (rule["_conditions"] and not any(k in enc.rec.conditions for k in rule["_conditions"])) or (
+                not applies(rule, enc.rec)):
+            return
+        window = rule.get("_window") if enc.rec.today else None
+        age = result_age_days(res, enc.rec)
+        if window is not None and (age is None or age > window):
+            return  # a monitoring request, not a medicine change, answers an old result
         sev = rule["severity"]
         drug = rule["_drugs"][0]
         for s_i in range(len(enc.slots)):
             t = enc.terms(s_i, drug.ingredients, not_dose=bool(rule.get("dose_adjustable")))
             if t:
                 enc.model.Add(enc.finding_var(sev) >= sum(t))
+
+
+class Omission(RuleKind):
+    """START-style omission: the person has one of the rule's `conditions` (or a current medicine matching every
+    `with_drugs` selector, e.g. a regular strong opioid) and the person filters hold, but no current medicine
+    matches any `indicated` selector; reported with an "add" suggestion (`add`: the ingredient to start). The
+    optimiser may add it (the `add` ingredient is a candidate addition)."""
+
+    key = "omission"
+    reports = "omission"
+
+    @staticmethod
+    def detect(kb: Knowledge, rec: PatientRecord, rule: dict[str, Any]) -> list[Finding]:
+        crefs = cond_refs(rec, rule["_conditions"])
+        if (rule["_conditions"] and not crefs) or not applies(rule, rec):
+            return []
+        meds = rec.meds
+        if rule.get("regular_only") and rule.get("_with") and not any(
+                m.regular and matches(m, sel.ingredients) for sel in rule["_with"] for m in meds):
+            return []
+        if any(matches(m, sel.ingredients) for sel in rule["_unless"] for m in meds):
+            return []
+        return [make_finding(rule, crefs + patient_refs(rule, rec))]
+
+    @staticmethod
+    def encode(enc: Encoding, rule: dict[str, Any]) -> None:
+        if rule["id"] not in enc.present:
+            return
+        enc.model.Add(enc.finding_var(rule["severity"]) >= 1 - enc.protection(rule))
 
 
 # -- lifestyle.yaml and schedules.yaml ------------------------------------------------------------------------------
@@ -439,7 +600,7 @@ class Timing(RuleKind):
 
 # -- the table ------------------------------------------------------------------------------------------------------
 KINDS: dict[str, type[RuleKind]] = {k.key: k for k in (
-    DrugDrug, DrugDisease, DrugResult, Duplicate, Burden, Allergy, Lifestyle, MergeReviews, Timing)}
+    DrugDrug, DrugDisease, DrugResult, Duplicate, Burden, Allergy, Omission, Lifestyle, MergeReviews, Timing)}
 
 
 def kind_of(rule: dict[str, Any]) -> str:
@@ -454,10 +615,11 @@ def kind_of(rule: dict[str, Any]) -> str:
 
 def rule_items(kb: Knowledge) -> list[tuple[type[RuleKind], dict[str, Any]]]:
     """Every rule of the knowledge base with its kind: rules.yaml in file order, then the lifestyle clashes, the
-    review merge and the timing clashes."""
+    review merge, the timing clashes and the dose checks (dosing.yaml, `dose_rules.DoseCheck`)."""
     items: list[tuple[type[RuleKind], dict[str, Any]]] = [(KINDS[r["_kind"]], r) for r in kb.rules]
     items += [(Lifestyle, c) for c in kb.lifestyle]
     if kb.reviews:
         items.append((MergeReviews, kb.reviews))
     items += [(Timing, t) for t in kb.timing]
+    items += [(KINDS[r["_kind"]], r) for r in getattr(kb, "dose_rules", ())]
     return items

@@ -110,9 +110,11 @@ def _practice_matcher(gate: Any, who: Principal, practice: str | None) -> Callab
 
 def iter_screen(*, gate: Any, who: Principal, severity: str | None = None, practice: str | None = None,
                 today: date | None = None, progress: Callable[[int], None] | None = None,
-                every: int = 500, shard: tuple[int, int] | None = None
+                every: int = 500, shard: tuple[int, int] | None = None, include_deceased: bool = False
                 ) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """Stream (practice, row or None) per person in store order; a row only when the person is flagged."""
+    """Stream (practice, row or None) per person in store order; a row only when the person is flagged. People
+    recorded as deceased (`Patient.deceased[x]`) are left out altogether (not screened, not counted) unless
+    `include_deceased`."""
     kb = load_knowledge()
     threshold = SEVERITY_ORDER[check_severity(severity)]
     matcher = _practice_matcher(gate, who, practice)
@@ -123,11 +125,13 @@ def iter_screen(*, gate: Any, who: Principal, severity: str | None = None, pract
         if progress is not None and n % every == 0:
             progress(n)
         p = patient.content
+        if not include_deceased and (p.get("deceasedBoolean") is True or p.get("deceasedDateTime")):
+            continue
         prac = practice_of(p, getattr(patient, "source", None))
         if matcher is not None and not matcher(prac):
             continue
         resources = [p, *(s.content for s in items)]
-        findings = detect(kb, build_record(kb, resources, today=today))
+        findings = detect(kb, build_record(kb, resources, today=today), include_deceased=include_deceased)
         if not findings or SEVERITY_ORDER[findings[0].severity] > threshold:
             yield prac, None
             continue
@@ -192,7 +196,8 @@ def _init_shard(counter) -> None:
 
 
 def _screen_shard(db_url: str, who: Principal, severity: str, practice: str | None, today: date | None,
-                  shard: tuple[int, int]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]:
+                  shard: tuple[int, int], include_deceased: bool = False
+                  ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]:
     """One process's share of a population screen (spawned: its own connections and gate)."""
     from joinedup.governance.gate import get_gate
 
@@ -210,7 +215,8 @@ def _screen_shard(db_url: str, who: Principal, severity: str, practice: str | No
     worklist: list[dict[str, Any]] = []
     try:
         screened = _tally(iter_screen(gate=gate, who=who, severity=severity, practice=practice, today=today,
-                                      progress=progress, every=200, shard=shard), per_practice, worklist)
+                                      progress=progress, every=200, shard=shard,
+                                      include_deceased=include_deceased), per_practice, worklist)
     finally:
         gate.flush_audit()
     return per_practice, worklist, screened
@@ -218,7 +224,7 @@ def _screen_shard(db_url: str, who: Principal, severity: str, practice: str | No
 
 def screen_population(*, gate: Any, who: Principal, severity: str | None = None, practice: str | None = None,
                       today: date | None = None, progress: Callable[[int], None] | None = None,
-                      workers: int = 1) -> ScreenResult:
+                      workers: int = 1, include_deceased: bool = False) -> ScreenResult:
     """Screen every record the principal may see: detection only, streamed (constant memory per person).
 
     workers > 1 splits the population between processes (each reads its share through the gate).
@@ -229,7 +235,8 @@ def screen_population(*, gate: Any, who: Principal, severity: str | None = None,
     worklist: list[dict[str, Any]] = []
     if workers <= 1:
         screened = _tally(iter_screen(gate=gate, who=who, severity=sev, practice=practice, today=today,
-                                      progress=progress), per_practice, worklist)
+                                      progress=progress, include_deceased=include_deceased),
+                          per_practice, worklist)
     else:
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -239,8 +246,8 @@ def screen_population(*, gate: Any, who: Principal, severity: str | None = None,
         screened = 0
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_shard,
                                  initargs=(counter,)) as pool:
-            pending = {pool.submit(_screen_shard, gate.database_url, who, sev, practice, today, (k, workers))
-                       for k in range(workers)}
+            pending = {pool.submit(_screen_shard, gate.database_url, who, sev, practice, today, (k, workers),
+                                   include_deceased) for k in range(workers)}
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 if progress is not None:
@@ -263,7 +270,8 @@ def screen_population(*, gate: Any, who: Principal, severity: str | None = None,
     practices = sorted(per_practice.values(), key=lambda c: (-c["flagged"], c["practice"]))
     return ScreenResult(worklist=worklist, practices=practices, screened=screened, flagged=len(worklist),
                         seconds=time.perf_counter() - started, knowledge_version=load_knowledge().version,
-                        filters={"severity": sev, "practice": practice},
+                        filters={"severity": sev, "practice": practice,
+                                 **({"include_deceased": True} if include_deceased else {})},
                         generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 

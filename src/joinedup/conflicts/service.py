@@ -34,33 +34,42 @@ def knowledge() -> Knowledge:
 
 
 def detect_findings(*, resources: list[dict[str, Any]], draft_orders: list[dict[str, Any]] | None = None,
-                    today: date | None = None) -> dict[str, Any]:
-    """Detection only (no optimisation): for population screens and fast card generation."""
+                    today: date | None = None, include_deceased: bool = False) -> dict[str, Any]:
+    """Detection only (no optimisation): for population screens and fast card generation. A person recorded as
+    deceased gets no findings unless `include_deceased` asks for them."""
     kb = load_knowledge()
     rec = build_record(kb, resources, draft_orders or (), today=today)
-    findings = detect(kb, rec)
+    findings = detect(kb, rec, include_deceased=include_deceased)
     return {
         "patient": rec.patient or _patient_of(resources),
         "findings": [f.as_dict() for f in findings],
         "unrecognised": rec.unrecognised,
+        "non_medicinal": rec.non_medicinal,
         "recorded_elsewhere": rec.recorded_elsewhere,
+        "not_current": rec.not_current,
+        "deceased": rec.deceased,
     }
 
 
 def check_record(*, resources: list[dict[str, Any]], draft_orders: list[dict[str, Any]] | None = None,
-                 resolve_conflicts: bool = True, today: date | None = None) -> dict[str, Any]:
-    """Detect conflicts on one person's resources and propose a least-harm resolution."""
+                 resolve_conflicts: bool = True, today: date | None = None,
+                 include_deceased: bool = False) -> dict[str, Any]:
+    """Detect conflicts on one person's resources and propose a least-harm resolution (none for a person recorded
+    as deceased unless `include_deceased`)."""
     kb = load_knowledge()
     rec = build_record(kb, resources, draft_orders or (), today=today)
     if rec.patient is None:
         rec.patient = _patient_of(resources)
-    findings = detect(kb, rec)
+    findings = detect(kb, rec, include_deceased=include_deceased)
     result: dict[str, Any] = {
         "patient": rec.patient,
         "knowledge_version": kb.version,
         "findings": [f.as_dict() for f in findings],
         "unrecognised": rec.unrecognised,
+        "non_medicinal": rec.non_medicinal,
         "recorded_elsewhere": rec.recorded_elsewhere,
+        "not_current": rec.not_current,
+        "deceased": rec.deceased,
     }
     if resolve_conflicts:
         result["resolution"] = resolve(kb, rec, findings)
@@ -91,10 +100,11 @@ def bundle_resources(bundle: Any) -> list[dict[str, Any]]:
 
 
 def check_bundle(*, bundle: dict[str, Any], draft_orders: list[dict[str, Any]] | None = None,
-                 resolve_conflicts: bool = True, today: date | None = None) -> dict[str, Any]:
+                 resolve_conflicts: bool = True, today: date | None = None,
+                 include_deceased: bool = False) -> dict[str, Any]:
     """Check a FHIR Bundle holding one person's record."""
     return check_record(resources=bundle_resources(bundle), draft_orders=draft_orders,
-                        resolve_conflicts=resolve_conflicts, today=today)
+                        resolve_conflicts=resolve_conflicts, today=today, include_deceased=include_deceased)
 
 
 def read_bundle_file(*, path: str | Path) -> dict[str, Any]:
@@ -118,8 +128,10 @@ def read_bundle_file(*, path: str | Path) -> dict[str, Any]:
 
 
 def screen_population(*, gate: Any, who: Any, severity: str | None = None, practice: str | None = None,
-                      today: date | None = None, progress: Any = None) -> Any:
-    """Population screen: detection only over every record the gate lets `who` see (see `conflicts.screen`)."""
+                      today: date | None = None, progress: Any = None, include_deceased: bool = False) -> Any:
+    """Population screen: detection only over every record the gate lets `who` see (see `conflicts.screen`);
+    people recorded as deceased are left out unless `include_deceased`."""
     from .screen import screen_population as _screen
 
-    return _screen(gate=gate, who=who, severity=severity, practice=practice, today=today, progress=progress)
+    return _screen(gate=gate, who=who, severity=severity, practice=practice, today=today, progress=progress,
+                   include_deceased=include_deceased)

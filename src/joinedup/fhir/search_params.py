@@ -11,6 +11,7 @@ from functools import lru_cache
 from importlib import resources as pkg_resources
 from typing import Any
 
+import orjson
 import yaml
 
 # Parameters every type supports (handled from meta / resource columns).
@@ -107,16 +108,30 @@ def _compile_paths(paths: Iterable[str]) -> Callable[[dict], list[Any]]:
 
 
 class SearchParameters:
-    """Registry of search parameters per resource type, with the patient-compartment links."""
+    """Registry of search parameters per resource type, with the compartments each type belongs to.
 
-    def __init__(self, definitions: dict[str, dict[str, Any]]) -> None:
+    `definitions` maps a type to its parameters ({name: {type, path, target, components}}) plus `_compartment`, the
+    parameters that place it in the Patient compartment, tried in that order to find the person it is about.
+    Parameters marked `unsupported` (with the reason) are known but not served; `compartments` holds every
+    compartment ({"Patient": {type: (param, ...)}, "Practitioner": ...}).
+    """
+
+    def __init__(self, definitions: dict[str, dict[str, Any]],
+                 compartments: dict[str, dict[str, tuple[str, ...]]] | None = None) -> None:
         self.by_type: dict[str, dict[str, SearchParam]] = {}
         self.compartment: dict[str, tuple[SearchParam, ...]] = {}
+        self.unsupported: dict[str, dict[str, str]] = {}
+        self.urls: dict[tuple[str, str], str] = {}
         for rtype, params in definitions.items():
             compiled: dict[str, SearchParam] = {}
             for name, spec in params.items():
                 if name.startswith("_"):
                     continue
+                if spec.get("unsupported"):
+                    self.unsupported.setdefault(rtype, {})[name] = spec["unsupported"]
+                    continue
+                if spec.get("url"):
+                    self.urls[(rtype, name)] = spec["url"]
                 paths = tuple(spec.get("path") or ())
                 compiled[name] = SearchParam(
                     name=name, type=spec["type"], paths=paths,
@@ -126,9 +141,11 @@ class SearchParameters:
                     heads=tuple(_head(p) for p in paths),
                 )
             self.by_type[rtype] = compiled
-            self.compartment[rtype] = tuple(
-                compiled[p] for p in (params.get("_compartment") or []) if p in compiled
-            )
+            members = tuple(compiled[p] for p in (params.get("_compartment") or []) if p in compiled)
+            if members:
+                self.compartment[rtype] = members
+        self.compartments: dict[str, dict[str, tuple[str, ...]]] = compartments or {
+            "Patient": {t: tuple(p.name for p in ps) for t, ps in self.compartment.items()}}
 
     def params(self, rtype: str) -> dict[str, SearchParam]:
         """Search parameters defined for a type (empty for types stored without search support)."""
@@ -355,8 +372,37 @@ INDEXERS: dict[str, Callable[[SearchParam, list[Any], dict], None]] = {
 }
 
 
+DEFINITIONS = "definitions"
+
+
+def load_definitions() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[str, ...]]]]:
+    """The R4 definitions shipped in `definitions/r4/` with JoinedUp's additions applied: (per-type parameters
+    with `_compartment`, {compartment: {type: params}})."""
+    base = pkg_resources.files("joinedup.fhir").joinpath(DEFINITIONS)
+    types = orjson.loads(base.joinpath("r4", "search-parameters.json").read_bytes())["types"]
+    comps = orjson.loads(base.joinpath("r4", "compartments.json").read_bytes())["compartments"]
+    local = yaml.safe_load(base.joinpath("joinedup-additions.yaml").read_text())
+    for rtype, params in (local.get("approximations") or {}).items():
+        for name, spec in params.items():
+            types.setdefault(rtype, {})[name] = {**types.get(rtype, {}).get(name, {}), **spec,
+                                                 "unsupported": None}
+    compartments = {code: {t: tuple(ps) for t, ps in c["resources"].items()} for code, c in comps.items()}
+    patient = dict(compartments.get("Patient") or {})
+    for rtype, extra in (local.get("patient_compartment") or {}).items():
+        patient[rtype] = tuple(dict.fromkeys((*patient.get(rtype, ()), *extra)))
+    compartments["Patient"] = patient
+    priority = {name: i for i, name in enumerate(local.get("patient_priority") or ())}
+    definitions: dict[str, dict[str, Any]] = {}
+    for rtype in sorted(set(types) | set(patient)):
+        params = dict(types.get(rtype) or {})
+        members = patient.get(rtype, ())
+        params["_compartment"] = sorted(members, key=lambda p: (priority.get(p, len(priority)), members.index(p)))
+        definitions[rtype] = params
+    return definitions, compartments
+
+
 @lru_cache(maxsize=1)
 def registry() -> SearchParameters:
-    """The search-parameter registry loaded from the package data file."""
-    text = pkg_resources.files("joinedup.fhir").joinpath("search_parameters.yaml").read_text()
-    return SearchParameters(yaml.safe_load(text))
+    """The search-parameter registry: the FHIR R4 definitions shipped as package data, with JoinedUp's additions."""
+    definitions, compartments = load_definitions()
+    return SearchParameters(definitions, compartments)

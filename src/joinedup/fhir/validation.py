@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -71,6 +74,7 @@ def validate_resource(resource: Any, expected: str | None = None, *, serialized:
     if is_certainly_valid(resource):
         if serialized is None or NHS_NUMBER_SYSTEM.encode() in serialized:
             check_nhs_numbers(resource, rtype)
+        check_required_concepts(resource, rtype)
         return rtype
     try:
         model_class(rtype).model_validate(resource)
@@ -84,8 +88,59 @@ def validate_resource(resource: Any, expected: str | None = None, *, serialized:
     except (ValueError, TypeError) as exc:
         raise FhirError(422, f"{rtype}: {exc}") from None
     check_required_codes(resource)  # the models take any code; a required value set's codes are checked here
+    check_required_concepts(resource, rtype)
     check_nhs_numbers(resource, rtype)
     return rtype
+
+
+@cache
+def _required_concepts() -> dict[str, list[tuple[list[str], str, str, dict[str, frozenset[str]]]]]:
+    """{type: [(element path parts, path, value set, {system: codes})]} from fhir/definitions/r4/required-concepts.json
+    (generated from the FHIR 4.0.1 definitions by joinedup.fhir.definitions.build_bindings)."""
+    doc = json.loads(resources.files("joinedup.fhir.definitions").joinpath("r4/required-concepts.json").read_text())
+    return {rtype: [(path.split("."), path, spec["valueSet"], {s: frozenset(c) for s, c in spec["codes"].items()})
+                    for path, spec in sorted(elements.items())]
+            for rtype, elements in doc["elements"].items()}
+
+
+def _at(node: Any, parts: list[str], where: str):
+    """(path, value) of every occurrence of an element path inside a resource (lists expanded)."""
+    if not parts:
+        yield where, node
+        return
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _at(item, parts, f"{where}[{i}]")
+    elif isinstance(node, dict) and parts[0] in node:
+        value = node[parts[0]]
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _at(item, parts[1:], f"{where}.{parts[0]}[{i}]")
+        else:
+            yield from _at(value, parts[1:], f"{where}.{parts[0]}")
+
+
+def check_required_concepts(resource: dict, rtype: str) -> None:
+    """A CodeableConcept or Coding element with a REQUIRED binding (Condition.clinicalStatus and
+    verificationStatus, AllergyIntolerance.clinicalStatus and verificationStatus, ...) must carry a code from its
+    value set: a coding in the value set's code system with a code outside it, or no coding from the value set at
+    all, is refused with 422 "code-invalid" naming the element. The models accept any coding."""
+    for parts, _path, value_set, allowed in _required_concepts().get(rtype, ()):
+        for where, value in _at(resource, parts, rtype):
+            if not isinstance(value, dict):
+                continue
+            codings = value.get("coding") if "coding" in value or "text" in value else [value]
+            codings = [c for c in codings or [] if isinstance(c, dict)]
+            ours = [c for c in codings if c.get("system") in allowed]
+            for c in ours:
+                if c.get("code") not in allowed[c["system"]]:
+                    raise FhirError(422, f"{where}: '{c.get('code')}' is not a code of {value_set} (required "
+                                         f"binding: {' | '.join(sorted(allowed[c['system']]))})",
+                                    code="code-invalid", expression=[where])
+            if not ours:
+                systems = ", ".join(sorted(allowed))
+                raise FhirError(422, f"{where}: a coding from {systems} is required (required binding to "
+                                     f"{value_set})", code="code-invalid", expression=[where])
 
 
 def check_nhs_numbers(resource: dict, rtype: str) -> None:

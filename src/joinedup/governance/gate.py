@@ -6,7 +6,8 @@ Each method asks the policy decision point, writes to the audit, and only then t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,10 @@ from joinedup.store import schema, search
 from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
 
 DIRECTORY_GROUP = "directory"
+# A partnership board's integration self-assessment round (a QuestionnaireResponse about no person): written only by
+# Gate.save_assessment_round.
+ASSESSMENT_ROUND = {"system": codes.CODE_SYSTEM + "record-kind", "code": "integration-assessment-round",
+                    "display": "Integration self-assessment round"}
 # Purposes of population work that are not direct care: National Data Opt-out applies.
 SECONDARY_PURPOSES = {"research", "planning", "commissioning", "extract", "analytics"}
 
@@ -61,6 +66,23 @@ class SearchResult:
     has_more: bool
     plan: search.SearchPlan
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Withheld:
+    """What of one person's record a professional may not see (`Gate.withheld`): counts by type only for what
+    their role may not read; for entries withheld at the person's request or sealed, only that some exist."""
+
+    by_type: dict[str, int] = field(default_factory=dict)
+    at_request: bool = False
+    sealed: bool = False
+
+    def merge(self, other: Withheld) -> Withheld:
+        for t, n in other.by_type.items():
+            self.by_type[t] = self.by_type.get(t, 0) + n
+        self.at_request = self.at_request or other.at_request
+        self.sealed = self.sealed or other.sealed
+        return self
 
 
 class Gate:
@@ -378,6 +400,32 @@ class Gate:
                           patient_id=patient_id, detail={"returned": len(items) + len(linked)})
         return items + linked
 
+    def withheld(self, who: Principal, patient_id: str, *, types: set[str] | None = None) -> Withheld:
+        """What the person's record holds that `who` may not see, without any content: the number of entries of
+        each type their role may not read, and only *whether* entries are withheld at the person's request
+        (marked private, or an objection to sharing) or sealed by the organisation that recorded them. Asked only
+        of someone who may open the record (else refused as `everything` would be); audited."""
+        entity = f"Patient/{patient_id}"
+        decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
+        out = Withheld()
+        if who.role in ("system", "patient") or decision.activity == "*":
+            return out
+        for s in self._store.compartment(patient_id, types=types):
+            facts = self.facts_for(who, s.patient_id, s)
+            if policy.decide(who, "read", s.rtype, patient_id=s.patient_id, facts=facts):
+                continue
+            if facts is not None and not facts.own_item and (
+                    facts.restricted == "private" or (facts.objection and s.rtype not in policy.OBJECTION_EXEMPT)):
+                out.at_request = True
+            elif facts is not None and facts.restricted == "sealed" and not facts.own_item:
+                out.sealed = True
+            elif not policy.has_activity(who, policy.type_rule(s.rtype)["read"]):
+                out.by_type[s.rtype] = out.by_type.get(s.rtype, 0) + 1
+        self._audit.record(who, "withheld-count", allowed=True, reason=decision.reason, entity=entity,
+                          patient_id=patient_id, detail={"not_shown_to_role": dict(sorted(out.by_type.items())),
+                                                         "at_request": out.at_request, "sealed": out.sealed})
+        return out
+
     # -- writes ---------------------------------------------------------------------------------
     def create(self, who: Principal, resource: dict, *, if_none_exist: str | None = None) -> Written:
         """Create a resource with a server-assigned id (or return the match for If-None-Exist)."""
@@ -456,14 +504,33 @@ class Gate:
             return self._batch(who, bundle, base_url)
         return self._transaction(who, bundle, base_url)
 
-    def import_resources(self, who: Principal, items: list[Prepared], *, label: str) -> list[Written]:
-        """Bulk-load prepared resources (one transaction per batch); audited per batch."""
+    def stored_unchanged(self, who: Principal, fingerprints: list[tuple[str, str, str]], *,
+                         label: str) -> set[tuple[str, str]]:
+        """Of (type, id, content hash) triples about to be bulk-loaded, those already stored live with exactly
+        that content: the import skips validating and indexing them again. Only an account allowed to import
+        may ask; the answer is counted in the batch's import audit event (`unchanged` of import_resources)."""
+        self.check(who, "import", None, entity=label)
+        by_type: dict[str, dict[str, str]] = {}
+        for rtype, rid, digest in fingerprints:
+            by_type.setdefault(rtype, {})[rid] = digest
+        same: set[tuple[str, str]] = set()
+        with self._store.reading() as conn:
+            for rtype, wanted in by_type.items():
+                for rid, (_v, digest, deleted, _p) in self._store.current_versions(conn, rtype, list(wanted)).items():
+                    if not deleted and digest == wanted[rid]:
+                        same.add((rtype, rid))
+        return same
+
+    def import_resources(self, who: Principal, items: list[Prepared], *, label: str,
+                         unchanged: int = 0) -> list[Written]:
+        """Bulk-load prepared resources (one transaction per batch); audited per batch. `unchanged` counts the
+        batch's resources that `stored_unchanged` found already stored and the caller therefore left out."""
         decision = self.check(who, "import", None, entity=label)
         with self._audit.writing() as conn:
             written = self._store.write_prepared(conn, items, method="PUT")
-            changed = self._facts.on_write(conn, items, [w.status for w in written], who=who)
+            changed = self._facts.on_write(conn, items, [w.status for w in written], who=who) if items else False
             self._audit.record(who, "import", allowed=True, reason=decision.reason, entity=label,
-                              detail={"resources": len(items),
+                              detail={"resources": len(items) + unchanged,
                                       "written": sum(1 for w in written if w.status != "unchanged")}, conn=conn)
         if changed:
             self._facts.invalidate()
@@ -546,6 +613,82 @@ class Gate:
         self._audit.record(who, "extract", allowed=True, reason=decision.reason, entity=f"extract:{purpose}",
                           detail={"records": n, "opted_out_excluded": excluded})
 
+    # -- published figures and the partnership board's self-assessment (system/) ---------------------------------
+    def published_figures(self, who: Principal, *, purpose: str, measure: Callable[..., dict[str, Any]],
+                          types: set[str] | None = None, directory_types: Iterable[str] = ()) -> dict[str, Any]:
+        """Aggregate figures over the whole population for a partnership board (the `assess-integration` activity):
+        `measure(records, directory)` gets every record (Patient + compartment, only `types`) of people who have not
+        opted out (planning is a secondary use) and the current directory entries of `directory_types`, and must
+        return figures only - nested mappings whose values are numbers, booleans or None (checked: no identifier,
+        name or text can leave). Audited as one access with the purpose and the number of records; the caller
+        suppresses small numbers before publishing."""
+        decision = self.check(who, "assess", None, entity=f"figures:{purpose}"[:200])
+        opted_out = self._facts.opted_out_ids()
+        counted = {"records": 0, "opted_out_excluded": 0}
+
+        def records() -> Iterator[tuple[Stored, list[Stored]]]:
+            for patient, items in self._store.iter_records(types=types):
+                if patient.id in opted_out:
+                    counted["opted_out_excluded"] += 1
+                    continue
+                counted["records"] += 1
+                yield patient, items
+
+        directory = {t: list(self._store.iter_type(t)) for t in directory_types}
+        result = measure(records(), directory)
+        _check_figures(result)
+        self._audit.record(who, "assess", allowed=True, reason=decision.reason, entity=f"figures:{purpose}"[:200],
+                           detail=dict(counted))
+        return result
+
+    def assessment_rounds(self, who: Principal, *, questionnaire: str) -> list[Stored]:
+        """The partnership's self-assessment rounds: QuestionnaireResponses to `questionnaire` about no person
+        (the `assess-integration` activity), oldest first; audited."""
+        decision = self.check(who, "assess", None, entity="assessment-rounds")
+        plan = search.parse([("questionnaire", questionnaire), ("_count", "1000"), ("_sort", "authored")],
+                            "QuestionnaireResponse", self._store.params)
+        found = [s for s in search.execute(self._store, plan, None)[1]
+                 if s.patient_id is None and _tagged(s.content, ASSESSMENT_ROUND)]
+        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity="assessment-rounds",
+                           detail={"returned": len(found)})
+        return found
+
+    def save_assessment_round(self, who: Principal, response: dict, *, questionnaire: str) -> Written:
+        """Create or update one self-assessment round (the `assess-integration` activity): only a
+        QuestionnaireResponse to `questionnaire` that is about no person's record (its subject an Organization)."""
+        rtype = validate_resource(response)
+        rid = response.get("id")
+        entity = f"QuestionnaireResponse/{rid}" if rid else "QuestionnaireResponse"
+        decision = self.check(who, "assess", None, entity=entity)
+        current = self._store.read(rtype, rid) if rid else None
+        problem = None
+        if rtype != "QuestionnaireResponse" or response.get("questionnaire") != questionnaire:
+            problem = f"a self-assessment round is a QuestionnaireResponse to {questionnaire}"
+        elif self._store.params.patient_of(response) is not None or (current is not None and current.patient_id):
+            problem = "a self-assessment round is about the partnership, never about a person's record"
+        elif current is not None and current.content.get("questionnaire") != questionnaire:
+            problem = f"{entity} is not a self-assessment round"
+        if problem:
+            self._audit.record(who, "assess", allowed=False, reason=problem, entity=entity)
+            raise FhirError(422, problem, code="business-rule")
+        if current is not None and not _tagged(current.content, ASSESSMENT_ROUND):
+            self._audit.record(who, "assess", allowed=False, reason="not a self-assessment round", entity=entity)
+            raise FhirError(422, f"{entity} is not a self-assessment round", code="business-rule")
+        resource = copy.deepcopy(response)
+        if not rid:
+            resource["id"] = new_id()
+        meta = dict(resource.get("meta") or {})
+        meta["tag"] = [t for t in meta.get("tag") or () if not _same_coding(t, ASSESSMENT_ROUND)] + [ASSESSMENT_ROUND]
+        resource["meta"] = meta
+        prepared = self._prepare(who, resource, current=current)
+        with self._audit.writing() as conn:
+            written = self._store.write_prepared(conn, [prepared], method="PUT" if current else "POST",
+                                                 skip_unchanged=False)[0]
+            self._audit.record(who, "update" if current else "create", allowed=True, reason=decision.reason,
+                               entity=f"{rtype}/{written.id}", conn=conn)
+        self._emit(who, [written])
+        return written
+
     def access_log(self, who: Principal, patient_id: str | None = None, *, count: int = 200,
                    offset: int = 0) -> tuple[int, list[dict]]:
         """Who looked at a person's record (newest first): a patient their own, a privacy officer anyone's."""
@@ -563,9 +706,186 @@ class Gate:
                           patient_id=patient_id)
         return total, [access_entry(ev) for ev in events]
 
+    def identify(self, who: Principal, *, patient_ids: Iterable[str] = (), nhs_number: str | None = None
+                 ) -> list[dict[str, Any]]:
+        """Who people are (name, NHS number, birth date; nothing else of their record) for a reviewer of the audit
+        trail: the privacy officer names the people in the review queue and finds a person's access log by NHS
+        number without reading their record. Checked as a review and audited with the people it named."""
+        decision = self.check(who, "review", None, entity="identify")
+        found: list[Stored] = []
+        if nhs_number:
+            plan = search.parse([("identifier", f"{codes.NHS_NUMBER}|{nhs_number}"), ("_count", "20")], "Patient",
+                                self._store.params)
+            found += search.execute(self._store, plan, None)[1]
+        ids = [i for i in dict.fromkeys(patient_ids) if i]
+        if ids:
+            found += self._store.read_many([("Patient", i) for i in ids])
+        out = []
+        for s in {x.id: x for x in found if not x.deleted}.values():
+            p = s.content
+            names = p.get("name") or []
+            n = next((x for x in names if x.get("use") in (None, "official", "usual")), names[0] if names else {})
+            name = n.get("text") or " ".join([*(n.get("given") or []), n.get("family") or ""]).strip()
+            nhs = next((i.get("value") for i in p.get("identifier") or [] if i.get("system") == codes.NHS_NUMBER),
+                       None)
+            out.append({"id": s.id, "name": name or "Name not recorded", "nhs_number": nhs,
+                        "birth_date": p.get("birthDate"), "deceased": bool(p.get("deceasedDateTime")
+                                                                          or p.get("deceasedBoolean"))})
+        self._audit.record(who, "review", allowed=True, reason=f"{decision.reason}; identified people for review",
+                          entity="identify", detail={"people": len(out)})
+        return out
+
+    def subject_access(self, who: Principal, patient_id: str) -> list[Stored]:
+        """A person's whole record for their subject access request, produced by a reviewer of the audit trail (the
+        privacy officer answers the request; UK GDPR Article 15). Checked as a review and audited against the person,
+        so the person sees in their own access log that the report was made."""
+        decision = self.check(who, "review", None, entity=f"subject-access:Patient/{patient_id}")
+        entries = self._store.compartment(patient_id)
+        self._audit.record(who, "subject-access", allowed=True, reason=f"{decision.reason}; subject access report",
+                          entity=f"Patient/{patient_id}", patient_id=patient_id, detail={"entries": len(entries)})
+        return entries
+
+    def choices_in_force(self, who: Principal, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """People's sharing choices in force (objections to sharing, with everyone or one organisation, and the
+        National Data Opt-out) for a reviewer of the audit trail; checked as a review and audited."""
+        decision = self.check(who, "review", None, entity="choices-in-force")
+        pc = schema.patient_choice
+        with self._store.reading() as conn:
+            rows = conn.execute(sa.select(pc.c.patient_id, pc.c.kind, pc.c.organization_id)
+                                .order_by(pc.c.patient_id, pc.c.kind).limit(limit)).all()
+        orgs = {s.id: s.content.get("name") for s in self._store.read_many(
+            [("Organization", o) for o in sorted({r[2] for r in rows if r[2]})])}
+        self._audit.record(who, "review", allowed=True, reason=decision.reason, entity="choices-in-force",
+                          detail={"listed": len(rows)})
+        return [{"patient_id": r[0], "kind": r[1], "organization_id": r[2], "organisation": orgs.get(r[2] or "")}
+                for r in rows]
+
     def types_present(self, who: Principal) -> list[str]:
         self.check(who, "export", None, entity="types")
         return self._store.types_present()
+
+    # -- HL7 v2 feeds (interop/hl7): receipts, one transaction per message, dead letters ------------------------
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Like an HTTP response (AuditDurabilityMiddleware): the audit events recorded inside - e.g. the reads and
+        writes behind one HL7 message - are committed together when it ends, before the caller answers (the ACK)."""
+        from joinedup.governance.audit import _Scope, _scope
+
+        holder = _Scope()
+        token = _scope.set(holder)
+        try:
+            yield
+        finally:
+            holder.open = False
+            _scope.reset(token)
+            for writer, ticket in list(holder.pending.items()):
+                writer.wait(ticket)
+
+    def message_receipt(self, who: Principal, facility: str, control_id: str) -> dict | None:
+        """The receipt of an HL7 message already applied from this facility with this control id (None if none)."""
+        self.check(who, "import", None, entity=f"hl7:{facility}")
+        m = schema.hl7_message
+        with self._store.reading() as conn:
+            row = conn.execute(sa.select(m).where(m.c.facility == facility, m.c.control_id == control_id)
+                               ).mappings().first()
+        return dict(row) if row else None
+
+    def apply_message(self, who: Principal, bundle: dict, *, receipt: dict,
+                      unlink: Iterable[tuple[str, str]] = ()) -> dict:
+        """Apply one feed message's writes (a transaction Bundle) with its receipt row in ONE database transaction:
+        all or nothing, and a second message with the same (facility, control id) fails on the receipt's key and
+        keeps nothing. `unlink` removes the integration-account links between pairs of records (an unmerge)."""
+        label = f"hl7:{receipt['facility']}:{receipt['control_id']}"
+        self.check(who, "import", None, entity=label[:255])
+        unlink = [tuple(p) for p in unlink]
+
+        def within(conn) -> bool:
+            conn.execute(schema.hl7_message.insert().values(**receipt))
+            changed = False
+            pl = schema.patient_link
+            for a, b in unlink:
+                n = conn.execute(pl.delete().where(pl.c.basis == "integration", sa.or_(
+                    sa.and_(pl.c.patient_id == a, pl.c.other_id == b),
+                    sa.and_(pl.c.patient_id == b, pl.c.other_id == a)))).rowcount or 0
+                if n:
+                    changed = True
+                    self._facts._bump(conn)
+                for pid, other in ((a, b), (b, a)):
+                    self._audit.record(who, "unlink", allowed=True, reason=f"records unmerged ({label})",
+                                      entity=f"Patient/{other}", patient_id=pid, conn=conn)
+            return changed
+
+        return self._transaction(who, bundle, "", within=within)
+
+    def hold_message(self, who: Principal, *, raw: str, reason: str, ack_code: str, location: str | None = None,
+                     facility: str | None = None, control_id: str | None = None, trigger: str | None = None,
+                     channel: str | None = None) -> str:
+        """Keep a message that could not be applied (the dead-letter store); the same text held again is not
+        duplicated (its attempts are counted). Returns the dead letter's id."""
+        import hashlib
+        import uuid
+
+        self.check(who, "import", None, entity=f"hl7:{facility or 'unknown'}")
+        d = schema.hl7_dead_letter
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+        now = _now_iso()
+        with self._store.writing() as conn:
+            row = conn.execute(sa.select(d.c.id, d.c.attempts).where(d.c.raw_hash == digest, d.c.status == "held")
+                               ).first()
+            if row is not None:
+                conn.execute(d.update().where(d.c.id == row[0]).values(
+                    attempts=row[1] + 1, last_attempt=now, reason=reason[:4000], ack_code=ack_code,
+                    location=location))
+                held = row[0]
+            else:
+                held = uuid.uuid4().hex
+                conn.execute(d.insert().values(
+                    id=held, received=now, channel=(channel or "")[:255] or None, facility=facility and facility[:180],
+                    control_id=control_id and control_id[:199], trigger=trigger and trigger[:16], ack_code=ack_code,
+                    reason=reason[:4000], location=location and location[:64], raw=raw, raw_hash=digest,
+                    status="held", attempts=1, last_attempt=now))
+            self._audit.record(who, "hl7-hold", allowed=False, reason=reason[:1000], entity=f"hl7-dead-letter/{held}",
+                              detail={"facility": facility, "control_id": control_id, "ack": ack_code}, conn=conn)
+        self._audit.committed()
+        return held
+
+    def held_messages(self, who: Principal, *, status: str | None = "held", limit: int = 200) -> list[dict]:
+        """Dead letters, oldest first (status 'held', 'replayed' or None for all); the raw text is included."""
+        self.check(who, "import", None, entity="hl7-dead-letters")
+        d = schema.hl7_dead_letter
+        q = sa.select(d).order_by(d.c.received, d.c.id).limit(limit)
+        if status:
+            q = q.where(d.c.status == status)
+        with self._store.reading() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        self.record(who, "hl7-dead-letters", allowed=True, reason="integration account", entity="hl7-dead-letters",
+                    detail={"returned": len(rows)})
+        return rows
+
+    def held_message(self, who: Principal, held_id: str) -> dict | None:
+        """One dead letter (None when there is no such id)."""
+        self.check(who, "import", None, entity=f"hl7-dead-letter/{held_id}")
+        d = schema.hl7_dead_letter
+        with self._store.reading() as conn:
+            row = conn.execute(sa.select(d).where(d.c.id == held_id)).mappings().first()
+        return dict(row) if row else None
+
+    def release_message(self, who: Principal, held_id: str, *, applied: bool, reason: str | None = None) -> None:
+        """After a replay: mark the dead letter replayed (applied), or record the new reason it is still held."""
+        self.check(who, "import", None, entity=f"hl7-dead-letter/{held_id}")
+        d = schema.hl7_dead_letter
+        now = _now_iso()
+        with self._store.writing() as conn:
+            values: dict[str, Any] = {"last_attempt": now, "attempts": d.c.attempts + 1}
+            if applied:
+                values["status"] = "replayed"
+            elif reason:
+                values["reason"] = reason[:4000]
+            conn.execute(d.update().where(d.c.id == held_id).values(**values))
+            self._audit.record(who, "hl7-replay", allowed=applied, reason=("applied" if applied else
+                                                                         (reason or "still held"))[:1000],
+                              entity=f"hl7-dead-letter/{held_id}", conn=conn)
+        self._audit.committed()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_write(self, who: Principal, action: str, resource: dict, *, current: Stored | None = None,
@@ -576,6 +896,7 @@ class Gate:
         patient = self._store.params.patient_of(resource)
         entity = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
         current_patient = current.patient_id if current else None
+        self._check_assessment_round(who, action, [resource, current.content if current else None], entity)
         if current is not None and is_choice(current):
             choice = self._check_choice_change(who, action, current, entity)
             if choice is not None:
@@ -600,6 +921,15 @@ class Gate:
             raise FhirError(403, "Access refused: a patient account can only add to its own record.",
                             code="forbidden")
         return decision
+
+    def _check_assessment_round(self, who: Principal, action: str, contents: list[dict | None], entity: str) -> None:
+        """A partnership's self-assessment round (tagged ASSESSMENT_ROUND) is written only by `save_assessment_round`
+        (the board's `assess-integration` activity) or the integration account, never by an ordinary FHIR write."""
+        if who.role == "system" or not any(_tagged(c, ASSESSMENT_ROUND) for c in contents if c):
+            return
+        reason = "self-assessment rounds are changed only through the partnership board's self-assessment"
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity)
+        raise FhirError(403, f"Access refused: {reason}.", code="forbidden")
 
     def _check_private_choice(self, who: Principal, action: str, resource: dict, entity: str) -> None:
         """Marking entries private is the person's choice (or the recording organisation's seal): a professional's
@@ -628,6 +958,7 @@ class Gate:
 
     def _check_delete(self, who: Principal, rtype: str, rid: str, current: Stored | None) -> policy.Decision:
         entity = f"{rtype}/{rid}"
+        self._check_assessment_round(who, "delete", [current.content if current else None], entity)
         if current is not None and is_choice(current):
             choice = self._check_choice_change(who, "delete", current, entity)
             if choice is not None:
@@ -687,6 +1018,37 @@ class Gate:
                 id=uuid.uuid4().hex, kind="choice-change", patient_id=patient_id, entity=entity,
                 requested_by=who.name, requested_role=who.role, requested_org=who.organization_id,
                 requested_at=_now_iso(), reason=(change_reason.get() or "").strip()[:2000], status="recorded"))
+
+    def propose_link(self, who: Principal, patient_id: str, other_id: str, *, confirm: bool, reason: str) -> str:
+        """A record-linkage proposal that two records are one person's, made by the integration account.
+
+        confirm=True records a confirmed link (basis 'linkage') and audits it on both records; confirm=False queues a
+        link request for the privacy officer, which grants nothing until approved. A pair already linked, waiting
+        for review or refused before is left as it is: a refused pair is never proposed again. Returns 'confirmed',
+        'queued', 'linked', 'pending' or 'rejected'."""
+        from joinedup.governance import facts as facts_mod
+
+        if who.role != "system":
+            raise self.refuse(who, "Only the integration account proposes record linkage", action="update",
+                              entity=f"Patient/{patient_id}")
+        decision = self.check(who, "update", "Patient", entity=f"Patient/{patient_id}")
+        with self._store.writing() as conn:
+            state = facts_mod.link_state(conn, patient_id, other_id)
+            if state is not None:
+                return state
+            if confirm:
+                facts_mod._confirm_link(conn, patient_id, other_id, basis="linkage", by=who.name)
+                self._facts._bump(conn)
+            else:
+                row = facts_mod.request_link(conn, who, patient_id, other_id, reason=reason)
+        if not confirm:
+            self._audit_link_requests(who, [row])
+            return "queued"
+        self._facts.invalidate()
+        for x, y in ((patient_id, other_id), (other_id, patient_id)):
+            self._audit.record(who, "link", allowed=True, reason=f"{decision.reason}; {reason}"[:1000],
+                               entity=f"Patient/{y}", patient_id=x)
+        return "confirmed"
 
     def _audit_link_requests(self, who: Principal, requests: list[dict]) -> None:
         """A link attempt grants nothing: it is audited on both records and waits for the privacy officer."""
@@ -749,7 +1111,9 @@ class Gate:
             raise FhirError(412, f"Conditional reference '{ref}' matches {n} {rtype}", code="not-found")
         return None
 
-    def _transaction(self, who: Principal, bundle: dict, base_url: str) -> dict:
+    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None) -> dict:
+        """`within(conn)`, when given, runs inside the same database transaction after the writes (e.g. an HL7
+        message's receipt): if it raises, nothing of the transaction is kept."""
         entries = bundle.get("entry") or []
         order = sorted(range(len(entries)), key=lambda i: METHOD_ORDER[entries[i]["request"]["method"]])
         mapping: dict[str, str] = {}
@@ -849,6 +1213,8 @@ class Gate:
                     self._audit.record(who, {"create": "create", "put": "update", "delete": "delete"}[plan["kind"]],
                                       allowed=True, reason="transaction", entity=f"{plan['rtype']}/{plan['id']}",
                                       patient_id=p.patient_id if p else None, conn=conn)
+            if within is not None:
+                changed = bool(within(conn)) or changed
         self._audit.committed()
         if changed:
             self._facts.invalidate()
@@ -1022,6 +1388,27 @@ def _edited_by(who: Principal) -> dict:
     parts.append({"url": "user", "valueString": who.name})
     parts.append({"url": "edited", "valueInstant": _now_iso()})
     return {"url": EDITED_BY_URL, "extension": parts}
+
+
+def _same_coding(c: Any, want: dict) -> bool:
+    return isinstance(c, dict) and c.get("system") == want["system"] and c.get("code") == want["code"]
+
+
+def _tagged(content: dict | None, tag: dict) -> bool:
+    return any(_same_coding(t, tag) for t in ((content or {}).get("meta") or {}).get("tag") or ())
+
+
+def _check_figures(value: Any, depth: int = 0) -> None:
+    """Published figures are nested mappings of numbers (Gate.published_figures): nothing else may leave."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float)):
+        return
+    if isinstance(value, dict) and depth < 4:
+        for k, v in value.items():
+            if not isinstance(k, str) or len(k) > 80:
+                raise ValueError("published figures are keyed by short names")
+            _check_figures(v, depth + 1)
+        return
+    raise ValueError(f"published figures hold numbers only, not {type(value).__name__}")
 
 
 def _known_type(rtype: str, where: str | None = None) -> None:

@@ -53,7 +53,7 @@ OBJECTION_EXEMPT = frozenset({"Patient", "Consent"})  # who the person is, and t
 PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP = {"directory", "audit"}
 # Actions that are an activity in themselves (not an operation on a resource type).
 ACTIVITY_ACTIONS = {"break-glass": "emergency-access", "review": "review-audit",
-                    "extract": "pseudonymised-analytics"}
+                    "extract": "pseudonymised-analytics", "assess": "assess-integration"}
 
 
 @lru_cache(maxsize=1)

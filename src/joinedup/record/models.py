@@ -53,6 +53,32 @@ class Person(BaseModel):
     gender: str | None = None
     address: str | None = None
     telecom: list[str] = []
+    deceased: bool = Field(False, description="Patient.deceased[x] on any of the person's linked records")
+    deceased_date: str | None = Field(None, description="date of death (deceasedDateTime), when recorded")
+    provenance: Provenance
+
+
+class SectionAccess(BaseModel):
+    """Whether a section is empty because nothing is recorded, or because entries are not shown to this reader.
+
+    `not_shown_to_role` counts, by kind, entries the reader's role may not see (the gate's count: no content);
+    `withheld_at_request` says only that some entries are withheld at the person's request (marked private, or an
+    objection to sharing), and `restricted` that some are sealed by the organisation that recorded them."""
+
+    shown: int = Field(0, description="items shown in the section")
+    state: str = Field("shown", description="shown, none recorded, not shown to your role, withheld at the "
+                                            "person's request or restricted by the recording organisation")
+    not_shown_to_role: dict[str, int] = Field({}, description="kind of entry -> number the role may not see")
+    withheld_at_request: bool = False
+    restricted: bool = False
+    note: str | None = Field(None, description="the same in plain words, for the reader")
+
+
+class NextStep(BaseModel):
+    what: str
+    when: str | None = None
+    kind: str
+    status: str | None = None
     provenance: Provenance
 
 
@@ -143,6 +169,15 @@ class Result(BaseModel):
     trend: str = Field("none", description="up, down, steady or none")
     points: list[ResultPoint] = []
     count: int = 0
+    full_name: str | None = Field(None, description="the test's name as coded (display is the short name)")
+    low: float | None = Field(None, description="lower limit of the reference range")
+    high: float | None = Field(None, description="upper limit of the reference range")
+    range_source: str | None = Field(None, description="where the range comes from: 'the result itself' or the "
+                                                        "cited default (knowledge/record/results.yaml)")
+    range_verified: bool = True
+    flag: str | None = Field(None, description="high, low, abnormal or normal (interpretation, else range)")
+    better: str | None = Field(None, description="higher, lower or in-range: which way is clinically better")
+    trend_meaning: str = Field("none", description="better, worse, steady, changed or none")
     provenance: Provenance
 
 
@@ -216,6 +251,10 @@ class Summary(BaseModel):
     carers: list[Carer] = []
     alerts: list[Alert] = []
     what_matters: list[WhatMatters] = []
+    next_steps: list[NextStep] = Field([], description="booked appointments and open referrals, soonest first")
+    warnings: list[Alert] = Field([], description="resuscitation decisions and similar flags for the banner")
+    access: dict[str, SectionAccess] = Field({}, description="per section: none recorded vs not shown to this "
+                                                             "reader vs withheld at the person's request")
     organisations: list[Source] = Field([], description="every organisation that contributed to this view")
     linked_records: list[str] = Field([], description="other records of the same person (same NHS number)")
     headings: dict[str, str] = HEADINGS

@@ -9,13 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from functools import lru_cache
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from joinedup.fhir import codes
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import age_on as _age
 from joinedup.fhir.values import human_name as _human_name
-from joinedup.governance.gate import Gate
+from joinedup.governance import policy
+from joinedup.governance.gate import Gate, Withheld
 from joinedup.governance.identity import Principal
 from joinedup.record.models import (
     Alert,
@@ -27,6 +32,7 @@ from joinedup.record.models import (
     GpPractice,
     Medicine,
     MedicineEntry,
+    NextStep,
     Person,
     Problem,
     ProblemEntry,
@@ -35,6 +41,7 @@ from joinedup.record.models import (
     Referral,
     Result,
     ResultPoint,
+    SectionAccess,
     Source,
     Summary,
     Timeline,
@@ -49,13 +56,45 @@ CHART_POINTS = 12
 _ACTIVE_MED = {"active", "on-hold", "intended"}
 _STOPPED_MED = {"stopped", "completed", "cancelled", "entered-in-error", "not-taken"}
 _OPEN_REFERRAL = {"draft", "active", "on-hold"}
+# Which kinds of entry each section of the summary is built from (to say what is not shown, and why).
+SECTION_TYPES: dict[str, tuple[str, ...]] = {
+    "alerts": ("Flag",),
+    "problems": ("Condition",),
+    "medicines": ("MedicationRequest", "MedicationStatement"),
+    "allergies": ("AllergyIntolerance",),
+    "results": ("Observation",),
+    "what_matters": ("CarePlan", "Goal"),
+    "key_worker": ("CareTeam",),
+    "care_team": ("CareTeam",),
+    "carers": ("RelatedPerson",),
+    "referrals": ("ServiceRequest", "Communication"),
+    "social_care": ("EpisodeOfCare",),
+    "next_steps": ("Appointment", "ServiceRequest", "Communication"),
+    "timeline": ("Encounter", "Appointment", "EpisodeOfCare", "ServiceRequest", "Communication", "DocumentReference"),
+}
+# Kinds of entry in plain words (one, many).
+KIND_WORDS: dict[str, tuple[str, str]] = {
+    "Condition": ("problem", "problems"), "MedicationRequest": ("prescription", "prescriptions"),
+    "MedicationStatement": ("medicines list entry", "medicines list entries"),
+    "AllergyIntolerance": ("allergy", "allergies"), "Observation": ("result or observation", "results and observations"),
+    "Flag": ("alert", "alerts"), "CarePlan": ("care plan", "care plans"), "Goal": ("goal", "goals"),
+    "CareTeam": ("care team", "care teams"), "RelatedPerson": ("personal contact", "personal contacts"),
+    "ServiceRequest": ("referral", "referrals"), "Communication": ("message", "messages"),
+    "EpisodeOfCare": ("episode of care", "episodes of care"), "Encounter": ("contact", "contacts"),
+    "Appointment": ("appointment", "appointments"), "DocumentReference": ("letter or document", "letters and documents"),
+    "Task": ("task", "tasks"), "Procedure": ("procedure", "procedures"), "Immunization": ("immunisation", "immunisations"),
+}
+AT_REQUEST = "Some information in this record is withheld at the person's request."
+SEALED = ("Some entries are restricted to the organisation that recorded them; ask that organisation if you need "
+          "them.")
+_RESUSCITATION = re.compile(r"(?i:resuscitat|dnacpr|\bdnar\b)|\bReSPECT\b")
 
 
 # -- public functions ---------------------------------------------------------------------------------------
 def summarise(*, gate: Gate, who: Principal, patient_id: str, today: date | None = None) -> Summary:
     """The whole person on one screen: every section, every item with its source and freshness."""
-    bundle = _gather(gate=gate, who=who, patient_id=patient_id)
-    return _build(bundle, today=today or datetime.now(UTC).date())
+    bundle = _gather(gate=gate, who=who, patient_id=patient_id, withheld=True)
+    return _build(bundle, today=today or datetime.now(UTC).date(), who=who)
 
 
 def timeline(*, gate: Gate, who: Principal, patient_id: str, setting: str | None = None,
@@ -113,8 +152,10 @@ def parse_date(text: str) -> str | None:
         return None
 
 
-def my_patients(*, gate: Gate, who: Principal, limit: int = 200) -> list[dict[str, Any]]:
-    """People the professional cares for: in their care team, or registered with them as usual GP."""
+def my_patients(*, gate: Gate, who: Principal, limit: int = 200,
+                include_deceased: bool = False) -> list[dict[str, Any]]:
+    """People the professional cares for: in their care team, or registered with them as usual GP. People who
+    have died are left out unless `include_deceased` (then each row says so)."""
     if not who.practitioner_id:
         return []
     me = f"Practitioner/{who.practitioner_id}"
@@ -153,8 +194,12 @@ def my_patients(*, gate: Gate, who: Principal, limit: int = 200) -> list[dict[st
             raise
     out = []
     for pid, p in found.items():
+        dead, died = death_of([p])
+        if dead and not include_deceased:
+            continue
         out.append({"id": pid, "name": _human_name(p), "nhs_number": _nhs_number(p), "birth_date": p.get("birthDate"),
-                    "gender": p.get("gender"), "why": ", ".join(sorted(reasons[pid]))})
+                    "gender": p.get("gender"), "why": ", ".join(sorted(reasons[pid])), "deceased": dead,
+                    "deceased_date": died})
     out.sort(key=lambda r: (r["name"].split(" ")[-1].lower(), r["name"].lower()))
     return out
 
@@ -178,6 +223,7 @@ class _Bundle:
         self.by_type: dict[str, list[tuple[dict[str, Any], str]]] = {}
         self.by_ref: dict[str, dict[str, Any]] = {}
         self.linked_records: list[str] = []
+        self.withheld = Withheld()
         self.count = 0
         self._sources: dict[str | None, Source] = {}
 
@@ -219,9 +265,11 @@ class _Bundle:
         return res.get("name") or res.get("title")
 
 
-def _gather(*, gate: Gate, who: Principal, patient_id: str) -> _Bundle:
+def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = False) -> _Bundle:
     stored = gate.everything(who, patient_id)
     b = _Bundle(patient_id)
+    if withheld:
+        b.withheld.merge(gate.withheld(who, patient_id))
     for s in stored:
         if s.content is not None:
             b.add(s.content, s.last_updated)
@@ -246,6 +294,8 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str) -> _Bundle:
                 if s.content is not None:
                     b.add(s.content, s.last_updated)
             b.linked_records.append(f"Patient/{other}")
+            if withheld:
+                b.withheld.merge(gate.withheld(who, other))
         except FhirError as exc:
             if exc.status not in (403, 404, 410):
                 raise
@@ -312,13 +362,28 @@ def _setting_from_text(text: str) -> str | None:
 
 
 # -- building the summary -----------------------------------------------------------------------------------
-def _build(b: _Bundle, *, today: date) -> Summary:
+def death_of(patients: Iterable[dict[str, Any]]) -> tuple[bool, str | None]:
+    """(deceased, date of death) from Patient.deceasedBoolean / deceasedDateTime on any of the person's records."""
+    dead, when = False, None
+    for p in patients:
+        if p.get("deceasedDateTime"):
+            dead = True
+            when = min(when or p["deceasedDateTime"], p["deceasedDateTime"])
+        elif p.get("deceasedBoolean") is True:
+            dead = True
+    return dead, _day(when)
+
+
+def _build(b: _Bundle, *, today: date, who: Principal | None = None) -> Summary:
     p = b.patient
     p_lu = next((lu for c, lu in b.of("Patient") if c is p), None)
+    mine = {b.patient_id} | {r.split("/", 1)[1] for r in b.linked_records}
+    dead, died = death_of(c for c, _ in b.of("Patient") if c.get("id") in mine)
+    age_day = date.fromisoformat(died) if died and re.fullmatch(r"\d{4}-\d{2}-\d{2}", died) else today
     person = Person(id=b.patient_id, name=_human_name(p), nhs_number=_nhs_number(p), birth_date=p.get("birthDate"),
-                    age=_age(p.get("birthDate"), today), gender=p.get("gender"), address=_address(p),
-                    telecom=[t.get("value") for t in p.get("telecom") or [] if t.get("value")],
-                    provenance=b.prov(p, p_lu or "", None))
+                    age=None if dead and not died else _age(p.get("birthDate"), age_day), gender=p.get("gender"),
+                    address=_address(p), telecom=[t.get("value") for t in p.get("telecom") or [] if t.get("value")],
+                    deceased=dead, deceased_date=died, provenance=b.prov(p, p_lu or "", None))
     key_worker, care_team = _care_team(b)
     events = _timeline(b, today)
     orgs: dict[str | None, Source] = {}
@@ -329,14 +394,84 @@ def _build(b: _Bundle, *, today: date) -> Summary:
             src = b.source(content)
             if src.id:
                 orgs.setdefault(src.id, src)
-    return Summary(
+    medicines, alerts, referrals = _medicines(b), _alerts(b), _referrals(b)
+    warnings = [a for a in alerts if _RESUSCITATION.search(f"{a.text} {a.category or ''}")]
+    steps = _next_steps(events, referrals)
+    if dead:  # the dead have no current medicines, alerts or next steps
+        for m in medicines:
+            m.current = False
+        alerts, warnings, steps = [], [], []
+    summary = Summary(
         person=person, gp_practice=_gp(b), key_worker=key_worker, care_team=care_team,
-        problems=_problems(b), medicines=_medicines(b), allergies=_allergies(b), results=_results(b),
-        timeline=events, referrals=_referrals(b), social_care=_social_care(b), carers=_carers(b),
-        alerts=_alerts(b), what_matters=_what_matters(b),
+        problems=_problems(b), medicines=medicines, allergies=_allergies(b), results=_results(b),
+        timeline=events, referrals=referrals, social_care=_social_care(b), carers=_carers(b),
+        alerts=alerts, what_matters=_what_matters(b), next_steps=steps, warnings=warnings,
         organisations=sorted(orgs.values(), key=lambda s: (s.setting, s.name)),
         linked_records=b.linked_records, resources=b.count,
         generated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    shown = {"alerts": len(alerts), "problems": sum(1 for x in summary.problems if x.active),
+             "medicines": len(medicines), "allergies": len(summary.allergies), "results": len(summary.results),
+             "what_matters": len(summary.what_matters), "key_worker": int(key_worker is not None),
+             "care_team": len(care_team), "carers": len(summary.carers), "referrals": len(referrals),
+             "social_care": len(summary.social_care), "next_steps": len(steps), "timeline": len(events)}
+    summary.access = {name: section_access(b.withheld, SECTION_TYPES[name], n, who) for name, n in shown.items()}
+    return summary
+
+
+def role_words(who: Principal | None) -> str:
+    """'a social worker': the reader's role in words, with its article."""
+    display = ((policy.rules()["roles"].get(who.role if who else "") or {}).get("display") or "your role")
+    if display == "your role":
+        return display
+    display = display.split(" / ")[0]
+    display = display if display[:3].isupper() else display[:1].lower() + display[1:]
+    return ("an " if display[:1].lower() in "aeiou" else "a ") + display
+
+
+def kinds_words(counts: dict[str, int]) -> str:
+    """'12 prescriptions and 3 problems'."""
+    parts = [f"{n} {KIND_WORDS.get(t, (t, t))[0 if n == 1 else 1]}" for t, n in sorted(counts.items()) if n]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1] if parts else ""
+
+
+def section_access(withheld: Withheld, types: Iterable[str], shown: int, who: Principal | None) -> SectionAccess:
+    """Why a section shows what it shows: the gate's count of entries of its kinds the reader's role may not see,
+    and whether anything is withheld at the person's request or sealed (never which entries)."""
+    hidden = {t: withheld.by_type[t] for t in types if withheld.by_type.get(t)}
+    notes = []
+    if hidden:
+        n = sum(hidden.values())
+        notes.append(f"{kinds_words(hidden)} {'is' if n == 1 else 'are'} recorded but not shown to "
+                     f"{role_words(who)}. Ask the person's GP or care team if you need {'it' if n == 1 else 'them'}.")
+    if withheld.at_request:
+        notes.append(AT_REQUEST)
+    if withheld.sealed:
+        notes.append(SEALED)
+    if shown:
+        state = "shown"
+    elif hidden:
+        state = "not shown to your role"
+    elif withheld.at_request:
+        state = "withheld at the person's request"
+    elif withheld.sealed:
+        state = "restricted by the recording organisation"
+    else:
+        state = "none recorded"
+    return SectionAccess(shown=shown, state=state, not_shown_to_role={KIND_WORDS.get(t, (t, t))[1]: n
+                                                                     for t, n in sorted(hidden.items())},
+                         withheld_at_request=withheld.at_request, restricted=withheld.sealed,
+                         note=" ".join(notes) or None)
+
+
+def _next_steps(events: list[Event], referrals: list[Referral]) -> list[NextStep]:
+    """What happens next: booked appointments and planned contacts (soonest first), then open referrals and
+    advice requests (oldest first)."""
+    upcoming = sorted((e for e in events if e.upcoming), key=lambda e: e.date or "9999")
+    out = [NextStep(what=e.title, when=_day(e.date), kind=e.type, status=e.status, provenance=e.provenance)
+           for e in upcoming]
+    out += [NextStep(what=r.title + (f" to {r.to}" if r.to else ""), when=r.date, kind=r.kind, status=r.status,
+                     provenance=r.provenance) for r in sorted(referrals, key=lambda r: r.date or "")]
+    return out
 
 
 def _gp(b: _Bundle) -> GpPractice:
@@ -557,6 +692,58 @@ def _allergies(b: _Bundle) -> list[Allergy]:
     return out
 
 
+@lru_cache(maxsize=1)
+def result_display() -> dict[str, Any]:
+    """Short names, clinical direction and cited default ranges of results (knowledge/record/results.yaml)."""
+    text = resources.files("joinedup.knowledge").joinpath("record/results.yaml").read_text()
+    return yaml.safe_load(text)["results"]
+
+
+# FHIR R4 ObservationInterpretation (http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation) codes
+_INTERPRETATION = {"H": "high", "HH": "high", "HU": "high", ">": "high", "L": "low", "LL": "low", "LU": "low",
+                   "<": "low", "A": "abnormal", "AA": "abnormal", "N": "normal"}
+
+
+def _own_range(o: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The referenceRange the result carries (for the whole observation; components carry their own)."""
+    for rr in o.get("referenceRange") or []:
+        lo, hi = (rr.get("low") or {}).get("value"), (rr.get("high") or {}).get("value")
+        if lo is not None or hi is not None:
+            return lo, hi
+    return None, None
+
+
+def _flag(value: float, o: dict[str, Any], lo: float | None, hi: float | None) -> str | None:
+    for cc in o.get("interpretation") or []:
+        for c in cc.get("coding") or []:
+            if c.get("code") in _INTERPRETATION:
+                return _INTERPRETATION[c["code"]]
+    if hi is not None and value > hi:
+        return "high"
+    if lo is not None and value < lo:
+        return "low"
+    if lo is not None or hi is not None:
+        return "normal"
+    return None
+
+
+def _meaning(trend: str, better: str | None, prev: float | None, value: float, lo: float | None,
+             hi: float | None) -> str:
+    """Whether a change is good or bad news, by the result's clinical direction."""
+    if trend in ("none", "steady"):
+        return trend
+    if better == "higher":
+        return "better" if trend == "up" else "worse"
+    if better == "lower":
+        return "better" if trend == "down" else "worse"
+    if prev is not None and (lo is not None or hi is not None):
+        def distance(x: float) -> float:
+            return max((lo - x) if lo is not None else 0, (x - hi) if hi is not None else 0, 0)
+        d0, d1 = distance(prev), distance(value)
+        return "better" if d1 < d0 else "worse" if d1 > d0 else "changed"
+    return "changed"
+
+
 def _results(b: _Bundle) -> list[Result]:
     series: dict[str, list[tuple[str, float, str, str | None, dict, str]]] = {}
     for o, lu in b.of("Observation"):
@@ -576,13 +763,30 @@ def _results(b: _Bundle) -> list[Result]:
             display = coding.get("display") or _text(concept) or code
             series.setdefault(code, []).append((when, float(q["value"]), display, q.get("unit"), o, lu))
     out = []
+    known = result_display()
     for code, points in series.items():
         points.sort(key=lambda p: p[0])
         when, value, display, unit, o, lu = points[-1]
         prev = points[-2][1] if len(points) > 1 else None
-        out.append(Result(code=code, display=_short_display(display), unit=unit, latest=value, latest_date=_day(when),
-                          previous=prev, trend=_trend(prev, value), count=len(points),
+        k = known.get(code) or {}
+        own_lo, own_hi = (None, None) if o.get("component") else _own_range(o)
+        if own_lo is not None or own_hi is not None:
+            lo, hi, source, verified = own_lo, own_hi, "as reported with the result", True
+        elif ("low" in k or "high" in k) and (not k.get("unit") or _norm(k["unit"]) == _norm(unit or "")):
+            lo, hi = k.get("low"), k.get("high")
+            source, verified = f"usual adult range: {k.get('source')}", bool(k.get("verified"))
+        else:
+            lo = hi = source = None
+            verified = True
+        # an unverified default range is shown, never used to flag; a panel's interpretation is not its parts'
+        flag = _flag(value, {} if o.get("component") else o, lo if verified else None, hi if verified else None)
+        trend = _trend(prev, value)
+        out.append(Result(code=code, display=k.get("short") or _short_display(display), unit=unit, latest=value,
+                          latest_date=_day(when), previous=prev, trend=trend, count=len(points),
                           points=[ResultPoint(date=_day(p[0]), value=p[1]) for p in points[-CHART_POINTS:]],
+                          full_name=display, low=lo, high=hi, range_source=source, range_verified=verified,
+                          flag=flag, better=k.get("better"),
+                          trend_meaning=_meaning(trend, k.get("better"), prev, value, lo, hi),
                           provenance=b.prov(o, lu, when)))
     out.sort(key=lambda r: r.latest_date, reverse=True)
     return out

@@ -71,6 +71,16 @@ class Prepared:
     rows: dict[str, list[tuple]]
 
 
+def fingerprint(resource: dict, source: str | None = None) -> str:
+    """The content hash a resource will be stored under (after `source` is stamped on meta.source), without
+    validating or indexing it: lets a bulk load skip resources that are already stored unchanged."""
+    meta = resource.get("meta")
+    src = (meta or {}).get("source") or source
+    if src and (not meta or meta.get("source") != src):
+        resource = {**resource, "meta": {**(meta or {}), "source": src}}
+    return hashlib.sha1(canonical(resource)).hexdigest()
+
+
 def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
             params: SearchParameters | None = None, assign_id: bool = False, keep: bool = True) -> Prepared:
     """Validate a resource and compute its index rows (pure: safe to run in a worker process)."""

@@ -334,6 +334,41 @@ auth_throttle = sa.Table(
     sa.Column("locked_until", sa.String(40)),
 )
 
+# HL7 v2 messages applied (interop/hl7): one row per (sending facility, message control id), written in the same
+# transaction as the message's resources, so the same message sent twice is applied once (revision 0009).
+hl7_message = sa.Table(
+    "hl7_message", metadata,
+    sa.Column("facility", sa.String(180), primary_key=True),
+    sa.Column("control_id", sa.String(199), primary_key=True),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("received", sa.String(40), nullable=False),
+    sa.Column("applied", sa.String(40), nullable=False),
+    sa.Column("patient_id", Id),
+    sa.Column("note", sa.Text),
+)
+
+# HL7 v2 messages that could not be applied (malformed, unmappable, unknown facility): kept whole with the reason and
+# the segment and field at fault until they are replayed (revision 0009).
+hl7_dead_letter = sa.Table(
+    "hl7_dead_letter", metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("received", sa.String(40), nullable=False),
+    sa.Column("channel", sa.String(255)),
+    sa.Column("facility", sa.String(180)),
+    sa.Column("control_id", sa.String(199)),
+    sa.Column("trigger", sa.String(16)),
+    sa.Column("ack_code", sa.String(2), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("location", sa.String(64)),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("raw_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_attempt", sa.String(40)),
+)
+sa.Index("ix_hl7_dead_letter_status", hl7_dead_letter.c.status, hl7_dead_letter.c.received)
+sa.Index("ix_hl7_dead_letter_hash", hl7_dead_letter.c.raw_hash)
+
 
 def create_tables(bind, names: list[str]) -> None:
     """Create the named tables as defined here (a migration adding whole tables)."""

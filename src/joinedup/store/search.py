@@ -88,14 +88,35 @@ def parse(params: list[tuple[str, str]], rtype: str, registry: SearchParameters,
         param = registry.get(rtype, name)
         if param is None or param.type in ("composite", "special"):
             if strict:
-                raise _bad(f"Unknown or unsupported search parameter '{raw_name}' for {rtype}", raw_name)
+                raise _bad(f"{unsupported_reason(registry, rtype, name)} (Prefer: handling=strict)", raw_name)
             plan.ignored.append(raw_name)
             continue
         plan.used.append((raw_name, raw_value))
         plan.clauses.append(_clause(r, rtype, param, modifier, raw_value))
+    if plan.ignored and not plan.clauses:
+        # lenient handling ignores what it cannot do, but a search left with no filter at all would answer with
+        # every entry of the type instead of the few asked for: refuse it (FHIR R4 search 3.1.1.4: the server
+        # may reject a search it cannot process as asked)
+        names = ", ".join(f"'{n}'" for n in dict.fromkeys(plan.ignored))
+        reasons = "; ".join(dict.fromkeys(unsupported_reason(registry, rtype, n.partition(":")[0])
+                                          for n in plan.ignored))
+        raise _bad(f"{rtype} search by {names} only: {reasons}. Nothing else filters the search, so it would "
+                   f"return every {rtype}; refused (see the CapabilityStatement for the parameters supported)",
+                   plan.ignored[0])
     plan.clauses.sort(key=lambda c: c.rank)
     plan.where = [c.driver if i == 0 else c.filter for i, c in enumerate(plan.clauses)]
     return plan
+
+
+def unsupported_reason(registry: SearchParameters, rtype: str, name: str) -> str:
+    """Why a search parameter is not served: not defined for the type at all, or defined but not supported."""
+    why = registry.unsupported.get(rtype, {}).get(name)
+    param = registry.by_type.get(rtype, {}).get(name)
+    if why is None and param is not None:
+        why = f"{param.type} parameters are not supported"
+    if why:
+        return f"search parameter '{name}' of {rtype} is defined by FHIR R4 but not supported here ({why})"
+    return f"'{name}' is not a search parameter of {rtype}"
 
 
 # Paging bounds. _offset pages by skipping rows, so a deep offset costs a scan of everything before it and a huge

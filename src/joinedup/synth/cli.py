@@ -41,6 +41,8 @@ def generate_command(
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty directory that holds other "
                                                         "files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    hl7: Annotated[bool, typer.Option("--hl7", help="Also write the acute trust's HL7 v2 ADT feed for its "
+                                                    "encounters (hl7/adt-feed.hl7).")] = False,
 ) -> None:
     """Generate a synthetic integrated care system (FHIR R4 NDJSON plus ground truth) into a directory."""
     try:
@@ -61,7 +63,7 @@ def generate_command(
                       transient=True) as bar:
             task = bar.add_task("people", total=patients)
             result = generate(patients=patients, seed=seed, out=out, workers=workers, today=ref_date,
-                              years=years, force=force, progress=lambda n: bar.advance(task, n))
+                              years=years, force=force, progress=lambda n: bar.advance(task, n), hl7=hl7)
     except GenerateError as exc:
         _fail(str(exc))
     except OSError as exc:  # e.g. the disk filled up: the path and the problem, in one line
@@ -72,3 +74,5 @@ def generate_command(
         for rtype, n in result.counts.items():
             console.print(f"  {rtype:<20} {n:>12,}")
         console.print(f"Ground truth: {result.out / 'ground-truth.ndjson'}")
+        if hl7:
+            console.print(f"HL7 v2 ADT feed: {result.out / 'hl7' / 'adt-feed.hl7'}")

@@ -21,6 +21,8 @@ from joinedup.synth.knowledge import cumulative, knowledge
 from joinedup.synth.system import System
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
+# identifiers an organisation numbers itself, namespaced by its ODS code (as the HL7 v2 feed maps them: docs/hl7-v2.md)
+VISIT_NUMBER = "https://joinedup.example/fhir/Id/ods/{ods}/visit-number"
 LA_ID = "https://joinedup.example/Id/local-authority-person"
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -672,6 +674,8 @@ class Person:
             res["location"] = [{"location": ref("Location", location)}]
         if extra:
             res.update(extra)
+        if org == c.ac and c.system.acute.get("ods"):  # the hospital PAS's visit number (PV1-19 of its ADT feed)
+            res["identifier"] = [{"system": VISIT_NUMBER.format(ods=c.system.acute["ods"]), "value": eid}]
         self.emit("Encounter", res)
         return eid
 
@@ -1152,10 +1156,19 @@ class Person:
             else:
                 birth = birth + timedelta(days=1 if birth.day < 28 else -1)
                 variations.append("dob_off_by_one_day")
+        address = self.address
+        arng = random.Random(f"{c.seed}:{self.i}:address")  # own stream: the draws above are unchanged
+        if arng.random() < sc.get("address_variation", 0.0):
+            dist = self.district
+            address = {"use": "home", "line": [f"{arng.randint(1, 180)} {arng.choice(c.names['streets'])}"],
+                       "city": dist["town"],
+                       "postalCode": f"{dist['district']} {arng.randint(1, 9)}{arng.choice(POSTCODE_LETTERS)}"
+                                     f"{arng.choice(POSTCODE_LETTERS)}", "country": "GB"}
+            variations.append("moved_address")
         self.emit("Patient", {
             "resourceType": "Patient", "id": scid, "meta": c.meta[c.la], "identifier": ident, "active": True,
             "name": [{"use": "official", "family": family, "given": [given]}],
-            "gender": "male" if self.male else "female", "birthDate": birth.isoformat(), "address": [self.address],
+            "gender": "male" if self.male else "female", "birthDate": birth.isoformat(), "address": [address],
         })
         self.truth({"kind": "same_person", "patient": f"Patient/{self.pid}", "record": f"Patient/{scid}",
                     "organization": f"Organization/{c.la}", "variations": variations})

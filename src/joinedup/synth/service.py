@@ -30,7 +30,7 @@ from joinedup.synth.person import Context, Person
 from joinedup.synth.system import System, build_system
 
 GENERATOR_VERSION = "1"
-SYSTEM_TYPES = ("Organization", "Location", "Practitioner", "PractitionerRole")
+SYSTEM_TYPES = ("Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService")
 _DUMP = orjson.OPT_APPEND_NEWLINE
 _ctx: Context | None = None
 _out: Path | None = None
@@ -90,7 +90,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         for p in out.iterdir():
             if p.name.endswith(".ndjson") or p.name == "manifest.json":
                 p.unlink()
-            elif p.name == ".parts":
+            elif p.name in (".parts", "hl7"):
                 shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".parts").mkdir()
@@ -98,7 +98,7 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 def generate(*, patients: int, seed: int, out: Path, workers: int = 2, today: date = DEFAULT_TODAY,
              years: int = 3, force: bool = False,
-             progress: Callable[[int], None] | None = None) -> GenerateResult:
+             progress: Callable[[int], None] | None = None, hl7: bool = False) -> GenerateResult:
     """Generate `patients` people and their ICS into `out`; `progress(n)` is called as people are finished."""
     try:
         opts = GenerateOptions(patients=patients, seed=seed, out=out, workers=workers, today=today, years=years,
@@ -153,6 +153,10 @@ def generate(*, patients: int, seed: int, out: Path, workers: int = 2, today: da
         "ground_truth": dict(sorted(truth.items())), "files": files,
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | _DUMP))
+    if hl7:  # the acute trust's HL7 v2 ADT feed for its encounters (hl7/adt-feed.hl7)
+        from joinedup.synth.hl7feed import write_feed
+
+        write_feed(out)
     return GenerateResult(out=out, patients=opts.patients, seed=opts.seed, resources=sum(counts.values()),
                           counts=dict(sorted(counts.items())), truth=dict(sorted(truth.items())), files=len(files))
 

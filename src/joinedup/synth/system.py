@@ -178,7 +178,8 @@ def build_system(*, patients: int, seed: int) -> System:
         nurses[spec] = b.staff(_per(patients, a["specialist_nurses_per_100k"], 1), acute, "Specialist nurse",
                                info["display"], clinics[spec])
     sysm.acute = {"id": acute, "ae": ae, "wards": wards, "clinics": clinics, "consultants": consultants,
-                  "nurses": nurses, "specialty_display": {s: i["display"] for s, i in a["specialties"].items()}}
+                  "nurses": nurses, "specialty_display": {s: i["display"] for s, i in a["specialties"].items()},
+                  "ods": a["ods"]}
 
     # Community trust
     c = o["community_trust"]
@@ -230,5 +231,81 @@ def build_system(*, patients: int, seed: int) -> System:
         oid = b.org(f"org-carehome-{j + 1:03d}", f"VZ{j + 1:03d}", f"{name} ({d['town']})", "prov",
                     "Healthcare Provider", address=addr)
         sysm.care_homes.append({"id": oid, "address": addr})
+    _directory_services(b, sysm)  # the services directory (knowledge/system/synthetic-services.yaml)
     sysm.resources = b.resources
     return sysm
+
+
+REFERRAL_METHOD = "http://terminology.hl7.org/CodeSystem/service-referral-method"
+
+
+def _directory_services(b: _Builder, sysm: System) -> None:
+    """A HealthcareService for each clinic, team and provider the ICS has (what it accepts, how to refer, advice and
+    guidance, a response-time promise, contact routes, opening hours), linked from the PractitionerRoles based there."""
+    from importlib import resources as pkg_resources
+
+    import yaml
+
+    from joinedup.fhir import codes
+
+    spec = yaml.safe_load(pkg_resources.files("joinedup.knowledge").joinpath(
+        "system/synthetic-services.yaml").read_text(encoding="utf-8"))
+    needs_system = yaml.safe_load(pkg_resources.files("joinedup.knowledge").joinpath(
+        "system/needs.yaml").read_text(encoding="utf-8"))["system"]
+    names = {r["id"]: r.get("name") for r in b.resources if r["resourceType"] == "Organization"}
+    places: list[tuple[dict, str, str | None]] = []
+    for svc in spec["services"]:
+        kind, _, key = svc["where"].partition(":")
+        if kind == "acute" and key in sysm.acute.get("clinics", {}):
+            places.append((svc, sysm.acute["id"], sysm.acute["clinics"][key]))
+        elif kind in ("community", "mental_health"):
+            part = sysm.community if kind == "community" else sysm.mental_health
+            if key in part.get("teams", {}):
+                places.append((svc, part["id"], part["teams"][key]))
+        elif kind == "local_authority" and sysm.local_authority:
+            places.append((svc, sysm.local_authority["id"], sysm.local_authority["location"]))
+        elif kind == "practice":
+            places += [(svc, p["id"], p["location"]) for p in sysm.practices]
+        elif kind == "pharmacy":
+            places += [(svc, oid, None) for oid in sysm.pharmacies]
+    by_location: dict[str, str] = {}
+    for n, (svc, org, loc) in enumerate(places, 1):
+        hid = f"hs-{n:04d}"
+        name = svc["name"].replace("{org}", names.get(org) or org)
+        slug = ".".join("".join(ch if ch.isalnum() else " " for ch in name.lower()).split())
+        res: dict[str, Any] = {
+            "resourceType": "HealthcareService", "id": hid, "meta": {"source": f"Organization/{org}"},
+            "active": True, "providedBy": {"reference": f"Organization/{org}"}, "name": name,
+            "type": [{"text": svc["type"]}],
+            "eligibility": [{"code": {"text": "Referral criteria"}, "comment": c} for c in svc["criteria"]],
+            "referralMethod": [{"coding": [{"system": REFERRAL_METHOD, "code": m}]} for m in svc["referral"]],
+            "telecom": [{"system": "phone", "value": f"01632 96{b.rng.randint(0, 9999):04d}", "use": "work"},
+                        {"system": "email", "value": f"{slug[:40]}@northshire.example", "use": "work"}],
+            "availableTime": [{"daysOfWeek": t["days"], **({"allDay": True} if t.get("all_day") else {
+                "availableStartTime": t["start"] + ":00", "availableEndTime": t["end"] + ":00"})}
+                for t in spec["hours"][svc["hours"]]],
+            "appointmentRequired": svc["where"] not in ("pharmacy",),
+        }
+        chars = [{"coding": [{"system": needs_system, "code": k}]} for k in svc.get("needs") or ()]
+        if svc.get("advice_and_guidance"):
+            chars.append({"coding": [{"system": codes.CODE_SYSTEM + "service-offer", "code": "advice-and-guidance",
+                                      "display": "Advice and guidance"}]})
+        if chars:
+            res["characteristic"] = chars
+        if loc:
+            res["location"] = [{"reference": f"Location/{loc}"}]
+            by_location.setdefault(f"{org}|{loc}", hid)
+        promise = svc.get("promise")
+        if promise and svc.get("complete", True):
+            code = {"hours": "h", "working days": "d", "days": "d", "weeks": "wk"}[promise["unit"]]
+            res["extension"] = [{"url": codes.EXTENSION + "response-time-promise", "valueDuration": {
+                "value": promise["value"], "unit": promise["unit"], "system": "http://unitsofmeasure.org",
+                "code": code}}]
+        b.resources.append(res)
+    for r in b.resources:
+        if r["resourceType"] == "PractitionerRole":
+            org = (r.get("organization") or {}).get("reference", "").removeprefix("Organization/")
+            loc = ((r.get("location") or [{}])[0].get("reference") or "").removeprefix("Location/")
+            hid = by_location.get(f"{org}|{loc}")
+            if hid:
+                r["healthcareService"] = [{"reference": f"HealthcareService/{hid}"}]

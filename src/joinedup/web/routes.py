@@ -29,6 +29,7 @@ from joinedup.web.pages import (
     Viewer,
     error_page,
     gate_of,
+    home_of,
     page,
     safe_next,
     service_action,
@@ -96,8 +97,14 @@ def logout(request: Request):
 # -- home, search, my patients ------------------------------------------------------------------------------
 @router.get("/")
 def home(request: Request, who: Viewer):
-    if who.role == "patient" and who.patient_id:  # a person's home is their own record
-        return RedirectResponse(f"/patients/{quote(who.patient_id)}", status_code=303)
+    """Each role's home (navigation.yaml and the policy): a person's own record, the privacy officer's reviews, the
+    analyst's extracts, or for professionals the search and their patients."""
+    home = home_of(who)
+    if home is None:
+        return error_page(request, 403, "Your account has no pages in the web app: it works through the APIs.",
+                          who=who, advice="Ask the administrator which role your account should have.")
+    if home != "/":
+        return RedirectResponse(home, status_code=303)
     mine = service.my_patients(gate=gate_of(request), who=who)
     return page(request, "home.html", {"q": "", "results": None, "mine": mine, "search_error": None}, who=who)
 

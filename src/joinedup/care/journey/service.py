@@ -11,12 +11,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from joinedup.fhir import codes
+from joinedup.fhir import codes, words
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import concept_text as _text
 from joinedup.fhir.values import reference_id as _rid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
+from joinedup.record.service import death_of, section_access
 
 TYPES = {"Patient", "Encounter", "EpisodeOfCare", "Appointment", "ServiceRequest", "Communication", "Task",
          "Location", "Organization", "HealthcareService"}
@@ -24,6 +25,9 @@ INPATIENT = {"IMP", "ACUTE", "NONAC"}
 OPEN = {"arrived", "triaged", "in-progress", "onleave"}
 WARD_SYSTEM = codes.CARE_SETTING
 ADVICE_WAIT_DAYS = 180
+# the kinds of entry each part of the journey is built from (to say what is not shown to the reader, and why)
+WHERE_TYPES = ("Encounter", "EpisodeOfCare")
+NEXT_TYPES = ("Appointment", "ServiceRequest", "Communication", "Task")
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -86,7 +90,7 @@ def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None
     open_ae = sorted((e for e in encounters if (e.get("class") or {}).get("code") == "EMER"
                       and e.get("status") in OPEN), key=lambda e: (e.get("period") or {}).get("start") or "")
     episodes = [e for e in by.get("EpisodeOfCare", []) if e.get("status") in ("active", "onhold", "waitlist")]
-    deceased = patient.get("deceasedDateTime") or (patient.get("deceasedBoolean") is True)
+    deceased, died = death_of([patient])
     if deceased:
         where, setting = "Died", "died"
         since = patient.get("deceasedDateTime")
@@ -105,7 +109,7 @@ def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None
             planned, pd = ext, _parse(ext)
         if pd and pd >= now:
             nxt.append({"kind": "planned-discharge", "what": "Planned discharge", "when": planned,
-                        "status": "planned", "overdue": False, "source": f"Encounter/{e['id']}",
+                        "status": "Planned", "overdue": False, "source": f"Encounter/{e['id']}",
                         "organisation": src(e)})
     elif open_ae:
         e = open_ae[-1]
@@ -145,25 +149,35 @@ def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None
                 (start is None or start >= now):
             nxt.append({"kind": "appointment", "what": a.get("description") or _text(a.get("serviceType"))
                         or _text(a.get("appointmentType")) or "Appointment", "when": a.get("start"),
-                        "status": a.get("status"), "overdue": False, "source": f"Appointment/{a['id']}",
+                        "status": words.status_words("Appointment", a.get("status")), "overdue": False,
+                        "source": f"Appointment/{a['id']}",
                         "organisation": src(a)})
     for sr in by.get("ServiceRequest", []):
         if sr.get("status") in ("draft", "active", "on-hold"):
             advice = "advice" in " ".join(_text(c) for c in sr.get("category") or []).lower()
             nxt.append({"kind": "advice" if advice else "referral",
                         "what": _text(sr.get("code")) or ("Advice request" if advice else "Referral"),
-                        "when": sr.get("authoredOn"), "status": f"waiting ({sr.get('status')})", "overdue": False,
+                        "when": sr.get("authoredOn"), "status": words.request_words(sr), "overdue": False,
                         "source": f"ServiceRequest/{sr['id']}", "organisation": src(sr)})
     comms = by.get("Communication", [])
     answered = {_rid(r, "Communication") for c in comms for r in c.get("inResponseTo") or []}
     for c in comms:
         cat = " ".join(_text(x) for x in c.get("category") or []).lower()
         sent = _parse(c.get("sent"))
+        kind = words.message_kind(c)
+        if kind == "correction":  # a person asking for their record to be corrected: not an advice request
+            if c.get("status") not in ("stopped", "entered-in-error") and \
+                    (sent is None or (now - sent).days <= ADVICE_WAIT_DAYS):
+                nxt.append({"kind": "correction", "what": words.message_words(c), "when": c.get("sent"),
+                            "status": "Waiting for the care team", "overdue": False,
+                            "source": f"Communication/{c['id']}", "organisation": src(c)})
+            continue
         if "request" in cat and not c.get("inResponseTo") and c["id"] not in answered and \
                 c.get("status") not in ("stopped", "entered-in-error") and \
                 (sent is None or (now - sent).days <= ADVICE_WAIT_DAYS):
             nxt.append({"kind": "advice", "what": "Advice request awaiting a reply", "when": c.get("sent"),
-                        "status": "waiting for reply", "overdue": False, "source": f"Communication/{c['id']}",
+                        "status": words.conversation_words("awaiting-reply"), "overdue": False,
+                        "source": f"Communication/{c['id']}",
                         "organisation": src(c)})
     for t in by.get("Task", []):
         if t.get("status") in ("completed", "cancelled", "entered-in-error", "rejected", "failed"):
@@ -171,12 +185,18 @@ def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None
         due = ((t.get("restriction") or {}).get("period") or {}).get("end")
         dd = _parse(due)
         nxt.append({"kind": "task", "what": t.get("description") or _text(t.get("code")) or "Task", "when": due,
-                    "status": t.get("status"), "overdue": bool(dd and dd < now), "source": f"Task/{t['id']}",
+                    "status": words.status_words("Task", t.get("status")), "overdue": bool(dd and dd < now),
+                    "source": f"Task/{t['id']}",
                     "organisation": src(t)})
     nxt.sort(key=lambda x: (not x["overdue"], x["kind"] != "planned-discharge",
                             _parse(x["when"]) or datetime.max.replace(tzinfo=UTC)))
+    if deceased:  # nothing is next for someone who has died
+        nxt = []
+    withheld = gate.withheld(who, patient_id, types=set(WHERE_TYPES + NEXT_TYPES))
+    access = {"where": section_access(withheld, WHERE_TYPES, 1, who).model_dump(),
+              "next": section_access(withheld, NEXT_TYPES, len(nxt), who).model_dump()}
     sd = _parse(since)
-    return {"patient": patient_id, "where": where, "setting": setting, "since": since,
+    return {"deceased": deceased, "deceased_date": died, "access": access, "patient": patient_id, "where": where, "setting": setting, "since": since,
             "days": (now - sd).days if sd and sd <= now else None, "detail": detail, "also": also, "next": nxt,
             "overdue": sum(1 for x in nxt if x["overdue"]), "sources": sorted(sources),
             "as_of": now.strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -66,16 +66,17 @@ def complete(review_id: str, body: svc.Completion, who: CurrentUser, gate: GateD
 
 # -- pages -----------------------------------------------------------------------------------------------------------
 @web_router.get("/mdt")
-def reviews_page(request: Request, patient: str = ""):
+def reviews_page(request: Request, patient: str = "", deceased: int = 0):
     return _schedule_form(request, {"title": "", "start": "", "minutes": "60", "location": "",
-                                    "patient_ids": [patient] if patient else [], "participants": []})
+                                    "patient_ids": [patient] if patient else [], "participants": [],
+                                    "deceased": bool(deceased)})
 
 
 def _schedule_form(request: Request, form: dict, error: str | None = None, status: int = 200, *,
                    who: Principal | None = None):
     def build(gate: Gate, who: Principal) -> dict[str, Any]:
         reviews = svc.list_reviews(gate=gate, who=who, include_past=True)
-        people = my_patients(gate=gate, who=who)
+        people = my_patients(gate=gate, who=who, include_deceased=bool(form.get("deceased")))
         staff = recipients(gate=gate, who=who)
         known = {p["id"] for p in people}
         extra = [pid for pid in form["patient_ids"] if pid and pid not in known]

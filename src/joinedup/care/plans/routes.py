@@ -238,9 +238,9 @@ def api_my_tasks(who: CurrentUser, gate: GateDep):
 
 @api_router.get("/api/care/my-people",
                 summary="My people: key worker or care team member; what is overdue, who is in hospital today")
-def api_my_people(who: CurrentUser, gate: GateDep):
+def api_my_people(who: CurrentUser, gate: GateDep, deceased: int = 0):
     task_service.ensure_escalator(gate)
-    return JSONResponse(task_service.my_people(gate=gate, who=who))
+    return JSONResponse(task_service.my_people(gate=gate, who=who, include_deceased=bool(deceased)))
 
 
 @api_router.post("/api/care/escalate", summary="Escalate overdue tasks now (integration account)")
@@ -308,7 +308,9 @@ def _plan_context(gate: Gate, who: Principal, patient_id: str, *, error: str | N
     return {"person": {"id": patient_id, "name": team_service.human_name(person),
                        "birth_date": person.get("birthDate"),
                        "nhs_number": next((i.get("value") for i in person.get("identifier") or []
-                                           if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None)},
+                                           if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), None),
+                       "deceased": bool(person.get("deceasedDateTime") or person.get("deceasedBoolean") is True),
+                       "deceased_date": person.get("deceasedDateTime")},
             "plan": plan, "team": team, "kw": kw, "history": hist, "tasks": tasks, "proposals": proposals,
             "owners": _owner_choices(team), "error": error, "notice": notice, "draft": draft or {},
             "section": section, "action_statuses": plan_service.ACTION_STATUSES,
@@ -453,10 +455,11 @@ def _server_timing(started: float) -> Callable[[HTMLResponse], None]:
 
 
 @web_router.get("/care/people")
-def people_page(request: Request):
+def people_page(request: Request, deceased: int = 0):
     started = time.perf_counter()
     return service_page(request, "care/people.html", _escalating(
-        lambda gate, who: {"mine": task_service.my_people(gate=gate, who=who)}), after=_server_timing(started))
+        lambda gate, who: {"mine": task_service.my_people(gate=gate, who=who, include_deceased=bool(deceased))}),
+        after=_server_timing(started))
 
 
 def _handover_page(request: Request, patient_id: str, *, who: Principal | None = None,

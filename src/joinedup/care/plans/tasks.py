@@ -261,23 +261,31 @@ def _current_encounters(gate: Gate, who: Principal, ids: list[str]) -> list[dict
     return out
 
 
-def my_people(*, gate: Gate, who: Principal, today: date | None = None) -> dict[str, Any]:
-    """People for whom the professional is key worker or a care team member: overdue work, who is in hospital."""
+def my_people(*, gate: Gate, who: Principal, today: date | None = None,
+              include_deceased: bool = False) -> dict[str, Any]:
+    """People for whom the professional is key worker or a care team member: overdue work, who is in hospital.
+    People who have died are left out unless `include_deceased` (then marked); `deceased` counts them."""
     t = _today(today)
     now = now_iso()
     if not who.practitioner_id:
-        return {"people": [], "key_worker_for": 0, "in_hospital": 0, "with_overdue": 0}
+        return {"people": [], "key_worker_for": 0, "in_hospital": 0, "with_overdue": 0, "deceased": 0}
     me = f"Practitioner/{who.practitioner_id}"
     teams = gate.search(who, "CareTeam", [("participant", me), ("status", "active"), ("_include", "CareTeam:subject"),
                                           ("_revinclude:iterate", "CarePlan:subject"),
                                           ("_revinclude:iterate", "Task:patient"), ("_count", "1000")])
     patients = {s.id: s.content for s in teams.included if s.rtype == "Patient"}
     people: dict[str, dict[str, Any]] = {}
+    dead: set[str] = set()
     for s in teams.matches:
         c = s.content
         pid = ((c.get("subject") or {}).get("reference") or "").split("/")[-1]
         if pid not in patients:
             continue
+        died = patients[pid].get("deceasedDateTime") or patients[pid].get("deceasedBoolean") is True
+        if died:
+            dead.add(pid)
+            if not include_deceased:
+                continue
         mine = [p for p in c.get("participant") or []
                 if (p.get("member") or {}).get("reference") == me and team_service._active(p, now)]
         if not mine:
@@ -288,7 +296,8 @@ def my_people(*, gate: Gate, who: Principal, today: date | None = None) -> dict[
             "nhs_number": next((i.get("value") for i in patients[pid].get("identifier") or []
                                 if i.get("system") == codes.NHS_NUMBER), None),
             "key_worker": None, "i_am_key_worker": False, "my_role": None, "overdue": [], "open_tasks": 0,
-            "open_actions": 0, "where": None, "since": None})
+            "open_actions": 0, "where": None, "since": None,
+            "deceased": bool(died), "deceased_date": (patients[pid].get("deceasedDateTime") or "")[:10] or None})
         if kw and not row["key_worker"]:
             row["key_worker"] = kw
             row["i_am_key_worker"] = row["i_am_key_worker"] or kw["practitioner_id"] == who.practitioner_id
@@ -327,7 +336,14 @@ def my_people(*, gate: Gate, who: Principal, today: date | None = None) -> dict[
         if v["overdue"]:
             row["overdue"].append({"kind": "task", "description": v["description"], "due": v["due"],
                                    "owner": v["owner"]["name"]})
-    for c in _current_encounters(gate, who, sorted(people)):
+    try:
+        encounters = _current_encounters(gate, who, sorted(people))
+        hospital_hidden = False
+    except FhirError as exc:  # a role that may not see hospital stays: say so, never show "not in hospital"
+        if exc.status != 403:
+            raise
+        encounters, hospital_hidden = [], True
+    for c in encounters:
         where = HOSPITAL_CLASSES.get((c.get("class") or {}).get("code") or "")
         row = people.get(((c.get("subject") or {}).get("reference") or "").split("/")[-1])
         if row is None or not where:
@@ -343,4 +359,5 @@ def my_people(*, gate: Gate, who: Principal, today: date | None = None) -> dict[
     for r in out:
         r["overdue"].sort(key=lambda x: x["due"] or "")
     return {"people": out, "key_worker_for": sum(1 for r in out if r["i_am_key_worker"]),
-            "in_hospital": sum(1 for r in out if r["where"]), "with_overdue": sum(1 for r in out if r["overdue"])}
+            "in_hospital": sum(1 for r in out if r["where"]), "with_overdue": sum(1 for r in out if r["overdue"]),
+            "deceased": len(dead), "include_deceased": include_deceased, "hospital_hidden": hospital_hidden}

@@ -79,7 +79,10 @@ def who_ref(gate: Gate, who: Principal) -> dict[str, str] | None:
 def who_text(gate: Gate, who: Principal) -> str:
     """'Name (account display)' for history lines."""
     name = practitioner_name(gate, who)
-    return name if name == (who.display or who.name) else f"{name} ({who.display or who.name})"
+    account = who.display or who.name
+    if name in account:  # the account's display already names them ("Dr X (GP)"): never "Dr X (Dr X (GP))"
+        return account
+    return f"{name} ({account})"
 
 
 def require_person(*, gate: Gate, who: Principal, patient_id: str) -> dict[str, Any]:

@@ -111,8 +111,8 @@ def _new_form(request: Request, form: dict, error: str | None = None, status: in
         patient = None
         if form.get("patient_id"):
             patient = svc.person_name(gate.read(who, "Patient", form["patient_id"]).content)
-        return {"form": form, "patient": patient, "recipients": svc.recipients(gate=gate, who=who), "error": error,
-                "priorities": svc.PRIORITIES}
+        return {"form": form, "patient": patient, "error": error, "priorities": svc.PRIORITIES,
+                "recipients": svc.recipients(gate=gate, who=who, need=form.get("reason"))}
 
     return service_page(request, "care/referral_new.html", build, who=who, status=status)
 

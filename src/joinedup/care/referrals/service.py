@@ -26,12 +26,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from joinedup.fhir import codes
+from joinedup.fhir import codes, words
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import split_reference
 from joinedup.governance.facts import choices_of
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
+from joinedup.system import service as directory
 
 REQUEST_CATEGORY = codes.REQUEST_CATEGORY
 CONVERSATION_SYSTEM = codes.CONVERSATION_MESSAGE
@@ -55,14 +56,7 @@ MESSAGE_TEXT = {
     "answer": "Conversation: further information",
     "note": "Conversation: note",
 }
-STATE_TEXT = {
-    "awaiting-reply": "Awaiting reply",
-    "replied": "Replied",
-    "more-information-requested": "More information requested",
-    "closed": "Closed",
-    "converted": "Converted to referral",
-    "withdrawn": "Withdrawn",
-}
+STATE_TEXT = dict(words.vocabulary()["conversation"])  # the platform's one status vocabulary (fhir/words.py)
 OPEN_STATES = {"awaiting-reply", "replied", "more-information-requested"}
 # what each action does to an open conversation: {(state, action): new state}; a pair not here is refused
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -195,11 +189,22 @@ def _check_text(text: str | None, what: str = "text", *, required: bool = True) 
 
 
 # -- the directory: who can receive a referral -----------------------------------------------------------------
-def recipients(*, gate: Gate, who: Principal) -> list[dict[str, Any]]:
-    """Practitioners (with their organisation and specialty) who can receive referrals and advice requests."""
+def recipients(*, gate: Gate, who: Principal, need: str | None = None) -> list[dict[str, Any]]:
+    """Practitioners (with their organisation, specialty and the directory services they work in) who can receive
+    referrals and advice requests; with `need`, those whose organisation offers a service that meets it come first
+    (`offers`: the services directory, joinedup.system.service)."""
     found = gate.search(who, "PractitionerRole", [("active", "true"), ("_include", "PractitionerRole:practitioner"),
-                                                  ("_include", "PractitionerRole:organization"), ("_count", "1000")])
+                                                  ("_include", "PractitionerRole:organization"),
+                                                  ("_include", "PractitionerRole:service"), ("_count", "1000")])
     inc = {f"{s.rtype}/{s.id}": s.content for s in found.included}
+    offering: dict[str, list[str]] = {}
+    if need and need.strip():
+        try:
+            offering = directory.organisations_meeting(gate=gate, who=who, need=need)
+        except FhirError as exc:  # a reason that is not a searchable need: no ordering by need
+            if exc.status != 400:
+                raise
+            need = None
     out = []
     for s in found.matches:
         r = s.content
@@ -212,8 +217,11 @@ def recipients(*, gate: Gate, who: Principal) -> list[dict[str, Any]]:
         out.append({"role_id": s.id, "practitioner_id": prac["id"], "name": person_name(prac),
                     "role": ", ".join(c.get("text") or "" for c in r.get("code") or []) or None,
                     "specialty": ", ".join(c.get("text") or "" for c in r.get("specialty") or []) or None,
-                    "organization_id": org["id"], "organization": org.get("name") or org["id"]})
-    out.sort(key=lambda x: (x["organization"], x["specialty"] or "", x["name"]))
+                    "organization_id": org["id"], "organization": org.get("name") or org["id"],
+                    "services": [inc[h["reference"]].get("name") for h in r.get("healthcareService") or ()
+                                 if inc.get(h.get("reference") or "", {}).get("name")],
+                    **({"offers": offering.get(org["id"], [])} if need else {})})
+    out.sort(key=lambda x: (not x.get("offers"), x["organization"], x["specialty"] or "", x["name"]))
     return out
 
 
@@ -426,14 +434,8 @@ def _side(who: Principal, sr: dict) -> str | None:
 
 
 def state_of(sr: dict) -> str:
-    """The conversation state of a ServiceRequest (from its extension and FHIR status)."""
-    status = sr.get("status")
-    outcome = _ext(sr, EXT_OUTCOME)
-    if status == "revoked":
-        return "withdrawn"
-    if status in ("completed", "entered-in-error"):
-        return "converted" if outcome == "converted-to-referral" else "closed"
-    return _ext(sr, EXT_STATE) or "awaiting-reply"
+    """The conversation state of a ServiceRequest (from its extension and FHIR status; fhir/words.py)."""
+    return words.request_state(sr) or "awaiting-reply"
 
 
 def summary_of(sr: dict, who: Principal, patient_name: str | None = None) -> dict[str, Any]:

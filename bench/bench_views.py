@@ -1,0 +1,237 @@
+"""Benchmark: SQL on FHIR views compiled to DuckDB SQL against hand-written DuckDB SQL for the same flattening;
+prints figures and writes bench/results/views.json.
+
+Data: the Synthea 10-patient bulk export (tests/data/synthea-10-patients) replicated with fresh ids (every UUID
+shifted per copy, so references still join) to at least 200,000 resources in a temporary directory, plus the
+Observations of a synthetic ICS (`joinedup generate`; the Synthea sample holds no Observations). Each view and its
+hand-written SQL are materialised into a table (so no column can be skipped), best of REPEATS runs, and their rows
+are checked identical. With `--spark` the same views also run on Spark (local mode).
+
+Run: python -m bench.bench_views [--copies N] [--patients N] [--spark] [--peers]
+     (--peers pip-installs sqlonfhir into the venv, if the index has it, and times it on the same views)
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, write_result
+from joinedup.population.views.compiler import compile_view
+from joinedup.population.views.runner import connect, ndjson_files, ndjson_relation
+
+SAMPLES = ROOT / "tests" / "data" / "synthea-10-patients"
+REPEATS = 3
+UUID = re.compile(r"([0-9a-f]{8})(-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+SNOMED = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+
+VIEWS = {
+    "patient_demographics": {
+        "resource": "Patient", "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()", "type": "id"},
+            {"name": "gender", "path": "gender", "type": "code"},
+            {"name": "birth_date", "path": "birthDate", "type": "date"},
+            {"name": "deceased", "path": "deceased.ofType(dateTime)", "type": "dateTime"},
+            {"name": "family", "path": "name.where(use = 'official').family.first()", "type": "string"},
+            {"name": "given", "path": "name.where(use = 'official').given.first()", "type": "string"},
+            {"name": "city", "path": "address.first().city", "type": "string"},
+            {"name": "postcode", "path": "address.first().postalCode", "type": "string"},
+            {"name": "race", "path": f"extension('{RACE}').extension('ombCategory').value.ofType(Coding).code.first()",
+             "type": "code"},
+        ]}]},
+    "observation_flat": {
+        "resource": "Observation", "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()", "type": "id"},
+            {"name": "patient", "path": "subject.getReferenceKey(Patient)", "type": "string"},
+            {"name": "encounter", "path": "encounter.getReferenceKey(Encounter)", "type": "string"},
+            {"name": "status", "path": "status", "type": "code"},
+            {"name": "category", "path": "category.coding.code.first()", "type": "code"},
+            {"name": "loinc", "path": "code.coding.where(system = 'http://loinc.org').code.first()",
+             "type": "code"},
+            {"name": "effective", "path": "effective.ofType(dateTime)", "type": "dateTime"},
+            {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
+            {"name": "unit", "path": "value.ofType(Quantity).code", "type": "code"},
+        ]}]},
+    "condition": {
+        "resource": "Condition", "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()", "type": "id"},
+            {"name": "patient", "path": "subject.getReferenceKey(Patient)", "type": "string"},
+            {"name": "encounter", "path": "encounter.getReferenceKey(Encounter)", "type": "string"},
+            {"name": "snomed", "path": f"code.coding.where(system = '{SNOMED}').code.first()", "type": "code"},
+            {"name": "clinical_status", "path": "clinicalStatus.coding.code.first()", "type": "code"},
+            {"name": "verification", "path": "verificationStatus.coding.code.first()", "type": "code"},
+            {"name": "onset", "path": "onset.ofType(dateTime)", "type": "dateTime"},
+            {"name": "abatement", "path": "abatement.ofType(dateTime)", "type": "dateTime"},
+            {"name": "recorded", "path": "recordedDate", "type": "dateTime"},
+        ]}]},
+    "medication_request": {
+        "resource": "MedicationRequest", "select": [
+            {"column": [
+                {"name": "id", "path": "getResourceKey()", "type": "id"},
+                {"name": "patient", "path": "subject.getReferenceKey(Patient)", "type": "string"},
+                {"name": "status", "path": "status", "type": "code"},
+                {"name": "intent", "path": "intent", "type": "code"},
+                {"name": "rxnorm", "path": f"medication.ofType(CodeableConcept).coding.where(system = '{RXNORM}')"
+                                           ".code.first()", "type": "code"},
+                {"name": "authored", "path": "authoredOn", "type": "dateTime"}]},
+            {"forEachOrNull": "dosageInstruction", "column": [
+                {"name": "dose_index", "path": "%rowIndex", "type": "integer"},
+                {"name": "as_needed", "path": "asNeeded.ofType(boolean)", "type": "boolean"},
+                {"name": "frequency", "path": "timing.repeat.frequency", "type": "integer"},
+                {"name": "period", "path": "timing.repeat.period", "type": "decimal"},
+                {"name": "period_unit", "path": "timing.repeat.periodUnit", "type": "code"},
+                {"name": "dose", "path": "doseAndRate.first().dose.ofType(Quantity).value", "type": "decimal"}]}]},
+}
+
+# The same flattenings written by hand, as an analyst would (one JSON path per column).
+HAND = {
+    "patient_demographics": """
+        SELECT j->>'$.id' AS id, j->>'$.gender' AS gender, j->>'$.birthDate' AS birth_date,
+               j->>'$.deceasedDateTime' AS deceased,
+               list_filter(json_extract(j, '$.name[*]'), lambda n: n->>'use' = 'official')[1]->>'family' AS family,
+               list_filter(json_extract(j, '$.name[*]'), lambda n: n->>'use' = 'official')[1]->>'$.given[0]' AS given,
+               j->>'$.address[0].city' AS city, j->>'$.address[0].postalCode' AS postcode,
+               list_filter(json_extract(list_filter(json_extract(j, '$.extension[*]'), lambda e: e->>'url' = '%s')[1],
+                                        '$.extension[*]'),
+                           lambda e: e->>'url' = 'ombCategory')[1]->>'$.valueCoding.code' AS race
+        FROM {src} WHERE j->>'$.resourceType' = 'Patient'""".replace("%s", RACE),
+    "observation_flat": """
+        SELECT j->>'$.id' AS id, regexp_extract(j->>'$.subject.reference', 'Patient/(.*)$', 1) AS patient,
+               regexp_extract(j->>'$.encounter.reference', 'Encounter/(.*)$', 1) AS encounter,
+               j->>'$.status' AS status, j->>'$.category[0].coding[0].code' AS category,
+               list_filter(json_extract(j, '$.code.coding[*]'), lambda c: c->>'system' = 'http://loinc.org')[1]->>'code' AS loinc,
+               j->>'$.effectiveDateTime' AS effective, CAST(j->>'$.valueQuantity.value' AS DOUBLE) AS value,
+               j->>'$.valueQuantity.code' AS unit
+        FROM {src} WHERE j->>'$.resourceType' = 'Observation'""",
+    "condition": """
+        SELECT j->>'$.id' AS id, regexp_extract(j->>'$.subject.reference', 'Patient/(.*)$', 1) AS patient,
+               regexp_extract(j->>'$.encounter.reference', 'Encounter/(.*)$', 1) AS encounter,
+               list_filter(json_extract(j, '$.code.coding[*]'), lambda c: c->>'system' = '%s')[1]->>'code' AS snomed,
+               j->>'$.clinicalStatus.coding[0].code' AS clinical_status,
+               j->>'$.verificationStatus.coding[0].code' AS verification,
+               j->>'$.onsetDateTime' AS onset, j->>'$.abatementDateTime' AS abatement,
+               j->>'$.recordedDate' AS recorded
+        FROM {src} WHERE j->>'$.resourceType' = 'Condition'""".replace("%s", SNOMED),
+    "medication_request": """
+        SELECT j->>'$.id' AS id, regexp_extract(j->>'$.subject.reference', 'Patient/(.*)$', 1) AS patient,
+               j->>'$.status' AS status, j->>'$.intent' AS intent,
+               list_filter(json_extract(j, '$.medicationCodeableConcept.coding[*]'), lambda c: c->>'system' = '%s')[1]->>'code'
+                 AS rxnorm,
+               j->>'$.authoredOn' AS authored, d.i AS dose_index, CAST(d.v->>'$.asNeededBoolean' AS BOOLEAN) AS as_needed,
+               CAST(d.v->>'$.timing.repeat.frequency' AS INTEGER) AS frequency,
+               CAST(d.v->>'$.timing.repeat.period' AS DOUBLE) AS period, d.v->>'$.timing.repeat.periodUnit' AS period_unit,
+               CAST(d.v->>'$.doseAndRate[0].doseQuantity.value' AS DOUBLE) AS dose
+        FROM {src} CROSS JOIN LATERAL (
+            SELECT unnest(l) AS v, generate_subscripts(l, 1) - 1 AS i FROM (
+              SELECT CASE WHEN coalesce(len(json_extract(j, '$.dosageInstruction[*]')), 0) = 0 THEN [NULL::JSON]
+                          ELSE json_extract(j, '$.dosageInstruction[*]') END AS l)) AS d
+        WHERE j->>'$.resourceType' = 'MedicationRequest'""".replace("%s", RXNORM),
+}
+
+
+def replicate(out: Path, copies: int) -> int:
+    """Write `copies` copies of the Synthea sample with fresh ids; returns the number of resources."""
+    n = 0
+    for src in sorted(SAMPLES.glob("*.ndjson.gz")):
+        if src.name.startswith("log"):
+            continue
+        lines = gzip.open(src, "rt", encoding="utf-8").read().splitlines()
+        with (out / src.name.removesuffix(".gz")).open("w", encoding="utf-8") as fh:
+            for k in range(copies):
+                def shift(m: re.Match, k: int = k) -> str:
+                    return f"{(int(m.group(1), 16) + k) % 2**32:08x}{m.group(2)}"
+
+                for line in lines:
+                    if line.strip():
+                        fh.write(UUID.sub(shift, line) + "\n")
+                        n += 1
+    return n
+
+
+def timed(con, sql: str) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _bench AS {sql}")
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def rows_of(con, sql: str) -> list[tuple]:
+    return sorted(con.execute(sql).fetchall(), key=repr)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    copies = int(argv[argv.index("--copies") + 1]) if "--copies" in argv else 28
+    patients = int(argv[argv.index("--patients") + 1]) if "--patients" in argv else 8000
+    tmp = Path(tempfile.mkdtemp(prefix="joinedup-bench-views-"))
+    try:
+        synthea, ics = tmp / "synthea", tmp / "ics"
+        synthea.mkdir()
+        t0 = time.perf_counter()
+        resources = replicate(synthea, copies)
+        from joinedup.synth.service import generate
+
+        generate(patients=patients, seed=42, out=ics, workers=2)
+        print(f"data: {resources:,} Synthea-shaped resources ({copies} copies) and {patients:,} synthetic people "
+              f"in {time.perf_counter() - t0:.1f}s", flush=True)
+        con = connect()
+        con.execute("SET preserve_insertion_order = false")
+        figures: dict[str, dict] = {}
+        for name, view in VIEWS.items():
+            compiled = compile_view(view)
+            where = ics if compiled.resource == "Observation" else synthea
+            files = ndjson_files(where, compiled.resource)
+            source = ndjson_relation(files)
+            names = ", ".join("'" + str(p) + "'" for p in files)
+            hand = HAND[name].replace("{src}", f"(SELECT json AS j FROM read_ndjson_objects([{names}]))")
+            engine_sql = compiled.query(source)
+            identical = rows_of(con, engine_sql) == rows_of(con, hand)
+            n_rows = con.execute(f"SELECT count(*) FROM ({engine_sql})").fetchone()[0]
+            t_engine, t_hand = timed(con, engine_sql), timed(con, hand)
+            figures[name] = {"resource": compiled.resource, "rows": n_rows, "engine_seconds": round(t_engine, 3),
+                             "hand_written_seconds": round(t_hand, 3), "ratio": round(t_engine / t_hand, 2),
+                             "rows_identical": identical,
+                             "rows_per_second": round(n_rows / t_engine)}
+            print(f"{name}: {n_rows:,} rows, engine {t_engine:.2f}s, hand-written {t_hand:.2f}s "
+                  f"(x{t_engine / t_hand:.2f}), identical rows: {identical}", flush=True)
+        con.close()
+        result = {"synthea_resources": resources, "synthea_copies": copies, "synthetic_people": patients,
+                  "repeats": REPEATS, "views": figures,
+                  "max_ratio": max(f["ratio"] for f in figures.values()),
+                  "all_rows_identical": all(f["rows_identical"] for f in figures.values())}
+        if "--spark" in argv:
+            result["spark"] = _spark(synthea, ics)
+        write_result("views", result)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _spark(synthea: Path, ics: Path) -> dict:
+    from joinedup.population.views import spark
+
+    out: dict[str, dict] = {}
+    start = time.perf_counter()
+    spark.session()
+    out["session_start_seconds"] = round(time.perf_counter() - start, 1)
+    for name, view in VIEWS.items():
+        target = Path(tempfile.mkdtemp()) / f"{name}.parquet"
+        start = time.perf_counter()
+        compiled, n = spark.run_view_on_files(view, ics if view["resource"] == "Observation" else synthea, target)
+        out[name] = {"rows": n, "seconds": round(time.perf_counter() - start, 2)}
+        shutil.rmtree(target.parent, ignore_errors=True)
+        print(f"spark {name}: {n:,} rows in {out[name]['seconds']}s", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HL7 v2 ADT in: MLLP listener, file drop, mapping to FHIR, acknowledgements and the dead-letter store."""

@@ -1,0 +1,205 @@
+"""The MLLP listener: HL7 v2 over TCP with Minimal Lower Layer Protocol framing (HL7 v2 Implementation Guide,
+Transport Specification: MLLP release 2): each message is sent as <VT 0x0B> message <FS 0x1C><CR 0x0D> and
+answered with its acknowledgement framed the same way, one message at a time on a connection.
+
+Every frame gets an answer: the message's ACK (AA/AE/AR from `Hl7Service.handle`), or, for what is not a whole
+frame - a new start block before the end of the last frame, a connection closed (or idle past the frame timeout)
+in the middle of a frame, a frame larger than the limit, bytes outside any frame - an AR naming the problem, and
+what arrived is kept in the dead-letter store. The database work runs in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from joinedup.interop.hl7.service import Hl7Service, Outcome
+
+START, END, CR = b"\x0b", b"\x1c", b"\x0d"
+log = logging.getLogger("joinedup.hl7")
+
+
+def frame(message: str | bytes) -> bytes:
+    """One MLLP frame."""
+    body = message.encode("utf-8") if isinstance(message, str) else message
+    return START + body + END + CR
+
+
+class MllpServer:
+    """An asyncio MLLP server in front of one `Hl7Service`."""
+
+    def __init__(self, service: Hl7Service, *, host: str = "127.0.0.1", port: int = 2575,
+                 max_bytes: int = 1_048_576, frame_timeout: float = 30.0, workers: int = 4,
+                 on_outcome: Callable[[Outcome, float], None] | None = None) -> None:
+        self.service = service
+        self.host, self.port = host, port
+        self.max_bytes = max_bytes
+        self.frame_timeout = frame_timeout
+        self.on_outcome = on_outcome
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="joinedup-hl7")
+        self._server: asyncio.AbstractServer | None = None
+        self.bound: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 16)
+        sock = self._server.sockets[0].getsockname()
+        self.bound = (sock[0], sock[1])
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._pool.shutdown(wait=True)
+
+    async def _handle(self, peer: str, body: bytes, received: float) -> Outcome:
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool, lambda: self.service.handle(body, channel=f"mllp:{peer}"))
+        if self.on_outcome:
+            self.on_outcome(out, received)
+        return out
+
+    async def _hold(self, peer: str, body: bytes, reason: str) -> Outcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, lambda: self.service.hold_unreadable(body, reason, channel=f"mllp:{peer}"))
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        buf = bytearray()
+        in_frame = False
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(1 << 16), self.frame_timeout if in_frame else None)
+                except TimeoutError:
+                    out = await self._hold(peer, bytes(buf), f"MLLP frame truncated: no end block (0x1C 0x0D) within "
+                                                             f"{self.frame_timeout:g} s; the partial message is kept")
+                    writer.write(frame(out.ack))
+                    await writer.drain()
+                    buf.clear()
+                    in_frame = False
+                    continue
+                if not chunk:
+                    if in_frame and buf:
+                        out = await self._hold(peer, bytes(buf), "MLLP frame truncated: the connection closed before "
+                                                                 "the end block (0x1C 0x0D); the partial message is "
+                                                                 "kept")
+                        writer.write(frame(out.ack))
+                        await writer.drain()
+                    break
+                data = bytes(chunk)
+                while data:
+                    if not in_frame:
+                        start = data.find(START)
+                        junk = data if start < 0 else data[:start]
+                        if junk.strip(b"\r\n\t \x00\x1c"):
+                            out = await self._hold(peer, junk, "bytes outside an MLLP frame (no start block 0x0B); "
+                                                               "they are kept")
+                            writer.write(frame(out.ack))
+                            await writer.drain()
+                        if start < 0:
+                            break
+                        data = data[start + 1:]
+                        in_frame = True
+                        buf.clear()
+                    end = data.find(END + CR)
+                    restart = data.find(START)
+                    if restart >= 0 and (end < 0 or restart < end):
+                        buf += data[:restart]
+                        out = await self._hold(peer, bytes(buf), "MLLP frame truncated: a new start block (0x0B) "
+                                                                 "arrived before the end block (0x1C 0x0D); the "
+                                                                 "partial message is kept")
+                        writer.write(frame(out.ack))
+                        await writer.drain()
+                        buf.clear()
+                        data = data[restart + 1:]
+                        continue
+                    if end < 0:
+                        buf += data
+                        data = b""
+                        if len(buf) > self.max_bytes:
+                            out = await self._hold(peer, bytes(buf[: self.max_bytes]),
+                                                   f"MLLP frame larger than {self.max_bytes} bytes: refused, the "
+                                                   "first part is kept; the connection is closed")
+                            writer.write(frame(out.ack))
+                            await writer.drain()
+                            return
+                        break
+                    buf += data[:end]
+                    data = data[end + 2:]
+                    in_frame = False
+                    received = loop.time()
+                    if len(buf) > self.max_bytes:
+                        out = await self._hold(peer, bytes(buf[: self.max_bytes]),
+                                               f"MLLP frame larger than {self.max_bytes} bytes: refused, the first "
+                                               "part is kept")
+                    else:
+                        out = await self._handle(peer, bytes(buf), received)
+                    buf.clear()
+                    writer.write(frame(out.ack))
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:  # noqa: BLE001 - one bad connection must not stop the listener
+            log.exception("MLLP connection %s failed", peer)
+        finally:
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+
+def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_timeout: float,
+        ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+    """Serve until interrupted (the `joinedup hl7 listen` command)."""
+
+    async def main() -> None:
+        server = MllpServer(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout)
+        await server.start()
+        if ready and server.bound:
+            ready(server.bound)
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def start_in_thread(service: Hl7Service, *, host: str, port: int, max_bytes: int,
+                    frame_timeout: float) -> tuple[threading.Thread, tuple[str, int]]:
+    """Start a listener on its own event loop in a daemon thread (beside the web server in `joinedup serve`);
+    returns once it is listening, with the address it is bound to."""
+    bound: list[tuple[str, int]] = []
+    failed: list[BaseException] = []
+    ready = threading.Event()
+
+    def target() -> None:
+        try:
+            run(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout,
+                ready=lambda addr: (bound.append(addr), ready.set()))
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            failed.append(exc)
+            ready.set()
+
+    t = threading.Thread(target=target, name="joinedup-mllp", daemon=True)
+    t.start()
+    ready.wait(30)
+    if failed:
+        raise failed[0]
+    if not bound:
+        raise TimeoutError(f"the MLLP listener did not start on {host}:{port}")
+    return t, bound[0]

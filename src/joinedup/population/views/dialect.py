@@ -1,0 +1,319 @@
+"""The SQL spelling of each operation the compiler needs, for DuckDB and for Spark SQL.
+
+DuckDB holds a resource as its JSON type and navigates it with JSON paths, wildcards included (`$.name[*].given[*]`
+gives a list). Spark holds JSON as text: `get_json_object` navigates to single values (it unwraps a wildcard that
+matches once, so wildcards are never used) and `from_json(..., 'array<string>')` turns a JSON array into an array of
+the items' JSON text (strings unquoted), so each list element of a path becomes one `from_json` and the rest of the
+path a `transform` over its items. Lists are 1-based in DuckDB (`list[1]`), `try_element_at` 1-based in Spark.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+
+
+def _key(key: str) -> str:
+    return f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else '."' + key.replace('"', '\\"') + '"'
+
+
+def _path(segs: list[tuple]) -> str:
+    return "$" + "".join(_key(s[0]) + (f"[{s[2]}]" if len(s) > 2 else "[*]" if s[1] else "") for s in segs)
+
+
+class Dialect(ABC):
+    name = ""
+    string = "VARCHAR"
+    json_type = "JSON"
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    def fresh(self, prefix: str) -> str:
+        self._n += 1
+        return f"_{prefix}{self._n}"
+
+    def q(self, text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    # lists
+    @abstractmethod
+    def lam(self, params: str, body: str) -> str:
+        ...
+
+    @abstractmethod
+    def transform(self, lst: str, params: str, body: str) -> str:
+        ...
+
+    @abstractmethod
+    def filter(self, lst: str, param: str, cond: str) -> str:
+        ...
+
+    @abstractmethod
+    def size(self, lst: str) -> str:
+        ...
+
+    @abstractmethod
+    def at(self, lst: str, one_based: str) -> str:
+        ...
+
+    @abstractmethod
+    def array(self, *items: str) -> str:
+        ...
+
+    @abstractmethod
+    def empty_list(self) -> str:
+        ...
+
+    def null_json(self) -> str:
+        return f"CAST(NULL AS {self.json_type})"
+
+    def coalesce_list(self, lst: str) -> str:
+        return f"coalesce({lst}, {self.empty_list()})"
+
+    def singleton_list(self, value: str) -> str:
+        return f"(CASE WHEN ({value}) IS NULL THEN {self.empty_list()} ELSE {self.array(f'({value})')} END)"
+
+    def flatten(self, lst_of_lists: str) -> str:
+        return f"flatten({lst_of_lists})"
+
+    @abstractmethod
+    def join(self, lst: str, sep: str) -> str:
+        ...
+
+    @abstractmethod
+    def all_equal(self, a: str, b: str) -> str:
+        """Both lists hold equal items pairwise (same length checked by the caller)."""
+        ...
+
+    def bind(self, sql: str, name: str, value: str) -> str:
+        """`sql` with `name` bound to `value`, which is evaluated once."""
+        return self.at(self.transform(self.array(value), name, sql), "1")
+
+    # JSON
+    @abstractmethod
+    def navigate(self, cur: str, cur_list: bool, segs: list[tuple], text: bool) -> tuple[str, bool]:
+        ...
+
+    @abstractmethod
+    def navigate_unknown(self, cur_list_sql: str, key: str, text: bool) -> str:
+        ...
+
+    @abstractmethod
+    def text_of(self, json_value: str) -> str:
+        ...
+
+    @abstractmethod
+    def text_list(self, json_list: str) -> str:
+        ...
+
+    @abstractmethod
+    def get_text(self, json_value: str, path: str) -> str:
+        ...
+
+    @abstractmethod
+    def is_json_boolean(self, json_value: str) -> str:
+        ...
+
+    @abstractmethod
+    def number_text(self, json_value: str) -> str:
+        ...
+
+    # scalars
+    @abstractmethod
+    def error(self, message: str) -> str:
+        ...
+
+    def starts_with(self, a: str, b: str) -> str:
+        return f"starts_with({a}, {b})"
+
+    def instr(self, s: str, sub: str) -> str:
+        return f"strpos({s}, {sub})"
+
+
+class DuckDB(Dialect):
+    name = "duckdb"
+
+    def lam(self, params: str, body: str) -> str:
+        return f"lambda {params}: {body}"
+
+    def transform(self, lst: str, params: str, body: str) -> str:
+        return f"list_transform({lst}, {self.lam(params, body)})"
+
+    def filter(self, lst: str, param: str, cond: str) -> str:
+        return f"list_filter({lst}, {self.lam(param, cond)})"
+
+    def size(self, lst: str) -> str:
+        return f"len({lst})"
+
+    def at(self, lst: str, one_based: str) -> str:
+        return f"({lst})[{one_based}]"
+
+    def array(self, *items: str) -> str:
+        return "[" + ", ".join(items) + "]"
+
+    def empty_list(self) -> str:
+        return "[]::JSON[]"
+
+    def coalesce_list(self, lst: str) -> str:
+        return f"coalesce({lst}, [])"  # an untyped [] takes the list's type (JSON[] or VARCHAR[])
+
+    def singleton_list(self, value: str) -> str:
+        return f"(CASE WHEN ({value}) IS NULL THEN [] ELSE [({value})] END)"
+
+    def join(self, lst: str, sep: str) -> str:
+        return f"coalesce(list_aggregate({lst}, 'string_agg', {sep}), '')"
+
+    def all_equal(self, a: str, b: str) -> str:
+        x = self.fresh("x")
+        return f"(len(list_filter(list_zip({a}, {b}), lambda {x}: NOT coalesce({x}[1] = {x}[2], false))) = 0)"
+
+    def navigate(self, cur: str, cur_list: bool, segs: list[tuple], text: bool) -> tuple[str, bool]:
+        if not segs:
+            if text:
+                if cur_list:
+                    return self.text_list(cur), True
+                return self.text_of(cur), False
+            return cur, cur_list
+        path = _path(segs)
+        wildcard = any(s[1] for s in segs)
+        fn = "json_extract_string" if text else "json_extract"
+        if not cur_list:
+            return f"{fn}({cur}, {self.q(path)})", wildcard
+        x = self.fresh("x")
+        if wildcard:
+            return f"flatten(list_transform({cur}, lambda {x}: {fn}({x}, {self.q(path)})))", True
+        y = self.fresh("y")
+        return (f"list_filter(list_transform({cur}, lambda {x}: {fn}({x}, {self.q(path)})), "
+                f"lambda {y}: {y} IS NOT NULL)"), True
+
+    def navigate_unknown(self, cur_list_sql: str, key: str, text: bool) -> str:
+        x, y = self.fresh("x"), self.fresh("y")
+        arr, one = self.q("$" + _key(key) + "[*]"), self.q("$" + _key(key))
+        fn = "json_extract_string" if text else "json_extract"
+        return (f"flatten(list_transform({cur_list_sql}, lambda {x}: CASE WHEN json_type({x}, {one}) = 'ARRAY' "
+                f"THEN {fn}({x}, {arr}) ELSE list_filter([{fn}({x}, {one})], lambda {y}: {y} IS NOT NULL) END))")
+
+    def text_of(self, json_value: str) -> str:
+        return f"json_extract_string({json_value}, '$')"
+
+    def text_list(self, json_list: str) -> str:
+        x = self.fresh("x")
+        return f"list_transform({json_list}, lambda {x}: json_extract_string({x}, '$'))"
+
+    def get_text(self, json_value: str, path: str) -> str:
+        return f"json_extract_string({json_value}, {self.q(path)})"
+
+    def is_json_boolean(self, json_value: str) -> str:
+        return f"json_type({json_value}) = 'BOOLEAN'"
+
+    def number_text(self, json_value: str) -> str:
+        return f"CAST({json_value} AS VARCHAR)"
+
+    def error(self, message: str) -> str:
+        return f"error({self.q(message)})"
+
+
+class Spark(Dialect):
+    name = "spark"
+    string = "STRING"
+    json_type = "STRING"
+
+    def q(self, text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def lam(self, params: str, body: str) -> str:
+        return f"{params} -> {body}" if "," not in params else f"({params}) -> {body}"
+
+    def transform(self, lst: str, params: str, body: str) -> str:
+        return f"transform({lst}, {self.lam(params, body)})"
+
+    def filter(self, lst: str, param: str, cond: str) -> str:
+        return f"filter({lst}, {self.lam(param, cond)})"
+
+    def size(self, lst: str) -> str:
+        return f"size({lst})"
+
+    def at(self, lst: str, one_based: str) -> str:
+        return f"try_element_at({lst}, {one_based})"
+
+    def array(self, *items: str) -> str:
+        return "array(" + ", ".join(items) + ")"
+
+    def empty_list(self) -> str:
+        return "CAST(array() AS ARRAY<STRING>)"
+
+    def join(self, lst: str, sep: str) -> str:
+        return f"coalesce(array_join({lst}, {sep}), '')"
+
+    def all_equal(self, a: str, b: str) -> str:
+        x, y, z = self.fresh("x"), self.fresh("y"), self.fresh("z")
+        return f"forall(zip_with({a}, {b}, ({x}, {y}) -> coalesce({x} = {y}, false)), {z} -> {z})"
+
+    def _array_of(self, json_value: str, path: str) -> str:
+        return f"coalesce(from_json(get_json_object({json_value}, {self.q(path)}), 'array<string>'), {self.empty_list()})"
+
+    def navigate(self, cur: str, cur_list: bool, segs: list[tuple], text: bool) -> tuple[str, bool]:
+        if not segs:
+            return cur, cur_list
+        # split at every list element: `a.b[*].c` -> from_json(get_json_object(x, '$.a.b')) then `$.c` per item
+        groups: list[list[tuple]] = [[]]
+        for s in segs:
+            groups[-1].append(s)
+            if s[1] and len(s) == 2:
+                groups.append([])
+        for group in groups:
+            if not group:
+                continue
+            is_list = group[-1][1] and len(group[-1]) == 2
+            path = _path(group[:-1] + [(group[-1][0], False)] if is_list else group)
+            if not cur_list:
+                cur = self._array_of(cur, path) if is_list else f"get_json_object({cur}, {self.q(path)})"
+                cur_list = is_list
+            else:
+                x, y = self.fresh("x"), self.fresh("y")
+                if is_list:
+                    cur = f"flatten(transform({cur}, {x} -> {self._array_of(x, path)}))"
+                else:
+                    cur = (f"filter(transform({cur}, {x} -> get_json_object({x}, {self.q(path)})), "
+                           f"{y} -> {y} IS NOT NULL)")
+        return cur, cur_list
+
+    def navigate_unknown(self, cur_list_sql: str, key: str, text: bool) -> str:
+        x, y = self.fresh("x"), self.fresh("y")
+        one = self.q("$" + _key(key))
+        return (f"flatten(transform({cur_list_sql}, {x} -> CASE WHEN substr(ltrim(get_json_object({x}, {one})), 1, 1)"
+                f" = '[' THEN {self._array_of(x, '$' + _key(key))} ELSE filter(array(get_json_object({x}, {one})), "
+                f"{y} -> {y} IS NOT NULL) END))")
+
+    def text_of(self, json_value: str) -> str:
+        return json_value  # get_json_object and from_json give strings unquoted already
+
+    def text_list(self, json_list: str) -> str:
+        return json_list
+
+    def get_text(self, json_value: str, path: str) -> str:
+        return f"get_json_object({json_value}, {self.q(path)})"
+
+    def is_json_boolean(self, json_value: str) -> str:
+        return f"({json_value}) IN ('true', 'false')"
+
+    def number_text(self, json_value: str) -> str:
+        return json_value
+
+    def error(self, message: str) -> str:
+        return f"raise_error({self.q(message)})"
+
+    def starts_with(self, a: str, b: str) -> str:
+        return f"startswith({a}, {b})"
+
+    def instr(self, s: str, sub: str) -> str:
+        return f"instr({s}, {sub})"
+
+
+def get(name: str) -> Dialect:
+    if name == "duckdb":
+        return DuckDB()
+    if name == "spark":
+        return Spark()
+    raise ValueError(f"unknown SQL dialect {name!r} (duckdb or spark)")

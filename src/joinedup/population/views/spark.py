@@ -1,0 +1,220 @@
+"""Run the same ViewDefinitions on Apache Spark (pyspark, local mode here; a cluster's master URL from
+JOINEDUP_SPARK_MASTER), for populations beyond one machine.
+
+The view is compiled with the Spark dialect (`compiler.py`: get_json_object / from_json / transform, rows as arrays
+of structs expanded by LATERAL VIEW inline) and run over NDJSON read as text, one resource per line. One Spark
+session serves the process (it takes seconds to start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .compiler import CompiledView, ViewError, compile_view
+from .conformance import CaseResult, compare
+from .runner import OUTPUT_FORMATS, Result, ndjson_files, output_format
+
+_lock = threading.Lock()
+_session = None
+
+
+def session(*, small: bool = False):
+    """The process's Spark session (created on first use; `small` tunes it for many queries on tiny data)."""
+    global _session
+    with _lock:
+        if _session is None:
+            try:
+                from pyspark.sql import SparkSession
+            except ImportError:
+                raise ViewError("--engine spark needs pyspark (pip install 'joinedup[analytics]') and Java 17") \
+                    from None
+            from joinedup import config
+
+            master = config.value("SPARK_MASTER")
+            builder = (SparkSession.builder.master(master).appName("joinedup-views")
+                       .config("spark.ui.enabled", "false").config("spark.sql.ansi.enabled", "false")
+                       .config("spark.sql.shuffle.partitions", "4").config("spark.driver.memory", "2g")
+                       .config("spark.sql.session.timeZone", "UTC"))
+            if small:  # tests and the conformance suite: tiny data, where planning dominates
+                builder = (builder.config("spark.sql.codegen.wholeStage", "false")
+                           .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+                           .config("spark.sql.adaptive.enabled", "false"))
+            try:
+                _session = builder.getOrCreate()
+            except Exception as exc:  # Java missing or unusable: one line
+                raise ViewError(f"cannot start Spark ({master}): {' '.join(str(exc).split())[:300]}") from None
+            _session.sparkContext.setLogLevel("ERROR")
+        return _session
+
+
+def _run_error(exc: Exception) -> ViewError:
+    text = " ".join(str(exc).split())
+    m = re.search(r"\[USER_RAISED_EXCEPTION\] (.*?) SQLSTATE", text)
+    if m:
+        text = m.group(1)
+    return ViewError(f"running the view on Spark: {text[:500]}")
+
+
+def _frame_of_resources(resources: list[dict]):
+    spark = session()
+    rows = [(orjson.dumps(r).decode(),) for r in resources]
+    return spark.createDataFrame(rows, "resource string")
+
+
+def _execute(compiled: CompiledView, frame) -> Result:
+    spark = session()
+    name = f"_src_{abs(hash(id(frame)))}"
+    frame.createOrReplaceTempView(name)
+    try:
+        rows = spark.sql(compiled.query(name)).collect()
+    except Exception as exc:  # AnalysisException, a raise_error() of a runtime check, Py4J errors
+        raise _run_error(exc) from None
+    finally:
+        spark.catalog.dropTempView(name)
+    return Result([c.name for c in compiled.columns], [_plain(tuple(r)) for r in rows])
+
+
+def _plain(row: tuple) -> tuple:
+    return tuple(list(v) if isinstance(v, list | tuple) else v for v in row)
+
+
+def run_on_resources(view: Any, resources: list[dict]) -> Result:
+    return _execute(compile_view(view, "spark"), _frame_of_resources(resources))
+
+
+def run_suite(tests_dir: Path) -> list[CaseResult]:
+    """Every case of the suite on Spark. The cases of one file run as one query (a UNION ALL of each case's rows
+    as JSON, tagged with the case), as Spark spends far longer planning a query than running it on a few
+    resources; a case expecting an error, or a batch that fails, runs on its own."""
+    files = sorted(tests_dir.glob("*.json"))
+    if not files:
+        raise ViewError(f"{tests_dir}: no test files (*.json)")
+    session(small=True)
+    out: list[CaseResult] = []
+    for f in files:
+        suite = orjson.loads(f.read_bytes())
+        frame = _frame_of_resources(suite.get("resources", [])).cache()
+        out += _run_file(f.name, suite.get("tests", []), frame)
+        frame.unpersist()
+    return out
+
+
+def _run_file(file: str, tests: list[dict], frame) -> list[CaseResult]:
+    spark = session()
+    results: dict[int, CaseResult] = {}
+    batch: dict[int, CompiledView] = {}
+    for i, test in enumerate(tests):
+        try:
+            compiled = compile_view(test.get("view"), "spark")
+        except ViewError as exc:
+            expected = bool(test.get("expectError"))
+            results[i] = CaseResult(file, test.get("title", ""), tuple(test.get("tags", [])), expected,
+                                    None if expected else f"error: {exc}")
+            continue
+        if test.get("expectError"):
+            results[i] = run_case(file, test, frame)
+        else:
+            batch[i] = compiled
+    if batch:
+        name = f"_suite_{abs(hash(file))}"
+        frame.createOrReplaceTempView(name)
+        parts = []
+        for i, compiled in batch.items():
+            fields = ", ".join(f"'{c.name}', `{c.name}`" for c in compiled.columns)
+            parts.append(f"SELECT {i} AS _case, to_json(named_struct({fields})) AS _row FROM "
+                         f"({compiled.query(name)}) AS _q{i}")
+        try:
+            rows = spark.sql(" UNION ALL ".join(parts)).collect()
+        except Exception:  # one case failed at run time: run them one by one for their own results
+            rows = None
+        finally:
+            spark.catalog.dropTempView(name)
+        if rows is None:
+            for i in batch:
+                results[i] = run_case(file, tests[i], frame)
+        else:
+            got: dict[int, list[tuple]] = {i: [] for i in batch}
+            for r in rows:
+                data = orjson.loads(r["_row"])
+                got[r["_case"]].append(tuple(data.get(c.name) for c in batch[r["_case"]].columns))
+            for i, compiled in batch.items():
+                test = tests[i]
+                reason = compare(test, Result([c.name for c in compiled.columns], got[i]))
+                results[i] = CaseResult(file, test.get("title", ""), tuple(test.get("tags", [])), reason is None,
+                                        reason)
+    return [results[i] for i in range(len(tests))]
+
+
+def run_case(file: str, test: dict, frame) -> CaseResult:
+    name = test.get("title", "")
+    tags = tuple(test.get("tags", []))
+    try:
+        result = _execute(compile_view(test.get("view"), "spark"), frame)
+    except ViewError as exc:
+        if test.get("expectError"):
+            return CaseResult(file, name, tags, True)
+        return CaseResult(file, name, tags, False, f"error: {exc}")
+    if test.get("expectError"):
+        return CaseResult(file, name, tags, False, "expected an error, the view ran")
+    reason = compare(test, result)
+    return CaseResult(file, name, tags, reason is None, reason)
+
+
+def run_view_on_files(view: Any, source: Path, out: Path) -> tuple[CompiledView, int]:
+    """Run a view over NDJSON files on Spark and write one output file (.csv, .parquet or .ndjson)."""
+    compiled = compile_view(view, "spark")
+    fmt = output_format(out)
+    files = ndjson_files(source, compiled.resource)
+    spark = session()
+    if files:
+        frame = spark.read.text([str(p) for p in files]).withColumnRenamed("value", "resource")
+        frame = frame.where("trim(resource) <> ''")
+    else:
+        frame = spark.createDataFrame([], "resource string")
+    name = "_view_source"
+    frame.createOrReplaceTempView(name)
+    try:
+        rows = [_plain(tuple(r)) for r in spark.sql(compiled.query(name)).collect()]
+    except Exception as exc:
+        raise _run_error(exc) from None
+    finally:
+        spark.catalog.dropTempView(name)
+    _write_rows(compiled, rows, out, fmt)
+    return compiled, len(rows)
+
+
+_DUCK_TYPES = {"STRING": "VARCHAR", "BOOLEAN": "BOOLEAN", "INTEGER": "INTEGER", "BIGINT": "BIGINT",
+               "DOUBLE": "DOUBLE"}
+
+
+def _write_rows(compiled: CompiledView, rows: list[tuple], out: Path, fmt: str) -> None:
+    """Write the collected rows with DuckDB, typed as the view's columns, so that a file written from either
+    engine is the same."""
+    import pandas as pd
+
+    from .runner import connect
+
+    assert fmt in OUTPUT_FORMATS.values()
+    names = [c.name for c in compiled.columns]
+    frame = pd.DataFrame.from_records(rows, columns=names).astype(object)
+    frame = frame.where(frame.notna(), None)
+    casts = []
+    for c in compiled.columns:
+        base = _DUCK_TYPES.get(c.sql_type.removesuffix("[]"), "VARCHAR")
+        casts.append(f'CAST("{c.name}" AS {base}{"[]" if c.collection else ""}) AS "{c.name}"')
+    con = connect()
+    try:
+        con.register("_spark_rows", frame)
+        options = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet", "ndjson": "FORMAT json"}[fmt]
+        tmp = out.with_name(f".{out.name}.partial{out.suffix}")
+        path = "'" + str(tmp).replace("'", "''") + "'"
+        con.sql(f"COPY (SELECT {', '.join(casts)} FROM _spark_rows) TO {path} ({options})")
+        os.replace(tmp, out)
+    finally:
+        con.close()

@@ -1,0 +1,198 @@
+"""Live evidence for the integration self-assessment: the platform's own measurements, attached to framework items.
+
+Every figure is computed in one pass over the shared record through `Gate.published_figures` (the board's
+`assess-integration` activity; National Data Opt-out applied, since assessing the partnership is planning), using the
+care domains' own service functions to read their resources: advice response times (care/referrals:
+`measure_response_times`), key workers (care/plans: `key_worker_of`), overdue tasks (care/plans: `task_view`).
+Only numbers leave the gate; counts are then small-number suppressed (`governance.deid.suppress`) before anything
+is published, and a share whose numerator or denominator is suppressed is not shown at all.
+Definitions and periods: knowledge/system/measures.yaml.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from joinedup import config
+from joinedup.care.plans.service import PLAN_CODE, PLAN_SYSTEM
+from joinedup.care.plans.tasks import EXT_OWNER_ORG, OPEN_TASK, task_view
+from joinedup.care.plans.team import key_worker_of
+from joinedup.care.referrals.service import measure_response_times
+from joinedup.fhir import codes
+from joinedup.governance import deid
+from joinedup.governance.gate import Gate
+from joinedup.governance.identity import Principal
+from joinedup.system import knowledge as kb
+from joinedup.system.service import complete
+
+YEAR = timedelta(days=365)
+ACTIVE = {"active", "recurrence", "relapse"}
+DIRECTORY_TYPES = ("HealthcareService",)
+
+
+def _active_problem(c: dict[str, Any]) -> bool:
+    status = {x.get("code") for x in (c.get("clinicalStatus") or {}).get("coding") or ()}
+    verification = {x.get("code") for x in (c.get("verificationStatus") or {}).get("coding") or ()}
+    if verification & {"entered-in-error", "refuted"}:
+        return False
+    return not status or bool(status & ACTIVE)
+
+
+def _is_plan(cp: dict[str, Any]) -> bool:
+    return cp.get("status") in ("active", "draft", "on-hold") and any(
+        c.get("system") == PLAN_SYSTEM and c.get("code") == PLAN_CODE
+        for cat in cp.get("category") or () for c in cat.get("coding") or ())
+
+
+def _is_correction(m: dict[str, Any]) -> bool:
+    want = codes.CORRECTION_REQUEST
+    return any(c.get("system") == want["system"] and c.get("code") == want["code"]
+               for cat in m.get("category") or () for c in cat.get("coding") or ())
+
+
+def _owner_org(task: dict[str, Any]) -> str | None:
+    for e in task.get("extension") or ():
+        if e.get("url") == EXT_OWNER_ORG:
+            return (e.get("valueReference") or {}).get("reference")
+    return None
+
+
+def compute(records: Iterable[tuple[Any, list[Any]]], directory: dict[str, list[Any]], *, today: date,
+            since: str) -> dict[str, Any]:
+    """The raw figures (numbers only) from the population's records and the directory."""
+    now = datetime.combine(today, datetime.max.time(), tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    day = today.isoformat()
+    f = {"people": 0, "multimorbidity": 0, "with_key_worker": 0, "with_plan_what_matters": 0,
+         "multi_org": 0, "overdue_cross_org_tasks": 0, "patient_written": 0, "corrections": 0,
+         "corrections_answered": 0}
+    requests: list[dict] = []
+    messages: list[dict] = []
+    for patient, items in records:
+        f["people"] += 1
+        by_type: dict[str, list[dict]] = {}
+        sources = set()
+        tasks = []
+        for s in [patient, *items]:
+            by_type.setdefault(s.rtype, []).append(s.content)
+            src = s.source or ((s.content.get("meta") or {}).get("source"))
+            if s.rtype == "Task":
+                tasks.append((s.content, src))
+            if src and src.startswith("Organization/"):
+                sources.add(src)
+            if src and src.startswith("Patient/") and (s.last_updated or "") >= since:
+                f["patient_written"] += 1
+        for t, setter in tasks:
+            owner = _owner_org(t)
+            if t.get("status") in OPEN_TASK and task_view(t, day)["overdue"] and owner and setter and owner != setter:
+                f["overdue_cross_org_tasks"] += 1
+        comms = by_type.get("Communication", [])
+        answered = {(r.get("reference") or "") for m in comms for r in m.get("inResponseTo") or ()}
+        for m in comms:
+            if _is_correction(m) and (m.get("sent") or "") >= since:
+                f["corrections"] += 1
+                if f"Communication/{m.get('id')}" in answered:
+                    f["corrections_answered"] += 1
+        requests += by_type.get("ServiceRequest", [])
+        messages += comms
+        problems = sum(1 for c in by_type.get("Condition", ()) if _active_problem(c))
+        if problems < 2:
+            continue
+        f["multimorbidity"] += 1
+        if key_worker_of(by_type.get("CareTeam", []), now) is not None:
+            f["with_key_worker"] += 1
+        if any(_is_plan(cp) and (cp.get("description") or "").strip() for cp in by_type.get("CarePlan", ())):
+            f["with_plan_what_matters"] += 1
+        if len(sources) >= 3:
+            f["multi_org"] += 1
+    advice = measure_response_times(requests=requests, messages=messages, since=since)
+    f["advice"] = {"requests": advice["requests"], "answered": advice["answered"],
+                   "unanswered": advice["unanswered"], "first_reply_n": advice["first_reply_hours"]["n"],
+                   "first_reply_median": advice["first_reply_hours"]["median"],
+                   "first_reply_p90": advice["first_reply_hours"]["p90"]}
+    services = [s.content for s in directory.get("HealthcareService", ()) if s.content.get("active") is not False]
+    f["directory"] = {"services": len(services), "complete": sum(1 for hs in services if all(complete(hs).values()))}
+    return f
+
+
+PURPOSE = "planning:integration-assessment"
+FRESH_SECONDS = 300  # figures are recomputed at most every five minutes (a pass over every record takes seconds)
+_recent: dict[tuple[str | None, str], tuple[float, dict[str, Any]]] = {}
+_lock = threading.Lock()
+
+
+def figures(*, gate: Gate, who: Principal, today: date | None = None, fresh: bool = False) -> dict[str, Any]:
+    """The raw figures for the board, through the gate (numbers only; not yet suppressed), with `computed_at`.
+    Figures computed in the last FRESH_SECONDS are reused (the caller's right to them is checked and the access
+    audited every time); `fresh` forces a new pass."""
+    today = today or datetime.now(UTC).date()
+    since = (today - YEAR).isoformat()
+    key = (gate.database_url, today.isoformat())
+    with _lock:
+        hit = None if fresh else _recent.get(key)
+    if hit is not None and time.monotonic() - hit[0] < FRESH_SECONDS:
+        gate.check(who, "assess", None, entity=f"figures:{PURPOSE}")
+        gate.record(who, "assess", allowed=True, reason="published figures (computed within the last "
+                                                        f"{FRESH_SECONDS} s)", entity=f"figures:{PURPOSE}")
+        return hit[1]
+
+    def measure(records: Iterator[tuple[Any, list[Any]]], directory: dict[str, list[Any]]) -> dict[str, Any]:
+        return compute(records, directory, today=today, since=since)
+
+    raw = gate.published_figures(who, purpose=PURPOSE, measure=measure, directory_types=DIRECTORY_TYPES)
+    raw = {**raw, "computed_at": time.time()}
+    with _lock:
+        _recent[key] = (time.monotonic(), raw)
+    return raw
+
+
+# -- publishing ----------------------------------------------------------------------------------------------------
+def _count(n: int) -> int | str:
+    return deid.suppress(n) if n else 0
+
+
+def _share(num: int, den: int) -> dict[str, Any]:
+    shown_num, shown_den = _count(num), _count(den)
+    if den == 0:
+        return {"value": None, "numerator": 0, "denominator": 0, "note": "nobody in the denominator"}
+    if shown_num == "*" or shown_den == "*":
+        return {"value": "*", "numerator": shown_num, "denominator": shown_den, "suppressed": True,
+                "note": "small numbers: not published"}
+    # the share of the published (rounded) counts: never more precise than the counts themselves
+    value = round(100 * shown_num / shown_den, 1) if shown_den else None
+    return {"value": value, "numerator": shown_num, "denominator": shown_den}
+
+
+def published(raw: dict[str, Any], *, today: date) -> dict[str, dict[str, Any]]:
+    """Every measure of measures.yaml with its suppressed value and period, from the raw figures."""
+    since = (today - YEAR).isoformat()
+    periods = {"last-365-days": {"start": since, "end": today.isoformat()},
+               "as-at": {"start": today.isoformat(), "end": today.isoformat()}}
+    a = raw["advice"]
+    high = config.value("SUPPRESS_HIGH")
+    median_ok = a["first_reply_n"] > high
+    values: dict[str, dict[str, Any]] = {
+        "advice_first_reply_hours": (
+            {"value": a["first_reply_median"], "p90": a["first_reply_p90"], "replied": _count(a["first_reply_n"]),
+             "requests": _count(a["requests"])} if median_ok else
+            {"value": "*" if a["first_reply_n"] else None, "replied": _count(a["first_reply_n"]),
+             "requests": _count(a["requests"]), "suppressed": bool(a["first_reply_n"]),
+             "note": "too few replies to publish a median" if a["first_reply_n"] else "no replies in the period"}),
+        "advice_unanswered": {"value": _count(a["unanswered"]), "requests": _count(a["requests"])},
+        "key_worker_share": _share(raw["with_key_worker"], raw["multimorbidity"]),
+        "overdue_cross_org_tasks": {"value": _count(raw["overdue_cross_org_tasks"])},
+        "care_plan_what_matters_share": _share(raw["with_plan_what_matters"], raw["multimorbidity"]),
+        "patient_written_entries": {"value": _count(raw["patient_written"])},
+        "correction_requests_answered": _share(raw["corrections_answered"], raw["corrections"]),
+        "multi_org_record_share": _share(raw["multi_org"], raw["multimorbidity"]),
+        "directory_completeness": _share(raw["directory"]["complete"], raw["directory"]["services"]),
+    }
+    out = {}
+    for key, spec in kb.measures()["measures"].items():
+        v = values[key]
+        out[key] = {"measure": key, "title": spec["title"], "definition": " ".join(spec["definition"].split()),
+                    "unit": spec["unit"], "period": periods[spec["period"]], **v}
+    return out
