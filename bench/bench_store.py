@@ -1,4 +1,5 @@
-"""Shared care record benchmark: bulk import throughput, then FHIR read/search over HTTP (32 clients).
+"""Shared care record benchmark: bulk import throughput (a micro-benchmark on small generated resources; realistic
+import is bench_import), then FHIR read/search over HTTP (32 clients).
 
 Figures: import resources/s over >= 1M generated resources (SQLite, WAL); reads and searches per second with
 p50/p99 latency from wrk against `joinedup serve --workers 2`. Scale with JOINEDUP_BENCH_RESOURCES.
@@ -66,7 +67,9 @@ end
     figures = {
         "resources": total,
         "import": {"resources_per_s": round(report.rate), "seconds": round(report.seconds, 1),
-                   "rejected": report.rejected, "workers": workers, "database": "sqlite (WAL)"},
+                   "rejected": report.rejected, "workers": workers, "database": "sqlite (WAL)",
+                   "data": "micro-benchmark: small generated resources (bench.datagen); import on realistic records "
+                           "(Synthea-shaped, synthetic ICS) is bench/results/import.json"},
         "read": reads,
         "search": searches,
         "floor": {"import_per_s": 5000, "reads_per_s": 1000, "read_p99_ms": 50},

@@ -41,6 +41,7 @@ from joinedup.population.registers import routes as register_routes
 from joinedup.population.risk import routes as risk_routes
 from joinedup.record import routes as record_routes
 from joinedup.system import routes as system_routes
+from joinedup.system.pathways import routes as pathway_routes
 from joinedup.web import analytics as analyst_pages
 from joinedup.web import medicines as medicines_review_pages
 from joinedup.web import pages as web_pages
@@ -64,6 +65,8 @@ ROUTERS = [
     privacy_pages.router, analyst_pages.router, medicines_review_pages.router, social_care_pages.router,
     # the services directory and the partnership board's integration self-assessment
     system_routes.api_router, system_routes.web_router,
+    # pathway and process analytics (process map, variants, gaps) for analysts and the board
+    pathway_routes.api_router, pathway_routes.web_router,
     # record linkage for records without an NHS number: API and the clerical review page
     linkage_routes.router, linkage_pages.router,
     # population health: risk and burden, registers and care-gap worklists

@@ -29,6 +29,7 @@ from joinedup.population.risk.cli import app as risk_app
 from joinedup.population.views.cli import app as views_app
 from joinedup.synth.cli import generate_command
 from joinedup.system.cli import assessment_app, directory_app
+from joinedup.system.pathways.cli import app as pathways_app
 from joinedup.terminal import (
     check_output_dir,
     check_output_file,
@@ -97,6 +98,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(governance_cli.audit_app, name="audit")  # verify (exit 2 naming the first bad entry), rotate-key
 app.add_typer(assessment_app, name="assessment")  # the integration self-assessment (report --format json, score)
 app.add_typer(directory_app, name="directory")  # the services directory (search NEED)
+app.add_typer(pathways_app, name="pathways")  # journeys as event logs (export --format xes|ocel), figures
 app.add_typer(registers_app, name="registers")  # long-term condition registers and care-gap worklists
 app.add_typer(risk_app, name="risk")  # risk and burden scores per person and per population
 app.add_typer(link_app, name="link")  # record linkage without an NHS number (train, run --report, review)

@@ -91,7 +91,7 @@ REGISTRY: tuple[Setting, ...] = (
     # -- record linkage (interop/linkage) --------------------------------------------------------------------
     Setting("LINKAGE_MODEL", "var/linkage-model.json",
             "The trained Splink record-linkage model (`joinedup link train` writes it, `link run` reads it).", Path),
-    Setting("LINKAGE_CONFIRM_PROBABILITY", "0.99",
+    Setting("LINKAGE_CONFIRM_PROBABILITY", "0.95",
             "Record linkage: a pair at or above this match probability becomes a confirmed link.", float),
     Setting("LINKAGE_REVIEW_PROBABILITY", "0.2",
             "Record linkage: a pair at or above this (and below the confirm level) goes to clerical review.", float),

@@ -42,9 +42,10 @@ def _pick(gate, data_dir: Path):
     pids = []
     for path in sorted(data_dir.glob("Patient*.ndjson")):
         pids += [orjson.loads(line)["id"] for line in path.read_bytes().splitlines() if line.strip()]
-    candidates = [pid for pid in pids
-                  if any(f.severity != "info" for m in service.summarise(gate=gate, who=SYSTEM, patient_id=pid)
-                         .medicines for f in m.flags)]
+    summaries = {pid: service.summarise(gate=gate, who=SYSTEM, patient_id=pid) for pid in pids}
+    # a living person (the dead have no current medicines to reconcile)
+    candidates = [pid for pid, s in summaries.items() if not s.person.deceased
+                  and any(f.severity != "info" for m in s.medicines for f in m.flags)]
     for user in ("dr.gp", "dr.consultant", "key.worker", "nurse.community"):
         who = get_user(gate, user)
         seen = []

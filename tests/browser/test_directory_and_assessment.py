@@ -22,7 +22,7 @@ def test_gp_finds_who_can_help_with_falls(demo, chromium):
     page.wait_for_url(re.compile(r".*/directory\?need=falls"))
     heading = page.get_by_role("heading", level=2).first.inner_text()
     assert re.match(r"\d+ services? for “falls”", heading), heading
-    card = page.locator(".svc", has_text="Falls and frailty clinic").first
+    card = page.locator(".svc").filter(has=page.get_by_role("link", name="Falls and frailty clinic", exact=True)).first
     text = card.inner_text()
     assert "Two or more falls in the last 12 months" in text  # its referral criteria
     assert "within 5 working days" in text and "Advice and guidance offered" in text
@@ -36,6 +36,7 @@ def test_gp_finds_who_can_help_with_falls(demo, chromium):
     shot(page, "directory-bad-need")
     # from the person page: who can help with this person's needs
     page.goto(f"{demo.url}/patients/{demo.patient_id}")
+    shot(page, "patient-page-gp", full_page=True)
     page.get_by_role("link", name="Who can help").click()
     page.wait_for_url(re.compile(rf".*/patients/{demo.patient_id}/who-can-help$"))
     assert page.get_by_role("heading", level=1).inner_text() == "Who can help with this person's needs?"

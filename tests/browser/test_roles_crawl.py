@@ -124,6 +124,8 @@ def test_patient_is_refused_every_professional_page(demo, page, path):
     assert resp.status == 403
     assert "text/html" in resp.headers["content-type"]
     assert page.get_by_role("heading", name="You do not have access to this page").is_visible()
+    if path == "/mdt":
+        shot(page, "role-patient-refused-mdt")
     body = page.locator("main").inner_text()
     assert "Schedule" not in body and "Staff" not in body  # not the staff directory or the scheduling form
     assert not re.search(r"role '|needs '|POST /|GET /", body)
@@ -158,6 +160,7 @@ def test_unknown_page_is_a_styled_404(demo, page, path):
     assert resp.status == 404
     assert "text/html" in resp.headers["content-type"]
     assert page.get_by_role("heading", name="Page not found").is_visible()
+    shot(page, "role-gp-not-found")
     assert page.get_by_role("navigation", name="Main").is_visible()
 
 

@@ -75,6 +75,8 @@ def test_the_vignette_set_is_broad() -> None:
     assert len(FIRING) >= 40
     assert len({v["expect"] for v in FIRING}) >= 40
     assert all(v.get("source") and v.get("hazard") and v.get("close") for v in FIRING)
+    ids = [v["id"] for v in VIGNETTES]
+    assert len(ids) == len(set(ids))
 
 
 @pytest.mark.parametrize("v", FIRING, ids=[v["id"] for v in FIRING])

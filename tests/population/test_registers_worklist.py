@@ -242,3 +242,31 @@ def test_population_distribution_is_suppressed(server, ics):
         assert body["people"] == {ics["ods"]: "*"}
         assert all(v == "*" for per in body["distributions"].values() for cell in per.values()
                    for v in cell.values())
+
+
+def test_population_distribution_for_an_analyst_from_deidentified_records(server, ics):
+    with server.client("analyst") as c:
+        r = c.get("/api/population/risk", params={"date": "2026-06-30"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["people"] and all(v == "*" or (isinstance(v, int) and v % 5 == 0) for v in body["people"].values())
+        # no person's id or name in what an analyst gets
+        assert ics["ids"]["dm"] not in r.text and "RegDm" not in r.text
+        assert c.get("/api/registers/worklist").status_code == 403
+
+
+def test_risk_panel_for_the_person_page(server, ics):
+    pid = ics["ids"]["dm"]
+    with client(server, ics["tokens"]["gp"]) as c:
+        r = c.get(f"/patients/{pid}/panels/risk", headers={"HX-Request": "true"})
+        if r.status_code in (302, 303) and "/login" in r.headers.get("location", ""):
+            pytest.skip("pages need a signed-in session (covered by tests/browser/test_population_worklist.py)")
+        assert r.status_code == 200, r.text
+        assert 'id="risk-panel"' in r.text and 'data-score="cms"' in r.text
+        assert "Diabetes mellitus (QOF DM)" in r.text
+        r = c.get(f"/patients/{pid}/panels/risk", follow_redirects=False)  # without HTMX: the full page
+        assert r.status_code == 303 and r.headers["location"] == f"/patients/{pid}/risk"
+    with client(server, ics["tokens"]["social-worker"]) as c:  # no clinical record access: a quiet note, no scores
+        r = c.get(f"/patients/{pid}/panels/risk", headers={"HX-Request": "true"})
+        assert r.status_code == 200 and "could not be shown" in r.text and 'data-score="cms"' not in r.text
+        assert c.get(f"/api/patients/{pid}/risk").status_code == 403

@@ -77,3 +77,17 @@ def test_cli_runs_a_view_on_spark_over_files(spark_suite, tmp_path):
     r = CliRunner().invoke(app, ["views", "run", str(bad), "--source", str(SAMPLES), "--out", str(tmp_path / "x.csv"),
                                  "--engine", "spark"])
     assert r.exit_code == 2 and "more than one value" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_repeat_depth_limit_is_the_same_on_spark(spark_suite):
+    from joinedup.population.views.compiler import MAX_REPEAT_DEPTH
+    from joinedup.population.views.runner import ViewError
+
+    from .test_views_files import _nested_response
+
+    view = {"resource": "QuestionnaireResponse", "select": [{"repeat": ["item"], "column": [
+        {"name": "link", "path": "linkId", "type": "string"}, {"name": "n", "path": "%rowIndex", "type": "integer"}]}]}
+    rows = spark.run_on_resources(view, [_nested_response(MAX_REPEAT_DEPTH)]).rows
+    assert sorted(rows, key=lambda r: r[1]) == [(str(i + 1), i) for i in range(MAX_REPEAT_DEPTH)]
+    with pytest.raises(ViewError, match=f"deeper than {MAX_REPEAT_DEPTH} levels"):
+        spark.run_on_resources(view, [_nested_response(MAX_REPEAT_DEPTH + 1)])

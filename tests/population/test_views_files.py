@@ -212,3 +212,34 @@ def test_files_and_options_that_cannot_be_used(tmp_path):
     (bad_line / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "a"}\n{not json\n')
     one_line_exit_2(invoke("views", "run", view, "--source", bad_line, "--out", tmp_path / "x.csv"),
                     "running the view")
+
+
+def test_an_element_the_type_does_not_have_is_empty_and_warned_about(tmp_path):
+    # FHIRPath gives an empty collection for it (the suite's repeat cases rely on this); the CLI says so
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"resource": "Patient", "select": [{"column": [
+        {"name": "id", "path": "id"}, {"name": "typo", "path": "nmae.family.first()", "type": "string"}]}]}))
+    out = tmp_path / "out.csv"
+    result = invoke("views", "run", path, "--source", SAMPLES, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "warning: select[0].column[1] 'typo': Patient has no element 'nmae' (always empty)" in result.output
+    with out.open() as f:
+        assert all(r["typo"] == "" for r in csv.DictReader(f))
+
+
+def _nested_response(depth: int) -> dict:
+    item: dict = {"linkId": str(depth)}
+    for level in range(depth - 1, 0, -1):
+        item = {"linkId": str(level), "item": [item]}
+    return {"resourceType": "QuestionnaireResponse", "id": "qr", "status": "completed", "item": [item]}
+
+
+def test_repeat_follows_nesting_to_its_limit_and_refuses_deeper_data():
+    from joinedup.population.views.compiler import MAX_REPEAT_DEPTH, ViewError
+
+    view = {"resource": "QuestionnaireResponse", "select": [{"repeat": ["item"], "column": [
+        {"name": "link", "path": "linkId", "type": "string"}, {"name": "n", "path": "%rowIndex", "type": "integer"}]}]}
+    deepest = run_on_resources(view, [_nested_response(MAX_REPEAT_DEPTH)]).rows
+    assert sorted(deepest, key=lambda r: r[1]) == [(str(i + 1), i) for i in range(MAX_REPEAT_DEPTH)]  # depth-first
+    with pytest.raises(ViewError, match=f"deeper than {MAX_REPEAT_DEPTH} levels"):
+        run_on_resources(view, [_nested_response(MAX_REPEAT_DEPTH + 1)])

@@ -56,6 +56,16 @@ def test_social_worker_is_told_what_is_not_shown(server, person):
     assert "not shown to a social worker" in meds["note"]
     assert s["access"]["problems"]["state"] == "not shown to your role"
     assert s["access"]["allergies"]["state"] == "not shown to your role"
+    # the count is the gate's, and audited with the read (kinds and numbers, never content)
+    import orjson
+
+    from joinedup.governance.audit import search_events
+
+    server.gate.flush_audit()
+    _, events = search_events(server.gate.store_for_tests, patient_id=person, user_name="sw-view",
+                              action="everything")
+    text = orjson.dumps(events[0]).decode()
+    assert "not_shown_to_role" in text and "MedicationRequest" in text and "Metformin" not in text
     # what a social worker may see is shown, and not counted as hidden
     assert s["access"]["carers"]["state"] == "shown" and s["carers"]
     # the GP sees everything: nothing is not shown, and an empty section would say "none recorded"
@@ -136,7 +146,7 @@ def test_entry_refusals_and_wrong_person(server, api, person, uid):
     assert r.status_code == 403 and "Metformin" not in r.text and "Amlodipine" not in r.text
     # an entry of someone else is not shown under this person's address
     other = f"pv2-{uid}"
-    load(api, rich_record(uid, other, gp_practitioner="gp-1", seed=int(uid[:6], 16) + 1))
+    load(api, rich_record(uid, other, gp_practitioner="gp-1", seed=int(uid[:6], 16) + 5003))
     omid = api.get(f"/fhir/MedicationRequest?patient=Patient/{other}").json()["entry"][0]["resource"]["id"]
     r = _get(server, "gp", f"/api/patients/{person}/entries/MedicationRequest/{omid}")
     assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"

@@ -211,8 +211,9 @@ def test_who_can_help_says_what_a_social_worker_cannot_see(server, world):
 
 def test_inactive_services_are_not_offered_and_active_is_optional(server, world):
     """HealthcareService.active is optional (0..1): an entry without it is listed; one marked false is not."""
-    from joinedup.governance.identity import SYSTEM
     from tests.system.world import service
+
+    from joinedup.governance.identity import SYSTEM
 
     old, plain = f"sys-old-{world.uid}", f"sys-plain-{world.uid}"
     server.gate.update(SYSTEM, "HealthcareService", old, {**service(old, world.hospital, f"Old falls clinic {world.uid}",

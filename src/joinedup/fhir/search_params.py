@@ -157,14 +157,19 @@ class SearchParameters:
         return self.by_type.get(rtype, {}).get(name)
 
     def patient_of(self, resource: dict) -> str | None:
-        """The id of the patient whose compartment holds this resource, if any."""
+        """The id of the patient whose compartment holds this resource, if any.
+
+        Only a relative reference ("Patient/123") names a person held here: an absolute one
+        ("https://hospital.example/fhir/Patient/123") names a patient of another server, and filing the entry under
+        this server's Patient/123 would put it in a stranger's record. Such an entry is stored under no person (the
+        gate shows it only to the organisation that recorded it)."""
         rtype = resource.get("resourceType")
         if rtype == "Patient":
             return resource.get("id")
         for param in self.compartment.get(rtype, ()):
             for value in param.extract(resource):
                 ref = value.get("reference") if isinstance(value, dict) else None
-                if isinstance(ref, str):
+                if isinstance(ref, str) and "://" not in ref:
                     t, i = split_reference(ref)
                     if t == "Patient" and i:
                         return i

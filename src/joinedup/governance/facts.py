@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from joinedup import config
 from joinedup.fhir import codes
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM
-from joinedup.fhir.search_params import split_reference
+from joinedup.fhir.search_params import registry, split_reference
 from joinedup.governance.policy import OBJECTION_EXEMPT
 from joinedup.store import schema
 
@@ -575,7 +575,12 @@ class AccessFacts:
                              _linked_ids(objecting_own))
         shared = sa.or_(own, r.c.res_type.in_(sorted(OBJECTION_EXEMPT)), ~r.c.patient_id.in_(objecting))
         unsealed = sa.or_(own, ~sa.exists().where(ri.c.res_id == r.c.id, ri.c.res_type == r.c.res_type))
-        return [sa.or_(r.c.patient_id.is_(None), sa.and_(related, shared, unsealed))]
+        # entries about no person: directory and platform types for everyone; an entry of a person's record type
+        # that names no one it could be filed under (another server's patient) only for the organisation that
+        # recorded it
+        person_types = sorted(registry().compartment)
+        unattached = sa.and_(r.c.patient_id.is_(None), sa.or_(own, ~r.c.res_type.in_(person_types)))
+        return [sa.or_(unattached, sa.and_(related, shared, unsealed))]
 
 
 def _roles_of(who: Principal) -> sa.Select:

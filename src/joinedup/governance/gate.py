@@ -70,12 +70,17 @@ class SearchResult:
 
 @dataclass
 class Withheld:
-    """What of one person's record a professional may not see (`Gate.withheld`): counts by type only for what
+    """What of one person's record a professional may not see (`Gate.everything_and_withheld`): counts by type only for what
     their role may not read; for entries withheld at the person's request or sealed, only that some exist."""
 
     by_type: dict[str, int] = field(default_factory=dict)
     at_request: bool = False
     sealed: bool = False
+
+    def detail(self) -> dict[str, Any]:
+        """For the audit: what was counted (kinds and numbers, never content)."""
+        return {"not_shown_to_role": dict(sorted(self.by_type.items())), "at_request": self.at_request,
+                "sealed": self.sealed}
 
     def merge(self, other: Withheld) -> Withheld:
         for t, n in other.by_type.items():
@@ -174,7 +179,11 @@ class Gate:
     def facts_for(self, who: Principal, patient_id: str | None, item: Stored | None = None, *,
                   label: str | None = None) -> policy.Facts | None:
         """What the policy needs to know about this person (and entry) for this professional."""
-        if patient_id is None or who.role in ("system", "patient"):
+        if who.role in ("system", "patient"):
+            return None
+        if patient_id is None:  # an entry of a person's record (Condition, Claim, ...) that names no one we know
+            if item is not None and item.rtype in self._store.params.compartment:
+                return policy.Facts(own_item=bool(who.source) and item.source == who.source, unattached=True)
             return None
         f = self._facts
         rel = f.relationship(who, patient_id)
@@ -362,6 +371,9 @@ class Gate:
             own = bool(who.source) and who.source in (row.get("source"), cur.source)
             facts = policy.Facts(rel, None if rel else f.break_glass_until(who, pid), f.objection(who, pid), label,
                                  own)
+        elif rtype in self._store.params.compartment:  # a version about no person we know: its recorder only
+            facts = policy.Facts(own_item=bool(who.source) and who.source in (row.get("source"), cur.source),
+                                 unattached=True)
         return bool(policy.decide(who, "read", rtype, patient_id=pid, facts=facts))
 
     def _instance_history(self, who: Principal, cur: Stored, *, since: str | None, count: int,
@@ -381,14 +393,47 @@ class Gate:
     def everything(self, who: Principal, patient_id: str, *, since: str | None = None,
                    types: set[str] | None = None) -> list[Stored]:
         """Patient/$everything: the Patient, their compartment and the resources it references."""
+        return self._everything(who, patient_id, since=since, types=types)[0]
+
+    def everything_and_withheld(self, who: Principal, patient_id: str, *, types: set[str] | None = None
+                                ) -> tuple[list[Stored], Withheld]:
+        """`everything`, and what of the person's record `who` may not see, in one pass (one read, one decision per
+        entry), audited as one `everything` event carrying the counts. Nothing of a withheld entry is kept: the
+        number of entries of each type the reader's role may not read, and only *whether* entries are withheld at
+        the person's request (marked private, or an objection to sharing) or sealed by the organisation that
+        recorded them. Nothing is withheld from the integration account or from the person themselves."""
+        return self._everything(who, patient_id, types=types, count=True)
+
+    def _count_withheld(self, who: Principal, s: Stored, out: Withheld | None) -> bool:
+        """Whether the entry may be shown; if not, count it in `out` by why (no content is kept)."""
+        if who.role in ("system", "patient"):
+            return self.visible(who, s)
+        facts = self.facts_for(who, s.patient_id, s)
+        if policy.decide(who, "read", s.rtype, patient_id=s.patient_id, facts=facts):
+            return True
+        if out is None:
+            return False
+        if facts is not None and not facts.own_item and (
+                facts.restricted == "private" or (facts.objection and s.rtype not in policy.OBJECTION_EXEMPT)):
+            out.at_request = True
+        elif facts is not None and facts.restricted == "sealed" and not facts.own_item:
+            out.sealed = True
+        elif not policy.has_activity(who, policy.type_rule(s.rtype)["read"]):
+            out.by_type[s.rtype] = out.by_type.get(s.rtype, 0) + 1
+        return False
+
+    def _everything(self, who: Principal, patient_id: str, *, since: str | None = None,
+                    types: set[str] | None = None, count: bool = False) -> tuple[list[Stored], Withheld]:
         patient = self._store.read("Patient", patient_id)
         entity = f"Patient/{patient_id}"
         decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
         if patient is None or patient.deleted:
             self._audit.record(who, "everything", allowed=True, reason="not found", entity=entity)
             raise not_found("Patient", patient_id) if patient is None else gone("Patient", patient_id)
+        withheld = Withheld()
+        tally = withheld if count and decision.activity != "*" else None
         items = [s for s in self._store.compartment(patient_id, types=types, since=since)
-                 if self.visible(who, s)]
+                 if self._count_withheld(who, s, tally)]
         have = {(s.rtype, s.id) for s in items}
         refs: list[tuple[str, str]] = []
         for s in items:
@@ -396,35 +441,12 @@ class Gate:
         extra = [k for k in dict.fromkeys(refs) if k not in have and (not types or k[0] in types)]
         linked = [s for s in self._store.read_many(extra)
                   if s.patient_id in (None, patient_id) and self.visible(who, s)]
+        detail: dict[str, Any] = {"returned": len(items) + len(linked)}
+        if count:
+            detail.update(withheld.detail())
         self._audit.record(who, "everything", allowed=True, reason=decision.reason, entity=entity,
-                          patient_id=patient_id, detail={"returned": len(items) + len(linked)})
-        return items + linked
-
-    def withheld(self, who: Principal, patient_id: str, *, types: set[str] | None = None) -> Withheld:
-        """What the person's record holds that `who` may not see, without any content: the number of entries of
-        each type their role may not read, and only *whether* entries are withheld at the person's request
-        (marked private, or an objection to sharing) or sealed by the organisation that recorded them. Asked only
-        of someone who may open the record (else refused as `everything` would be); audited."""
-        entity = f"Patient/{patient_id}"
-        decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
-        out = Withheld()
-        if who.role in ("system", "patient") or decision.activity == "*":
-            return out
-        for s in self._store.compartment(patient_id, types=types):
-            facts = self.facts_for(who, s.patient_id, s)
-            if policy.decide(who, "read", s.rtype, patient_id=s.patient_id, facts=facts):
-                continue
-            if facts is not None and not facts.own_item and (
-                    facts.restricted == "private" or (facts.objection and s.rtype not in policy.OBJECTION_EXEMPT)):
-                out.at_request = True
-            elif facts is not None and facts.restricted == "sealed" and not facts.own_item:
-                out.sealed = True
-            elif not policy.has_activity(who, policy.type_rule(s.rtype)["read"]):
-                out.by_type[s.rtype] = out.by_type.get(s.rtype, 0) + 1
-        self._audit.record(who, "withheld-count", allowed=True, reason=decision.reason, entity=entity,
-                          patient_id=patient_id, detail={"not_shown_to_role": dict(sorted(out.by_type.items())),
-                                                         "at_request": out.at_request, "sealed": out.sealed})
-        return out
+                          patient_id=patient_id, detail=detail)
+        return items + linked, withheld
 
     # -- writes ---------------------------------------------------------------------------------
     def create(self, who: Principal, resource: dict, *, if_none_exist: str | None = None) -> Written:
@@ -615,14 +637,19 @@ class Gate:
 
     # -- published figures and the partnership board's self-assessment (system/) ---------------------------------
     def published_figures(self, who: Principal, *, purpose: str, measure: Callable[..., dict[str, Any]],
-                          types: set[str] | None = None, directory_types: Iterable[str] = ()) -> dict[str, Any]:
-        """Aggregate figures over the whole population for a partnership board (the `assess-integration` activity):
-        `measure(records, directory)` gets every record (Patient + compartment, only `types`) of people who have not
-        opted out (planning is a secondary use) and the current directory entries of `directory_types`, and must
-        return figures only - nested mappings whose values are numbers, booleans or None (checked: no identifier,
-        name or text can leave). Audited as one access with the purpose and the number of records; the caller
-        suppresses small numbers before publishing."""
-        decision = self.check(who, "assess", None, entity=f"figures:{purpose}"[:200])
+                          types: set[str] | None = None, directory_types: Iterable[str] = (),
+                          action: str = "assess") -> dict[str, Any]:
+        """Aggregate figures over the whole population, computed inside the gate so that only numbers leave: for a
+        partnership board (`action` "assess": the `assess-integration` activity) or an analyst ("extract": the
+        `pseudonymised-analytics` activity of de-identified extracts - figures such as waits in days need the dates
+        an extract cuts to the month). `measure(records, directory)` gets every record (Patient + compartment, only
+        `types`) of people who have not opted out (planning is a secondary use) and the current directory entries
+        of `directory_types`, and must return figures only - nested mappings whose values are numbers, booleans or
+        None (checked: no identifier, name or text can leave). Audited as one access with the purpose and the
+        number of records; the caller suppresses small numbers before publishing."""
+        if action not in ("assess", "extract"):
+            raise ValueError(f"figures are published for 'assess' or 'extract', not {action!r}")
+        decision = self.check(who, action, None, entity=f"figures:{purpose}"[:200])
         opted_out = self._facts.opted_out_ids()
         counted = {"records": 0, "opted_out_excluded": 0}
 
@@ -637,7 +664,7 @@ class Gate:
         directory = {t: list(self._store.iter_type(t)) for t in directory_types}
         result = measure(records(), directory)
         _check_figures(result)
-        self._audit.record(who, "assess", allowed=True, reason=decision.reason, entity=f"figures:{purpose}"[:200],
+        self._audit.record(who, action, allowed=True, reason=decision.reason, entity=f"figures:{purpose}"[:200],
                            detail=dict(counted))
         return result
 

@@ -41,6 +41,7 @@ class Facts:
     objection: str | None = None  # 'all' | 'organisation': the person objects to sharing with this principal
     restricted: str | None = None  # 'sealed' | 'private': the entry is visible only to its recording organisation
     own_item: bool = False  # the entry was recorded by the principal's organisation
+    unattached: bool = False  # an entry of a person's record that names no person it could be filed under
 
 
 NO_FACTS = Facts()
@@ -48,6 +49,8 @@ NO_RELATIONSHIP = ("you have no legitimate relationship with this person (not in
                    "or holding organisation, no open referral or advice request)")
 OWN_RECORD_ONLY = "a patient account can only see its own record"
 # Actions about one entry (item-level rules apply); others act on a collection the gate narrows item by item.
+UNATTACHED = ("this entry names no person whose record it could be filed under (for example a reference to another "
+              "server's patient), so only the organisation that recorded it can see it")
 ITEM_ACTIONS = {"read", "vread", "update", "delete", "history"}
 OBJECTION_EXEMPT = frozenset({"Patient", "Consent"})  # who the person is, and the choices they made
 PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP = {"directory", "audit"}
@@ -164,6 +167,9 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
         verb = "change" if is_write else "see"
         return Decision(False, f"role '{who.role}' may not {verb} {rtype} entries (needs '{needed}')", needed)
     base = f"role '{who.role}' may {activity_text(needed)}"
+    if patient_id is None and facts is not None and facts.unattached and not facts.own_item \
+            and action in ITEM_ACTIONS:
+        return Decision(False, UNATTACHED, needed)
     if patient_id is None or rule["group"] in PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP:
         return Decision(True, base, needed)
     f = facts or NO_FACTS

@@ -47,7 +47,8 @@ def parse_day(value: str | None, *, name: str = "date") -> date:
                         expression=[name]) from None
 
 
-def _check_id(patient_id: str) -> None:
+def check_patient_id(patient_id: str) -> None:
+    """400 for a Patient id that cannot be one (checked before anything is read)."""
     if not ID.match(patient_id or ""):
         raise FhirError(400, f"'{patient_id}' is not a valid Patient id (1-64 of A-Z a-z 0-9 - .)", code="value",
                         expression=["id"])
@@ -72,7 +73,11 @@ def _org_names(orgs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def person_risk(*, gate: Any, who: Any, patient_id: str, today: date | None = None) -> dict[str, Any]:
     """Every risk and burden score for one person, from what the caller may see of their record."""
-    _check_id(patient_id)
+    check_patient_id(patient_id)
+    if not (policy.has_activity(who, WORKLIST_ACTIVITY) or policy.has_activity(who, "patient-self-access")):
+        # scored from only what such a role sees, every score would read as "none": refuse instead
+        raise gate.refuse(who, "Risk and burden scores are worked out from the clinical record, which this role does "
+                               "not see.", action="read", entity=f"Patient/{patient_id}:risk", patient_id=patient_id)
     today = today or date.today()
     stored = gate.everything(who, patient_id, types=RECORD_TYPES | {"Patient"})
     patient = next((s.content for s in stored if s.rtype == "Patient" and s.id == patient_id), None) or {
@@ -84,6 +89,7 @@ def person_risk(*, gate: Any, who: Any, patient_id: str, today: date | None = No
     except FhirError:
         orgs = {}
     result = scores.person_risk(facts, today, _org_names(orgs))
+    result["name"] = facts.name
     frailty = result["electronic_frailty_index"]
     result["registers"] = registers.person_registers(facts, today, frailty=frailty)
     return result
@@ -93,9 +99,12 @@ def resolve_practices(gate: Any, who: Any, *, practice: str | None = None, pcn: 
                       ) -> tuple[dict[str, dict[str, Any]], set[str] | None]:
     """The directory and the practice ids chosen by an ODS code (or id) of a practice or of a PCN."""
     for value, name in ((practice, "practice"), (pcn, "pcn")):
-        if value is not None and not ODS.match(value) and not ID.match(value):
+        if value is not None and not ODS.match(value):
             raise PopulationInputError(f"--{name} must be an ODS code such as Z00001, not '{value}'")
-    orgs = organisations(gate, who)
+    try:
+        orgs = organisations(gate, who)
+    except FhirError:  # a role that may not read the directory: organisations are known by id only
+        orgs = {}
     if practice is None and pcn is None:
         return orgs, None
 
@@ -118,6 +127,19 @@ def resolve_practices(gate: Any, who: Any, *, practice: str | None = None, pcn: 
 def _records(gate: Any, who: Any, purpose: str) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
     for patient, items in gate.records(who, purpose=purpose, types=RECORD_TYPES):
         yield patient.content or {"id": patient.id}, [s.content for s in items if s.content]
+
+
+def _population_records(gate: Any, who: Any, purpose: str
+                        ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Records for a population figure: an analyst (pseudonymised analytics, no clinical record access) gets
+    de-identified records only (`Gate.deidentified_records`: pseudonyms, no free text, birth year); everyone else
+    the records the gate lets them see for this purpose."""
+    if policy.has_activity(who, "pseudonymised-analytics") and not policy.has_activity(who, WORKLIST_ACTIVITY):
+        for record in gate.deidentified_records(who, purpose=purpose, types=RECORD_TYPES):
+            if record:
+                yield record[0], record[1:]
+        return
+    yield from _records(gate, who, purpose)
 
 
 def _require_clinician(gate: Any, who: Any, what: str) -> None:
@@ -213,12 +235,13 @@ def _band(measure: str, value: float) -> str:
 def population_risk(*, gate: Any, who: Any, practice: str | None = None, pcn: str | None = None,
                     today: date | None = None) -> dict[str, Any]:
     """The distribution of every score by practice, for planning: opted-out people excluded, deceased excluded,
-    counts published with small-number suppression."""
+    counts published with small-number suppression. Analysts score de-identified records (no free text: conditions
+    recognised by code only; ages from the birth year)."""
     today = today or date.today()
     orgs, chosen = resolve_practices(gate, who, practice=practice, pcn=pcn)
     table: dict[str, dict[str, dict[str, int]]] = {}
     people: dict[str, int] = {}
-    for patient, items in _records(gate, who, DISTRIBUTION_PURPOSE):
+    for patient, items in _population_records(gate, who, DISTRIBUTION_PURPOSE):
         facts = person_facts.build(patient, items)
         if (chosen is not None and facts.practice not in chosen) or facts.deceased:
             continue

@@ -266,10 +266,12 @@ class _Bundle:
 
 
 def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = False) -> _Bundle:
-    stored = gate.everything(who, patient_id)
     b = _Bundle(patient_id)
     if withheld:
-        b.withheld.merge(gate.withheld(who, patient_id))
+        stored, hidden = gate.everything_and_withheld(who, patient_id)
+        b.withheld.merge(hidden)
+    else:
+        stored = gate.everything(who, patient_id)
     for s in stored:
         if s.content is not None:
             b.add(s.content, s.last_updated)
@@ -290,12 +292,14 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
     others.discard("")
     for other in sorted(others):
         try:
-            for s in gate.everything(who, other):
+            found, hidden = gate.everything_and_withheld(who, other) if withheld else \
+                (gate.everything(who, other), None)
+            for s in found:
                 if s.content is not None:
                     b.add(s.content, s.last_updated)
             b.linked_records.append(f"Patient/{other}")
-            if withheld:
-                b.withheld.merge(gate.withheld(who, other))
+            if hidden is not None:
+                b.withheld.merge(hidden)
         except FhirError as exc:
             if exc.status not in (403, 404, 410):
                 raise

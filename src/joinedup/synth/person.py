@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from joinedup.fhir.nhs_number import check_digit
+from joinedup.synth import care_processes
 from joinedup.synth.knowledge import cumulative, knowledge
 from joinedup.synth.system import System
 
@@ -301,6 +302,7 @@ class Person:
         self.conditions()
         self.medicines()
         self.gp_activity()
+        care_processes.emit(self)  # population health: care processes (some overdue) and eFI deficits
         self.hospital_activity()
         self.community_activity()
         self.mental_health_activity()
@@ -309,6 +311,7 @@ class Person:
         self.care_team()
         self.problems_truth()
         self.death_truth()
+        care_processes.truth(self)  # expected register membership
 
     def demographics(self) -> None:
         c, rng = self.c, self.rng

@@ -88,7 +88,8 @@ def ensure_questionnaire(gate: Gate) -> None:
 
 # -- rounds -------------------------------------------------------------------------------------------------------
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now, to the microsecond: rounds opened within one second still sort in the order they were opened."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _label_of(qr: dict[str, Any]) -> str:

@@ -355,8 +355,8 @@ def who_can_help(*, gate: Gate, who: Principal, patient_id: str, need: str | Non
     if need is not None and need.strip():
         result = find_services(gate=gate, who=who, need=need)
         return {"patient": patient_id, "not_shown": [],
-                "needs": [{**r, "from": ["typed"], "services": result["services"]} for r in result["recognised"]] or
-                [{"key": None, "label": result["need"], "from": ["typed"], "services": result["services"]}]}
+                "needs": [{**r, "from": ["your search"], "services": result["services"]} for r in result["recognised"]] or
+                [{"key": None, "label": result["need"], "from": ["your search"], "services": result["services"]}]}
     not_shown: list[str] = []
     needs = person_needs(gate=gate, who=who, patient_id=patient_id, not_shown=not_shown)
     services, orgs, locs = _all_services(gate, who) if needs else ([], {}, {})

@@ -166,8 +166,6 @@ def areas() -> list[dict[str, Any]]:
 
 def may_use(who: Principal, area: dict[str, Any]) -> bool:
     """Whether the role's activities (the policy) include everything the area needs."""
-    if who.role == "system":
-        return False  # the integration account works through the APIs, not the pages
     return all(has_activity(who, a) for a in area["needs"]) and \
         (not area["any_of"] or any(has_activity(who, a) for a in area["any_of"])) and \
         not any(has_activity(who, a) for a in area["without"])
@@ -187,7 +185,10 @@ def menu_of(who: Principal) -> list[dict[str, Any]]:
 
 
 def home_of(who: Principal) -> str | None:
-    """Where this person's home is: the first area marked home that their role may use."""
+    """Where this person's home is: the first area marked home that their role may use (the integration account,
+    which may do everything, starts at the search like a professional)."""
+    if "*" in activities_of(who.role):
+        return "/"
     for a in areas():
         if a["home"] and may_use(who, a) and ("{patient}" not in a["href"] or who.patient_id):
             return _href(who, a)
@@ -429,8 +430,10 @@ def install(app) -> None:
     api_unexpected = app.exception_handlers.get(Exception)
 
     async def _http(request: Request, exc: StarletteHTTPException):
-        """An unknown page (or a method a page does not take) is a styled page; the APIs keep OperationOutcome."""
-        if api_http is not None and (is_api_path(request.url.path) or isinstance(exc.__cause__, FhirError)):
+        """An unknown page (or a method a page does not take) is a styled page for a browser; the APIs, and any
+        client that does not ask for HTML (an API client mistyping an address), keep OperationOutcome."""
+        if api_http is not None and (is_api_path(request.url.path) or isinstance(exc.__cause__, FhirError)
+                                     or not wants_html(request)):
             return await api_http(request, exc)
         return await run_in_threadpool(_http_page, request, exc)
 
@@ -461,6 +464,11 @@ def install(app) -> None:
 
 API_PREFIXES = ("/fhir", "/api", "/cds-services", "/auth", "/docs", "/redoc", "/openapi.json", "/healthz", "/static",
                 "/.well-known", "/metadata")
+
+
+def wants_html(request: Request) -> bool:
+    """A browser asks for text/html; API clients ask for FHIR/JSON or anything (*/*)."""
+    return "text/html" in request.headers.get("accept", "")
 
 
 def is_api_path(path: str) -> bool:

@@ -21,6 +21,7 @@ from joinedup.governance import service
 from joinedup.governance.gate import Gate, access_entry
 from joinedup.governance.identity import Principal
 from joinedup.governance.policy import rules
+from joinedup.interop.linkage import service as linkage
 from joinedup.record.own import PLAIN_TYPES
 from joinedup.web.pages import Viewer, area_of, error_page, gate_of, page, service_page
 
@@ -46,7 +47,10 @@ def _role(role: str | None) -> str:
 
 def _queue(gate: Gate, who: Principal, status: str) -> dict[str, Any]:
     grants = service.review_queue(gate, who, status=status)
-    links = service.link_requests(gate, who, status="pending")
+    pending = service.link_requests(gate, who, status="pending")
+    # pairs proposed by record linkage have their own clerical review (the two records side by side, field by field)
+    links = [x for x in pending if not _from_linkage(x)]
+    linkage_pairs = len(pending) - len(links)
     ids = {g["patient"].removeprefix("Patient/") for g in grants}
     ids |= {x[k].removeprefix("Patient/") for x in links for k in ("patient", "other_patient") if x.get(k)}
     people = _names(gate, who, ids)
@@ -58,7 +62,11 @@ def _queue(gate: Gate, who: Principal, status: str) -> dict[str, Any]:
         x["person"] = people.get(x["patient"].removeprefix("Patient/"))
         x["other"] = people.get((x.get("other_patient") or "").removeprefix("Patient/"))
         x["role_name"] = _role(x.get("requested_role"))
-    return {"grants": grants, "links": links, "status": status, "tab": "queue"}
+    return {"grants": grants, "links": links, "linkage_pairs": linkage_pairs, "status": status, "tab": "queue"}
+
+
+def _from_linkage(request: dict[str, Any]) -> bool:
+    return str(request.get("reason") or "").startswith(linkage.REASON_PREFIX)
 
 
 @router.get("/privacy")
@@ -87,7 +95,11 @@ def review_submit(request: Request, who: Viewer, grant_id: str, outcome: str = F
 @router.post("/privacy/links/{request_id}")
 def link_submit(request: Request, who: Viewer, request_id: str, outcome: str = Form(""), note: str = Form("")):
     try:
-        service.decide_link(gate_of(request), who, request_id, outcome=outcome or None, note=note or None)
+        gate = gate_of(request)
+        pending = {x["id"]: x for x in service.link_requests(gate, who, status="pending")}
+        # a pair from record linkage is decided as its review page decides it: an approval also records Patient.link
+        decide = linkage.decide_review if _from_linkage(pending.get(request_id) or {}) else service.decide_link
+        decide(gate, who, request_id, outcome=outcome or None, note=note or None)
     except FhirError as exc:
         if exc.status in (403, 404):
             return error_page(request, exc.status, exc.diagnostics, who=who)
@@ -102,7 +114,7 @@ def _nhs_digits(text: str) -> str:
     return re.sub(r"[\s-]", "", text or "")
 
 
-def _audit(gate: Gate, who: Principal, *, nhs: str, user: str, since: str, until: str, offset: int) -> dict[str, Any]:
+def audit_search(gate: Gate, who: Principal, *, nhs: str, user: str, since: str, until: str, offset: int) -> dict[str, Any]:
     form = {"nhs": nhs, "user": user, "since": since, "until": until}
     ctx: dict[str, Any] = {"form": form, "entries": None, "error": None, "tab": "audit", "offset": offset}
     if not any(form.values()):
@@ -155,7 +167,7 @@ def _audit(gate: Gate, who: Principal, *, nhs: str, user: str, since: str, until
 @router.get("/privacy/audit")
 def audit_page(request: Request, nhs: str = "", user: str = "", since: str = "", until: str = "", offset: int = 0):
     """Search the audit trail by person (NHS number), user name and dates."""
-    return service_page(request, "roles/privacy_audit.html", lambda gate, who: _audit(
+    return service_page(request, "roles/privacy_audit.html", lambda gate, who: audit_search(
         gate, who, nhs=nhs.strip(), user=user.strip(), since=since.strip(), until=until.strip(),
         offset=max(0, min(offset, 10_000))))
 

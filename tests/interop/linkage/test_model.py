@@ -30,6 +30,9 @@ def test_comparison_row_reads_the_patient_resource():
                  "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB", "address": "12 MILL LANE"}
     assert model.agreement(r, {**r, "dob": "1941-07-03", "postcode": None})["dob"] == "differs"
     assert model.agreement(r, {**r, "postcode": None})["postcode"] == "missing"
+    assert model.differences(r, {**r, "dob": "1941-07-03", "postcode": "LS6 9ZZ"}) == {
+        "dob": "day and month swapped", "postcode": "same district"}
+    assert model.differences(r, {**r, "dob": "1941-03-08"}) == {"dob": "one digit different"}
 
 
 def test_records_merged_away_and_inactive_ones_are_not_linked():

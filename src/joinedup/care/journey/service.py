@@ -59,7 +59,7 @@ def episode_kind(eoc: dict) -> str | None:
 def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None = None) -> dict[str, Any]:
     """{where, setting, since, days, also, next, sources} for one person, as this professional may see it."""
     now = now or datetime.now(UTC)
-    items = gate.everything(who, patient_id, types=TYPES)
+    items, withheld = gate.everything_and_withheld(who, patient_id, types=TYPES)
     by: dict[str, list[dict]] = {}
     for s in items:
         by.setdefault(s.rtype, []).append(s.content)
@@ -192,7 +192,6 @@ def journey(*, gate: Gate, who: Principal, patient_id: str, now: datetime | None
                             _parse(x["when"]) or datetime.max.replace(tzinfo=UTC)))
     if deceased:  # nothing is next for someone who has died
         nxt = []
-    withheld = gate.withheld(who, patient_id, types=set(WHERE_TYPES + NEXT_TYPES))
     access = {"where": section_access(withheld, WHERE_TYPES, 1, who).model_dump(),
               "next": section_access(withheld, NEXT_TYPES, len(nxt), who).model_dump()}
     sd = _parse(since)

@@ -13,6 +13,7 @@ from joinedup.api.responses import api_errors
 from joinedup.care.mdt import service as svc
 from joinedup.care.referrals.service import recipients
 from joinedup.deps import CurrentUser, FormData, GateDep
+from joinedup.fhir import words
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
@@ -31,14 +32,21 @@ def schedule(body: svc.NewReview, who: CurrentUser, gate: GateDep):
     return JSONResponse(svc.schedule_review(gate=gate, who=who, **body.model_dump()), status_code=201)
 
 
+def _with_state(review: dict[str, Any]) -> dict[str, Any]:
+    """A review with its state by its date in the platform's words (fhir/words.py): 'Booked' until it starts."""
+    return {**review, "state": words.meeting_state(review.get("status"), review.get("start"), review.get("end")),
+            "state_text": words.meeting_words(review.get("status"), review.get("start"), review.get("end"))}
+
+
 @api_router.get("", summary="Reviews I take part in")
 def mine(who: CurrentUser, gate: GateDep, include_past: bool = False):
-    return JSONResponse({"reviews": svc.list_reviews(gate=gate, who=who, include_past=include_past)})
+    return JSONResponse({"reviews": [_with_state(r) for r in svc.list_reviews(gate=gate, who=who,
+                                                                             include_past=include_past)]})
 
 
 @api_router.get("/{review_id}", summary="A review: participants, attendance, people and decisions")
 def one(review_id: str, who: CurrentUser, gate: GateDep):
-    return JSONResponse(svc.get_review(gate=gate, who=who, review_id=review_id))
+    return JSONResponse(_with_state(svc.get_review(gate=gate, who=who, review_id=review_id)))
 
 
 @api_router.get("/{review_id}/pack/{patient_id}",

@@ -18,6 +18,7 @@ from joinedup.care.plans import service as plan_service
 from joinedup.care.plans import tasks as task_service
 from joinedup.care.plans import team as team_service
 from joinedup.deps import CurrentUser, GateDep
+from joinedup.fhir import words
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
@@ -233,7 +234,12 @@ def patch_task(task_id: str, body: TaskChange, request: Request, who: CurrentUse
 @api_router.get("/api/care/my-tasks", summary="My tasks: open tasks and care plan actions I own")
 def api_my_tasks(who: CurrentUser, gate: GateDep):
     task_service.ensure_escalator(gate)
-    return JSONResponse(task_service.my_tasks(gate=gate, who=who))
+    mine = task_service.my_tasks(gate=gate, who=who)
+    for t in mine["tasks"]:  # the status in the platform's words as well as the FHIR code (fhir/words.py)
+        t["status_text"] = words.status_words("Task", t.get("status"))
+    for a in mine["actions"]:
+        a["status_text"] = words.status_words("CarePlanActivity", a.get("status"))
+    return JSONResponse(mine)
 
 
 @api_router.get("/api/care/my-people",

@@ -145,6 +145,22 @@ def agreement(left: dict, right: dict) -> dict[str, str]:
     return out
 
 
+def differences(left: dict, right: dict) -> dict[str, str]:
+    """For a reviewer: what kind of difference, where a common one is recognised (day and month swapped, one
+    character, same postcode district)."""
+    out = {}
+    a, b = left.get("dob"), right.get("dob")
+    if a and b and a != b:
+        if a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7]:
+            out["dob"] = "day and month swapped"
+        elif sum(x != y for x, y in zip(a, b, strict=False)) == 1 and len(a) == len(b):
+            out["dob"] = "one digit different"
+    a, b = left.get("postcode"), right.get("postcode")
+    if a and b and a != b and a.split(" ")[0] == b.split(" ")[0]:
+        out["postcode"] = "same district"
+    return out
+
+
 # -- the Splink model ------------------------------------------------------------------------------------------
 def _settings():
     import splink.comparison_level_library as cll
@@ -196,12 +212,14 @@ def _db_api(backend: str, spark: Any = None):
 
         if spark is None:
             from pyspark.sql import SparkSession
+            from splink.backends.spark import similarity_jar_location
 
             from joinedup import config
 
-            spark = SparkSession.builder.master(config.value("SPARK_MASTER")).appName("joinedup-linkage") \
-                .getOrCreate()
-        return SparkAPI(spark_session=spark)
+            # the string-similarity functions (Jaro-Winkler, ...) come from the jar Splink ships: nothing is fetched
+            spark = (SparkSession.builder.master(config.value("SPARK_MASTER")).appName("joinedup-linkage")
+                     .config("spark.jars", similarity_jar_location()).getOrCreate())
+        return SparkAPI(spark_session=spark, break_lineage_method="persist")  # no checkpoint directory needed
     raise ModelError(f"unknown backend {backend!r}: use duckdb or spark")
 
 
@@ -217,8 +235,6 @@ def _linker(unlinked: list[dict], reference: list[dict], settings: Any, backend:
     for name, rows in (("unlinked", unlinked), ("reference", reference)):
         df = pd.DataFrame(rows, columns=COLUMNS).astype(object)
         df = df.where(df.notna(), None)
-        if backend == "spark":
-            df = api.spark.createDataFrame(df.astype(str).where(df.notna(), None))
         frames.append(api.register(df, dataset_display_name=name))
     return Linker(frames, settings, log_level=None)
 
@@ -277,12 +293,27 @@ def train(unlinked: list[dict], reference: list[dict], labels: list[tuple[str, s
                               "method": how})
 
 
+def _for_backend(settings: dict[str, Any], backend: str) -> dict[str, Any]:
+    """The trained model for a backend: as saved for DuckDB; for another SQL dialect the comparisons are built
+    afresh in that dialect and the trained parameters (prior, m and u of every level) copied across by position."""
+    if backend == "duckdb" or settings.get("sql_dialect") == backend:
+        return settings
+    fresh = _settings().get_settings(backend).as_dict()
+    fresh["probability_two_random_records_match"] = settings["probability_two_random_records_match"]
+    for new_c, old_c in zip(fresh["comparisons"], settings["comparisons"], strict=True):
+        for new_l, old_l in zip(new_c["comparison_levels"], old_c["comparison_levels"], strict=True):
+            for key in ("m_probability", "u_probability", "tf_minimum_u_value"):
+                if key in old_l:
+                    new_l[key] = old_l[key]
+    return fresh
+
+
 def score(model: Trained, unlinked: list[dict], reference: list[dict], *, threshold: float = 0.001,
           backend: str = "duckdb", spark: Any = None) -> list[dict[str, Any]]:
     """Every blocked pair at or above `threshold` match probability, highest first:
     {unlinked, reference, organisations, match_weight, match_probability, fields {name: (left, right)}}."""
     logging.getLogger("splink").setLevel(logging.WARNING)
-    linker = _linker(unlinked, reference, model.settings, backend, spark)
+    linker = _linker(unlinked, reference, _for_backend(model.settings, backend), backend, spark)
     df = linker.inference.predict(threshold_match_probability=threshold,
                                  warning_mode="never").as_pandas_dataframe()
     out = []

@@ -28,6 +28,7 @@ REASON_PREFIX = "Record linkage (Splink)"
 _REASON = re.compile(r"^Record linkage \(Splink\): match probability (?P<p>[0-9.]+), match weight (?P<w>-?[0-9.]+)"
                      r" \| (?P<doc>\{.*\})$", re.S)
 DECISIONS = ("confirm", "review", "below-threshold")
+RIVAL = 0.5  # another candidate at least this likely makes a confident pair ambiguous: it goes to review
 
 
 def thresholds(confirm: float | None = None, review: float | None = None) -> tuple[float, float]:
@@ -68,12 +69,14 @@ def train(gate: Gate, who: Principal, *, path: Path | None = None, backend: str 
 
 def decide(pairs: list[dict[str, Any]], confirm: float, review: float) -> list[dict[str, Any]]:
     """Give each scored pair a decision. A pair is confirmed only when it is at or above `confirm` AND it is the
-    only such candidate for its unlinked record and for its reference record (else it goes to review); pairs at
-    or above `review` go to review; the rest are below threshold."""
+    only likely candidate (probability >= RIVAL, or >= `review` when that is higher) for its unlinked record and for
+    its reference record (else it goes to review); pairs at or above `review` go to review; the rest are below
+    threshold."""
+    rival = max(review, RIVAL)
     high_u: dict[str, int] = {}
     high_r: dict[str, int] = {}
     for p in pairs:
-        if p["match_probability"] >= review:
+        if p["match_probability"] >= rival:
             high_u[p["unlinked"]] = high_u.get(p["unlinked"], 0) + 1
             high_r[p["reference"]] = high_r.get(p["reference"], 0) + 1
     for p in pairs:
@@ -191,10 +194,10 @@ def review_queue(gate: Gate, who: Principal, *, status: str = "pending") -> list
         if detail is None:
             continue
         fields = detail["fields"]
-        req = {**req, **detail,
-               "agreement": model.agreement({f: (v or [None, None])[0] for f, v in fields.items()},
-                                            {f: (v or [None, None])[1] for f, v in fields.items()}),
-               "labels": model.FIELDS}
+        left = {f: (v or [None, None])[0] for f, v in fields.items()}
+        right = {f: (v or [None, None])[1] for f, v in fields.items()}
+        req = {**req, **detail, "agreement": model.agreement(left, right),
+               "differences": model.differences(left, right), "labels": model.FIELDS}
         req.pop("reason", None)
         out.append(req)
     out.sort(key=lambda q: -q["match_probability"])

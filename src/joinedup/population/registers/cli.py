@@ -44,6 +44,10 @@ def _run(fn, **kwargs):
         today = _date.fromisoformat(day) if day else None
     except ValueError:
         fail(f"--date must be YYYY-MM-DD, not '{day}'")
+    for name in ("practice", "pcn"):  # before the database is opened
+        value = kwargs.get(name)
+        if value is not None and not service.ODS.match(value):
+            fail(f"--{name} must be an ODS code such as Z00001, not '{value}'")
     try:
         gate = get_gate(get_settings().database_url)
     except DatabaseUnavailable as exc:

@@ -11,6 +11,7 @@ as overdue).
 from __future__ import annotations
 
 import calendar
+import csv
 from datetime import date, timedelta
 from functools import lru_cache
 from importlib import resources
@@ -26,6 +27,18 @@ from joinedup.population.risk.scores import efi
 def knowledge() -> dict[str, Any]:
     text = resources.files("joinedup.knowledge").joinpath("population/registers.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
+
+
+@lru_cache(maxsize=1)
+def codelists() -> dict[str, frozenset[str]]:
+    """The published register code lists (OpenCodelists, versions in knowledge/conditions.yaml `codelists:`), read
+    from the same file condition recognition uses: list id -> SNOMED CT codes."""
+    path = resources.files("joinedup.knowledge").joinpath("terminology/codelists/snomed_conditions.csv")
+    lists: dict[str, set[str]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            lists.setdefault(row["codelist"], set()).add(row["code"])
+    return {k: frozenset(v) for k, v in lists.items()}
 
 
 def register_ids() -> list[str]:
@@ -53,7 +66,9 @@ def registers_of(facts: PersonFacts, today: date, *, frailty: dict[str, Any] | N
         if r.get("min_age") is not None and (age is None or age < r["min_age"]):
             continue
         keys = set(r["keys"])
-        evidence = next((c.reference for c in facts.conditions if c.active and keys & set(c.keys)), None)
+        listed = codelists().get(r.get("codelist") or "", frozenset())
+        evidence = next((c.reference for c in facts.conditions
+                         if c.active and (keys & set(c.keys) or listed & c.snomed)), None)
         if evidence is None and r.get("efi_at_least") is not None:
             f = frailty if frailty is not None else efi(facts, today)
             if f["value"] >= r["efi_at_least"]:

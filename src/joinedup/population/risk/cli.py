@@ -26,11 +26,16 @@ def person(patient_id: Annotated[str, typer.Argument(help="Patient id, e.g. p-00
     from joinedup.population import service
     from joinedup.terminal import fail
 
+    try:
+        service.check_patient_id(patient_id)  # before the database is opened
+    except FhirError as exc:
+        fail(exc.diagnostics)
+
     def one(*, gate, who, today):
         try:
             return service.person_risk(gate=gate, who=who, patient_id=patient_id, today=today)
         except FhirError as exc:
-            fail(exc.diagnostics if hasattr(exc, "diagnostics") else str(exc))
+            fail(exc.diagnostics)
 
     typer.echo(orjson.dumps(_run(one, day=date), option=orjson.OPT_INDENT_2).decode())
 

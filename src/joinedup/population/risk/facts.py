@@ -83,6 +83,7 @@ class ConditionFact:
     onset: date | None
     text: str
     reference: str
+    snomed: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -181,8 +182,10 @@ def build(patient: dict[str, Any], items: list[dict[str, Any]]) -> PersonFacts:
             text = concept_text(res.get("code"))
             keys = condition_keys(kb, res.get("code"), text)
             onset = _period_start(res, "onsetDateTime", "onsetPeriod", "recordedDate")
+            snomed = frozenset(str(c["code"]) for c in (res.get("code") or {}).get("coding") or []
+                               if c.get("code") and "snomed" in (c.get("system") or ""))
             facts.conditions.append(ConditionFact(keys=keys, active=clinical not in INACTIVE_CLINICAL, onset=onset,
-                                                  text=text, reference=ref))
+                                                  text=text, reference=ref, snomed=snomed))
             if clinical not in INACTIVE_CLINICAL:
                 facts.texts.append((normalise(text), ref))
                 for c in (res.get("code") or {}).get("coding") or []:

@@ -28,7 +28,7 @@ from . import dialect as dialects
 from . import fhirpath as fp
 from . import model
 
-MAX_REPEAT_DEPTH = 16
+MAX_REPEAT_DEPTH = 10  # the same on both engines; Spark plans grow with the unrolled depth
 
 VIEW_KEYS = {"resourceType", "id", "meta", "implicitRules", "language", "text", "contained", "extension",
              "modifierExtension", "url", "identifier", "version", "name", "title", "status", "experimental", "date",

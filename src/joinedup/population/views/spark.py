@@ -89,66 +89,66 @@ def run_on_resources(view: Any, resources: list[dict]) -> Result:
 
 
 def run_suite(tests_dir: Path) -> list[CaseResult]:
-    """Every case of the suite on Spark. The cases of one file run as one query (a UNION ALL of each case's rows
-    as JSON, tagged with the case), as Spark spends far longer planning a query than running it on a few
-    resources; a case expecting an error, or a batch that fails, runs on its own."""
+    """Every case of the suite on Spark. All the cases that should give rows run as one query (a UNION ALL of each
+    case's rows as JSON, tagged with the case), as Spark spends far longer planning a query than running it on a
+    few resources; a case expecting an error runs on its own, and so does every case if the batch fails."""
     files = sorted(tests_dir.glob("*.json"))
     if not files:
         raise ViewError(f"{tests_dir}: no test files (*.json)")
-    session(small=True)
-    out: list[CaseResult] = []
-    for f in files:
+    spark = session(small=True)
+    results: dict[tuple[int, int], CaseResult] = {}
+    batch: dict[tuple[int, int], tuple[CompiledView, str]] = {}
+    suites, frames = [], []
+    for n, f in enumerate(files):
         suite = orjson.loads(f.read_bytes())
-        frame = _frame_of_resources(suite.get("resources", [])).cache()
-        out += _run_file(f.name, suite.get("tests", []), frame)
-        frame.unpersist()
-    return out
-
-
-def _run_file(file: str, tests: list[dict], frame) -> list[CaseResult]:
-    spark = session()
-    results: dict[int, CaseResult] = {}
-    batch: dict[int, CompiledView] = {}
-    for i, test in enumerate(tests):
-        try:
-            compiled = compile_view(test.get("view"), "spark")
-        except ViewError as exc:
-            expected = bool(test.get("expectError"))
-            results[i] = CaseResult(file, test.get("title", ""), tuple(test.get("tags", [])), expected,
-                                    None if expected else f"error: {exc}")
-            continue
-        if test.get("expectError"):
-            results[i] = run_case(file, test, frame)
-        else:
-            batch[i] = compiled
-    if batch:
-        name = f"_suite_{abs(hash(file))}"
-        frame.createOrReplaceTempView(name)
-        parts = []
-        for i, compiled in batch.items():
-            fields = ", ".join(f"'{c.name}', `{c.name}`" for c in compiled.columns)
-            parts.append(f"SELECT {i} AS _case, to_json(named_struct({fields})) AS _row FROM "
-                         f"({compiled.query(name)}) AS _q{i}")
-        try:
-            rows = spark.sql(" UNION ALL ".join(parts)).collect()
-        except Exception:  # one case failed at run time: run them one by one for their own results
-            rows = None
-        finally:
-            spark.catalog.dropTempView(name)
+        suites.append((f.name, suite.get("tests", [])))
+        frame = _frame_of_resources(suite.get("resources", [])).coalesce(1).cache()
+        frames.append(frame)
+        view_name = f"_suite_{n}"
+        frame.createOrReplaceTempView(view_name)
+        for i, test in enumerate(suite.get("tests", [])):
+            title, tags = test.get("title", ""), tuple(test.get("tags", []))
+            try:
+                compiled = compile_view(test.get("view"), "spark")
+            except ViewError as exc:
+                expected = bool(test.get("expectError"))
+                results[(n, i)] = CaseResult(f.name, title, tags, expected, None if expected else f"error: {exc}")
+                continue
+            if test.get("expectError"):
+                results[(n, i)] = run_case(f.name, test, frame)
+            else:
+                batch[(n, i)] = (compiled, view_name)
+    try:
+        rows = _run_batch(batch) if batch else {}
+    except Exception:  # noqa: BLE001 - a case failed at run time: run them one by one for their own results
+        rows = None
+    for (n, i), (compiled, _) in batch.items():
+        file, tests = suites[n]
+        test = tests[i]
         if rows is None:
-            for i in batch:
-                results[i] = run_case(file, tests[i], frame)
-        else:
-            got: dict[int, list[tuple]] = {i: [] for i in batch}
-            for r in rows:
-                data = orjson.loads(r["_row"])
-                got[r["_case"]].append(tuple(data.get(c.name) for c in batch[r["_case"]].columns))
-            for i, compiled in batch.items():
-                test = tests[i]
-                reason = compare(test, Result([c.name for c in compiled.columns], got[i]))
-                results[i] = CaseResult(file, test.get("title", ""), tuple(test.get("tags", [])), reason is None,
-                                        reason)
-    return [results[i] for i in range(len(tests))]
+            results[(n, i)] = run_case(file, test, frames[n])
+            continue
+        reason = compare(test, Result([c.name for c in compiled.columns], rows.get((n, i), [])))
+        results[(n, i)] = CaseResult(file, test.get("title", ""), tuple(test.get("tags", [])), reason is None,
+                                     reason)
+    for n, frame in enumerate(frames):
+        spark.catalog.dropTempView(f"_suite_{n}")
+        frame.unpersist()
+    return [results[key] for key in sorted(results)]
+
+
+def _run_batch(batch: dict[tuple[int, int], tuple[CompiledView, str]]) -> dict[tuple[int, int], list[tuple]]:
+    parts = []
+    for (n, i), (compiled, view_name) in batch.items():
+        fields = ", ".join(f"'{c.name}', `{c.name}`" for c in compiled.columns)
+        parts.append(f"SELECT {n} AS _file, {i} AS _case, to_json(named_struct({fields})) AS _row FROM "
+                     f"({compiled.query(view_name)}) AS _q_{n}_{i}")
+    got: dict[tuple[int, int], list[tuple]] = {}
+    for r in session().sql(" UNION ALL ".join(parts)).collect():
+        key = (r["_file"], r["_case"])
+        data = orjson.loads(r["_row"])
+        got.setdefault(key, []).append(tuple(data.get(c.name) for c in batch[key][0].columns))
+    return got
 
 
 def run_case(file: str, test: dict, frame) -> CaseResult:
