@@ -131,3 +131,34 @@ def uid() -> str:
     import uuid
 
     return uuid.uuid4().hex[:10]
+
+
+# -- the one browser of the test session -------------------------------------------------------------------------
+# Playwright's sync API allows one running instance per thread: every browser test (tests/browser and the pages of
+# other packages) shares this session fixture.
+CHROMIUM = os.environ.get("JOINEDUP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    import shutil
+
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1366, "height": 900}, locale="en-GB")
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    yield pg
+    context.close()

@@ -4,16 +4,15 @@ and headless Debian chromium driven by Playwright (no browser downloads)."""
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - the one browser (tests/conftest.py)
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = os.environ.get("JOINEDUP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
+
 DEMO_PATIENTS = 150
 DEMO_SEED = 7
 
@@ -105,27 +104,6 @@ def demo(server, tmp_root) -> Demo:
         _add_pharmacy_check(server.gate, data_dir, s)
     family = s.person.name.split()[-1]
     return Demo(server.url, server.gate, s.person.id, user, s.person.name, family, s.person.nhs_number or "")
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(chromium):
-    context = chromium.new_context(viewport={"width": 1366, "height": 900}, locale="en-GB")
-    pg = context.new_page()
-    pg.set_default_timeout(15000)
-    yield pg
-    context.close()
 
 
 def shot(page, name: str, *, full_page: bool = False) -> Path:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 
-from tests.browser.conftest import chromium, page, shot  # noqa: F401  (fixtures)
+from tests.browser.conftest import shot
 from tests.interop.linkage.conftest import queue_pair
 
 
-def login(page, url: str, user: str, password: str) -> None:  # noqa: F811
+def login(page, url: str, user: str, password: str) -> None:
     page.goto(f"{url}/login")
     page.get_by_label("User name").fill(user)
     page.get_by_label("Password").fill(password)
@@ -18,14 +18,14 @@ def login(page, url: str, user: str, password: str) -> None:  # noqa: F811
     page.wait_for_url(lambda u: "/login" not in u)
 
 
-def test_privacy_officer_reviews_pairs(page, population, model_file):  # noqa: F811
+def test_privacy_officer_reviews_pairs(page, population, model_file):
     from joinedup.governance.identity import SYSTEM
     from joinedup.interop.linkage import service
 
     first = queue_pair(population, model_file)
     second = queue_pair(population, model_file)
     login(page, population.url, "po-linkage", "po-linkage-pw")
-    page.get_by_role("link", name="Record linkage review").click()
+    page.get_by_role("link", name="Record linkage review", exact=True).click()
     page.wait_for_url(re.compile(r".*/linkage/review$"))
     card = page.locator("article", has=page.locator(f"form[action='/linkage/review/{first}']"))
     text = card.inner_text()
@@ -58,12 +58,12 @@ def test_privacy_officer_reviews_pairs(page, population, model_file):  # noqa: F
     shot(page, "linkage-review-decided", full_page=True)
 
 
-def test_gp_and_patient_are_refused(page, population, server):  # noqa: F811
+def test_gp_and_patient_are_refused(page, population, server):
     for user in ("gp", "pat"):
         login(page, population.url, user, f"{user}-pw")
         resp = page.goto(f"{population.url}/linkage/review")
         assert resp.status == 403
         assert "refused" in page.locator("main").inner_text().lower()
-        assert page.get_by_role("link", name="Record linkage review").count() == 0
+        assert page.get_by_role("link", name="Record linkage review", exact=True).count() == 0
         shot(page, f"linkage-review-refused-{user}")
         page.context.clear_cookies()
