@@ -30,7 +30,7 @@ CASES = cases()
 
 
 def test_the_whole_suite_is_here():
-    # 22 files, 134 cases (123 shareable, 11 experimental): ../shared/conformance/README.md
+    # 22 files, 134 cases (123 shareable, 11 experimental): tests/data/sql-on-fhir-v2/README.md
     assert len(list(SUITE.glob("*.json"))) == 22
     assert len(CASES) == 134
     assert (SUITE.parent / "LICENSE.md").read_text().startswith("Copyright (c) 2018-2023 Nikolai Ryzhikov")

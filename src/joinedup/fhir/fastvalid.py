@@ -115,7 +115,8 @@ class CodeNotAllowed(Doubt):
 #         "resource", "ext" (primitive extension element), "skip"
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
+def unwrap_annotation(annotation: Any) -> tuple[Any, bool]:
+    """(the element type, whether it is a list) of a fhir.resources field annotation; (None, _) for a union."""
     is_list = False
     ann = annotation
     while True:
@@ -126,7 +127,7 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
                 return None, is_list
             ann = args[0]
             continue
-        if origin in (list, list):
+        if origin is list:
             is_list = True
             ann = typing.get_args(ann)[0]
             continue
@@ -142,7 +143,7 @@ def _spec(cls: type) -> dict[str, tuple]:
         if name == "fhir_comments":
             out[key] = ("skip", False, None, False, None)
             continue
-        ann, is_list = _unwrap(info.annotation)
+        ann, is_list = unwrap_annotation(info.annotation)
         required = info.is_required() or bool(extra.get("element_required"))
         group = extra.get("one_of_many")
         if ann is None:

@@ -65,6 +65,19 @@ def _queue(gate: Gate, who: Principal, status: str) -> dict[str, Any]:
     return {"grants": grants, "links": links, "linkage_pairs": linkage_pairs, "status": status, "tab": "queue"}
 
 
+def _person_by_nhs(gate: Gate, who: Principal, nhs: str) -> tuple[dict[str, Any] | None, str, str | None]:
+    """(person, the ten digits, None), or (None, digits, what to tell the privacy officer) for a typed NHS number."""
+    try:
+        digits = service.normalise_nhs_number(nhs)
+    except ValueError as exc:
+        return None, "", f"{exc}. Check it and try again."
+    found = gate.identify(who, nhs_number=digits)
+    if not found:
+        return None, digits, (f"No one with NHS number {digits[:3]} {digits[3:6]} {digits[6:]} is known to the shared "
+                              "record.")
+    return found[0], digits, None
+
+
 def _from_linkage(request: dict[str, Any]) -> bool:
     return str(request.get("reason") or "").startswith(linkage.REASON_PREFIX)
 
@@ -122,15 +135,9 @@ def audit_search(gate: Gate, who: Principal, *, nhs: str, user: str, since: str,
     params: list[tuple[str, str]] = [("_count", str(COUNT)), ("_offset", str(offset))]
     person = None
     if nhs:
-        try:
-            digits = service.normalise_nhs_number(nhs)
-        except ValueError as exc:
-            return {**ctx, "error": f"{exc}. Check it and try again."}
-        found = gate.identify(who, nhs_number=digits)
-        if not found:
-            return {**ctx, "error": f"No one with NHS number {digits[:3]} {digits[3:6]} {digits[6:]} is known to the "
-                                    "shared record."}
-        person = found[0]
+        person, _digits, error = _person_by_nhs(gate, who, nhs)
+        if error:
+            return {**ctx, "error": error}
         params.append(("patient", person["id"]))
     if user.strip():
         params.append(("agent-name", user.strip()))
@@ -195,15 +202,10 @@ def sar_page(request: Request, nhs: str = ""):
     def build(gate: Gate, who: Principal) -> dict[str, Any]:
         ctx: dict[str, Any] = {"nhs": nhs, "tab": "sar", "person": None, "error": None}
         if nhs.strip():
-            try:
-                digits = service.normalise_nhs_number(nhs)
-            except ValueError as exc:
-                return {**ctx, "error": f"{exc}. Check it and try again."}
-            found = gate.identify(who, nhs_number=digits)
-            if not found:
-                return {**ctx, "error": f"No one with NHS number {digits[:3]} {digits[3:6]} {digits[6:]} is known to "
-                                        "the shared record."}
-            ctx["person"] = found[0]
+            person, digits, error = _person_by_nhs(gate, who, nhs)
+            if error:
+                return {**ctx, "error": error}
+            ctx["person"] = person
             ctx["digits"] = digits
         return ctx
 

@@ -122,20 +122,6 @@ class _Frag:
 
 
 @dataclass
-class _Scope:
-    this: Val
-    row_index: str
-    where: str  # location in the view, for messages
-    expr: str = ""
-
-
-@dataclass
-class _Frag:
-    joins: list[str] = field(default_factory=list)
-    cols: list[tuple[Column, str]] = field(default_factory=list)
-
-
-@dataclass
 class _Rows:
     """Spark: an array of row structs and the columns each struct holds."""
 

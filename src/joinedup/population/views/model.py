@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass
 from functools import cache
 
+from joinedup.fhir.fastvalid import unwrap_annotation
+
 PRIMITIVES = {"boolean", "integer", "integer64", "string", "decimal", "uri", "url", "canonical", "base64Binary",
               "instant", "date", "dateTime", "time", "code", "oid", "id", "markdown", "unsignedInt", "positiveInt",
               "uuid", "xhtml"}
@@ -39,24 +41,6 @@ class Choice:
     name: str  # value (for value[x])
     variants: tuple[Element, ...]
     is_list: bool = False
-
-
-def _unwrap(annotation: typing.Any) -> tuple[typing.Any, bool]:
-    is_list = False
-    ann = annotation
-    while True:
-        origin = typing.get_origin(ann)
-        if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-            args = [a for a in typing.get_args(ann) if a is not type(None)]
-            if len(args) != 1:
-                return None, is_list
-            ann = args[0]
-            continue
-        if origin is list:
-            is_list = True
-            ann = typing.get_args(ann)[0]
-            continue
-        return ann, is_list
 
 
 def _klass(abc_type: type) -> type | None:
@@ -109,7 +93,7 @@ def children(klass: type) -> dict[str, Element | Choice]:
         if key.endswith("__ext") or key.startswith("_") or name == "fhir_comments":
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        ann, is_list = _unwrap(info.annotation)
+        ann, is_list = unwrap_annotation(info.annotation)
         ftype: str | None = None
         sub: type | None = None
         if ann is bool:
