@@ -25,6 +25,27 @@ def sample_lines(name: str) -> list[str]:
     with gzip.open(SAMPLES / f"{name}.000.ndjson.gz", "rt", encoding="utf-8") as f:
         return [line for line in f.read().splitlines() if line.strip()]
 PG_URL = os.environ.get("JOINEDUP_TEST_DATABASE_URL")
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """Under pytest-xdist each worker gets a PostgreSQL database of its own (`<name>_<worker>`, created on first
+    use), so one worker emptying its database at session start never pulls another's data from under it."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
+    # set before any test module reads the variable (conftest is imported first), and inherited by CLI subprocesses
+    PG_URL = os.environ["JOINEDUP_TEST_DATABASE_URL"] = _worker_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
 # Audit key and signed checkpoints of this test session, apart from any earlier run's: the PostgreSQL test database is
 # emptied each session, and an earlier run's checkpoints would (rightly) report its chain as removed.
 _AUDIT_DIR = Path(tempfile.mkdtemp(prefix="joinedup-audit-"))
@@ -56,12 +77,25 @@ def tmp_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("joinedup")
 
 
+_ONCE: dict[tuple[str, str], object] = {}
+
+
+def once_per_database(name: str, db_url: str, build):
+    """`build()` once per test process and database. A session fixture parametrised by backend is set up again
+    whenever the run switches backend (pytest-xdist hands a worker files in any order): what it built for a
+    database - the emptied schema, the server, the demo population - is kept and handed back, never rebuilt."""
+    key = (name, db_url)
+    if key not in _ONCE:
+        _ONCE[key] = build()
+    return _ONCE[key]
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def db_url(request, tmp_root) -> str:
     """A fresh database: a SQLite file, or the PostgreSQL test database emptied at session start."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_root / 'store.db'}"
-    _reset_postgres(PG_URL)
+    once_per_database("emptied", PG_URL, lambda: _reset_postgres(PG_URL))
     return PG_URL
 
 
@@ -79,9 +113,26 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+_SERVERS: list = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_servers():
+    """Stop every test server at the end of the session (servers outlive a switch of backend: see
+    once_per_database)."""
+    yield
+    for srv, thread in _SERVERS:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def server(db_url, tmp_root) -> Server:
-    """The app served by uvicorn on a loopback port, with users of several roles."""
+    """The app served by uvicorn on a loopback port, with users of several roles (one per database)."""
+    return once_per_database("server", db_url, lambda: _start_server(db_url, tmp_root))
+
+
+def _start_server(db_url: str, tmp_root: Path) -> Server:
     import uvicorn
 
     from joinedup.app import create_app
@@ -113,9 +164,8 @@ def server(db_url, tmp_root) -> Server:
         if time.time() > deadline:
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
-    yield Server(f"http://127.0.0.1:{port}", db_url, tokens, gate)
-    srv.should_exit = True
-    thread.join(timeout=10)
+    _SERVERS.append((srv, thread))
+    return Server(f"http://127.0.0.1:{port}", db_url, tokens, gate)
 
 
 @pytest.fixture()

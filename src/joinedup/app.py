@@ -37,10 +37,15 @@ from joinedup.governance.audit import AuditDurabilityMiddleware
 from joinedup.governance.gate import get_gate
 from joinedup.interop.linkage import routes as linkage_routes
 from joinedup.interop.linkage import web_routes as linkage_pages
+from joinedup.population.cost import routes as cost_routes
+from joinedup.population.dashboard import routes as dashboard_routes
+from joinedup.population.measures import routes as measure_routes
 from joinedup.population.registers import routes as register_routes
 from joinedup.population.risk import routes as risk_routes
+from joinedup.portal import routes as portal_routes
 from joinedup.record import routes as record_routes
 from joinedup.system import routes as system_routes
+from joinedup.system import workforce_routes
 from joinedup.system.pathways import routes as pathway_routes
 from joinedup.web import analytics as analyst_pages
 from joinedup.web import medicines as medicines_review_pages
@@ -55,8 +60,8 @@ ROUTERS = [
     privacy_routes.router,
     # decision support
     conflicts_routes.cds_router, conflicts_routes.api_router, medicines_safety_pages.router,
-    # the whole-person record
-    record_routes.router, record_routes.pages,
+    # the whole-person record, and the person's own portal (their plan, messages, sharing choices and carers)
+    record_routes.router, record_routes.pages, portal_routes.router,
     # care coordination
     plan_routes.api_router, plan_routes.web_router, journey_routes.router, notification_routes.router,
     ward_routes.router, referral_routes.api_router, referral_routes.web_router, mdt_routes.api_router,
@@ -67,10 +72,16 @@ ROUTERS = [
     system_routes.api_router, system_routes.web_router,
     # pathway and process analytics (process map, variants, gaps) for analysts and the board
     pathway_routes.api_router, pathway_routes.web_router,
+    # the workforce view: caseload, overdue work and handovers per team for the board
+    workforce_routes.api_router, workforce_routes.web_router,
     # record linkage for records without an NHS number: API and the clerical review page
     linkage_routes.router, linkage_pages.router,
     # population health: risk and burden, registers and care-gap worklists
     risk_routes.api_router, risk_routes.web_router, register_routes.api_router, register_routes.web_router,
+    # shared outcome measures across organisations (analysts, the partnership board)
+    measure_routes.api_router,
+    # cost of care across settings and the population dashboard (precomputed, published figures)
+    cost_routes.api_router, dashboard_routes.web_router,
     # the web home ("/"), person page and sign-in pages last: /docs stays FastAPI's
     web_routes.router,
 ]

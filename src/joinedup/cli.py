@@ -21,15 +21,20 @@ from joinedup import config
 from joinedup.care import cli as care_cli
 from joinedup.config import get_settings
 from joinedup.conflicts.cli import app as conflicts_app
+from joinedup.conflicts.knowledge_cli import app as knowledge_app
 from joinedup.governance import cli as governance_cli
 from joinedup.interop.hl7.cli import app as hl7_app
 from joinedup.interop.linkage.cli import app as link_app
+from joinedup.population.cost.cli import app as cost_app
+from joinedup.population.dashboard.cli import app as population_app
+from joinedup.population.measures.cli import app as measures_app
 from joinedup.population.registers.cli import app as registers_app
 from joinedup.population.risk.cli import app as risk_app
 from joinedup.population.views.cli import app as views_app
 from joinedup.synth.cli import generate_command
 from joinedup.system.cli import assessment_app, directory_app
 from joinedup.system.pathways.cli import app as pathways_app
+from joinedup.system.workforce_cli import app as workforce_app
 from joinedup.terminal import (
     check_output_dir,
     check_output_file,
@@ -99,8 +104,12 @@ app.add_typer(governance_cli.audit_app, name="audit")  # verify (exit 2 naming t
 app.add_typer(assessment_app, name="assessment")  # the integration self-assessment (report --format json, score)
 app.add_typer(directory_app, name="directory")  # the services directory (search NEED)
 app.add_typer(pathways_app, name="pathways")  # journeys as event logs (export --format xes|ocel), figures
+app.add_typer(workforce_app, name="workforce")  # caseload, overdue work and handovers per team (report)
 app.add_typer(registers_app, name="registers")  # long-term condition registers and care-gap worklists
 app.add_typer(risk_app, name="risk")  # risk and burden scores per person and per population
+app.add_typer(measures_app, name="measures")  # shared outcome measures (list, run --measure --by --format)
+app.add_typer(cost_app, name="cost")  # cost and activity of care across settings (report --format json|csv)
+app.add_typer(population_app, name="population")  # dashboards: precompute the published figures they show
 app.add_typer(link_app, name="link")  # record linkage without an NHS number (train, run --report, review)
 
 
@@ -392,6 +401,7 @@ app.command("sar")(_checking(governance_cli.sar_command, _sar_outputs))
 app.command("extract")(_checking(governance_cli.extract_command, _extract_outputs))
 app.add_typer(governance_cli.privacy_app, name="privacy")
 app.add_typer(conflicts_app, name="conflicts", help="Multimorbidity conflict engine: check records, screen populations.")
+app.add_typer(knowledge_app, name="knowledge")  # the conflict knowledge: list, show RULE, check (exit 2 per problem)
 app.add_typer(care_cli.app, name="care")
 app.add_typer(views_app, name="views", help="SQL on FHIR v2 views over NDJSON files or the store (DuckDB, Spark).")
 app.add_typer(hl7_app, name="hl7")

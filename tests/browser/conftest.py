@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - the one browser (tests/conftest.py)
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, once_per_database  # noqa: F401 - the one browser (tests/conftest.py)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -91,6 +91,10 @@ def _add_pharmacy_check(gate, data_dir: Path, s) -> None:
 @pytest.fixture(scope="session")
 def demo(server, tmp_root) -> Demo:
     """150 generated people and the demo users, loaded once into the server's database."""
+    return once_per_database("demo", server.db_url, lambda: _load_demo(server, tmp_root))
+
+
+def _load_demo(server, tmp_root: Path) -> Demo:
     from rich.console import Console
 
     from joinedup.demo import load_demo

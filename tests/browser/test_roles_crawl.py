@@ -10,6 +10,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+from tests.browser.axe import describe, violations
 from tests.browser.conftest import shot
 
 ROLES = ["dr.gp", "dr.consultant", "key.worker", "nurse.community", "social.worker", "pharmacist", "analyst",
@@ -62,6 +63,7 @@ def _targets(page, base: str) -> list[str]:
 
 
 def crawl(page, base: str, start: str = "/") -> dict[str, int]:
+    """Also runs axe-core (WCAG 2.1 A/AA) once on each shape of page the role reaches (part 11 of issue 13)."""
     seen: dict[str, int] = {}
     shapes: dict[str, int] = {}
     queue = deque([start])
@@ -87,6 +89,8 @@ def crawl(page, base: str, start: str = "/") -> dict[str, int]:
         for pattern in NEVER_SHOWN:
             if pattern.search(text):
                 problems.append(f"{target}: shows {pattern.pattern!r}")
+        if shapes[_shape(path) + ("?" if "?" in target else "")] == 1 and (found := violations(page)):
+            problems.append(describe(found, target))
         queue.extend(t for t in _targets(page, base) if t not in seen)
     assert not problems, "\n".join(problems)
     return seen

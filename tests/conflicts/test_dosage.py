@@ -197,9 +197,28 @@ def test_metformin_dose_against_egfr(tmp_path: Path) -> None:
     one_g = _med("m", "Metformin 500mg tablets", "1 tablet twice a day")
     assert not _dose(_check(tmp_path, [_patient(), one_g, _obs("e", "33914-3", 35, "mL/min/{1.73_m2}")]),
                      "dose-metformin-renal")
-    [f] = _dose(_check(tmp_path, [_patient(), one_g, _obs("e", "33914-3", 25, "mL/min/{1.73_m2}")]),
-                "dose-metformin-renal")
-    assert f["severity"] == "high"
+    # below 30 metformin is contraindicated at any dose (SmPC 4.2; NICE NG28): one high finding, raised by the
+    # drug-result rule that also asks for a repeat test when the eGFR is old (the dose band defers to it)
+    below = _check(tmp_path, [_patient(), one_g, _obs("e", "33914-3", 25, "mL/min/{1.73_m2}")])
+    [f] = [x for x in below["findings"] if x["rule"] in ("dose-metformin-renal", "dr-metformin-egfr-30")]
+    assert f["rule"] == "dr-metformin-egfr-30" and f["severity"] == "high"
+
+
+def test_metformin_at_egfr_30_44_is_one_finding_not_two(tmp_path: Path) -> None:
+    """The dose rule and the "dose review" rule described the same situation (metformin at a GFR of 30-44): a line
+    whose directions can be read is judged against the 1000 mg maximum only; one without directions still gets the
+    dose review."""
+    egfr = _obs("e", "33914-3", 38, "mL/min/{1.73_m2}")
+    metformin_rules = ("dose-metformin-renal", "dr-metformin-egfr-45", "dr-metformin-egfr-30")
+    two_g = _check(tmp_path, [_patient(), _med("m", "Metformin 500mg tablets", "2 tablets twice a day"), egfr])
+    assert [x["rule"] for x in two_g["findings"] if x["rule"] in metformin_rules] == ["dose-metformin-renal"]
+    one_g = _check(tmp_path, [_patient(), _med("m", "Metformin 500mg tablets", "1 tablet twice a day"), egfr])
+    assert [x["rule"] for x in one_g["findings"] if x["rule"] in metformin_rules] == []
+    unknown = _check(tmp_path, [_patient(), _med("m", "Metformin 500mg tablets"), egfr])
+    assert [x["rule"] for x in unknown["findings"] if x["rule"] in metformin_rules] == ["dr-metformin-egfr-45"]
+    # the proposal corrects the dose of the 2 g line rather than stopping metformin (eGFR is above 30)
+    acts = {c["action"] for c in two_g["resolution"]["changes"] if c["target"] == "MedicationRequest/m"}
+    assert "adjust-dose" in acts and "stop" not in acts
 
 
 def test_resolution_corrects_a_dose_rather_than_leaving_the_finding(tmp_path: Path) -> None:

@@ -53,3 +53,44 @@ def test_regular_and_as_needed_use_are_different_lines():
     hosp = _from("acute", med("Naproxen 500mg tablets"), "2026-02-01")
     out = check_record(resources=[patient(), gp, hosp], resolve_conflicts=False)
     assert out["recorded_elsewhere"] == {}
+
+
+def test_brand_and_generic_on_one_organisations_list_count_once():
+    """Zestril is AstraZeneca's brand of lisinopril: a practice list holding both names is one medicine, so the
+    dual renin-angiotensin blockade with losartan is one finding, not two (MHRA DSU June 2014)."""
+    generic = _from("gp", med("Lisinopril 10mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    brand = _from("gp", med("Zestril 10mg tablets"), "2025-03-01")
+    arb = _from("gp", med("Losartan 50mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    out = check_record(resources=[patient(), generic, brand, arb], resolve_conflicts=False)
+    assert out["brand_and_generic"] == {f"MedicationRequest/{generic['id']}": [f"MedicationStatement/{brand['id']}"]}
+    assert out["recorded_elsewhere"] == {}
+    dual = [f for f in out["findings"] if f["rule"] == "dd-acei-arb"]
+    assert [f["involves"] for f in dual] == [[f"MedicationRequest/{generic['id']}", f"MedicationRequest/{arb['id']}"]]
+
+
+def test_rxnorm_branded_and_clinical_drug_names_count_once_and_other_organisations_still_merge():
+    # an RxNorm SBD ("... [Zestril]") and its SCD from one practice, and the hospital's copy of the same medicine
+    scd = _from("gp", med("Lisinopril 10 MG Oral Tablet", rtype="MedicationRequest"), "2025-01-01")
+    sbd = _from("gp", med("Lisinopril 10 MG Oral Tablet [Zestril]"), "2025-02-01")
+    hosp = _from("acute", med("Lisinopril 10mg tablets"), "2026-02-01")
+    out = check_record(resources=[patient(), scd, sbd, hosp, med("Losartan 50mg tablets")], resolve_conflicts=False)
+    assert out["brand_and_generic"] == {f"MedicationRequest/{scd['id']}": [f"MedicationStatement/{sbd['id']}"]}
+    assert out["recorded_elsewhere"] == {f"MedicationRequest/{scd['id']}": [f"MedicationStatement/{hosp['id']}"]}
+    assert len([f for f in out["findings"] if f["rule"] == "dd-acei-arb"]) == 1
+
+
+def test_brand_and_generic_both_prescribed_by_one_organisation_is_a_duplicate_prescription():
+    """Two live prescriptions of one medicine under its brand and generic names (Zestril is a brand of lisinopril)
+    may both be dispensed and taken: STOPP/START v3 A3 (duplicate prescription). A prescription beside the
+    person's own statement of the same medicine is one medicine recorded twice, not a duplicate."""
+    generic = _from("gp", med("Lisinopril 10mg tablets", rtype="MedicationRequest"), "2025-01-01")
+    brand = _from("gp", med("Zestril 10mg tablets", rtype="MedicationRequest"), "2025-03-01")
+    out = check_record(resources=[patient(), generic, brand], resolve_conflicts=False)
+    dup = [f for f in out["findings"] if f["rule"] == "dup-same-class"]
+    assert len(dup) == 1
+    assert sorted(dup[0]["involves"]) == sorted([f"MedicationRequest/{generic['id']}",
+                                                 f"MedicationRequest/{brand['id']}"])
+    assert "two names" in dup[0]["summary"] and dup[0]["severity"] == "moderate"
+    statement = _from("gp", med("Zestril 10mg tablets"), "2025-03-01")
+    out = check_record(resources=[patient(), generic, statement], resolve_conflicts=False)
+    assert not [f for f in out["findings"] if f["rule"] == "dup-same-class"]

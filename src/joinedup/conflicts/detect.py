@@ -15,9 +15,12 @@ from typing import Any
 from joinedup.fhir.values import age_on as _age
 
 from .knowledge import (
+    FORM_WORDS,
     Knowledge,
     code_system,
+    normalise_text,
     recognise_medicine_text,
+    tokens,
 )
 from .models import SEVERITY_ORDER, AllergyItem, Finding, MedItem, PatientRecord, ResultItem
 from .recognition import ckd_from_egfr, condition_keys, med_dose, non_medicinal, result_key, result_value
@@ -180,6 +183,7 @@ def build_record(
     rec.today = today.isoformat()
     stops: list[tuple[frozenset[str], str, str, str]] = []  # (ingredients, stop date, source, ref)
     egfr_history: list[tuple[str, float, str]] = []  # (date, value, ref): CKD shown by eGFR (recognition.py)
+    latest: dict[str, tuple[str, float, str, dict[str, Any]]] = {}  # result key -> (date, value, unit, resource)
 
     def add_med(res: dict[str, Any], draft: bool) -> None:
         concept = _medication_concept(res, by_ref)
@@ -291,13 +295,9 @@ def build_record(
             value = _normalise_result(key, converted, "" if key in kb.term.result_specs else unit)
             if key == "egfr":
                 egfr_history.append((when, value, _ref(res)))
-            prev = rec.results.get(key)
-            if prev is None or when >= prev.when:
-                rec.results[key] = ResultItem(key=key, value=value, ref=_ref(res), when=when,
-                                              unit=kb.result_units.get(key, "") or unit)
-                rec.facts[_ref(res)] = {"what": f"result: {key} {value:g} {kb.result_units.get(key, '') or unit}"
-                                                .rstrip(),
-                                        "date": when, "source": str((res.get("meta") or {}).get("source") or "")}
+            prev = latest.get(key)
+            if prev is None or when >= prev[0]:
+                latest[key] = (when, value, unit, res)
         elif rt == "AllergyIntolerance":
             status = (_status_code(res.get("clinicalStatus")) or "active").lower()
             verification = (_status_code(res.get("verificationStatus")) or "").lower()
@@ -317,6 +317,12 @@ def build_record(
             # a penicillin or NSAID allergy is a class allergy (cross-sensitivity)
             rec.allergies.append(AllergyItem(ref=_ref(res), ingredients=ings,
                                              classes=cls & {"penicillin", "nsaid"}))
+    for key, (when, value, unit, res) in latest.items():  # the latest result of each type, and its "why now" fact
+        ref = _ref(res)
+        shown = kb.result_units.get(key, "") or unit
+        rec.results[key] = ResultItem(key=key, value=value, ref=ref, when=when, unit=shown)
+        rec.facts[ref] = {"what": f"result: {key} {value:g} {shown}".rstrip(), "date": when,
+                          "source": str((res.get("meta") or {}).get("source") or "")}
     if len(egfr_history) > 1:
         ckd_from_egfr(rec, egfr_history)
     if stops:
@@ -338,6 +344,8 @@ def _one_line_per_medicine(rec: PatientRecord, origin: dict[str, tuple[str, int,
     groups: dict[tuple[frozenset[str], bool], list[MedItem]] = {}
     for m in rec.meds:
         groups.setdefault((m.ingredients, m.regular), []).append(m)
+    if len(groups) < len(rec.meds):
+        _brand_and_generic(rec, origin, groups)
     drop: set[str] = set()
     for items in groups.values():
         if len({origin[m.ref][0] for m in items}) < 2:
@@ -349,6 +357,44 @@ def _one_line_per_medicine(rec: PatientRecord, origin: dict[str, tuple[str, int,
         drop.update(others)
     if drop:
         rec.meds = [m for m in rec.meds if m.ref not in drop]
+
+
+def _name_words(display: str) -> frozenset[str]:
+    """The words that name a medicine line (strengths, forms and units left out): "Zestril 10mg tablets" ->
+    {zestril}; "Lisinopril 10 MG Oral Tablet [Zestril]" -> {lisinopril, zestril}."""
+    return frozenset(w for w in tokens(normalise_text(display)) if w not in FORM_WORDS and w not in _UNIT_WORDS)
+
+
+_UNIT_WORDS = frozenset({"mg", "g", "mcg", "microgram", "micrograms", "ml", "unit", "units", "iu", "oral", "tab",
+                         "tabs", "cap", "caps", "hr", "once", "daily", "weekly", "a"})
+
+
+def _brand_and_generic(rec: PatientRecord, origin: dict[str, tuple[str, int, str]],
+                       groups: dict[tuple[frozenset[str], bool], list[MedItem]]) -> None:
+    """One organisation recording the same medicine under two names - the brand and the generic ("Zestril 10mg
+    tablets" and "Lisinopril 10mg tablets"), an RxNorm SBD and its SCD - is one medicine: the prescription (else the
+    latest entry) stands for the lines named differently and `brand_and_generic` lists them. Lines with the same
+    name (two strengths of one medicine, a duplicate issue) stay separate. `groups` is updated in place."""
+    drop: set[str] = set()
+    for items in groups.values():
+        by_source: dict[str, list[MedItem]] = {}
+        for m in items:
+            if m.ref in origin:
+                by_source.setdefault(origin[m.ref][0], []).append(m)
+        for lines in by_source.values():
+            if len(lines) < 2:
+                continue
+            names = {m.ref: _name_words(m.display) for m in lines}
+            if len(set(names.values())) < 2:
+                continue
+            keep = min(lines, key=lambda m: (origin[m.ref][1], not origin[m.ref][2], _desc(origin[m.ref][2]), m.ref))
+            others = [m.ref for m in lines if names[m.ref] != names[keep.ref]]
+            rec.brand_and_generic[keep.ref] = others
+            drop.update(others)
+    if drop:
+        rec.meds = [m for m in rec.meds if m.ref not in drop]
+        for key, items in groups.items():
+            groups[key] = [m for m in items if m.ref not in drop]
 
 
 def _stopped_elsewhere(rec: PatientRecord, stops: list[tuple[frozenset[str], str, str, str]]) -> None:
@@ -383,7 +429,11 @@ def detect(kb: Knowledge, rec: PatientRecord, *, include_deceased: bool = False)
     findings: list[Finding] = []
     resolved = rec.resolved_ids
     held = frozenset().union(*(m.ingredients for m in rec.meds)) if rec.meds else frozenset()
-    for kind, rule in kb.kinds:
+    kinds = kb.kinds
+    # only the rules whose trigger (an ingredient or condition they need) the record holds (rules.RuleIndex)
+    positions = kb.index.candidates(held, rec.conditions) if kb.index is not None else range(len(kinds))
+    for pos in positions:
+        kind, rule = kinds[pos]
         need = rule.get("_need")
         if need and any(n.isdisjoint(held) for n in need):
             continue  # a medicine the rule needs is not in the record

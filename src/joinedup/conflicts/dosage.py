@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from .terminology import MASS_TO_MG, UNIT_ALIASES, ParsedName, Strength
 
 # -- the schedule ----------------------------------------------------------------------------------------------------
@@ -288,13 +290,33 @@ def parse_dosage(d: dict[str, Any]) -> Schedule | None:
     return s
 
 
+_STRUCTURED: dict[bytes, Schedule | None] = {}
+
+
+def _parse_structured(d: dict[str, Any]) -> Schedule | None:
+    """parse_dosage, remembered per distinct Dosage element (feeds repeat the same few): shared, read-only."""
+    try:
+        key = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return parse_dosage(d)
+    hit = _STRUCTURED.get(key, _MISSING)
+    if hit is _MISSING:
+        if len(_STRUCTURED) >= 8192:
+            _STRUCTURED.clear()
+        hit = _STRUCTURED[key] = parse_dosage(d)
+    return hit  # type: ignore[return-value]
+
+
+_MISSING = object()
+
+
 def schedule_of(res: dict[str, Any]) -> Schedule | None:
     """The schedule of a MedicationRequest (`dosageInstruction`) or MedicationStatement (`dosage`): the first dosage
     element that can be read; several sequential elements are summed per day when each is read."""
     dosages = [d for d in (res.get("dosageInstruction") or res.get("dosage") or []) if isinstance(d, dict)]
     # text-only directions (the common case in feeds) are parsed once per distinct text and shared, read-only
     parsed = [p for p in (_parse_directions(" ".join(str(d["text"]).split())) if d.keys() == {"text"}
-                          else parse_dosage(d) for d in dosages) if p is not None]
+                          else _parse_structured(d) for d in dosages) if p is not None]
     if not parsed:
         return None
     if len(parsed) == 1:

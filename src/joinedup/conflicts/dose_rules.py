@@ -10,6 +10,7 @@ the finding stays on while any flagged line is kept at its current dose).
 from __future__ import annotations
 
 from datetime import date
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .models import Finding, MedItem, PatientRecord
@@ -55,7 +56,26 @@ def compile_dose_rules(kb: Knowledge, dosing: dict[str, Any] | None) -> list[dic
         cr["_bands"] = sorted(({**b, "severity": cap(str(b.get("severity", cr["severity"])))}
                                for b in r.get("bands", []) or []), key=lambda b: float(b["below"]))
         out.append(cr)
+    by_id = {r["id"]: r for r in kb.rules}
+    for cr in out:
+        for band in cr["_bands"]:
+            for key in ("raised_by", "absorbs"):
+                if band.get(key) and band[key] not in by_id:
+                    raise ValueError(f"dose rule {cr['id']!r}: band {key} names unknown rule {band[key]!r}")
+            if band.get("absorbs"):
+                by_id[band["absorbs"]]["_absorbed"] = partial(_judged_by_band, cr, band)
     return out
+
+
+def _judged_by_band(rule: dict[str, Any], band: dict[str, Any], rec: PatientRecord, m: MedItem) -> bool:
+    """Whether `band` of dose rule `rule` judges line `m` (its daily dose can be read and the renal value falls in
+    the band), so the drug-result rule the band `absorbs` need not raise a second finding for the same situation."""
+    if _mg(m, rule["_ingredients"]) is None:
+        return False
+    renal = renal_value(rec, str(rule.get("metric", "egfr")))
+    if renal is None:
+        return False
+    return next((b for b in rule["_bands"] if renal[0] < float(b["below"])), None) is band
 
 
 def _age_days(when: str, today: str) -> int | None:
@@ -159,8 +179,8 @@ class DoseCheck(RuleKind):
             return []
         value, refs, how = renal
         band = next((b for b in rule["_bands"] if value < float(b["below"])), None)
-        if band is None:
-            return []
+        if band is None or band.get("raised_by"):
+            return []  # no band, or a band whose situation another rule raises (one finding per situation)
         out = []
         limit = float(band.get("max_mg_per_day", 0))
         for m in (lines if limit <= 0 else adjustable):

@@ -18,8 +18,16 @@ from typing import Any
 import yaml
 
 from .dose_rules import compile_dose_rules
-from .rules import KINDS, PATIENT_FILTERS, RuleKind, kind_of, rule_items
-from .terminology import SAFE_LOADER, CompiledTerms, TermData, compile_terms, load_term_data, merge_ingredients
+from .rules import KINDS, PATIENT_FILTERS, RuleIndex, RuleKind, kind_of, rule_index, rule_items
+from .terminology import (
+    SAFE_LOADER,
+    CompiledTerms,
+    TermData,
+    compile_terms,
+    load_term_data,
+    merge_ingredients,
+    read_term_data,
+)
 
 KNOWLEDGE_PACKAGE = "joinedup.knowledge"
 
@@ -35,7 +43,7 @@ microgram micrograms mcg unit units unt actuat actuation mucosal drug implant au
 inhalation hour hours powder liquid sachet sachets drops eye ear nasal patch patches film coated soluble sugar free
 per with plus and ml mg device devices cartridge cartridges cfc spacer
 """
-_FORM_WORDS = frozenset(_FORM_TEXT.split())
+FORM_WORDS = frozenset(_FORM_TEXT.split())
 
 SYSTEM_RXNORM = "rxnorm"
 SYSTEM_SCT = "sct"  # SNOMED CT and dm+d share the SNOMED identifier space
@@ -157,6 +165,12 @@ class Knowledge:
     dose_rules: list[dict[str, Any]] = field(default_factory=list)
     # every rule (rules, lifestyle clashes, review merge, timing) with its kind's class, in the engine's order
     kinds: list[tuple[type[RuleKind], dict[str, Any]]] = field(default_factory=list)
+    # the rules indexed by what a record must hold for them to fire (rules.rule_index): detection looks only at those
+    index: RuleIndex | None = None
+    # free text -> (ingredients, unmatched components): the same names recur across records
+    text_cache: dict[str, tuple[frozenset[str], list[str]]] = field(default_factory=dict)
+    # (what, text, codes...) -> condition keys / result key (recognition.py): the same codes recur across records
+    recognised: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def selector(self, spec: dict[str, Any]) -> Selector:
         """Compile a selector spec ({class}, {any_class}, {ingredient}, {any_ingredient}, {falls_risk})."""
@@ -197,8 +211,13 @@ class Knowledge:
         return str(syn[0])
 
 
-def _read(name: str) -> dict[str, Any]:
-    path = resources.files(KNOWLEDGE_PACKAGE).joinpath(name)
+def knowledge_root() -> Any:
+    """The packaged knowledge directory (src/joinedup/knowledge)."""
+    return resources.files(KNOWLEDGE_PACKAGE)
+
+
+def _read(name: str, root: Any = None) -> dict[str, Any]:
+    path = (root if root is not None else knowledge_root()).joinpath(name)
     with path.open("r", encoding="utf-8") as fh:
         return yaml.load(fh, Loader=SAFE_LOADER) or {}  # libyaml's safe loader when available (terminology.py)
 
@@ -368,6 +387,7 @@ def compile_knowledge(
                             recognise_text=recognise_medicine_text, rxnorm=SYSTEM_RXNORM, sct=SYSTEM_SCT)
     kb.dose_rules = compile_dose_rules(kb, dosing)
     kb.kinds = rule_items(kb)
+    kb.index = rule_index(kb.kinds)
     return kb
 
 
@@ -406,8 +426,37 @@ def load_knowledge() -> Knowledge:
     )
 
 
+def knowledge_from(root: Any) -> Knowledge:
+    """Compile the knowledge base held in another knowledge directory (same layout as src/joinedup/knowledge), e.g.
+    a copy under review; raises ValueError or OSError when it cannot be compiled."""
+    return compile_knowledge(
+        _read("conditions.yaml", root),
+        _read("medicines.yaml", root),
+        merged_rules(_read("conflicts/rules.yaml", root), [_read(name, root) for name in RULE_FILES]),
+        _read("conflicts/guidance.yaml", root),
+        _read("conflicts/lifestyle.yaml", root),
+        _read("conflicts/schedules.yaml", root),
+        terminology=read_term_data(root),
+        dosing=_read("dosing.yaml", root),
+    )
+
+
+TEXT_CACHE_MAX = 50_000
+
+
 def recognise_medicine_text(kb: Knowledge, text: str) -> tuple[frozenset[str], list[str]]:
-    """Ingredients named in free text, and the components that matched nothing."""
+    """Ingredients named in free text, and the components that matched nothing (remembered per text: the same
+    names recur across records; callers must not change the returned list)."""
+    hit = kb.text_cache.get(text)
+    if hit is not None:
+        return hit
+    if len(kb.text_cache) >= TEXT_CACHE_MAX:
+        kb.text_cache.clear()
+    out = kb.text_cache[text] = _recognise_medicine_text(kb, text)
+    return out
+
+
+def _recognise_medicine_text(kb: Knowledge, text: str) -> tuple[frozenset[str], list[str]]:
     norm = normalise_text(text)
     found: set[str] = set()
     missing: list[str] = []
@@ -421,7 +470,7 @@ def recognise_medicine_text(kb: Knowledge, text: str) -> tuple[frozenset[str], l
             missing.append(part.strip())
     if found and missing:
         # a component may be a strength/form fragment split off by " / " (e.g. "70 unt/ml"): only report words
-        missing = [m for m in missing if any(len(w) > 3 and w not in _FORM_WORDS for w in tokens(m))]
+        missing = [m for m in missing if any(len(w) > 3 and w not in FORM_WORDS for w in tokens(m))]
     return frozenset(found), missing
 
 

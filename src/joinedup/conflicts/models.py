@@ -64,6 +64,8 @@ class PatientRecord:
     resolved_ids: set[str] = field(default_factory=set)
     # the same medicine recorded by other organisations: kept line -> the other organisations' lines it stands for
     recorded_elsewhere: dict[str, list[str]] = field(default_factory=dict)
+    # the same medicine recorded by one organisation under its brand and its generic name: kept line -> the others
+    brand_and_generic: dict[str, list[str]] = field(default_factory=dict)
     sex: str | None = None
     deceased: bool = False
     today: str = ""  # ISO date the record is judged on (recency windows)

@@ -28,12 +28,35 @@ from .terminology import (
     parsed_name,
 )
 
+CACHE_MAX = 50_000
+
+
+def _concept_key(concept: dict[str, Any] | None, text: str) -> tuple[Any, ...]:
+    return (text, *((str(c.get("system")), str(c.get("code"))) for c in (concept or {}).get("coding") or ()
+                    if isinstance(c, dict)))
+
+
+def _remember(kb: Any, key: tuple[Any, ...], value: Any) -> Any:
+    cache = kb.recognised
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
+
 
 def condition_keys(kb: Any, concept: dict[str, Any] | None, text: str) -> tuple[str, ...]:
     """Every condition a Condition.code stands for: SNOMED CT codes through the code lists (a code may belong to
     several, e.g. CKD due to hypertension) and conditions.yaml, ICD-10 by category, else the text; then the
-    conditions these imply (CKD stage -> CKD, type 2 diabetes -> diabetes) and a CKD stage named in the text."""
+    conditions these imply (CKD stage -> CKD, type 2 diabetes -> diabetes) and a CKD stage named in the text.
+    Remembered per distinct code and text (`Knowledge.recognised`): the same codes recur across records."""
+    key = ("condition", *_concept_key(concept, text))
+    hit = kb.recognised.get(key)
+    if hit is None:
+        hit = _remember(kb, key, _condition_keys(kb, concept, text))
+    return hit
 
+
+def _condition_keys(kb: Any, concept: dict[str, Any] | None, text: str) -> tuple[str, ...]:
     keys: tuple[str, ...] = ()
     for c in (concept or {}).get("coding") or []:
         if c.get("code") is None:
@@ -69,8 +92,19 @@ def condition_keys(kb: Any, concept: dict[str, Any] | None, text: str) -> tuple[
 
 
 def result_key(kb: Any, concept: dict[str, Any] | None, text: str) -> str | None:
-    """The result an Observation.code is: LOINC (rule files, then results.yaml), SNOMED CT, else its text."""
+    """The result an Observation.code is: LOINC (rule files, then results.yaml), SNOMED CT, else its text
+    (remembered per distinct code and text)."""
+    key = ("result", *_concept_key(concept, text))
+    hit = kb.recognised.get(key, _MISSING)
+    if hit is _MISSING:
+        hit = _remember(kb, key, _result_key(kb, concept, text))
+    return hit  # type: ignore[return-value]
 
+
+_MISSING = object()
+
+
+def _result_key(kb: Any, concept: dict[str, Any] | None, text: str) -> str | None:
     for c in (concept or {}).get("coding") or []:
         if c.get("code") is None:
             continue

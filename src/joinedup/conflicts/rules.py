@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date
 from itertools import combinations, product
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -285,6 +286,16 @@ class Duplicate(RuleKind):
                 label = kb.class_display.get(cls, cls.replace("_", " "))
                 out.append(make_finding(rule, [m.ref for m in group],
                                         summary=f"Duplicate {label}: {', '.join(m.display for m in group)}"))
+        if rule.get("same_medicine_two_names"):
+            # one organisation's list holding a medicine under its brand and its generic name counts once (detect.
+            # _brand_and_generic), but two live *prescriptions* of it may be taken together: double dosing
+            for keep, others in rec.brand_and_generic.items():
+                orders = [r for r in (keep, *others) if r.startswith("MedicationRequest/")]
+                if len(orders) >= 2:
+                    names = "; ".join(rec.facts.get(r, {}).get("what", r).removeprefix("current medicine: ")
+                                      for r in orders)
+                    out.append(make_finding(rule, orders, summary=(
+                        f"The same medicine prescribed under two names: {names} - check that only one is taken")))
         return out
 
     @staticmethod
@@ -437,6 +448,7 @@ class DrugResult(RuleKind):
         if (rule["_conditions"] and not crefs) or not applies(rule, rec):
             return []
         drug = rule["_drugs"][0]
+        absorbed = rule.get("_absorbed")  # a dose band that judges the line's dose instead (dose_rules.py)
         meds = [m for m in rec.meds if matches(m, drug.ingredients)
                 and not (rule.get("dose_adjustable") and m.dose_reduced)]
         if not meds:
@@ -456,7 +468,8 @@ class DrugResult(RuleKind):
                                  detail=f"{str(rule.get('detail', '')).strip()} The latest result is too old to rely "
                                         "on; repeat it and review.")
                     for m in meds]
-        return [make_finding(rule, [m.ref, res.ref, *extra], summary=f"{rule['summary']} ({label})") for m in meds]
+        return [make_finding(rule, [m.ref, res.ref, *extra], summary=f"{rule['summary']} ({label})") for m in meds
+                if absorbed is None or not absorbed(rec, m)]
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
@@ -473,7 +486,11 @@ class DrugResult(RuleKind):
             return  # a monitoring request, not a medicine change, answers an old result
         sev = rule["severity"]
         drug = rule["_drugs"][0]
+        absorbed = rule.get("_absorbed")
         for s_i in range(len(enc.slots)):
+            line = enc.slots[s_i].med
+            if absorbed is not None and line is not None and absorbed(enc.rec, line):
+                continue  # judged by the dose rule's band (DoseCheck encodes it)
             t = enc.terms(s_i, drug.ingredients, not_dose=bool(rule.get("dose_adjustable")))
             if t:
                 enc.model.Add(enc.finding_var(sev) >= sum(t))
@@ -623,3 +640,62 @@ def rule_items(kb: Knowledge) -> list[tuple[type[RuleKind], dict[str, Any]]]:
     items += [(Timing, t) for t in kb.timing]
     items += [(KINDS[r["_kind"]], r) for r in getattr(kb, "dose_rules", ())]
     return items
+
+
+@dataclass(frozen=True)
+class RuleIndex:
+    """Which rules could fire for a record, found without looking at every rule: a rule is listed under the
+    ingredients of which the record must hold one (its smallest `_need` set; a timing clash's first medicine; a dose
+    rule's ingredients), else under the conditions of which the record must hold one (`_conditions`, a lifestyle
+    clash's conditions), else it is always a candidate. Positions are into `Knowledge.kinds`."""
+
+    by_ingredient: dict[str, tuple[int, ...]]
+    by_condition: dict[str, tuple[int, ...]]
+    always: tuple[int, ...]
+
+    def candidates(self, held: frozenset[str], conditions: Iterable[str]) -> list[int]:
+        """Positions of the rules that could fire, in the engine's order."""
+        found = set(self.always)
+        by_ing, by_cond = self.by_ingredient, self.by_condition
+        for ing in held:
+            hit = by_ing.get(ing)
+            if hit:
+                found.update(hit)
+        for cond in conditions:
+            hit = by_cond.get(cond)
+            if hit:
+                found.update(hit)
+        return sorted(found)
+
+
+def _trigger(kind: type[RuleKind], rule: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
+    need = rule.get("_need")
+    if need:
+        return "ingredient", min(need, key=len)
+    if kind.key == "dose":
+        return "ingredient", frozenset(rule["_ingredients"])
+    if kind is Timing:
+        return "ingredient", rule["_drugs"][0].ingredients
+    if rule.get("_conditions"):
+        return "condition", frozenset(rule["_conditions"])
+    if kind is Lifestyle:
+        return "condition", frozenset(rule.get("conditions") or rule.get("conditions_any_two") or ())
+    return None
+
+
+def rule_index(kinds: list[tuple[type[RuleKind], dict[str, Any]]]) -> RuleIndex:
+    """Index every rule by what a record must hold for it to fire (compiled once into `Knowledge.index`)."""
+    by_ing: dict[str, list[int]] = {}
+    by_cond: dict[str, list[int]] = {}
+    always: list[int] = []
+    for pos, (kind, rule) in enumerate(kinds):
+        trig = _trigger(kind, rule)
+        if trig is None:
+            always.append(pos)
+            continue
+        table = by_ing if trig[0] == "ingredient" else by_cond
+        for key in trig[1]:
+            table.setdefault(key, []).append(pos)
+    return RuleIndex(by_ingredient={k: tuple(v) for k, v in by_ing.items()},
+                     by_condition={k: tuple(v) for k, v in by_cond.items()}, always=tuple(always))
+

@@ -46,6 +46,7 @@ def detect_findings(*, resources: list[dict[str, Any]], draft_orders: list[dict[
         "unrecognised": rec.unrecognised,
         "non_medicinal": rec.non_medicinal,
         "recorded_elsewhere": rec.recorded_elsewhere,
+        "brand_and_generic": rec.brand_and_generic,
         "not_current": rec.not_current,
         "deceased": rec.deceased,
     }
@@ -68,6 +69,7 @@ def check_record(*, resources: list[dict[str, Any]], draft_orders: list[dict[str
         "unrecognised": rec.unrecognised,
         "non_medicinal": rec.non_medicinal,
         "recorded_elsewhere": rec.recorded_elsewhere,
+        "brand_and_generic": rec.brand_and_generic,
         "not_current": rec.not_current,
         "deceased": rec.deceased,
     }

@@ -297,30 +297,35 @@ class TermData:
     condition_codes: list[tuple[str, str, str, str]]  # (SNOMED code, condition key, list id, term)
 
 
-def _files() -> Any:
-    return resources.files(TERMINOLOGY_PACKAGE).joinpath(TERMINOLOGY_DIR)
+def _files(root: Any = None) -> Any:
+    return (root if root is not None else resources.files(TERMINOLOGY_PACKAGE)).joinpath(TERMINOLOGY_DIR)
 
 
-def _yaml(name: str) -> dict[str, Any]:
-    with _files().joinpath(name).open("r", encoding="utf-8") as fh:
+def _yaml(name: str, root: Any = None) -> dict[str, Any]:
+    with _files(root).joinpath(name).open("r", encoding="utf-8") as fh:
         return yaml.load(fh, Loader=SAFE_LOADER) or {}
 
 
-def _csv(name: str) -> list[dict[str, str]]:
-    with _files().joinpath(name).open("r", encoding="utf-8", newline="") as fh:
+def _csv(name: str, root: Any = None) -> list[dict[str, str]]:
+    with _files(root).joinpath(name).open("r", encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_term_data(root: Any = None) -> TermData:
+    """Read the terminology files under `root` (a knowledge directory; default the packaged one)."""
+    return TermData(
+        medicines=_yaml("medicines.yaml", root),
+        results=_yaml("results.yaml", root),
+        dmd=[(r["dmd_id"], r["dmd_type"], r["dmd_name"]) for r in _csv("dmd/dmd_products.csv", root)],
+        condition_codes=[(r["code"], r["condition"], r["codelist"], r["term"])
+                         for r in _csv("codelists/snomed_conditions.csv", root)],
+    )
 
 
 @lru_cache(maxsize=1)
 def load_term_data() -> TermData:
     """Read the packaged terminology files once per process."""
-    return TermData(
-        medicines=_yaml("medicines.yaml"),
-        results=_yaml("results.yaml"),
-        dmd=[(r["dmd_id"], r["dmd_type"], r["dmd_name"]) for r in _csv("dmd/dmd_products.csv")],
-        condition_codes=[(r["code"], r["condition"], r["codelist"], r["term"])
-                         for r in _csv("codelists/snomed_conditions.csv")],
-    )
+    return read_term_data()
 
 
 def condition_keys_for_term(key: str, term: str, by_term: dict[str, str] | None) -> tuple[str, ...]:

@@ -35,6 +35,14 @@ TASK_BUSINESS_STATUS = CODE_SYSTEM + "task-business-status"
 CARE_PLAN_CODE = "personalised-care-and-support-plan"  # in CARE_PLAN_KIND: the shared personalised care plan
 # A person's request to correct their record (a Communication category)
 CORRECTION_REQUEST = {"system": PERSON_REQUEST, "code": "correction", "display": "Request to correct my record"}
+# A person's message to their care team from their own portal (a Communication category)
+PERSON_MESSAGE = {"system": PERSON_REQUEST, "code": "message", "display": "Message to my care team"}
+# A carer's or proxy's access granted by the person: the Consent's provision.actor role (after the "delegatee" of the
+# RelatedPerson Consent IG, build.fhir.org/ig/JohnMoehrke/RelatedPersonConsent), and the identifier system of the
+# JoinedUp account the carer signs in with (on the actor's reference)
+PROXY_ROLE = {"system": CODE_SYSTEM + "proxy-role", "code": "delegatee",
+              "display": "Carer or proxy the person has given access to their record"}
+USER_ACCOUNT = "https://joinedup.example/fhir/Id/user-account"
 
 # -- JoinedUp's own extensions -----------------------------------------------------------------------------
 EXTENSION = "https://joinedup.example/fhir/StructureDefinition/"

@@ -222,70 +222,142 @@ def _string_ok(value: str, fmt: str) -> bool:
     return STRING_FORMATS[fmt].fullmatch(value) is not None
 
 
-def _prim(kind: str, payload: Any, value: Any) -> None:
-    if kind == "code":
-        if type(value) is not str or value not in payload:
-            raise Doubt
-    elif kind == "str":
-        if type(value) is not str or not _string_ok(value, payload):
-            raise Doubt
-        _check_date(value, payload)
-    elif kind == "bool":
-        if type(value) is not bool:
-            raise Doubt
-    elif kind == "int":
-        if type(value) is not int or not payload[0] <= value <= payload[1]:
-            raise Doubt
-    elif kind == "dec":
-        if type(value) not in (int, float):
-            raise Doubt
-
-
 def _element(cls: type, node: Any, *, is_resource: bool) -> None:
+    """Check one element (or resource) of a class against its compiled plan; raise Doubt at the first doubt."""
     if type(node) is not dict or not node:
         raise Doubt
-    spec = _spec(cls)
+    plan = _PLANS.get((cls, is_resource)) or _plan(cls, is_resource)
+    checks, required, groups = plan
     for key, value in node.items():
-        if key == "resourceType":
-            if not is_resource:
-                raise Doubt
-            continue
-        fs = spec.get(key)
-        if fs is None or value is None:
+        check = checks.get(key)
+        if check is None:  # an element the class does not have
             raise Doubt
-        kind, is_list, payload, _req, _group = fs
-        if kind == "skip":
-            continue
-        if is_list:
-            if type(value) is not list or not value:
-                raise Doubt
-            items = value
-        else:
-            if type(value) is list:
-                raise Doubt
-            items = (value,)
-        if kind == "complex":
-            for item in items:
-                _element(payload, item, is_resource=False)
-        elif kind == "resource":
-            for item in items:
-                validate_fast(item)
-        elif kind == "ext":
-            for item in items:
-                if item is not None:
-                    _element(_ext_class(), item, is_resource=False)
-        else:
-            for item in items:
-                _prim(kind, payload, item)
-    for key in _required_keys(cls):
-        if key not in node and f"_{key}" not in node:
+        check(value)
+    for key, underscored in required:
+        if key not in node and underscored not in node:
             raise Doubt
-    groups = _groups(cls)
-    if groups:
-        for keys, req in groups.values():
-            present = sum(1 for k in keys if k in node)
-            if present > 1 or (req and present == 0):
+    for keys, req in groups:
+        present = 0
+        for k in keys:
+            if k in node:
+                present += 1
+        if present > 1 or (req and present == 0):
+            raise Doubt
+
+
+# -- the compiled plans -----------------------------------------------------------------------------------------
+# Each class's fields become one checker each (a closure specialised for the field's kind, format and
+# cardinality), so checking an element is a dict lookup and a call per key: no dispatch on the kind at run time.
+# Strings of the formats checked by regex remember the values they passed (bounded sets): codes, systems, ids and
+# dates repeat across a file, and the same value always gets the same verdict.
+_PLANS: dict[tuple[type, bool], tuple[dict[str, Any], tuple[tuple[str, str], ...], tuple[tuple[tuple[str, ...], bool], ...]]] = {}
+_GOOD_MAX = 200_000
+
+
+def _plan(cls: type, is_resource: bool):
+    spec = _spec(cls)
+    checks: dict[str, Any] = {}
+    for key, (kind, is_list, payload, _req, _group) in spec.items():
+        checks[key] = _field_check(kind, is_list, payload)
+    if is_resource:
+        checks["resourceType"] = _accept
+    elif "resourceType" in checks:  # pragma: no cover - no element class has one
+        del checks["resourceType"]
+    required = tuple((key, f"_{key}") for key in _required_keys(cls))
+    groups = tuple((tuple(keys), req) for keys, req in _groups(cls).values())
+    plan = (checks, required, groups)
+    _PLANS[(cls, is_resource)] = plan
+    return plan
+
+
+def _accept(_value: Any) -> None:
+    return None
+
+
+def _not_none(value: Any) -> None:
+    if value is None:
+        raise Doubt
+
+
+def _field_check(kind: str, is_list: bool, payload: Any):
+    if kind == "skip":
+        return _not_none
+    if kind == "complex":
+        def item(v: Any, cls=payload) -> None:
+            _element(cls, v, is_resource=False)
+    elif kind == "resource":
+        item = validate_fast
+    elif kind == "ext":
+        ext = _ext_class()
+
+        def item(v: Any) -> None:
+            if v is not None:
+                _element(ext, v, is_resource=False)
+        if not is_list:
+            def single_ext(v: Any) -> None:
+                if v is None or type(v) is list:
+                    raise Doubt
+                _element(ext, v, is_resource=False)
+            return single_ext
+    else:
+        item = _primitive_check(kind, payload)
+    if not is_list:
+        return item  # a list or None fails the item's own type check (a dict, a str, ...): Doubt
+
+    def many(value: Any) -> None:
+        if type(value) is not list or not value:
+            raise Doubt
+        for v in value:
+            item(v)
+    return many
+
+
+def _primitive_check(kind: str, payload: Any):
+    if kind == "code":
+        def check(v: Any, allowed=payload) -> None:
+            if type(v) is not str or v not in allowed:
                 raise Doubt
+    elif kind == "bool":
+        def check(v: Any) -> None:
+            if type(v) is not bool:
+                raise Doubt
+    elif kind == "int":
+        def check(v: Any, lo=payload[0], hi=payload[1]) -> None:
+            if type(v) is not int or not lo <= v <= hi:
+                raise Doubt
+    elif kind == "dec":
+        def check(v: Any) -> None:
+            if type(v) is not int and type(v) is not float:
+                raise Doubt
+    elif payload in ("String", "Markdown"):
+        def check(v: Any) -> None:
+            if type(v) is not str or not v or v.isspace():
+                raise Doubt
+    else:
+        check = _format_check(payload)
+    return check
+
+
+@cache
+def _format_check(fmt: str):
+    """The check of a string format decided by regex (and a real calendar date for the date formats), remembering
+    the values it passed."""
+    good: set[str] = set()
+    dated = fmt in ("Date", "DateTime", "Instant")
+
+    def check(v: Any) -> None:
+        if type(v) is not str:
+            raise Doubt
+        if v in good:
+            return
+        if not _string_ok(v, fmt):
+            raise Doubt
+        if dated:
+            _check_date(v, fmt)
+        if len(good) >= _GOOD_MAX:
+            good.clear()
+        good.add(v)
+    return check
 
 
 @cache

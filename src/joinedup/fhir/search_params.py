@@ -58,6 +58,16 @@ def _compile_path(path: str) -> Callable[[dict], list[Any]]:
         if not m:
             raise ValueError(f"bad search path segment {raw!r} in {path!r}")
         segs.append((m["name"], bool(m["choice"]), m["fk"], m["fv"]))
+    if len(segs) == 1 and not segs[0][1] and segs[0][2] is None:  # "code", "subject": the commonest shape
+        only = segs[0][0]
+
+        def run_one(resource: dict) -> list[Any]:
+            v = resource.get(only)
+            if v is None:
+                return []
+            return v if type(v) is list else [v]
+
+        return run_one
 
     def run(resource: dict) -> list[Any]:
         nodes: list[Any] = [resource]
@@ -146,6 +156,7 @@ class SearchParameters:
                 self.compartment[rtype] = members
         self.compartments: dict[str, dict[str, tuple[str, ...]]] = compartments or {
             "Patient": {t: tuple(p.name for p in ps) for t, ps in self.compartment.items()}}
+        self._shapes: dict[tuple, tuple] = {}
 
     def params(self, rtype: str) -> dict[str, SearchParam]:
         """Search parameters defined for a type (empty for types stored without search support)."""
@@ -177,23 +188,50 @@ class SearchParameters:
 
     def index_rows(self, resource: dict) -> dict[str, list[tuple]]:
         """Index rows per table kind for one resource: tuples without (res_type, res_id)."""
+        keyed = self.keyed_index_rows(resource, resource.get("id"))
+        return {kind: [row[2:] for row in rows] for kind, rows in keyed.items()}
+
+    def keyed_index_rows(self, resource: dict, rid: Any) -> dict[str, list[tuple]]:
+        """Index rows per table kind for one resource, each tuple starting (res_type, res_id) as the index tables
+        hold them. The parameters that can apply are found once per type and resource shape (its top-level
+        elements), and parameters sharing a path extract it once."""
         rtype = resource["resourceType"]
         rows: dict[str, list[tuple]] = {"token": [], "string": [], "date": [], "reference": [],
                                         "quantity": [], "uri": []}
-        meta = resource.get("meta") or {}
-        for tag in meta.get("tag") or ():
-            rows["token"].append(("_tag", tag.get("system"), _clip(tag.get("code")), None))
-        for sec in meta.get("security") or ():
-            rows["token"].append(("_security", sec.get("system"), _clip(sec.get("code")), None))
-        for prof in meta.get("profile") or ():
-            rows["uri"].append(("_profile", _clip(prof, 512)))
-        for param in self.by_type.get(rtype, {}).values():
-            if param.extract is None or not param.may_apply(resource):
-                continue
-            values = param.extract(resource)
+        meta = resource.get("meta")
+        if meta:
+            for tag in meta.get("tag") or ():
+                rows["token"].append((rtype, rid, "_tag", tag.get("system"), _clip(tag.get("code")), None))
+            for sec in meta.get("security") or ():
+                rows["token"].append((rtype, rid, "_security", sec.get("system"), _clip(sec.get("code")), None))
+            for prof in meta.get("profile") or ():
+                rows["uri"].append((rtype, rid, "_profile", _clip(prof, 512)))
+        shape = (rtype, *resource)
+        plan = self._shapes.get(shape)
+        if plan is None:
+            plan = self._shape_plan(rtype, resource, shape)
+        for extract, users in plan:
+            values = extract(resource)
             if values:
-                INDEXERS[param.type](param, values, rows)
+                for indexer, name, target in users:
+                    indexer(rtype, rid, name, target, values, rows)
         return rows
+
+    def _shape_plan(self, rtype: str, resource: dict, shape: tuple) -> tuple:
+        """The (extract, ((indexer, name, target), ...)) groups that can apply to resources with these top-level
+        elements (a parameter applies when an element its paths start from is present)."""
+        groups: dict[tuple[str, ...], tuple[Callable, list]] = {}
+        for param in self.by_type.get(rtype, {}).values():
+            indexer = KEYED_INDEXERS.get(param.type)
+            if param.extract is None or indexer is None or not param.may_apply(resource):
+                continue
+            group = groups.setdefault(param.paths, (param.extract, []))
+            group[1].append((indexer, param.name, param.target))
+        plan = tuple((extract, tuple(users)) for extract, users in groups.values())
+        if len(self._shapes) >= 50_000:
+            self._shapes.clear()
+        self._shapes[shape] = plan
+        return plan
 
 
 def _clip(value: Any, n: int = 255) -> Any:

@@ -225,6 +225,52 @@ def choices_of(resource: dict) -> tuple[list[tuple], list[tuple]]:
     return choices, private
 
 
+@dataclass(frozen=True)
+class ProxyGrant:
+    """A carer's or proxy's access a person granted (record/proxy.py writes it as a Consent)."""
+
+    consent_id: str
+    patient_id: str
+    account: str  # the carer's JoinedUp account name
+    related_person: str | None  # RelatedPerson/<id>
+    scope: frozenset | None  # resource types (None: the whole record)
+    starts: str
+    ends: str
+
+
+def proxy_grant_of(resource: dict | None, patient_id: str | None = None) -> ProxyGrant | None:
+    """The grant an active Consent makes (None when it makes none): scope patient-privacy, a top-level permit
+    provision whose actor has the proxy role and names a RelatedPerson carrying the carer's account identifier, and
+    a period with an end (a grant always ends); provision.class lists the resource types it covers."""
+    if not resource or resource.get("resourceType") != "Consent" or resource.get("status") != "active":
+        return None
+    scopes = {c.get("code") for c in ((resource.get("scope") or {}).get("coding") or ())}
+    prov = resource.get("provision") or {}
+    if "patient-privacy" not in scopes or prov.get("type") != "permit":
+        return None
+    period = prov.get("period") or {}
+    if not isinstance(period.get("end"), str):
+        return None
+    for actor in prov.get("actor") or ():
+        role = [c for c in ((actor.get("role") or {}).get("coding") or ()) if isinstance(c, dict)]
+        if not any(c.get("system") == codes.PROXY_ROLE["system"] and c.get("code") == codes.PROXY_ROLE["code"]
+                   for c in role):
+            continue
+        ref = actor.get("reference") or {}
+        ident = ref.get("identifier") or {}
+        rtype, rid = _ref(ref)
+        if rtype != "RelatedPerson" or ident.get("system") != codes.USER_ACCOUNT or not ident.get("value"):
+            continue
+        classes = [c.get("code") for c in prov.get("class") or () if isinstance(c, dict) and c.get("code")]
+        pid = patient_id or _ref(resource.get("patient"))[1]
+        if not pid:
+            return None
+        return ProxyGrant(resource.get("id") or "", pid, ident["value"], f"RelatedPerson/{rid}",
+                          frozenset(classes) if classes else None, (period.get("start") or "")[:19],
+                          period["end"][:19])
+    return None
+
+
 @dataclass
 class Choice:
     objects_all: bool = False
@@ -242,6 +288,7 @@ class _Snapshot:
     reach: dict[tuple[str | None, str | None], dict[str, str]] = field(default_factory=dict)
     links: dict[str, frozenset] = field(default_factory=dict)
     generation: int = 0
+    proxies: dict[str, list[ProxyGrant]] = field(default_factory=dict)
 
 
 class AccessFacts:
@@ -288,7 +335,7 @@ class AccessFacts:
                                         "reason": label, "basis": basis})
             if not relevant:
                 continue
-            if p.rtype == "PractitionerRole":
+            if p.rtype in ("PractitionerRole", "Consent"):  # a Consent may grant or end a carer's access
                 roles_changed = True
             for kind, prac, org, ends, role in relationships_of(resource, p.patient_id, now):
                 rel_rows.append({"patient_id": p.patient_id, "kind": kind, "practitioner_id": prac,
@@ -319,7 +366,7 @@ class AccessFacts:
 
     def on_delete(self, conn, rtype: str, rid: str) -> bool:
         """Forget facts derived from a deleted resource."""
-        changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype == "PractitionerRole"
+        changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype in ("PractitionerRole", "Consent")
         # a deleted Patient keeps its vouched numbers and links: deleting one record never unlinks the person's
         # others (their choices recorded on it keep covering them), and its id is never registered again
         if changed:
@@ -453,7 +500,21 @@ class AccessFacts:
                 key = (user, pid)
                 if expires > grants.get(key, ""):
                     grants[key] = expires
-        return _Snapshot(token, now, choices, private, grants)
+            proxies = self._proxies(conn)
+        return _Snapshot(token, now, choices, private, grants, proxies=proxies)
+
+    @staticmethod
+    def _proxies(conn) -> dict[str, list[ProxyGrant]]:
+        """Carers' grants by account: only Consents the person recorded themselves (meta.source Patient/<them>)."""
+        r = schema.resource
+        out: dict[str, list[ProxyGrant]] = {}
+        for pid, source, content in conn.execute(sa.select(r.c.patient_id, r.c.source, r.c.content).where(
+                r.c.res_type == "Consent", r.c.deleted.is_(False), r.c.source.like("Patient/%"))):
+            doc = orjson.loads(content) if isinstance(content, (str, bytes)) else content
+            grant = proxy_grant_of(doc, pid) if pid and source == f"Patient/{pid}" else None
+            if grant is not None:
+                out.setdefault(grant.account, []).append(grant)
+        return out
 
     def reach(self, who: Principal) -> dict[str, str]:
         """{patient_id: relationship kind} for every person this principal has a relationship with."""
@@ -498,6 +559,25 @@ class AccessFacts:
     def break_glass_until(self, who: Principal, patient_id: str) -> str | None:
         until = self.snapshot().grants.get((who.name, patient_id))
         return until if until and until > _now_iso() else None
+
+    def proxy_access(self, who: Principal) -> tuple[str, frozenset | None] | None:
+        """(until, resource types or None for the whole record) of the access the person granted this carer's
+        account, now; None when there is none (never granted, not started, ended or withdrawn)."""
+        if not who.patient_id:
+            return None
+        now = _now_iso()
+        live = [g for g in self.snapshot().proxies.get(who.name, ()) if g.patient_id == who.patient_id
+                and g.starts <= now < g.ends]
+        if not live:
+            return None
+        scope = None if any(g.scope is None for g in live) else frozenset().union(*(g.scope for g in live))
+        return max(g.ends for g in live), scope
+
+    def proxy_grants(self, patient_id: str) -> list[ProxyGrant]:
+        """Every grant in force or to come that a person made (ended ones are left out)."""
+        now = _now_iso()
+        return [g for gs in self.snapshot().proxies.values() for g in gs if g.patient_id == patient_id
+                and g.ends > now]
 
     def linked(self, patient_id: str) -> frozenset:
         """Other Patient records of the same person (sharing a valid NHS number), cached per snapshot."""

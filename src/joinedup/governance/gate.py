@@ -90,6 +90,33 @@ class Withheld:
         return self
 
 
+class _MessageBatch:
+    """One write transaction shared by several feed messages (Gate.apply_messages), a savepoint each."""
+
+    def __init__(self, conn, audit: AuditWriter) -> None:
+        self.conn = conn
+        self.audit = audit
+        self.after: list[tuple[Principal, bool, list[dict], list[Written]]] = []
+        self.rolled_back = False
+        self._n = 0
+
+    @contextmanager
+    def savepoint(self) -> Iterator[Any]:
+        self._n += 1
+        name = f"joinedup_msg_{self._n}"
+        head = getattr(self.audit._tx, "head", None)  # the chain head appended so far (checkpointed after commit)
+        self.conn.exec_driver_sql(f"SAVEPOINT {name}")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+            self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+            self.audit._tx.head = head  # the message's audit events went with it
+            self.rolled_back = True
+            raise
+        self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+
+
 class Gate:
     """Policy + audit in front of the store."""
 
@@ -162,6 +189,11 @@ class Gate:
         """Until when `who` has break-glass access to the person (None when they have none)."""
         return self._facts.break_glass_until(who, patient_id)
 
+    def proxy_access_of(self, who: Principal) -> tuple[str, frozenset | None] | None:
+        """The access a person granted this carer's account now: (until, resource types or None for the whole
+        record), or None (not a carer, never granted, ended or withdrawn)."""
+        return self._facts.proxy_access(who) if policy.is_proxy(who) else None
+
     # -- for tests and benchmarks only: never used under src/ (tests/test_architecture.py checks) ----------------
     @property
     def store_for_tests(self) -> Store:
@@ -178,9 +210,14 @@ class Gate:
     # -- the decision ---------------------------------------------------------------------------
     def facts_for(self, who: Principal, patient_id: str | None, item: Stored | None = None, *,
                   label: str | None = None) -> policy.Facts | None:
-        """What the policy needs to know about this person (and entry) for this professional."""
+        """What the policy needs to know about this person (and entry) for this professional (or carer)."""
         if who.role in ("system", "patient"):
             return None
+        if policy.is_proxy(who):  # a carer: the access the person granted, and the entry's labels
+            access = self._facts.proxy_access(who)
+            restricted = (label or self._facts.label(item.rtype, item.id, item.content)) if item is not None else None
+            return policy.Facts(restricted=restricted, proxy_until=access[0] if access else None,
+                                proxy_scope=access[1] if access else None)
         if patient_id is None:  # an entry of a person's record (Condition, Claim, ...) that names no one we know
             if item is not None and item.rtype in self._store.params.compartment:
                 return policy.Facts(own_item=bool(who.source) and item.source == who.source, unattached=True)
@@ -229,8 +266,17 @@ class Gate:
         if decision.patient_only:
             directory = sorted(t for t, rule in policy.rules()["_type_rule"].items()
                                if rule["group"] == DIRECTORY_GROUP)
-            return [sa.or_(r.c.patient_id == decision.patient_only,
-                           sa.and_(r.c.patient_id.is_(None), r.c.res_type.in_(directory)))]
+            conds = [sa.or_(r.c.patient_id == decision.patient_only,
+                            sa.and_(r.c.patient_id.is_(None), r.c.res_type.in_(directory)))]
+            if policy.is_proxy(who):  # a carer: only the types the person shared, never sealed or private entries
+                ri = schema.restricted_item
+                conds.append(~sa.exists().where(ri.c.res_id == r.c.id, ri.c.res_type == r.c.res_type))
+                access = self._facts.proxy_access(who)
+                if access is None:
+                    conds.append(sa.false())
+                elif access[1] is not None:
+                    conds.append(r.c.res_type.in_(sorted(access[1] | policy.PROXY_ALWAYS | set(directory))))
+            return conds
         conds = self._facts.restriction(who)
         fallback_ok, readable, unreadable = policy.readable_types(who)
         if fallback_ok:
@@ -363,6 +409,10 @@ class Gate:
         pid = row.get("patient_id") or cur.patient_id
         if who.role == "patient":
             return pid == who.patient_id or (pid is None and policy.type_rule(rtype)["group"] == DIRECTORY_GROUP)
+        if policy.is_proxy(who):
+            label = self._facts.label(rtype, rid, row.get("content")) or self._facts.label(rtype, rid, cur.content)
+            return bool(policy.decide(who, "read", rtype, patient_id=pid,
+                                      facts=self.facts_for(who, pid, cur, label=label or None)))
         facts = None
         if pid:
             f = self._facts
@@ -599,6 +649,8 @@ class Gate:
         for patient, items in self._store.iter_records(types=types, shard=shard):
             if decision.patient_only and patient.id != decision.patient_only:
                 continue
+            if decision.patient_only and policy.is_proxy(who):  # a carer: only what the person shared
+                items = [s for s in items if self.visible(who, s)]
             if patient.id in opted_out:
                 excluded += 1
                 continue
@@ -638,15 +690,20 @@ class Gate:
     # -- published figures and the partnership board's self-assessment (system/) ---------------------------------
     def published_figures(self, who: Principal, *, purpose: str, measure: Callable[..., dict[str, Any]],
                           types: set[str] | None = None, directory_types: Iterable[str] = (),
-                          action: str = "assess") -> dict[str, Any]:
+                          action: str = "assess", history_types: Iterable[str] = (),
+                          history_since: str | None = None, last_writes: bool = False) -> dict[str, Any]:
         """Aggregate figures over the whole population, computed inside the gate so that only numbers leave: for a
         partnership board (`action` "assess": the `assess-integration` activity) or an analyst ("extract": the
         `pseudonymised-analytics` activity of de-identified extracts - figures such as waits in days need the dates
         an extract cuts to the month). `measure(records, directory)` gets every record (Patient + compartment, only
         `types`) of people who have not opted out (planning is a secondary use) and the current directory entries
         of `directory_types`, and must return figures only - nested mappings whose values are numbers, booleans or
-        None (checked: no identifier, name or text can leave). Audited as one access with the purpose and the
-        number of records; the caller suppresses small numbers before publishing."""
+        None (checked: no identifier, name or text can leave). With `history_types` it also gets `history=`: every
+        stored version of those types written since `history_since` (dicts with rtype, id, version, content,
+        last_updated, patient_id), opted-out people's excluded - how work changed hands over time; with
+        `last_writes` it gets `last_writes=`: each source's latest write to the store ({"Organization/x": instant}).
+        Audited as one access with the purpose and the number of records; the caller suppresses small numbers
+        before publishing."""
         if action not in ("assess", "extract"):
             raise ValueError(f"figures are published for 'assess' or 'extract', not {action!r}")
         decision = self.check(who, action, None, entity=f"figures:{purpose}"[:200])
@@ -662,11 +719,78 @@ class Gate:
                 yield patient, items
 
         directory = {t: list(self._store.iter_type(t)) for t in directory_types}
-        result = measure(records(), directory)
+        extra: dict[str, Any] = {}
+        if history_types:
+            extra["history"] = (row for row in self._store.iter_versions(history_types, since=history_since)
+                                if row["patient_id"] not in opted_out)
+        if last_writes:
+            extra["last_writes"] = self._store.last_write_by_source()
+        result = measure(records(), directory, **extra)
         _check_figures(result)
         self._audit.record(who, action, allowed=True, reason=decision.reason, entity=f"figures:{purpose}"[:200],
                            detail=dict(counted))
         return result
+
+    def published_names(self, who: Principal, types: Iterable[str], *, purpose: str,
+                        action: str = "assess") -> dict[str, str]:
+        """The names of directory entries ({"HealthcareService/x": name}) for labelling published figures: public
+        directory content (organisations, services), for whoever may see the figures (`assess` or `extract`),
+        although those roles do not read the directory itself. Any other type is refused (ValueError)."""
+        if action not in ("assess", "extract"):
+            raise ValueError(f"names are published for 'assess' or 'extract', not {action!r}")
+        types = tuple(types)
+        for t in types:
+            if policy.type_rule(t)["group"] != DIRECTORY_GROUP:
+                raise ValueError(f"{t} is not directory content: its names are not published")
+        decision = self.check(who, action, None, entity=f"names:{purpose}"[:200])
+        out = {f"{t}/{s.id}": str(s.content.get("name") or s.id) for t in types for s in self._store.iter_type(t)}
+        self._audit.record(who, action, allowed=True, reason=decision.reason, entity=f"names:{purpose}"[:200],
+                           detail={"names": len(out)})
+        return out
+
+    def save_precomputed(self, who: Principal, key: str, content: dict[str, Any], *, purpose: str,
+                         seconds: float | None = None) -> str:
+        """Keep published figures precomputed for a dashboard (`joinedup population precompute`): only the
+        integration account writes them, and only figures it has already published (computed inside
+        `published_figures` and suppressed by the caller). Returns the time they were computed."""
+        if not policy.has_activity(who, "bulk-load"):
+            raise self.refuse(who, "Only the integration account precomputes published figures.", action="create",
+                              entity=f"precomputed:{key}"[:200])
+        t = schema.published_figures
+        now = _now_iso()
+        row = {"key": key[:120], "purpose": purpose[:120], "computed_at": now, "computed_by": who.name[:128],
+               "seconds": seconds, "content": content}
+        with self._store.writing() as conn:
+            conn.execute(t.delete().where(t.c.key == row["key"]))
+            conn.execute(t.insert().values(**row))
+            self._audit.record(who, "create", allowed=True, reason="integration account",
+                               entity=f"precomputed:{key}"[:200], detail={"purpose": purpose}, conn=conn)
+        self._audit.committed()
+        return now
+
+    def precomputed(self, who: Principal, key: str) -> dict[str, Any] | None:
+        """Published (already suppressed) figures precomputed for a dashboard, with when and how long they took:
+        {"content", "computed_at", "computed_by", "seconds", "purpose"} or None when none were computed. For the
+        roles that see published figures (the partnership board, analysts) and clinicians (their dashboard, from
+        which they go on to their own case-finding lists); refused to everyone else. Audited."""
+        entity = f"precomputed:{key}"[:200]
+        if not any(policy.has_activity(who, a) for a in PRECOMPUTED_READERS):
+            raise self.refuse(who, "Population dashboards show published figures to the partnership board, analysts "
+                                   "and clinicians; this role sees none.", action="search", entity=entity)
+        t = schema.published_figures
+        with self._store.reading() as conn:
+            row = conn.execute(sa.select(t).where(t.c.key == key)).mappings().first()
+        self._audit.record(who, "search", allowed=True, reason=f"role '{who.role}' may see published figures",
+                           entity=entity, detail={"found": row is not None})
+        if row is None:
+            return None
+        content = row["content"]
+        if not isinstance(content, dict):
+            import json
+
+            content = json.loads(content)
+        return {"content": content, "computed_at": row["computed_at"], "computed_by": row["computed_by"],
+                "seconds": row["seconds"], "purpose": row["purpose"]}
 
     def assessment_rounds(self, who: Principal, *, questionnaire: str) -> list[Stored]:
         """The partnership's self-assessment rounds: QuestionnaireResponses to `questionnaire` about no person
@@ -844,6 +968,35 @@ class Gate:
 
         return self._transaction(who, bundle, "", within=within)
 
+    def apply_messages(self, items: list[tuple[Principal, dict, dict]]) -> list[BaseException | None]:
+        """Apply several feed messages - (account, transaction Bundle, receipt) each, as `apply_message` - in ONE
+        database transaction, each message in its own savepoint: a message that fails (its receipt's key already
+        taken, a refused resource, a database error) is rolled back alone and the others are kept. Returns, per
+        message, None (applied) or the exception that rolled it back. The caller keeps messages that write the same
+        resources out of one batch (each message's writes are checked against what was committed before it)."""
+        for who, _bundle, receipt in items:
+            self.check(who, "import", None, entity=f"hl7:{receipt['facility']}:{receipt['control_id']}"[:255])
+        results: list[BaseException | None] = []
+        with self._store.writing() as conn:
+            batch = _MessageBatch(conn, self._audit)
+            for who, bundle, receipt in items:
+                def within(c, receipt=receipt) -> bool:
+                    c.execute(schema.hl7_message.insert().values(**receipt))
+                    return False
+
+                try:
+                    self._transaction(who, bundle, "", within=within, batch=batch)
+                    results.append(None)
+                except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
+                    results.append(exc)
+        self._audit.committed()
+        if batch.rolled_back or any(changed for _w, changed, _r, _c in batch.after):
+            self._facts.invalidate()
+        for who, _changed, requests, committed in batch.after:
+            self._audit_link_requests(who, requests)
+            self._emit(who, committed)
+        return results
+
     def hold_message(self, who: Principal, *, raw: str, reason: str, ack_code: str, location: str | None = None,
                      facility: str | None = None, control_id: str | None = None, trigger: str | None = None,
                      channel: str | None = None) -> str:
@@ -934,6 +1087,7 @@ class Gate:
             self._check_new_person_id(who, action, resource.get("id"), previous, entity)
         if rtype == "Consent" and who.role not in ("system", "patient"):
             self._check_private_choice(who, action, resource, entity)
+            self._check_proxy_grant(who, action, resource, entity)
         if current is None and rtype == "Patient" and who.role not in ("system", "patient"):
             # registering a new person: the recording organisation becomes the holding organisation
             decision = self.check(who, "create", rtype, patient_id=None, entity=entity)
@@ -969,6 +1123,18 @@ class Gate:
                   "seal its own entries")
         self._audit.record(who, action, allowed=False, reason=reason, entity=entity,
                           patient_id=self._store.params.patient_of(resource))
+        raise FhirError(403, f"Access refused: {reason}.", code="forbidden")
+
+    def _check_proxy_grant(self, who: Principal, action: str, resource: dict, entity: str) -> None:
+        """Giving a carer access to a record is the person's own choice: nobody else may write a grant (it would
+        create reach for the carer's account)."""
+        from joinedup.governance.facts import proxy_grant_of
+
+        if proxy_grant_of({**resource, "status": "active"}, "-") is None:
+            return
+        reason = "only the person can give a carer or proxy access to their record"
+        self._audit.record(who, action, allowed=False, reason=reason, entity=entity,
+                           patient_id=self._store.params.patient_of(resource))
         raise FhirError(403, f"Access refused: {reason}.", code="forbidden")
 
     def _check_new_person_id(self, who: Principal, action: str, rid: str | None, previous: Stored | None,
@@ -1138,9 +1304,11 @@ class Gate:
             raise FhirError(412, f"Conditional reference '{ref}' matches {n} {rtype}", code="not-found")
         return None
 
-    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None) -> dict:
+    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None,
+                     batch: _MessageBatch | None = None) -> dict:
         """`within(conn)`, when given, runs inside the same database transaction after the writes (e.g. an HL7
-        message's receipt): if it raises, nothing of the transaction is kept."""
+        message's receipt): if it raises, nothing of the transaction is kept. With `batch` (apply_messages) the
+        writes go in a savepoint of the batch's transaction and what follows a commit waits for the batch's."""
         entries = bundle.get("entry") or []
         order = sorted(range(len(entries)), key=lambda i: METHOD_ORDER[entries[i]["request"]["method"]])
         mapping: dict[str, str] = {}
@@ -1210,7 +1378,7 @@ class Gate:
         changed = False
         committed: list[Written] = []
         requests: list[dict] = []
-        with self._store.writing() as conn:
+        with self._store.writing() if batch is None else batch.savepoint() as conn:
             for i in order:
                 plan = plans[i]
                 if plan["kind"] == "delete":
@@ -1242,11 +1410,14 @@ class Gate:
                                       patient_id=p.patient_id if p else None, conn=conn)
             if within is not None:
                 changed = bool(within(conn)) or changed
-        self._audit.committed()
-        if changed:
-            self._facts.invalidate()
-        self._audit_link_requests(who, requests)
-        self._emit(who, committed)
+        if batch is not None:
+            batch.after.append((who, changed, requests, committed))
+        else:
+            self._audit.committed()
+            if changed:
+                self._facts.invalidate()
+            self._audit_link_requests(who, requests)
+            self._emit(who, committed)
         for i in order:
             plan = plans[i]
             if plan["kind"] == "get":
@@ -1342,6 +1513,10 @@ class Gate:
         return SearchResult(total, matches, [], plan.offset + len(matches) < total, plan)
 
 
+# who may read precomputed published figures (Gate.precomputed): one of these activities
+PRECOMPUTED_READERS = ("assess-integration", "pseudonymised-analytics", "view-clinical-record")
+
+
 def refusal(who: Principal, decision: policy.Decision) -> FhirError:
     """The 403 for a refused decision. A refusal for want of a relationship reads the same whether or not the entry
     exists, so that it never tells anyone outside a person's care what that person's record holds."""
@@ -1390,12 +1565,12 @@ CHOICE_CHANGE = "privacy-choice-change"
 
 def is_choice(stored: Stored) -> bool:
     """Whether an entry is one of a person's choices in force (an objection, private entries, an opt-out)."""
-    from joinedup.governance.facts import choices_of
+    from joinedup.governance.facts import choices_of, proxy_grant_of
 
     if stored.rtype != "Consent" or not stored.content:
         return False
     choices, private = choices_of(stored.content)
-    return bool(choices or private)
+    return bool(choices or private) or proxy_grant_of(stored.content, stored.patient_id or "-") is not None
 
 
 def _now_iso() -> str:

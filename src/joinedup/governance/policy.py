@@ -42,6 +42,8 @@ class Facts:
     restricted: str | None = None  # 'sealed' | 'private': the entry is visible only to its recording organisation
     own_item: bool = False  # the entry was recorded by the principal's organisation
     unattached: bool = False  # an entry of a person's record that names no person it could be filed under
+    proxy_until: str | None = None  # a carer's access the person granted (Consent), until then
+    proxy_scope: frozenset | None = None  # the resource types it covers (None: the whole record)
 
 
 NO_FACTS = Facts()
@@ -55,6 +57,8 @@ ITEM_ACTIONS = {"read", "vread", "update", "delete", "history"}
 OBJECTION_EXEMPT = frozenset({"Patient", "Consent"})  # who the person is, and the choices they made
 PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP = {"directory", "audit"}
 # Actions that are an activity in themselves (not an operation on a resource type).
+PROXY_ACTIVITY = "proxy-access"
+PROXY_ALWAYS = frozenset({"Patient"})  # who the person is: part of every grant
 ACTIVITY_ACTIONS = {"break-glass": "emergency-access", "review": "review-audit",
                     "extract": "pseudonymised-analytics", "assess": "assess-integration"}
 
@@ -107,6 +111,12 @@ def activity_text(activity: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def is_proxy(who: Principal) -> bool:
+    """Whether the principal is a carer or proxy acting for a person (only as far as that person granted)."""
+    acts = activities_of(who.role)
+    return PROXY_ACTIVITY in acts and "*" not in acts
+
+
 def has_activity(who: Principal, activity: str) -> bool:
     """Whether the principal's role includes the activity (the system role has every one)."""
     return _has(who, activity)
@@ -146,6 +156,8 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
     rule = type_rule(rtype) if rtype else type_rule("Patient")
     is_write = action in WRITE_ACTIONS
     needed = rule["write"] if is_write else rule["read"]
+    if PROXY_ACTIVITY in acts:
+        return _proxy(who, action, rtype, rule, needed, patient_id, facts or NO_FACTS)
     if who.role == "patient":
         if not who.patient_id:
             return Decision(False, "this patient account is not linked to a patient record")
@@ -153,7 +165,7 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
             return Decision(True, "a person may see who looked at their own record", "patient-self-access",
                             patient_only=who.patient_id)
         if is_write and rtype not in ("Consent", "Goal", "QuestionnaireResponse", "Communication",
-                                      "Observation"):
+                                      "Observation", "RelatedPerson"):
             return Decision(False, f"patients cannot change {rtype} entries directly; ask your care team",
                             "patient-self-access")
         if rule["group"] in ("audit",) or needed == "never":
@@ -190,3 +202,31 @@ def decide(who: Principal, action: str, rtype: str | None, *, patient_id: str | 
     return Decision(True, f"{base}; {via}", needed,
                     break_glass_until=None if f.relationship else f.break_glass_until,
                     relationship=f.relationship)
+
+
+def _proxy(who: Principal, action: str, rtype: str | None, rule: dict[str, str], needed: str,
+           patient_id: str | None, f: Facts) -> Decision:
+    """A carer or proxy: read-only, one person's record, only while the person's grant (a Consent) is in force and
+    only the resource types it covers; never sealed or private entries; never the audit trail."""
+    if not who.patient_id:
+        return Decision(False, "this carer account is not linked to a person's record", PROXY_ACTIVITY)
+    if action in WRITE_ACTIONS:
+        return Decision(False, "a carer's access is to see what the person shared; the person or their care team "
+                               "change the record", PROXY_ACTIVITY)
+    if rule["group"] == "audit" or needed == "never":
+        return Decision(False, f"{rtype} is not part of what a carer can see", PROXY_ACTIVITY)
+    if patient_id is not None and patient_id != who.patient_id and rule["group"] != "directory":
+        return Decision(False, "a carer account can only see the record of the person who granted it",
+                        PROXY_ACTIVITY)
+    if not f.proxy_until:
+        return Decision(False, "the person has not given you access to their record, or it has ended or been "
+                               "withdrawn", PROXY_ACTIVITY)
+    if rule["group"] != "directory" and rtype and f.proxy_scope is not None and rtype not in f.proxy_scope \
+            and rtype not in PROXY_ALWAYS:
+        return Decision(False, "this part of the record is outside what the person shared with you",
+                        PROXY_ACTIVITY)
+    if action in ITEM_ACTIONS and f.restricted:
+        return Decision(False, "this entry is sealed or marked private and visible only within the organisation "
+                               "that recorded it", PROXY_ACTIVITY)
+    return Decision(True, f"carer access the person granted, until {f.proxy_until}", PROXY_ACTIVITY,
+                    patient_only=who.patient_id)

@@ -72,6 +72,8 @@ class SectionAccess(BaseModel):
     withheld_at_request: bool = False
     restricted: bool = False
     note: str | None = Field(None, description="the same in plain words, for the reader")
+    role_note: str | None = Field(None, description="only what is not shown to the reader's role, in plain words "
+                                                    "(the person page says once, at the top, what is withheld)")
 
 
 class NextStep(BaseModel):
@@ -197,7 +199,7 @@ class Event(BaseModel):
 
 
 class Referral(BaseModel):
-    kind: str = Field(..., description="referral or advice request")
+    kind: str = Field(..., description="referral, advice request or correction request")
     title: str
     status: str
     date: str | None = None

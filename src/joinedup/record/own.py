@@ -24,6 +24,50 @@ PLAIN_TYPES = {"Patient": "personal details", "Condition": "problems", "Medicati
                "ClinicalImpression": "reviews", "RelatedPerson": "carers and contacts"}
 
 
+OWN_CHOICES = ("carer-grant", "carer-revoke")
+_KIND_WORDS = {"registered": "you are registered with them", "named-gp": "they are your named GP",
+               "holding": "they hold part of your record", "care-team": "they are in your care team",
+               "episode": "they are caring for you now", "referral": "you were referred to them or they were asked "
+               "for advice"}
+
+
+def plain_reason(e: dict[str, Any]) -> str:
+    """Why an access was allowed or refused, in words for the person (no role or activity ids)."""
+    reason = e.get("reason") or ""
+    if e.get("action") in OWN_CHOICES:
+        return reason[:1].upper() + reason[1:]
+    if e.get("outcome") == "refused":
+        return "Refused: it was outside what they may see."
+    if "relationship: " in reason:
+        kind = reason.split("relationship: ", 1)[1].split(";")[0].strip()
+        linked = kind.startswith("linked record (")
+        kind = kind.removeprefix("linked record (").rstrip(")")
+        words = _KIND_WORDS.get(kind, "they are caring for you")
+        return f"Because {words}" + (" (through another of your records)." if linked else ".")
+    if "break-glass" in reason:
+        return "Emergency access (break glass): checked by the privacy officer."
+    if "carer access" in reason:
+        return "Access you gave them."
+    if "subject access" in reason:
+        return "To prepare a copy of your record you asked for."
+    if reason.startswith("own record") or "may see who looked" in reason:
+        return ""
+    return ""
+
+
+def _carer_names(gate: Gate, who: Principal, pid: str) -> dict[str, str]:
+    """Carer account -> the carer's name as the person recorded it in their grant (so accounts never show)."""
+    from joinedup.governance.facts import proxy_grant_of
+
+    out: dict[str, str] = {}
+    for c in gate.search(who, "Consent", [("patient", f"Patient/{pid}"), ("_count", "500")]).matches:
+        g = proxy_grant_of({**c.content, "status": "active"}, pid)
+        if g is not None:
+            actor = next(iter((c.content.get("provision") or {}).get("actor") or ()), {})
+            out[g.account] = f"{(actor.get('reference') or {}).get('display') or 'Your carer'} (your carer)"
+    return out
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -80,7 +124,9 @@ def access_log(*, gate: Gate, who: Principal, mine: bool = False, everything: bo
                        "Privacy reviews.", "search")
     gate.flush_audit()
     total, entries = gate.access_log(who, count=1000 if everything else 200)
-    shown = [e for e in entries if mine or e.get("practitioner") != f"Patient/{pid}"]
+    # the person's own visits are left out unless asked for; their sharing choices and carer grants never are
+    shown = [e for e in entries if mine or e.get("practitioner") != f"Patient/{pid}"
+             or e.get("action") in OWN_CHOICES or any(w.startswith("Consent/") for w in e.get("what") or ())]
     names: dict[str, str] = {}
 
     def name_of(ref: str) -> str:
@@ -94,11 +140,16 @@ def access_log(*, gate: Gate, who: Principal, mine: bool = False, everything: bo
         return names[ref]
 
     roles = rules()["roles"]
+    carers = _carer_names(gate, who, pid) if any(e.get("role") == "carer" for e in shown) else {}
     for e in shown:
         org, prac = e.get("organisation") or "", e.get("practitioner") or ""
         e["organisation_name"] = name_of(org) if org.startswith("Organization/") else ""
-        e["who_name"] = (name_of(prac) if prac.startswith("Practitioner/") else "") or e.get("who") or ""
+        # in plain words: a professional's directory name, a carer's name as the person gave it; never an account
+        e["who_name"] = (name_of(prac) if prac.startswith("Practitioner/") else "") or (
+            "You" if prac == f"Patient/{pid}" else carers.get(e.get("who") or "", "") if e.get("role") == "carer"
+            else "JoinedUp (automatic)" if e.get("role") == "system" else "")
         e["role_name"] = (roles.get(e.get("role") or "") or {}).get("display", e.get("role") or "")
+        e["why"] = plain_reason(e)
         kinds = dict.fromkeys(PLAIN_TYPES.get(r.split("/", 1)[0], r.split("/", 1)[0]) for r in e.get("what") or []
                               if r)
         e["what_text"] = ", ".join(kinds)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from joinedup.fhir import codes
+from joinedup.fhir import words as fhir_words
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.values import age_on as _age
 from joinedup.fhir.values import human_name as _human_name
@@ -464,7 +465,7 @@ def section_access(withheld: Withheld, types: Iterable[str], shown: int, who: Pr
     return SectionAccess(shown=shown, state=state, not_shown_to_role={KIND_WORDS.get(t, (t, t))[1]: n
                                                                      for t, n in sorted(hidden.items())},
                          withheld_at_request=withheld.at_request, restricted=withheld.sealed,
-                         note=" ".join(notes) or None)
+                         note=" ".join(notes) or None, role_note=notes[0] if hidden else None)
 
 
 def _next_steps(events: list[Event], referrals: list[Referral]) -> list[NextStep]:
@@ -882,10 +883,16 @@ def _referrals(b: _Bundle) -> list[Referral]:
             continue
         if f"Communication/{c.get('id')}" in answered or c.get("status") in ("entered-in-error", "stopped"):
             continue
-        if "advice" not in cat.lower() and "request" not in cat.lower():
+        kind = fhir_words.message_kind(c)  # a person's request to correct their record is not an advice request
+        if kind != "correction" and "advice" not in cat.lower() and "request" not in cat.lower():
             continue
         to = ", ".join(b.name_of(r.get("reference")) or "" for r in c.get("recipient") or [])
         text = next((p.get("contentString") for p in c.get("payload") or [] if p.get("contentString")), None)
+        if kind == "correction":
+            out.append(Referral(kind="correction request", title=fhir_words.message_words(c), status="awaiting reply",
+                                date=_day(c.get("sent")), to=to or None, detail=text,
+                                provenance=b.prov(c, lu, c.get("sent"))))
+            continue
         out.append(Referral(kind="advice request", title=cat or "Advice request", status="awaiting reply",
                             date=_day(c.get("sent")), to=to or None, detail=text,
                             provenance=b.prov(c, lu, c.get("sent"))))

@@ -352,6 +352,37 @@ class Store:
             return [x[0] for x in conn.execute(sa.select(r.c.res_type).where(r.c.deleted.is_(False))
                                                .group_by(r.c.res_type).order_by(r.c.res_type))]
 
+    def iter_versions(self, rtypes: Iterable[str], *, since: str | None = None,
+                      batch: int = 2000) -> Iterator[dict[str, Any]]:
+        """Stream every version of some types written since `since` (keyset paging, oldest first per entry):
+        {rtype, id, version, deleted, content, last_updated, patient_id, source}."""
+        v = _version_table()
+        for rtype in sorted(set(rtypes)):
+            last = ("", 0)
+            while True:
+                cond = [v.c.res_type == rtype, sa.tuple_(v.c.id, v.c.version) > last]
+                if since:
+                    cond.append(v.c.last_updated >= since)
+                with self.reading() as conn:
+                    rows = conn.execute(sa.select(v.c.id, v.c.version, v.c.deleted, v.c.content, v.c.last_updated,
+                                                  v.c.patient_id, v.c.source)
+                                        .where(*cond).order_by(v.c.id, v.c.version).limit(batch)).all()
+                if not rows:
+                    break
+                for x in rows:
+                    yield {"rtype": rtype, "id": x[0], "version": x[1], "deleted": bool(x[2]),
+                           "content": self._load(x[3], x[1], x[4]), "last_updated": x[4], "patient_id": x[5],
+                           "source": x[6]}
+                last = (rows[-1][0], rows[-1][1])
+
+    def last_write_by_source(self) -> dict[str, str]:
+        """The latest write (lastUpdated of any version, deletions included) recorded by each source."""
+        v = _version_table()
+        with self.reading() as conn:
+            rows = conn.execute(sa.select(v.c.source, sa.func.max(v.c.last_updated))
+                                .where(v.c.source.is_not(None)).group_by(v.c.source)).all()
+        return {x[0]: x[1] for x in rows if x[0]}
+
     # -- writes --------------------------------------------------------------------------------
     def current_versions(self, conn: sa.Connection, rtype: str, ids: list[str],
                          lock: bool = False) -> dict[str, tuple[int, str | None, bool, str | None]]:

@@ -369,6 +369,19 @@ hl7_dead_letter = sa.Table(
 sa.Index("ix_hl7_dead_letter_status", hl7_dead_letter.c.status, hl7_dead_letter.c.received)
 sa.Index("ix_hl7_dead_letter_hash", hl7_dead_letter.c.raw_hash)
 
+# Published population figures precomputed for the dashboards (population/dashboard, `joinedup population
+# precompute`): already suppressed, one document per key, written by the integration account through the gate
+# (revision 0010, helper H).
+published_figures = sa.Table(
+    "published_figures", metadata,
+    sa.Column("key", sa.String(120), primary_key=True),
+    sa.Column("purpose", sa.String(120), nullable=False),
+    sa.Column("computed_at", sa.String(40), nullable=False),
+    sa.Column("computed_by", sa.String(128), nullable=False),
+    sa.Column("seconds", sa.Float),
+    sa.Column("content", JsonDoc, nullable=False),
+)
+
 
 def create_tables(bind, names: list[str]) -> None:
     """Create the named tables as defined here (a migration adding whole tables)."""

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from joinedup.fhir.nhs_number import check_digit
-from joinedup.synth import care_processes
+from joinedup.synth import care_processes, outcomes, workforce
 from joinedup.synth.knowledge import cumulative, knowledge
 from joinedup.synth.system import System
 
@@ -309,9 +309,11 @@ class Person:
         self.social_care()
         self.carers()
         self.care_team()
+        outcomes.emit(self)  # outcome measures: follow-up after discharge, care plans (own random stream)
         self.problems_truth()
         self.death_truth()
         care_processes.truth(self)  # expected register membership
+        outcomes.truth(self)  # each outcome measure's numerator and denominator for this person
 
     def demographics(self) -> None:
         c, rng = self.c, self.rng
@@ -679,6 +681,8 @@ class Person:
             res.update(extra)
         if org == c.ac and c.system.acute.get("ods"):  # the hospital PAS's visit number (PV1-19 of its ADT feed)
             res["identifier"] = [{"system": VISIT_NUMBER.format(ods=c.system.acute["ods"]), "value": eid}]
+        outcomes.on_encounter(self, res, org=org, cls=cls, day=day, minute=minute, end_day=end_ord,
+                              practitioner=practitioner, subject=subject)  # outcome measures: contacts, diagnoses
         self.emit("Encounter", res)
         return eid
 
@@ -851,11 +855,13 @@ class Person:
                 "payload": [{"contentString": f"Advice please on managing {key.replace('_', ' ')} alongside "
                                               f"{self.n_cond - 1} other long-term conditions."}],
             })
+            answered = None
             if rng.random() >= aag["unanswered"]:
                 delay = rng.lognormvariate(math.log(aag["median_days"]), aag["sigma"])
                 rmin = minute + int(delay * 1440)
                 rday, rmin = sent + rmin // 1440, rmin % 1440
                 if rday < self.end:
+                    answered = (rday, rmin)
                     self.emit("Communication", {
                         "resourceType": "Communication", "id": self.nid("com"), "meta": c.meta[c.ac],
                         "status": "completed", "category": [{"text": "Advice and guidance response"}],
@@ -864,6 +870,7 @@ class Person:
                         "recipient": [ref("Practitioner", self.usual_gp)],
                         "payload": [{"contentString": "Advice given: see recommendations; no need to refer."}],
                     })
+            outcomes.on_advice(self, sent, minute, answered)
         # A&E attendances and emergency admissions
         ae = c.act["ae_per_year"]
         n_ae = _poisson(rng, (ae["base"] + ae["per_condition"] * self.n_cond
@@ -1279,11 +1286,13 @@ class Person:
             self.key_worker = kw
             parts.append({"role": [{"text": "care coordinator"}], "member": ref("Practitioner", kw),
                           "onBehalfOf": c.org_ref[c.cm]})
-        self.emit("CareTeam", {
+        team = {
             "resourceType": "CareTeam", "id": self.nid("ct"), "meta": c.meta[self.org], "status": "active",
             "name": "Multidisciplinary care team", "subject": self.pref, "participant": parts,
             "managingOrganization": [c.org_ref[self.org]],
-        })
+        }
+        workforce.emit(self, team)  # key worker handovers and tasks between organisations (own random streams)
+        self.emit("CareTeam", team)
 
     # -- ground truth for prescribing problems -----------------------------------------------------------------
     def problems_truth(self) -> None:

@@ -145,6 +145,7 @@ def generate(*, patients: int, seed: int, out: Path, workers: int = 2, today: da
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
     shutil.rmtree(parts)
+    truth.update(_append_expected_measures(out / "ground-truth.ndjson"))
     files = sorted(p.name for p in out.iterdir() if p.name.endswith(".ndjson"))
     manifest = {
         "generator": "joinedup.synth", "version": GENERATOR_VERSION, "patients": opts.patients, "seed": opts.seed,
@@ -159,6 +160,22 @@ def generate(*, patients: int, seed: int, out: Path, workers: int = 2, today: da
         write_feed(out)
     return GenerateResult(out=out, patients=opts.patients, seed=opts.seed, resources=sum(counts.values()),
                           counts=dict(sorted(counts.items())), truth=dict(sorted(truth.items())), files=len(files))
+
+
+def _append_expected_measures(path: Path) -> Counter[str]:
+    """Each outcome measure's expected value (`kind: measure_expected`), summed from the per-person `measure`
+    records, appended to the ground truth (synth.outcomes)."""
+    from joinedup.synth import outcomes
+
+    records = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            if b'"kind":"measure"' in line:
+                records.append(orjson.loads(line))
+    expected = outcomes.expected(records)
+    with open(path, "ab") as fh:
+        fh.writelines(orjson.dumps(r, option=_DUMP) for r in expected)
+    return Counter({"measure_expected": len(expected)})
 
 
 def read_ndjson(out: Path, rtype: str):

@@ -266,8 +266,9 @@ def report(*, gate: Gate, who: Principal, today: date | None = None) -> dict[str
                 row["evidence"] = ev
             else:
                 row["no_evidence"] = True
-                row["no_evidence_reason"] = ("JoinedUp has no measurement for this item: it rests on the board's "
-                                             "own judgement and evidence.")
+                row["no_evidence_reason"] = " ".join((it.get("no_evidence_reason") or (
+                    "JoinedUp has no measurement for this item: it rests on the board's own judgement and "
+                    "evidence.")).split())
             out_items.append(row)
             flat.append(row)
         out_frameworks.append({"framework": f["framework"], "title": f["title"], "version": f["version"],

@@ -3,7 +3,10 @@
 Every figure is computed in one pass over the shared record through `Gate.published_figures` (the board's
 `assess-integration` activity; National Data Opt-out applied, since assessing the partnership is planning), using the
 care domains' own service functions to read their resources: advice response times (care/referrals:
-`measure_response_times`), key workers (care/plans: `key_worker_of`), overdue tasks (care/plans: `task_view`).
+`measure_response_times`), key workers (care/plans: `key_worker_of`), overdue tasks (care/plans: `task_view`),
+and the workforce view's tally (system/workforce: open and overdue tasks, handovers over 12 months, from tasks, care
+teams and the tasks' version history) and each organisation's time since its last write (the store's version
+history) in the same pass.
 Only numbers leave the gate; counts are then small-number suppressed (`governance.deid.suppress`) before anything
 is published, and a share whose numerator or denominator is suppressed is not shown at all.
 Definitions and periods: knowledge/system/measures.yaml.
@@ -27,11 +30,12 @@ from joinedup.governance import deid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
 from joinedup.system import knowledge as kb
+from joinedup.system import workforce
 from joinedup.system.service import complete
 
 YEAR = timedelta(days=365)
 ACTIVE = {"active", "recurrence", "relapse"}
-DIRECTORY_TYPES = ("HealthcareService",)
+DIRECTORY_TYPES = ("HealthcareService", "PractitionerRole")
 
 
 def _active_problem(c: dict[str, Any]) -> bool:
@@ -139,11 +143,27 @@ def figures(*, gate: Gate, who: Principal, today: date | None = None, fresh: boo
                                                         f"{FRESH_SECONDS} s)", entity=f"figures:{PURPOSE}")
         return hit[1]
 
-    def measure(records: Iterator[tuple[Any, list[Any]]], directory: dict[str, list[Any]]) -> dict[str, Any]:
-        return compute(records, directory, today=today, since=since)
+    now = time.time()
 
-    raw = gate.published_figures(who, purpose=PURPOSE, measure=measure, directory_types=DIRECTORY_TYPES)
-    raw = {**raw, "computed_at": time.time()}
+    def measure(records: Iterator[tuple[Any, list[Any]]], directory: dict[str, list[Any]], *,
+                history: Iterable[dict[str, Any]] | None = None,
+                last_writes: dict[str, str] | None = None) -> dict[str, Any]:
+        tally = workforce.Tally(directory, as_at=today, history=history)
+
+        def fed() -> Iterator[tuple[Any, list[Any]]]:
+            for patient, items in records:
+                tally.add(patient, items)
+                yield patient, items
+
+        f = compute(fed(), directory, today=today, since=since)
+        f["workforce"] = tally.figures()["system"]
+        f["freshness"] = workforce.freshness_hours(last_writes or {}, now=now)
+        return f
+
+    raw = gate.published_figures(who, purpose=PURPOSE, measure=measure, directory_types=DIRECTORY_TYPES,
+                                 history_types=("Task",), history_since=workforce.period_start(today).isoformat(),
+                                 last_writes=True)
+    raw = {**raw, "computed_at": now}
     with _lock:
         _recent[key] = (time.monotonic(), raw)
     return raw
@@ -166,11 +186,34 @@ def _share(num: int, den: int) -> dict[str, Any]:
     return {"value": value, "numerator": shown_num, "denominator": shown_den}
 
 
+def _workforce(w: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The workforce view's system figures as evidence: on the day (the last point) and over the 12 months."""
+    last = workforce.MONTHS - 1
+    months = range(workforce.MONTHS)
+    kw = sum(w.get(f"key_worker_handovers:{i}", 0) for i in months)
+    moved = sum(w.get(f"reassignments:{i}", 0) for i in months)
+    return {"open_tasks_overdue_share": _share(w.get(f"overdue:{last}", 0), w.get(f"open:{last}", 0)),
+            "work_handovers": {"value": _count(kw + moved), "key_worker_handovers": _count(kw),
+                               "task_reassignments": _count(moved), "see": "/workforce"}}
+
+
+def _freshness(hours: dict[str, float]) -> dict[str, Any]:
+    """Organisations (not people: not suppressed) whose last write is within the fresh window, of all that wrote."""
+    limit = workforce.definitions()["freshness"]["fresh_hours"]
+    if not hours:
+        return {"value": None, "numerator": 0, "denominator": 0, "note": "no organisation has written yet"}
+    fresh = sum(1 for h in hours.values() if h <= limit)
+    ordered = sorted(hours.values())
+    return {"value": round(100 * fresh / len(hours), 1), "numerator": fresh, "denominator": len(hours),
+            "stalest_hours": ordered[-1], "median_hours": ordered[len(ordered) // 2], "see": "/workforce#feeds"}
+
+
 def published(raw: dict[str, Any], *, today: date) -> dict[str, dict[str, Any]]:
     """Every measure of measures.yaml with its suppressed value and period, from the raw figures."""
     since = (today - YEAR).isoformat()
     periods = {"last-365-days": {"start": since, "end": today.isoformat()},
-               "as-at": {"start": today.isoformat(), "end": today.isoformat()}}
+               "as-at": {"start": today.isoformat(), "end": today.isoformat()},
+               "last-12-months": {"start": workforce.period_start(today).isoformat(), "end": today.isoformat()}}
     a = raw["advice"]
     high = config.value("SUPPRESS_HIGH")
     median_ok = a["first_reply_n"] > high
@@ -189,6 +232,7 @@ def published(raw: dict[str, Any], *, today: date) -> dict[str, dict[str, Any]]:
         "correction_requests_answered": _share(raw["corrections_answered"], raw["corrections"]),
         "multi_org_record_share": _share(raw["multi_org"], raw["multimorbidity"]),
         "directory_completeness": _share(raw["directory"]["complete"], raw["directory"]["services"]),
+        **_workforce(raw["workforce"]), "feed_freshness": _freshness(raw["freshness"]),
     }
     out = {}
     for key, spec in kb.measures()["measures"].items():

@@ -182,8 +182,7 @@ def patient(request: Request, who: Viewer, patient_id: str, setting: str = "", t
                                  type=type or None)
     resp = page(request, "patient.html", {
         "s": summary, "tl": tl, "setting": setting, "type": type, "all": bool(all), "limit": TIMELINE_PAGE,
-        "all_settings": SETTINGS, "all_types": service.TIMELINE_TYPES, "charts": _charts(summary),
-        "badge": _badge, "asked": bool(asked),
+        "all_settings": SETTINGS, "all_types": service.TIMELINE_TYPES, "badge": _badge, "asked": bool(asked),
     }, who=who)
     resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
     return resp
@@ -224,24 +223,6 @@ _BADGE = {"GP practice": "gp", "Hospital": "hospital", "Community": "community",
 
 def _badge(setting: str) -> str:
     return _BADGE.get(setting, "other")
-
-
-def _charts(summary) -> list[dict[str, Any]]:
-    """Server-rendered SVG line charts (no JavaScript) for results with two or more values."""
-    out = []
-    w, h, pad = 240, 72, 8
-    for r in summary.results:
-        pts = r.points
-        if len(pts) < 2:
-            continue
-        vals = [p.value for p in pts]
-        lo, hi = min(vals), max(vals)
-        span = (hi - lo) or 1.0
-        xs = [pad + i * (w - 2 * pad) / (len(pts) - 1) for i in range(len(pts))]
-        ys = [h - pad - (v - lo) / span * (h - 2 * pad) for v in vals]
-        out.append({"code": r.code, "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys)),
-                    "last": (xs[-1], ys[-1]), "lo": lo, "hi": hi, "w": w, "h": h})
-    return out
 
 
 # -- open in context ----------------------------------------------------------------------------------------

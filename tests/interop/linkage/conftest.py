@@ -15,6 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.conftest import once_per_database
+
 PEOPLE = 3000
 SEED = 11
 PREFIX = "lk-"
@@ -43,6 +45,10 @@ def _prefixed(resource: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def population(server, tmp_root) -> Population:
+    return once_per_database("linkage-population", server.db_url, lambda: _population(server, tmp_root))
+
+
+def _population(server, tmp_root: Path) -> Population:
     from joinedup.governance.accounts import add_user, issue_token
     from joinedup.governance.identity import SYSTEM
     from joinedup.interop.bulk_import import import_paths
@@ -95,9 +101,12 @@ def model_file(population, tmp_root) -> Path:
     from joinedup.governance.identity import SYSTEM
     from joinedup.interop.linkage import service
 
-    path = tmp_root / "linkage-model.json"
-    service.train(population.gate, SYSTEM, path=path)
-    return path
+    def train() -> Path:
+        path = tmp_root / f"linkage-model-{abs(hash(population.url))}.json"
+        service.train(population.gate, SYSTEM, path=path)
+        return path
+
+    return once_per_database("linkage-model", population.url, train)
 
 
 def queue_pair(population: Population, model_file: Path) -> str:

@@ -27,7 +27,8 @@ def test_comparison_row_reads_the_patient_resource():
                    "address": [{"use": "work", "line": ["1 Work St"]},
                                {"use": "home", "line": ["12 Mill Lane"], "postalCode": "ls6 2ab"}]})
     assert r == {"unique_id": "x", "organisation": "o1", "first_name": "ROISIN", "surname": "O BRIEN",
-                 "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB", "address": "12 MILL LANE"}
+                 "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB", "address": "12 MILL LANE",
+                 "first_name_groups": ["ROISIN"]}
     assert model.agreement(r, {**r, "dob": "1941-07-03", "postcode": None})["dob"] == "differs"
     assert model.agreement(r, {**r, "postcode": None})["postcode"] == "missing"
     assert model.differences(r, {**r, "dob": "1941-07-03", "postcode": "LS6 9ZZ"}) == {

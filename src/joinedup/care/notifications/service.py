@@ -46,6 +46,7 @@ EVENT_TYPES: dict[str, str] = {
     "conflict": "New high-severity conflict finding",
     "monitoring-alert": "Virtual ward reading outside agreed limits",
     "correction-request": "A person asks for their record to be corrected",
+    "person-message": "A message from a person to their care team",
 }
 # a person's own message asking for something in their record to be corrected (written from their record page)
 PERSON_REQUEST_SYSTEM = codes.PERSON_REQUEST
@@ -57,6 +58,7 @@ CLOSED_TASK = {"completed", "cancelled", "entered-in-error", "rejected", "failed
 RECENT = timedelta(days=3)        # events about the past older than this (e.g. history loads) are not news
 COLLAPSE_WINDOW = timedelta(minutes=10)
 BULK = 25                         # a write of more resources than this is a load: no per-resource conflict checks
+DRAIN = 64                        # queued writes handled together (their reads' audit committed at once)
 
 
 def now_iso() -> str:
@@ -124,7 +126,16 @@ def classify(rtype: str, res: dict | None, *, now: datetime | None = None) -> li
         orgs = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Organization"))}
         out.append(Event("correction-request", pid, ref, "Asks for a correction to their record", body[:160],
                          res.get("sent"), also_orgs=orgs))
-    elif rtype == "Communication" and res.get("inResponseTo") and res.get("status") != "preparation":
+    elif rtype == "Communication" and any(c.get("system") == PERSON_REQUEST_SYSTEM and c.get("code") == "message"
+                                          for cat in res.get("category") or [] for c in cat.get("coding") or []):
+        # a person's message to their care team from their portal (portal/service.py)
+        body = next((p.get("contentString") for p in res.get("payload") or [] if p.get("contentString")), "")
+        to = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Practitioner"))}
+        orgs = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Organization"))}
+        out.append(Event("person-message", pid, ref, "Message from the person", body[:160], res.get("sent"),
+                         also_to=to, also_orgs=orgs))
+    elif rtype == "Communication" and res.get("inResponseTo") and res.get("status") != "preparation" and \
+            not any(_ref_id(r, "Patient") for r in res.get("recipient") or []):  # a reply to the person is not news
         if _recent(res.get("sent") or res.get("received"), now) or not (res.get("sent") or res.get("received")):
             thread = (res["inResponseTo"][0] or {}).get("reference") or ref
             to = {i for r in res.get("recipient") or [] if (i := _ref_id(r, "Practitioner"))}
@@ -176,15 +187,28 @@ class Notifier:
 
     def _run(self) -> None:
         while True:
-            item = self.queue.get()
+            items = [self.queue.get()]
+            while len(items) < DRAIN:  # what else is already queued is handled with it
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
-                    return
-                self._handle(*item)
+                # the reads behind these writes' events are audited together: one audit commit for the batch
+                # (Gate.answering), not one wait per read
+                with self.gate.answering():
+                    for item in items:
+                        if item is None:
+                            return
+                        try:
+                            self._handle(*item)
+                        except Exception:
+                            log.exception("notification handling failed")
             except Exception:
-                log.exception("notification handling failed")
+                log.exception("notification audit commit failed")
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
 
     def _handle(self, who: Principal, written: list[tuple], queued_at: float) -> None:
         now = datetime.now(UTC)

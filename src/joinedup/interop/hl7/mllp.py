@@ -6,6 +6,12 @@ Every frame gets an answer: the message's ACK (AA/AE/AR from `Hl7Service.handle`
 frame - a new start block before the end of the last frame, a connection closed (or idle past the frame timeout)
 in the middle of a frame, a frame larger than the limit, bytes outside any frame - an AR naming the problem, and
 what arrived is kept in the dead-letter store. The database work runs in worker threads, never on the event loop.
+
+Messages that arrive together on different connections are applied together (`Hl7Service.handle_many`): while one
+batch is being applied the frames that come in wait, and then go as the next batch (at most MAX_BATCH), in one
+database transaction with a savepoint per message, each still answered with its own ACK once its batch is committed.
+A sender waits for its ACK before sending the next message (original acknowledgement mode), so a batch holds at most
+one message per connection and each connection's messages are applied in the order sent.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from joinedup.interop.hl7.service import Hl7Service, Outcome
 
 START, END, CR = b"\x0b", b"\x1c", b"\x0d"
+MAX_BATCH = 64
 log = logging.getLogger("joinedup.hl7")
 
 
@@ -41,6 +48,8 @@ class MllpServer:
         self.on_outcome = on_outcome
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="joinedup-hl7")
         self._server: asyncio.AbstractServer | None = None
+        self._waiting: list[tuple[str, bytes, asyncio.Future]] = []  # frames for the next batch
+        self._drainer: asyncio.Task | None = None
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -62,11 +71,33 @@ class MllpServer:
         self._pool.shutdown(wait=True)
 
     async def _handle(self, peer: str, body: bytes, received: float) -> Outcome:
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._pool, lambda: self.service.handle(body, channel=f"mllp:{peer}"))
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((peer, body, fut))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        out = await fut
+        if isinstance(out, BaseException):
+            raise out
         if self.on_outcome:
             self.on_outcome(out, received)
         return out
+
+    async def _drain(self) -> None:
+        """Apply the waiting frames, batch after batch, one batch at a time (in a worker thread)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                items = [(body, f"mllp:{peer}") for peer, body, _fut in batch]
+                try:
+                    outs: list = await loop.run_in_executor(self._pool, self.service.handle_many, items)
+                except Exception as exc:  # noqa: BLE001 - told to every connection of the batch
+                    outs = [exc] * len(batch)
+                for (_peer, _body, fut), out in zip(batch, outs):
+                    if not fut.done():
+                        fut.set_result(out)
+        finally:
+            self._drainer = None
 
     async def _hold(self, peer: str, body: bytes, reason: str) -> Outcome:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ RECEIVER_APP = "JOINEDUP"
 RECEIVER_FACILITY = "JOINEDUP"
 LISTENER = Principal(name="hl7-listener", role="system", display="HL7 v2 listener (before the sender is known)")
 OPEN = ("planned", "arrived", "triaged", "in-progress", "onleave")
+PLACE_TTL = 300.0  # seconds a Location found by its identifier is remembered (Hl7Service.known_place)
 
 
 @dataclass
@@ -67,35 +69,89 @@ class Hl7Service:
         self.gate = gate
         self.channel = channel
         self._orgs: dict[str, tuple[str, str | None]] = {}
+        # Locations found or created by earlier messages: (identifier system, value or name) -> (id, when)
+        self._places: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    # -- the one entry point --------------------------------------------------------------------------------------
+    # -- the entry points -----------------------------------------------------------------------------------------
     def handle(self, raw: str | bytes, *, channel: str | None = None, replay_of: str | None = None) -> Outcome:
         """Apply one message (or refuse it and keep it); returns the outcome with its ER7 acknowledgement."""
         with self.gate.answering():  # the message's audit events are committed together, before the ACK
-            return self._handle(raw, channel=channel, replay_of=replay_of)
+            out = self._handle_many([(raw, channel, replay_of)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
-    def _handle(self, raw: str | bytes, *, channel: str | None, replay_of: str | None) -> Outcome:
-        text = normalise(raw) if isinstance(raw, (str, bytes)) else ""
+    def handle_many(self, items: list[tuple[str | bytes, str | None]]) -> list[Outcome | BaseException]:
+        """Apply messages that arrived together (on different connections): (raw, channel) each. Their writes share
+        one database transaction, each message in its own savepoint (`Gate.apply_messages`), so a message that
+        fails is rolled back alone; messages about the same person or writing the same resource are applied one
+        after the other, each planned from what the one before it committed. Returns, in order, each message's
+        outcome with its own acknowledgement, or the unexpected exception that stopped it (nothing of it kept)."""
+        with self.gate.answering():  # the batch's audit events are committed together, before the ACKs
+            return self._handle_many([(raw, channel, None) for raw, channel in items])
+
+    def _handle_many(self, items: list[tuple[str | bytes, str | None, str | None]]
+                     ) -> list[Outcome | BaseException]:
+        results: list[Outcome | BaseException | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        while pending:
+            staged: list[tuple[int, Staged]] = []
+            taken: set[str] = set()
+            later: list[int] = []
+            for i in pending:
+                raw, channel, replay_of = items[i]
+                header = read_header(normalise(raw) if isinstance(raw, (str, bytes)) else "")
+                try:
+                    msg = parse(raw)
+                    header = msg.header
+                    stage = self._stage(msg)
+                except Fault as fault:
+                    results[i] = self._refused(fault, header, raw, channel, replay_of)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - this message only; the caller reports it
+                    results[i] = exc
+                    continue
+                if isinstance(stage, Outcome):  # a duplicate
+                    results[i] = self._done(stage, replay_of)
+                elif stage.keys & taken:  # planned again once the message before it is committed
+                    later.append(i)
+                else:
+                    taken |= stage.keys
+                    staged.append((i, stage))
+            errors = self.gate.apply_messages([(st.who, st.bundle, st.receipt) for _i, st in staged]) \
+                if staged else []
+            for (i, stage), error in zip(staged, errors):
+                raw, channel, replay_of = items[i]
+                try:
+                    results[i] = self._done(self._applied(stage, error), replay_of)
+                except Fault as fault:
+                    results[i] = self._refused(fault, stage.msg.header, raw, channel, replay_of)
+                except Exception as exc:  # noqa: BLE001 - this message only; the caller reports it
+                    results[i] = exc
+            pending = later
+        return [r for r in results if r is not None]
+
+    def _refused(self, fault: Fault, header: Header, raw: str | bytes, channel: str | None,
+                 replay_of: str | None) -> Outcome:
+        """A message that cannot be applied: kept in the dead-letter store (or, replayed, kept there with the new
+        reason), answered AE/AR."""
         keep = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-        header = read_header(text)
-        try:
-            msg = parse(text)
-            header = msg.header
-            out = self._apply(msg)
-        except Fault as fault:
-            out = Outcome(fault.ack, header, fault.text, fault=fault)
-            if replay_of:
-                self.gate.release_message(LISTENER, replay_of, applied=False, reason=fault.text)
-                out.held = replay_of
-            else:
-                out.held = self.gate.hold_message(
-                    LISTENER, raw=keep, reason=fault.text, ack_code=fault.ack, location=fault.location,
-                    facility=header.sending_facility or None, control_id=header.control_id or None,
-                    trigger=header.trigger or None, channel=channel or self.channel)
+        out = Outcome(fault.ack, header, fault.text, fault=fault)
+        if replay_of:
+            self.gate.release_message(LISTENER, replay_of, applied=False, reason=fault.text)
+            out.held = replay_of
         else:
-            if replay_of:
-                self.gate.release_message(LISTENER, replay_of, applied=True)
+            out.held = self.gate.hold_message(
+                LISTENER, raw=keep, reason=fault.text, ack_code=fault.ack, location=fault.location,
+                facility=header.sending_facility or None, control_id=header.control_id or None,
+                trigger=header.trigger or None, channel=channel or self.channel)
+        out.ack = ack_message(out)
+        return out
+
+    def _done(self, out: Outcome, replay_of: str | None) -> Outcome:
+        if replay_of:
+            self.gate.release_message(LISTENER, replay_of, applied=True)
         out.ack = ack_message(out)
         return out
 
@@ -123,36 +179,68 @@ class Hl7Service:
         return self.handle(row["raw"], channel=row.get("channel"), replay_of=held_id)
 
     # -- applying ----------------------------------------------------------------------------------------------
-    def _apply(self, msg: Message) -> Outcome:
+    def _stage(self, msg: Message) -> Staged | Outcome:
+        """Plan one message's writes from what the store holds now (or, applied before, its duplicate outcome)."""
         h = msg.header
         ods = h.sending_facility.upper()
         org_id, org_name = self._organisation(ods)
         who = feed_principal(org_id, ods, org_name)
-        seen = self.gate.message_receipt(who, ods, h.control_id)
-        if seen is not None:
-            return self._duplicate(h, seen)
         plan = Plan(self, msg, who, ods, org_id)
-        plan.build()
+        try:
+            plan.build()
+        except Fault:
+            # applied before? (a message sent again is planned against what it changed and may not plan at all)
+            seen = self.gate.message_receipt(who, ods, h.control_id)
+            if seen is not None:
+                return self._duplicate(h, seen)
+            raise
+        # a message applied before is found by its receipt's key when it is applied (Gate.apply_messages): its
+        # savepoint is rolled back and the receipt read then (_applied), one query less for every other message
         receipt = {"facility": ods, "control_id": h.control_id, "trigger": h.trigger, "received": _now(),
                    "applied": _now(), "patient_id": plan.patient_id, "note": "; ".join(plan.notes)[:4000] or None}
         bundle = {"resourceType": "Bundle", "type": "transaction",
                   "entry": [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
                             for r in plan.writes]}
-        try:
-            self.gate.apply_message(who, bundle, receipt=receipt)
-        except IntegrityError:
+        # what the message must not share with another in the same batch: the person, every resource it writes,
+        # and its receipt (two copies of one message)
+        keys = {f"Patient/{plan.patient_id}", f"hl7:{ods}|{h.control_id}",
+                *(f"{r['resourceType']}/{r['id']}" for r in plan.writes)}
+        return Staged(msg, who, ods, plan, bundle, receipt, keys)
+
+    def _applied(self, stage: Staged, error: BaseException | None) -> Outcome:
+        """The outcome of a staged message once its savepoint was released (error None) or rolled back."""
+        h, who, ods, plan = stage.msg.header, stage.who, stage.ods, stage.plan
+        if isinstance(error, IntegrityError):
             seen = self.gate.message_receipt(who, ods, h.control_id)
             if seen is None:
-                raise
+                raise error
             return self._duplicate(h, seen)
-        except FhirError as exc:
-            raise Fault("AE", 207, f"the mapped resources were refused: {exc.diagnostics}", plan.blame) from None
+        if isinstance(error, FhirError):
+            raise Fault("AE", 207, f"the mapped resources were refused: {error.diagnostics}", plan.blame) from None
+        if error is not None:
+            raise error
+        now = time.monotonic()
+        with self._lock:
+            for key, lid in plan.new_places.items():
+                self._places[key] = (lid, now)
         if plan.audit:
             self.gate.record(who, plan.audit[0], allowed=True, reason=plan.audit[1], entity=plan.audit[2],
                              patient_id=plan.patient_id, detail={"control_id": h.control_id, "facility": ods})
         note = "; ".join(plan.notes)
         return Outcome("AA", h, note or f"{h.trigger} applied", notes=plan.notes, patient_id=plan.patient_id,
                        encounter_id=plan.encounter_id)
+
+    def known_place(self, key: tuple[str, str]) -> str | None:
+        """A Location an earlier message found or created (remembered for PLACE_TTL seconds: wards and beds are
+        directory data that rarely change, and every message of a ward names it)."""
+        with self._lock:
+            hit = self._places.get(key)
+        return hit[0] if hit and time.monotonic() - hit[1] < PLACE_TTL else None
+
+    def remember_place(self, key: tuple[str, str], lid: str) -> str:
+        with self._lock:
+            self._places[key] = (lid, time.monotonic())
+        return lid
 
     def _duplicate(self, h: Header, seen: dict) -> Outcome:
         text = (f"duplicate: message {h.control_id} from {h.sending_facility} was applied at {seen['applied']}; "
@@ -213,6 +301,19 @@ class Hl7Service:
         return {"restored": prior_id, "survivor": survivor_id}
 
 
+@dataclass
+class Staged:
+    """One message planned and ready to be applied."""
+
+    msg: Message
+    who: Principal
+    ods: str
+    plan: Plan
+    bundle: dict
+    receipt: dict
+    keys: set[str]
+
+
 class Plan:
     """The resources one message writes (built from what the store holds now, read as the integration account)."""
 
@@ -226,10 +327,13 @@ class Plan:
         self.encounter_id: str | None = None
         self.audit: tuple[str, str, str] | None = None
         self.blame = "PID"
+        self.new_places: dict[tuple[str, str], str] = {}  # Locations this message creates (remembered once applied)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def find(self, rtype: str, params: list[tuple[str, str]]):
-        return self.gate.search(self.who, rtype, params + [("_count", "20")],
+        if not any(k == "_count" for k, _v in params):
+            params = params + [("_count", "20")]
+        return self.gate.search(self.who, rtype, params,
                                 query_text=f"{rtype}?" + "&".join(f"{k}={v}" for k, v in params)).matches
 
     def write(self, resource: dict, current: dict | None = None) -> None:
@@ -284,14 +388,23 @@ class Plan:
         if not idents:
             raise Fault("AE", 101, f"{seg}-{n} patient identifier list has no identifier", seg, n)
         found = None
+        # one search for every identifier PID-3 gives; then the preference: the sender's own numbers in PID-3
+        # order, then the NHS number
+        every = self.find("Patient", [("identifier", ",".join(token(i["system"], i["value"]) for i in idents)),
+                                      ("_count", "200")])
+
+        def holding(ident: dict) -> list:
+            return [s for s in every if any(x.get("system") == ident["system"] and x.get("value") == ident["value"]
+                                            for x in s.content.get("identifier") or [])]
+
         for ident in (i for i in idents if i["system"] != codes.NHS_NUMBER):
-            hits = self.find("Patient", [("identifier", f"{ident['system']}|{ident['value']}")])
+            hits = holding(ident)
             if hits:
                 found = sorted(hits, key=lambda s: (s.source != self.source, s.id))[0]
                 break
         if found is None:
             for ident in (i for i in idents if i["system"] == codes.NHS_NUMBER):
-                hits = self.find("Patient", [("identifier", f"{codes.NHS_NUMBER}|{ident['value']}")])
+                hits = holding(ident)
                 if hits:
                     found = sorted(hits, key=lambda s: (s.source != self.source,
                                                         not s.content.get("generalPractitioner"), s.id))[0]
@@ -383,7 +496,7 @@ class Plan:
                  "type": {"coding": [{"system": m.V2_0203, "code": "VN"}], "text": "visit number"}} if visit else None
         current = None
         if ident:
-            hits = self.find("Encounter", [("identifier", f"{ident['system']}|{visit}")])
+            hits = self.find("Encounter", [("identifier", token(ident["system"], visit))])
             current = hits[0].content if hits else None
         if current is None and not visit and trigger in ("A02", "A03", "A08", "A11", "A12", "A13"):
             hits = self.find("Encounter", [("subject", f"Patient/{patient_id}"), ("_sort", "-date")])
@@ -545,14 +658,18 @@ class Plan:
 
     def place(self, key: str, name: str, kind: str, kind_text: str, part_of: str | None) -> str:
         system = m.local_system(self.ods, "location")
-        hits = self.find("Location", [("identifier", f"{system}|{key}")])
+        known = self.svc.known_place((system, key))
+        if known:
+            return known
+        hits = self.find("Location", [("identifier", token(system, key))])
         if hits:
-            return hits[0].id
+            return self.svc.remember_place((system, key), hits[0].id)
         if part_of is None:  # a ward the directory already holds under its name (e.g. loaded from FHIR)
             named = [s for s in self.find("Location", [("name:exact", name), ("organization", self.source)])]
             if named:
-                return named[0].id
+                return self.svc.remember_place((system, key), named[0].id)
         lid = m.safe_id(self.ods, "loc", key)
+        self.new_places[(system, key)] = lid
         res: dict[str, Any] = {"resourceType": "Location", "id": lid, "identifier": [{"system": system, "value": key}],
                                "status": "active", "name": name, "mode": "instance",
                                "physicalType": {"coding": [{"system": m.LOCATION_TYPE, "code": kind,
@@ -592,7 +709,7 @@ class Plan:
         if not value:
             return None
         system = m.local_system(self.ods, "spell")
-        hits = self.find("EpisodeOfCare", [("identifier", f"{system}|{value}")])
+        hits = self.find("EpisodeOfCare", [("identifier", token(system, value))])
         current = hits[0].content if hits else None
         eid = current["id"] if current else m.safe_id(self.ods, "eoc", value)
         res = copy.deepcopy(current) if current else {"resourceType": "EpisodeOfCare", "id": eid,
@@ -625,7 +742,7 @@ class Plan:
             raise Fault("AE", 101, "MRG-1 prior patient identifier list has no identifier", "MRG", 1)
         prior = None
         for ident in idents:
-            hits = self.find("Patient", [("identifier", f"{ident['system']}|{ident['value']}")])
+            hits = self.find("Patient", [("identifier", token(ident["system"], ident["value"]))])
             hits = [s for s in hits if s.id != survivor_id]
             if hits:
                 prior = sorted(hits, key=lambda s: (s.source != self.source, s.id))[0]
@@ -650,6 +767,15 @@ class Plan:
         self.notes.append(f"Patient/{prior.id} merged into Patient/{survivor_id}")
         self.audit = ("hl7-merge", f"Patient/{prior.id} merged into Patient/{survivor_id} (ADT^A40 from {self.ods})",
                       f"Patient/{prior.id}")
+
+
+def token(system: str, value: str) -> str:
+    """A FHIR token search value system|code, with the search syntax characters escaped (FHIR R4 search, "Escaping
+    Search Parameters": backslash, comma, pipe and dollar)."""
+    def esc(x: str) -> str:
+        return x.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+
+    return f"{esc(system)}|{esc(value)}"
 
 
 def _same(a: dict, b: dict) -> bool:

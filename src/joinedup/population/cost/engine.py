@@ -1,0 +1,262 @@
+"""Activity and cost of care per person, per setting and per population segment, in SQL.
+
+The ViewDefinitions in `views/` flatten Encounters, EpisodeOfCare (care packages), Appointments, Patients and the
+directory into DuckDB tables (the SQL on FHIR engine); the rules of `schedule.yaml` recognise each contact or
+package as one priced activity in one setting; one query per figure aggregates. No Python loop over the population:
+Python writes the resources to NDJSON (done by the caller, inside the gate), the people's segments (worked out by
+the risk and register engines, which are per person) as one CSV file, and reads back the aggregates.
+
+Figures are numbers only (nested mappings), so `compute` can run inside `Gate.published_figures`."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from joinedup.population.views import runner
+from joinedup.population.views.compiler import compile_view
+
+RESOURCE_TYPES = ("Patient", "Encounter", "EpisodeOfCare", "Appointment")
+DIRECTORY_TYPES = ("Organization", "PractitionerRole")
+SEGMENT_KINDS = ("multimorbidity", "frailty", "cms")
+
+
+class CostInputError(ValueError):
+    """Bad input to a cost report (one line, safe to show)."""
+
+
+@lru_cache(maxsize=1)
+def schedule() -> dict[str, Any]:
+    """The unit-cost schedule, checked: every rule names a known setting and unit cost, every cost has a table."""
+    data = yaml.safe_load(resources.files("joinedup.population.cost").joinpath("schedule.yaml").read_text("utf-8"))
+    costs, settings = data["unit_costs"], data["settings"]
+    for cid, c in costs.items():
+        if not (isinstance(c.get("cost"), (int, float)) and c.get("table") and c.get("per")
+                and isinstance(c.get("verified"), bool)):
+            raise ValueError(f"unit cost {cid} needs cost, per, table and verified")
+    for r in data["encounter_rules"] + data["episode_rules"]:
+        if r["setting"] not in settings or r["price"] not in costs or r.get("short_price", r["price"]) not in costs:
+            raise ValueError(f"cost rule {r['activity']} names an unknown setting or unit cost")
+    return data
+
+
+@lru_cache(maxsize=1)
+def views() -> dict[str, dict[str, Any]]:
+    folder = resources.files("joinedup.population.cost").joinpath("views")
+    return {f.name.removesuffix(".json"): orjson.loads(f.read_bytes()) for f in folder.iterdir()
+            if f.name.endswith(".json")}
+
+
+def activities() -> dict[str, dict[str, Any]]:
+    """Every activity the rules recognise, with its setting and the unit cost that prices it."""
+    s = schedule()
+    return {r["activity"]: r for r in s["encounter_rules"] + s["episode_rules"]}
+
+
+def _q(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _in(column: str, values: list[Any]) -> str:
+    return f"{column} IN ({', '.join(_q(v) for v in values)})"
+
+
+def _d(value: date) -> str:
+    return f"DATE '{value.isoformat()}'"
+
+
+def _rule_sql(rule: dict[str, Any]) -> str:
+    conds = [_in("e.class", rule["class"])]
+    if rule.get("type_code"):
+        conds.append(_in("e.type_code", rule["type_code"]))
+    if rule.get("service_type"):
+        conds.append(_in("lower(coalesce(e.service_type, ''))", [t.lower() for t in rule["service_type"]]))
+    if rule.get("provider") == "registered-practice":
+        conds.append("e.provider = p.practice")
+    elif rule.get("provider") == "other":
+        conds.append("e.provider IS DISTINCT FROM p.practice")
+    if rule.get("practitioner_role"):
+        conds.append(f"""EXISTS (SELECT 1 FROM v_practitioner_role r WHERE r.practitioner = e.practitioner
+                         AND r.organization = e.provider AND r.role = {_q(rule['practitioner_role'])})""")
+    return " AND ".join(conds)
+
+
+class Flattened:
+    """The cost views flattened into DuckDB tables from NDJSON files, plus people's segments from a CSV file."""
+
+    def __init__(self, folder: Path, segments_csv: Path | None, *, first: date, last: date) -> None:
+        self.first, self.last = first, last
+        self.con = runner.connect()
+        self.con.sql("SET enable_progress_bar = false")
+        for name, view in views().items():
+            compiled = compile_view(view)
+            files = runner.ndjson_files(folder, compiled.resource)
+            try:
+                self.con.sql(f"CREATE TABLE v_{name} AS {compiled.query(runner.ndjson_relation(files))}")
+            except Exception as exc:  # a runtime check of the view failed on this data
+                raise runner._run_error(exc) from None
+        if segments_csv is not None:
+            self.con.sql(f"""CREATE TABLE segment AS SELECT * FROM read_csv({_q(str(segments_csv))}, header = true,
+                             columns = {{'person': 'VARCHAR', 'multimorbidity': 'VARCHAR', 'frailty': 'VARCHAR',
+                                         'cms': 'VARCHAR'}})""")
+        else:
+            self.con.sql("CREATE TABLE segment (person VARCHAR, multimorbidity VARCHAR, frailty VARCHAR, cms VARCHAR)")
+        mid = date.fromordinal((first.toordinal() + last.toordinal()) // 2)
+        # the population: people registered with a practice, born and alive on the middle day of the period
+        self.con.sql(f"""
+            CREATE TABLE person AS
+            SELECT p.id, p.practice, coalesce(o.ods, p.practice) AS practice_ods,
+                   coalesce(n.ods, o.part_of, 'unknown') AS pcn_ods
+            FROM v_patient p LEFT JOIN v_organization o ON o.id = p.practice
+                             LEFT JOIN v_organization n ON n.id = o.part_of
+            WHERE p.practice IS NOT NULL AND TRY_CAST(p.birth_date AS DATE) <= {_d(mid)}
+              AND (p.deceased IS NULL OR TRY_CAST(substr(p.deceased, 1, 10) AS DATE) >= {_d(mid)})""")
+        # every record that is one of these people: their own, and records linked to them (Patient.link, either way)
+        self.con.sql("""
+            CREATE TABLE alias AS
+            SELECT record, min(person) AS person FROM (
+                SELECT id AS record, id AS person FROM person
+                UNION ALL
+                SELECT l.other AS record, l.id AS person
+                FROM (SELECT id, unnest(links) AS other FROM v_patient) l JOIN person ON person.id = l.id
+                UNION ALL
+                SELECT l.id AS record, l.other AS person
+                FROM (SELECT id, unnest(links) AS other FROM v_patient) l JOIN person ON person.id = l.other
+            ) GROUP BY record""")
+        self._activity()
+
+    def _activity(self) -> None:
+        s = schedule()
+        costs = s["unit_costs"]
+        a = s["assumptions"]
+        minutes = float(a["default_contact_minutes"]["value"])
+        short = int(a["short_stay_max_days"]["value"])
+        first, last = _d(self.first), _d(self.last)
+        branches = []
+        for rule in s["encounter_rules"]:
+            price = float(costs[rule["price"]]["cost"])
+            if rule["units"] == "hours":
+                units = (f"coalesce(date_diff('minute', TRY_CAST(e.start AS TIMESTAMPTZ), TRY_CAST(e.\"end\" AS "
+                         f"TIMESTAMPTZ)), {minutes}) / 60.0")
+                cost = f"{units} * {price}"
+            elif rule["units"] == "stay":
+                units = "1.0"
+                short_price = float(costs[rule.get("short_price", rule["price"])]["cost"])
+                cost = (f"CASE WHEN date_diff('day', CAST(substr(e.start, 1, 10) AS DATE), "
+                        f"CAST(substr(coalesce(e.\"end\", e.start), 1, 10) AS DATE)) <= {short} "
+                        f"THEN {short_price} ELSE {price} END")
+            else:
+                units, cost = "1.0", f"{price}"
+            branches.append((_rule_sql(rule), rule["activity"], rule["setting"], units, cost))
+        case = lambda i: "CASE " + " ".join(f"WHEN {c} THEN {b[i]}" for c, *b in branches) + " END"  # noqa: E731
+        kinds = "CASE " + " ".join(f"WHEN {c} THEN {_q(act)}" for c, act, *_ in branches) + " END"
+        settings = "CASE " + " ".join(f"WHEN {c} THEN {_q(st)}" for c, _a, st, *_ in branches) + " END"
+        self.con.sql(f"""
+            CREATE TABLE contact AS
+            SELECT e.id, al.person, {kinds} AS activity, {settings} AS setting,
+                   CAST({case(2)} AS DOUBLE) AS units, CAST({case(3)} AS DOUBLE) AS cost
+            FROM v_encounter e JOIN alias al ON al.record = e.patient JOIN v_patient p ON p.id = al.person
+            WHERE coalesce(e.status, '') NOT IN ('cancelled', 'entered-in-error', 'planned')
+              AND CAST(substr(e.start, 1, 10) AS DATE) BETWEEN {first} AND {last}""")
+        pieces = []
+        for rule in s["episode_rules"]:
+            price = float(costs[rule["price"]]["cost"])
+            per_week = price * float(a[rule["hours_per_week"]]["value"]) if rule.get("hours_per_week") else price
+            pieces.append((_in("lower(coalesce(x.type_text, ''))", [t.lower() for t in rule["type_text"]]),
+                           rule["activity"], rule["setting"], per_week))
+        overlap = (f"greatest(0, date_diff('day', greatest(TRY_CAST(substr(x.start, 1, 10) AS DATE), {first}), "
+                   f"least(coalesce(TRY_CAST(substr(x.\"end\", 1, 10) AS DATE), {last}), {last})) + 1) / 7.0")
+        if pieces:
+            self.con.sql(f"""
+                CREATE TABLE package AS
+                SELECT x.id, al.person,
+                       CASE {' '.join(f'WHEN {c} THEN {_q(act)}' for c, act, _s, _p in pieces)} END AS activity,
+                       CASE {' '.join(f'WHEN {c} THEN {_q(st)}' for c, _a, st, _p in pieces)} END AS setting,
+                       {overlap} AS units,
+                       {overlap} * CASE {' '.join(f'WHEN {c} THEN {p}' for c, _a, _s, p in pieces)} END AS cost
+                FROM v_episode x JOIN alias al ON al.record = x.patient
+                WHERE coalesce(x.status, '') NOT IN ('cancelled', 'entered-in-error', 'planned', 'waitlist')
+                  AND {overlap} > 0""")
+        else:
+            self.con.sql("CREATE TABLE package (id VARCHAR, person VARCHAR, activity VARCHAR, setting VARCHAR, "
+                         "units DOUBLE, cost DOUBLE)")
+        self.con.sql("""CREATE TABLE activity AS
+                        SELECT person, activity, setting, units, cost, 1 AS n FROM contact WHERE activity IS NOT NULL
+                        UNION ALL
+                        SELECT person, activity, setting, units, cost, 0 AS n FROM package WHERE activity IS NOT NULL""")
+        self.con.sql("""CREATE TABLE per_person AS
+                        SELECT p.id AS person, p.practice_ods, p.pcn_ods,
+                               coalesce(s.multimorbidity, 'unknown') AS multimorbidity,
+                               coalesce(s.frailty, 'unknown') AS frailty, coalesce(s.cms, 'unknown') AS cms
+                        FROM person p LEFT JOIN segment s ON s.person = p.id""")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _grouped(self, key: str | None) -> dict[str, dict[str, dict[str, float]]]:
+        """{group: {"all": {people, cost, people_with_activity}, setting: {activity, units, cost, people}}}."""
+        k = key or "'all'"
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        people = self.con.sql(f"""
+            SELECT {k} AS grp, count(*) AS people, count(t.person) AS active, coalesce(sum(t.cost), 0) AS cost
+            FROM per_person q LEFT JOIN (SELECT person, sum(cost) AS cost FROM activity GROUP BY 1) t
+              ON t.person = q.person GROUP BY 1""").fetchall()
+        for grp, n, active, cost in people:
+            out[str(grp)] = {"all": {"people": int(n), "people_with_activity": int(active), "cost": float(cost)}}
+        rows = self.con.sql(f"""
+            SELECT {k} AS grp, a.setting, sum(a.n) AS contacts, sum(a.units) AS units, sum(a.cost) AS cost,
+                   count(DISTINCT a.person) AS people
+            FROM per_person q JOIN activity a ON a.person = q.person GROUP BY 1, 2""").fetchall()
+        for grp, setting, contacts, units, cost, n in rows:
+            out.setdefault(str(grp), {"all": {"people": 0, "people_with_activity": 0, "cost": 0.0}})[setting] = {
+                "contacts": int(contacts), "units": float(units), "cost": float(cost), "people": int(n)}
+        return out
+
+    def figures(self) -> dict[str, Any]:
+        total = self._grouped(None).get("all") or {"all": {"people": 0, "people_with_activity": 0, "cost": 0.0}}
+        acts = {r[0]: {"count": int(r[1]), "units": float(r[2]), "cost": float(r[3]), "people": int(r[4])}
+                for r in self.con.sql("""SELECT activity, sum(n), sum(units), sum(cost), count(DISTINCT person)
+                                         FROM activity GROUP BY 1""").fetchall()}
+        unpriced = self.con.sql("SELECT count(*) FROM contact WHERE activity IS NULL").fetchall()[0][0]
+        mid_ord = (self.first.toordinal() + self.last.toordinal()) // 2
+        unattributed = self.con.sql(f"""
+            SELECT count(*) FROM v_encounter e WHERE NOT EXISTS (SELECT 1 FROM alias a WHERE a.record = e.patient)
+              AND CAST(substr(e.start, 1, 10) AS DATE) BETWEEN {_d(self.first)} AND {_d(self.last)}""").fetchall()[0][0]
+        unattributed_packages = self.con.sql("""
+            SELECT count(*) FROM v_episode x WHERE NOT EXISTS (SELECT 1 FROM alias a WHERE a.record = x.patient)
+              AND lower(coalesce(x.type_text, '')) <> 'gp registration'""").fetchall()[0][0]
+        no_encounter = self.con.sql(f"""
+            SELECT count(DISTINCT ap.id) FROM v_appointment ap JOIN alias al ON al.record = ap.patient
+            WHERE ap.status IN ('fulfilled', 'arrived', 'checked-in')
+              AND TRY_CAST(substr(ap.start, 1, 10) AS DATE) BETWEEN {_d(self.first)} AND {_d(self.last)}
+              AND NOT EXISTS (SELECT 1 FROM v_encounter e WHERE e.appointment = ap.id)""").fetchall()[0][0]
+        return {"period": {"first": self.first.toordinal(), "last": self.last.toordinal(), "middle": mid_ord},
+                "total": total, "activities": acts,
+                **{f"segment:{kind}": self._grouped(kind) for kind in SEGMENT_KINDS},  # flat: figures nest <= 4
+                "practice": self._grouped("q.practice_ods"), "pcn": self._grouped("q.pcn_ods"),
+                "not_counted": {"unpriced_contacts": int(unpriced), "contacts_of_records_not_linked": int(unattributed),
+                                "care_packages_of_records_not_linked": int(unattributed_packages),
+                                "appointments_without_encounter": int(no_encounter)}}
+
+
+def write_segments(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["person", *SEGMENT_KINDS])
+        w.writerows(rows)
+
+
+def compute(folder: Path, segments_csv: Path | None, *, first: date, last: date) -> dict[str, Any]:
+    """Cost figures (numbers only) over the NDJSON files in `folder` for the period first..last."""
+    flat = Flattened(folder, segments_csv, first=first, last=last)
+    try:
+        return flat.figures()
+    finally:
+        flat.close()

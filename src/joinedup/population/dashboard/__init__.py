@@ -1,0 +1,1 @@
+"""Population dashboards for analysts, managers and partnership boards, from precomputed published figures (issue 18, part 6)."""

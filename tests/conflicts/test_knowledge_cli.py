@@ -1,0 +1,207 @@
+"""`joinedup knowledge list|show|check` through the real command line (the main CLI, Typer's runner), including a
+broken copy of the knowledge directory in tmp that must give exit 2 naming the precise problem; and the committed
+reference page (docs/knowledge-reference.md) must be what the command generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from joinedup.cli import app
+from joinedup.conflicts.codes import icd10_problem, loinc_problem, rxnorm_problem, snomed_problem
+
+REPO = Path(__file__).resolve().parents[2]
+KNOWLEDGE = REPO / "src" / "joinedup" / "knowledge"
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, ["knowledge", *args])
+
+
+@pytest.fixture()
+def copy(tmp_path: Path) -> Path:
+    """A copy of the packaged knowledge directory to break."""
+    dest = tmp_path / "knowledge"
+    shutil.copytree(KNOWLEDGE, dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return dest
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def _problems(result) -> list[str]:
+    assert result.exit_code == 2, result.output
+    return result.output.strip().splitlines()
+
+
+def test_the_packaged_knowledge_passes_every_check() -> None:
+    r = _run("check")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("ok: ") and "rules checked" in r.output
+
+
+def test_a_rule_without_sources_is_reported(copy: Path) -> None:
+    _edit(copy / "conflicts/interactions.yaml",
+          '      - "Fluoroquinolone SmPCs: use with caution in myasthenia gravis - may exacerbate muscle weakness '
+          '(not re-read this session)"\n', "")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert "conflicts/interactions.yaml: rule ix-fluoroquinolone-myasthenia: no sources" in lines
+    assert lines[-1].startswith("error: 1 problem in ")
+
+
+def test_a_source_that_names_no_document_is_reported(copy: Path) -> None:
+    _edit(copy / "conflicts/interactions.yaml",
+          "Fluoroquinolone SmPCs: use with caution in myasthenia gravis",
+          "Someone said: use with caution in myasthenia gravis")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert any(x.startswith("conflicts/interactions.yaml: rule ix-fluoroquinolone-myasthenia: no source names a "
+                            "document") for x in lines), lines
+
+
+def test_an_unverified_rule_may_not_be_high(copy: Path) -> None:
+    _edit(copy / "conflicts/interactions.yaml",
+          "  - id: ix-fluoroquinolone-myasthenia\n    kind: drug-disease\n    severity: moderate\n",
+          "  - id: ix-fluoroquinolone-myasthenia\n    kind: drug-disease\n    severity: high\n")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert ("conflicts/interactions.yaml: rule ix-fluoroquinolone-myasthenia: unverified rule is high (an "
+            "unverified rule may be at most moderate)") in lines
+
+
+def test_a_class_that_is_not_defined_is_reported(copy: Path) -> None:
+    _edit(copy / "conflicts/interactions.yaml", "    drugs: [{class: fluoroquinolone}]\n    conditions: "
+          "[myasthenia_gravis]", "    drugs: [{class: quinolones}]\n    conditions: [myasthenia_gravis]")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert ("conflicts/interactions.yaml: rule ix-fluoroquinolone-myasthenia: class 'quinolones' is not defined "
+            "(medicines.yaml classes)") in lines
+
+
+def test_an_unknown_condition_is_reported(copy: Path) -> None:
+    _edit(copy / "conflicts/interactions.yaml", "    conditions: [myasthenia_gravis]\n",
+          "    conditions: [myasthenia]\n")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert ("conflicts/interactions.yaml: rule ix-fluoroquinolone-myasthenia: condition 'myasthenia' is not "
+            "defined (conditions.yaml)") in lines
+
+
+def test_malformed_codes_are_reported(copy: Path) -> None:
+    # SNOMED CT 38341003 (hypertensive disorder) with its Verhoeff check digit changed; LOINC 2160-0 (creatinine)
+    # with a wrong mod 10 check digit; an ICD-10 category that is not one; an RxNorm code with letters
+    _edit(copy / "conditions.yaml", '{code: "38341003",', '{code: "38341004",')
+    _edit(copy / "terminology/results.yaml", 'loinc: ["2160-0",', 'loinc: ["2160-1",')
+    _edit(copy / "conditions.yaml", 'icd10: ["I10", "I11",', 'icd10: ["I10", "11I",')
+    _edit(copy / "terminology/medicines.yaml", '  "1191": "Aspirin"', '  "1191x": "Aspirin"')
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert "conditions.yaml: hypertension: SNOMED CT 38341004: Verhoeff check digit does not match" in lines
+    assert "terminology/results.yaml: result creatinine: LOINC 2160-1: check digit should be 0" in lines
+    assert any(x.startswith("conditions.yaml: hypertension: ICD-10 11I: not an ICD-10 code") for x in lines), lines
+    assert any(x.startswith("terminology/medicines.yaml: RxNorm 1191x:") for x in lines), lines
+
+
+def test_a_dmd_id_outside_a_concept_partition_is_reported(copy: Path) -> None:
+    csv_path = copy / "terminology/dmd/dmd_products.csv"
+    text = csv_path.read_text(encoding="utf-8")
+    # a description-partition id (..01x) where a concept id belongs: line 2 of the file
+    first = text.splitlines()[1].split(",")[0]
+    csv_path.write_text(text.replace(first + ",", "10065611000001011,", 1), encoding="utf-8")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert ("terminology/dmd/dmd_products.csv: line 2: dm+d 10065611000001011: partition 01 is not a concept "
+            "partition (00 or 10)") in lines
+
+
+def test_a_rule_without_vignettes_is_reported(copy: Path) -> None:
+    path = copy / "conflicts/vignettes.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["vignettes"] = [v for v in doc["vignettes"] if v.get("expect") != "dd-acei-arb"]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    lines = _problems(_run("check", "--dir", str(copy), "--no-vignettes"))
+    assert ("conflicts/rules.yaml: rule dd-acei-arb: no vignette with a firing case and a close non-firing case "
+            "(conflicts/vignettes.yaml, expect: dd-acei-arb)") in lines
+
+
+def test_vignettes_are_run_and_a_close_case_that_fires_is_reported(copy: Path) -> None:
+    # the close case of dual-ras-ramipril-losartan is made the same as its firing case: it must be caught
+    _edit(copy / "conflicts/vignettes.yaml",
+          '    close: {meds: ["Ramipril 5mg capsules", "Amlodipine 5mg tablets"]}\n  - id: triple-whammy',
+          '    close: {meds: ["Ramipril 5mg capsules", "Losartan 50mg tablets"]}\n  - id: triple-whammy')
+    lines = _problems(_run("check", "--dir", str(copy)))
+    assert lines[:-1] == ["conflicts/vignettes.yaml: vignette dual-ras-ramipril-losartan: close case also raises "
+                          "dd-acei-arb"]
+
+
+def test_a_yaml_error_is_one_line(copy: Path) -> None:
+    (copy / "conflicts/nice.yaml").write_text("rules: [\n  - id: x\n", encoding="utf-8")
+    lines = _problems(_run("check", "--dir", str(copy)))
+    assert len(lines) == 2 and lines[0].startswith("conflicts/nice.yaml: not valid YAML at line ")
+
+
+def test_a_directory_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
+    r = _run("check", "--dir", str(tmp_path / "nowhere"))
+    assert r.exit_code == 2 and "is not a directory" in r.output
+
+
+def test_list_as_json_and_by_kind() -> None:
+    r = _run("list", "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["count"] == len(doc["rules"]) >= 170
+    by_id = {x["id"]: x for x in doc["rules"]}
+    acei = by_id["dd-acei-arb"]
+    assert acei["kind"] == "drug-drug" and acei["classes"] == ["ace_inhibitor", "arb"]
+    assert acei["sources"] and acei["vignettes"] == ["dual-ras-ramipril-losartan"]
+    assert not [x["id"] for x in doc["rules"] if not x["verified"] and x["severity"] in ("high", "critical")]
+    r = _run("list", "--kind", "dose")
+    assert r.exit_code == 0 and "dose-metformin-renal" in r.output and "dd-acei-arb" not in r.output
+    r = _run("list", "--kind", "nonsense")
+    assert r.exit_code == 2 and "unknown kind 'nonsense'" in r.output
+
+
+def test_show_a_rule_and_an_unknown_one() -> None:
+    r = _run("show", "dose-metformin-renal")
+    assert r.exit_code == 0, r.output
+    assert "band: below 30" in r.output and "raised by dr-metformin-egfr-30" in r.output
+    assert "Glucophage (metformin) SmPC" in r.output and "vignettes: dose-metformin-2g-egfr-38" in r.output
+    r = _run("show", "metformin")
+    assert r.exit_code == 2 and "no rule 'metformin'" in r.output and "dr-metformin-egfr-30" in r.output
+
+
+def test_the_reference_page_is_up_to_date() -> None:
+    r = _run("list", "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    page = (REPO / "docs" / "knowledge-reference.md").read_text(encoding="utf-8")
+    assert r.output == page, "docs/knowledge-reference.md is stale: run joinedup knowledge list --format markdown"
+
+
+# -- code formats, from the published definitions -----------------------------------------------------------------
+@pytest.mark.parametrize("code", ["38341003", "22298006", "195967001", "1011481000000105", "10065611000001109"])
+def test_published_snomed_and_dmd_ids_are_well_formed(code: str) -> None:
+    # hypertensive disorder, myocardial infarction, asthma (International release); an eGFR code and a dm+d AMP
+    # from the UK extension (long format, namespace 1000001 / 1000000)
+    assert snomed_problem(code) is None
+
+
+def test_snomed_check_digit_and_partition() -> None:
+    assert snomed_problem("22298007") == "Verhoeff check digit does not match"
+    assert snomed_problem("123") == "3 digits (an SCTID has 6-18)"
+    assert snomed_problem("2229800x") == "not all digits"
+    assert "partition 02" in str(snomed_problem("1000021"))
+
+
+@pytest.mark.parametrize("code", ["2160-0", "62238-1", "33914-3", "2823-3", "4548-4", "8867-4"])
+def test_published_loinc_codes_pass_the_mod_10_check(code: str) -> None:
+    assert loinc_problem(code) is None
+
+
+def test_loinc_rxnorm_icd10_formats() -> None:
+    assert loinc_problem("62238-2") == "check digit should be 1"
+    assert loinc_problem("62238") == "not of the form NNNNN-N"
+    assert rxnorm_problem("314076") is None and rxnorm_problem("0314") is not None
+    assert icd10_problem("E11.9") is None and icd10_problem("M1A") is None and icd10_problem("E1") is not None
