@@ -28,8 +28,10 @@ system-deps:
 demo: $(STAMP)
 	JOINEDUP_HL7_PORT=$(HL7_PORT) $(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
 
+# Two worker processes (pytest-xdist; whole files per worker, each worker with its own PostgreSQL database).
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench.run $(BENCH)

@@ -13,7 +13,8 @@ registration, so the gate does the relationship, consent and seal work a real us
   * the summary API `GET /api/patients/{id}/summary`: wall time;
 each JOINEDUP_BENCH_PERSON_REQUESTS times (default 300, at least 200) after 20 warm-up requests, sequentially from
 one client, p50/p95/p99, and the server's CPU time per request (the figure a loaded machine distorts least).
-Writes bench/results/person_page.json. `--profile` prints a cProfile of the page's work
+Writes bench/results/person_page.json. JOINEDUP_BENCH_PERSON_DIR keeps the data and the SQLite store in that
+directory and reuses them on the next run. `--profile` prints a cProfile of the page's work
 (summary and rendering) in this process instead.
 """
 
@@ -142,6 +143,13 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _token(db_url: str) -> str:
+    from joinedup.governance.accounts import issue_token
+    from joinedup.governance.gate import get_gate
+
+    return issue_token(get_gate(db_url), "bench-gp")
+
+
 def measure(db_url: str, pid: str, token: str, requests: int) -> dict:
     page_server, page_wall, api_wall = [], [], []
     with Served(db_url, workers=1) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -172,29 +180,39 @@ def measure(db_url: str, pid: str, token: str, requests: int) -> dict:
 
 
 def profile(db_url: str, pid: str, rounds: int = 30) -> None:
-    """cProfile of the page's work in this process: the summary as the GP sees it, and the rendered page."""
+    """cProfile of the page's work in this process: the person page route (summary through the gate, then the
+    rendered template) as the GP, called as the server calls it."""
     import cProfile
     import pstats
 
-    from starlette.testclient import TestClient
+    from starlette.requests import Request
 
     from joinedup.app import create_app
     from joinedup.config import Settings
+    from joinedup.governance.accounts import get_user
+    from joinedup.governance.gate import get_gate
+    from joinedup.web import routes
 
     app = create_app(Settings(database_url=db_url, secret_key="bench-profile"))
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        from joinedup.governance.accounts import issue_token
-        from joinedup.governance.gate import get_gate
+    who = get_user(get_gate(db_url), "bench-gp")
+    scope = {"type": "http", "method": "GET", "path": f"/patients/{pid}", "raw_path": f"/patients/{pid}".encode(),
+             "headers": [(b"host", b"127.0.0.1")], "query_string": b"", "app": app, "scheme": "http",
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "root_path": "", "state": {}}
 
-        c.cookies.set("joinedup_token", issue_token(get_gate(db_url), "bench-gp"))
-        for _ in range(5):
-            assert c.get(f"/patients/{pid}").status_code == 200
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(rounds):
-            c.get(f"/patients/{pid}")
-        prof.disable()
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+    def one() -> None:
+        resp = routes.patient(Request(scope), who, pid)
+        assert resp.status_code == 200, resp.body[:300]
+
+    for _ in range(5):
+        one()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(rounds):
+        one()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(25)
 
 
 def main() -> dict:
@@ -202,14 +220,28 @@ def main() -> dict:
     requests = max(200, int(os.environ.get("JOINEDUP_BENCH_PERSON_REQUESTS", "300")))
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("JOINEDUP_BENCH_DATABASE_URL") else [])
     runs = []
+    keep = os.environ.get("JOINEDUP_BENCH_PERSON_DIR")  # reuse the data and SQLite store there (e.g. to profile)
     with tempfile.TemporaryDirectory(prefix="joinedup-bench-person-") as tmp_name:
-        tmp = Path(tmp_name)
-        pid, by_type = build_record(tmp / "data", people)
+        tmp = Path(keep or tmp_name)
+        marker = tmp / "loaded.json"
+        done = orjson.loads(marker.read_bytes()) if keep and marker.exists() else None
+        if done and done["people"] == people:
+            pid, by_type = done["person"], Counter(done["entries_by_type"])
+        else:
+            pid, by_type = build_record(tmp / "data", people)
         print(f"person {pid}: {sum(by_type.values())} entries ({', '.join(f'{t} {n}' for t, n in by_type.most_common())})",
               flush=True)
         for kind in kinds:
-            db_url = _database(kind, tmp)
-            loaded = load(db_url, tmp / "data", pid)
+            db_url = _database(kind, tmp) if not (done and kind == "sqlite") else f"sqlite:///{tmp / 'person.db'}"
+            if done and kind == "sqlite":
+                loaded = {**done["loaded"], "token": _token(db_url)}
+            else:
+                if kind == "sqlite":
+                    Path(tmp / "person.db").unlink(missing_ok=True)
+                loaded = load(db_url, tmp / "data", pid)
+                if keep and kind == "sqlite":
+                    marker.write_bytes(orjson.dumps({"people": people, "person": pid, "entries_by_type": by_type,
+                                                     "loaded": {k: v for k, v in loaded.items() if k != "token"}}))
             if "--profile" in sys.argv:
                 profile(db_url, pid)
                 continue

@@ -8,8 +8,8 @@ import traceback
 
 BENCHMARKS = ["bench.bench_store", "bench.bench_generate", "bench.bench_conflicts", "bench.bench_record", "bench.bench_policy",
               "bench.bench_care_worklist", "bench.bench_notifications", "bench.bench_responsiveness", "bench.bench_hl7",
-              "bench.bench_views", "bench.bench_population", "bench.bench_person_page",
-              "bench.bench_linkage", "bench.bench_import", "bench.bench_assessment"]
+              "bench.bench_views", "bench.bench_population", "bench.bench_population_scale", "bench.bench_person_page",
+              "bench.bench_linkage", "bench.bench_import", "bench.bench_reads", "bench.bench_assessment"]
 
 
 def main(argv: list[str]) -> int:

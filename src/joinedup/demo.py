@@ -162,8 +162,31 @@ def create_demo_users(gate: Gate, data_dir: Path) -> list[dict[str, str]]:
             organization=organization)
     add("analyst", "analyst", "ICS analyst")
     add("privacy.officer", "privacy-officer", "Privacy officer")
+    add("records.manager", "records-manager", "Health records manager")  # the record-linkage review queue
     add("board", "board", "Partnership board member")  # the integration self-assessment (system/)
     patient = _demo_patient(data_dir, gp_practitioner)
     if patient:
         add("patient", "patient", "Patient (demo)", patient=patient)
+        _demo_carer(gate, add)
     return users
+
+
+def _demo_carer(gate: Gate, add) -> None:
+    """The demo patient's daughter, given access to their appointments and plan for 90 days (as the person would
+    from "Sharing and carers"), so the carer's view can be tried: user `carer`."""
+    from datetime import UTC, datetime, timedelta
+
+    from joinedup.portal import proxy
+
+    person = get_user(gate, "patient")
+    if person is None or person.role != "patient":
+        return
+    add("carer", "carer", "Carer (demo)", patient=person.patient_id)
+    carer = get_user(gate, "carer")
+    if carer is None or carer.role != "carer" or carer.patient_id != person.patient_id:
+        return
+    if any(g["account"] == "carer" and g["live"] for g in proxy.grants(gate=gate, who=person)):
+        return
+    until = (datetime.now(UTC).date() + timedelta(days=90)).isoformat()
+    proxy.grant(gate=gate, who=person, name="Ava Okafor", relationship="Daughter", account="carer",
+                scope="appointments-plan", until=until)

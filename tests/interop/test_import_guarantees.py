@@ -109,3 +109,35 @@ def test_kill_9_mid_import_leaves_whole_batches_and_a_rerun_completes(tmp_path):
     assert done.returncode == 0, done.stderr
     current, versions = _consistent(db)
     assert current == total and versions == total
+
+
+def test_rerun_skips_lines_written_from_the_same_bytes_and_parses_every_other(tmp_path):
+    """A re-run recognises a line by its bytes only when the live entry was written from exactly those bytes;
+    the same content written differently, an entry changed since by another write, or a deleted one are decided
+    by parsing, as before."""
+    data = tmp_path / "in"
+    data.mkdir()
+    lines = _lines("Condition")[:40]
+    (data / "Condition.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    gate = get_gate(f"sqlite:///{tmp_path / 'b.db'}")
+    assert import_paths(gate, SYSTEM, [data], workers=1, rejects=tmp_path / "r1.ndjson").created == 40
+
+    docs = [orjson.loads(line) for line in lines]
+    changed = dict(docs[0], recordedDate="2020-01-01")  # a real change: written again
+    gate.update(SYSTEM, "Condition", docs[1]["id"], dict(docs[1], recordedDate="2020-01-02"))  # changed by the API
+    gate.delete(SYSTEM, "Condition", docs[2]["id"])  # deleted since: imported again, it comes back
+    rewritten = [orjson.dumps(changed), lines[1], lines[2], orjson.dumps(docs[3], option=orjson.OPT_SORT_KEYS),
+                 b"  " + lines[4] + b"  ", *lines[5:]]  # 3: same content, keys in another order; 4: spaces around
+    (data / "Condition.ndjson").write_bytes(b"\n".join(rewritten) + b"\n")
+    again = import_paths(gate, SYSTEM, [data], workers=1, rejects=tmp_path / "r2.ndjson")
+    # 0 and 1 written again, 2 (deleted) created again, the other 37 unchanged (3 and 4 found by parsing them)
+    assert (again.updated, again.created, again.unchanged, again.rejected) == (2, 1, 37, 0)
+    assert gate.read(SYSTEM, "Condition", docs[0]["id"]).content["recordedDate"] == "2020-01-01"
+    assert gate.read(SYSTEM, "Condition", docs[1]["id"]).content.get("recordedDate") == docs[1].get("recordedDate")
+    assert not gate.read(SYSTEM, "Condition", docs[2]["id"]).deleted
+    assert gate.read(SYSTEM, "Condition", docs[3]["id"]).content["meta"]["versionId"] == "1"
+
+    # with worker processes the lines are recognised before any is handed to a worker: the same answer
+    third = import_paths(gate, SYSTEM, [data], workers=2, rejects=tmp_path / "r3.ndjson")
+    assert (third.unchanged, third.updated, third.created) == (40, 0, 0)
+    assert third.by_type == {"Condition": 40}

@@ -152,7 +152,7 @@ def test_linked_social_care_record_counts_for_the_person_and_unlinked_is_reporte
     raw = _raw(tmp_path, resources)
     assert raw["total"]["all"]["people"] == 1
     assert raw["activities"]["residential-care-placement"]["cost"] == pytest.approx(1200)
-    assert raw["not_counted"]["care_packages_of_records_not_linked"] == 1
+    assert raw["not_counted"]["care_packages_outside_the_population"] == 1
 
 
 def test_segments_and_practice_breakdown(tmp_path):
@@ -246,3 +246,14 @@ def test_api_through_the_gate(server, api):
         assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
     r = api.get("/api/population/cost", params={"date": "yesterday"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_people_who_died_in_the_period_are_counted(tmp_path):
+    """The cost of care in the last months of life is part of the cost of care: someone who died on 2026-03-01
+    counts, with the A&E attendance (273) before; someone who died before the period does not."""
+    resources = [_patient("d1", deceasedDateTime="2026-03-01T10:00:00Z"),
+                 _enc("d1", "d1-e", "EMER", "2026-02-01T09:00:00Z", "2026-02-01T12:00:00Z", "acute"),
+                 _patient("d0", deceasedDateTime="2025-01-01T10:00:00Z")]
+    raw = _raw(tmp_path, resources)
+    assert raw["total"]["all"]["people"] == 1
+    assert raw["total"]["all"]["cost"] == 273

@@ -44,5 +44,7 @@ def test_revision_0005_adds_practitioner_roles_to_an_existing_database(tmp_path)
 def test_a_new_database_goes_straight_to_head(tmp_path):
     engine = store_engine.make_engine(f"sqlite:///{tmp_path / 'new.db'}")
     command.upgrade(_config(engine), "head")
-    with engine.connect() as conn:  # ... 0007 -> 0008 (R4 compartments) -> 0009 (HL7 v2 messages)
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0009"
+    with engine.connect() as conn:  # ... 0009 (HL7 v2 messages) -> 0010 (published figures) -> 0011 (line hashes)
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0011"
+    assert "published_figures" in sa.inspect(engine).get_table_names()
+    assert "line_hash" in {c["name"] for c in sa.inspect(engine).get_columns("resource")}

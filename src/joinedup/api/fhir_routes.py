@@ -365,3 +365,63 @@ def everything(pid: str, request: Request, who: CurrentUser, gate: GateDep):
     entries = [{"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}}
                for s in page]
     return FhirResponse(searchset(entries, total=len(items), links=links), media_type=FHIR_JSON)
+
+
+# -- compartment search (FHIR R4 http.html "search", search.html "Compartments") -----------------------------------
+_PAGING = ("_count", "_offset", "_sort", "_total", "_summary", "_elements")
+
+
+@router.get("/Patient/{pid}/{ctype}", summary="Search a type within one patient's compartment",
+            description="FHIR compartment search: the resources of a type that the Patient compartment "
+                        "(CompartmentDefinition/patient) places in this person's compartment, e.g. "
+                        "`/fhir/Patient/123/Claim` (Claims whose `patient` or `payee` is Patient/123), with any "
+                        "further search parameters of that type.",
+            responses=fhir_responses(*_READ_ERRORS, schema=FHIR_BUNDLE_SCHEMA),
+            openapi_extra={"parameters": [_COUNT, _OFFSET]})
+def patient_compartment_search(pid: str, ctype: str, request: Request, who: CurrentUser, gate: GateDep):
+    _check_format(request)
+    if not is_resource_type(ctype):
+        raise FhirError(404, f"Unknown resource type '{ctype}'", code="not-supported")
+    members = gate.params.compartments.get("Patient", {}).get(ctype)
+    if not members:
+        raise FhirError(400, f"{ctype} is not in the Patient compartment (CompartmentDefinition/patient): search "
+                             f"/fhir/{ctype} instead", code="not-supported")
+    gate.read(who, "Patient", pid)  # the person must exist and be visible (404 / 403 otherwise)
+    params = list(request.query_params.multi_items())
+    clash = [k for k, _v in params if k.split(":")[0] in members]
+    if clash:
+        raise FhirError(400, f"'{clash[0]}' is fixed by the compartment (Patient/{pid})", code="value",
+                        expression=[clash[0]])
+    if len(members) == 1:
+        return _search(request, who, gate, ctype, params + [(members[0], f"Patient/{pid}")])
+    # in the compartment through any of its parameters (e.g. a Claim's patient or payee): one search per parameter,
+    # each through the gate, merged (each resource once, by id) and paged here
+    settings = request.app.state.settings
+    q = request.query_params
+    count = min(parse_int("_count", q.get("_count", str(settings.default_page_size)), high=MAX_COUNT_PARAM),
+                settings.max_page_size)
+    offset = parse_int("_offset", q.get("_offset", "0"), high=MAX_OFFSET)
+    filters = [(k, v) for k, v in params if k not in _PAGING and not k.startswith(("_include", "_revinclude"))]
+    found: dict[str, Stored] = {}
+    for member in members:
+        query = filters + [(member, f"Patient/{pid}")]
+        result = gate.search(who, ctype, query + [("_count", str(settings.max_page_size))],
+                             query_text=f"Patient/{pid}/{ctype}?{urlencode(query)}",
+                             default_count=settings.max_page_size, max_count=settings.max_page_size)
+        for s in result.matches:
+            found.setdefault(s.id, s)
+    ordered = [found[k] for k in sorted(found)]
+    page = ordered[offset:offset + count] if count else []
+    base = base_url(request)
+    path = f"{base}/Patient/{pid}/{ctype}"
+
+    def link(relation: str, at: int) -> dict:
+        kept = filters + [("_count", str(count))] + ([("_offset", str(at))] if at else [])
+        return {"relation": relation, "url": f"{path}?{urlencode(kept)}"}
+
+    links = [link("self", offset)]
+    if offset + count < len(ordered) and count:
+        links.append(link("next", offset + count))
+    entries = [{"fullUrl": f"{base}/{s.rtype}/{s.id}", "resource": s.content, "search": {"mode": "match"}}
+               for s in page]
+    return FhirResponse(searchset(entries, total=len(ordered), links=links))

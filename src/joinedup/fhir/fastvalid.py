@@ -20,6 +20,8 @@ from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
 
+import orjson
+
 _DATE = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?"
 _DATETIME = (r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
              r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]"
@@ -283,8 +285,7 @@ def _field_check(kind: str, is_list: bool, payload: Any):
     if kind == "skip":
         return _not_none
     if kind == "complex":
-        def item(v: Any, cls=payload) -> None:
-            _element(cls, v, is_resource=False)
+        item = _complex_check(payload)
     elif kind == "resource":
         item = validate_fast
     elif kind == "ext":
@@ -310,6 +311,45 @@ def _field_check(kind: str, is_list: bool, payload: Any):
         for v in value:
             item(v)
     return many
+
+
+class _Seen:
+    """Elements of one class that passed, by their JSON (codings, references and the like repeat across a file:
+    the same JSON is the same element, with the same verdict). A class whose elements rarely repeat (identifiers,
+    periods, attachments) stops being remembered after its first tries."""
+
+    __slots__ = ("good", "tries", "hits", "on")
+
+    def __init__(self) -> None:
+        self.good: set[bytes] = set()
+        self.tries = 0
+        self.hits = 0
+        self.on = True
+
+
+@cache
+def _complex_check(cls: type):
+    seen = _Seen()
+    dumps = orjson.dumps
+
+    def check(v: Any) -> None:
+        if not seen.on or type(v) is not dict:
+            _element(cls, v, is_resource=False)
+            return
+        key = dumps(v)
+        if key in seen.good:
+            seen.hits += 1
+            return
+        _element(cls, v, is_resource=False)
+        seen.tries += 1
+        if seen.tries >= 2000 and seen.hits < seen.tries // 2:
+            seen.on = False
+            seen.good.clear()
+            return
+        if len(seen.good) >= _GOOD_MAX // 10:
+            seen.good.clear()
+        seen.good.add(key)
+    return check
 
 
 def _primitive_check(kind: str, payload: Any):

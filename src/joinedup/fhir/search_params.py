@@ -76,18 +76,22 @@ def _compile_path(path: str) -> Callable[[dict], list[Any]]:
             for node in nodes:
                 if not isinstance(node, dict):
                     continue
-                if choice:
-                    n = len(name)
-                    values = [v for k, v in node.items()
-                              if k.startswith(name) and len(k) > n and k[n].isupper()]
-                else:
+                if not choice:
                     v = node.get(name)
-                    values = [] if v is None else [v]
-                for v in values:
+                    if v is None:
+                        continue
                     if isinstance(v, list):
                         nxt.extend(v)
                     else:
                         nxt.append(v)
+                    continue
+                n = len(name)
+                for k, v in node.items():
+                    if k.startswith(name) and len(k) > n and k[n].isupper():
+                        if isinstance(v, list):
+                            nxt.extend(v)
+                        else:
+                            nxt.append(v)
             if fk is not None:
                 nxt = [x for x in nxt if isinstance(x, dict) and str(x.get(fk)) == fv]
             nodes = nxt
@@ -240,6 +244,7 @@ def _clip(value: Any, n: int = 255) -> Any:
     return value
 
 
+@lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
     """Lower-case, accent-free form used for default string matching."""
     if text.isascii():
@@ -248,26 +253,26 @@ def normalise(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()[:255]
 
 
-def _token(param: SearchParam, values: list[Any], rows: dict) -> None:
+# Indexers: (res_type, res_id, parameter name, reference targets, values, rows by table kind) -> rows appended, each
+# (res_type, res_id, name, *columns of the kind's table).
+
+def _token(rt: str, rid: Any, name: str, _target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["token"]
-    name = param.name
     for v in values:
-        if isinstance(v, str):
-            out.append((name, None, _clip(v), None))
-        elif isinstance(v, bool):
-            out.append((name, None, "true" if v else "false", None))
-        elif isinstance(v, dict):
+        if isinstance(v, dict):  # the commonest first: CodeableConcept, Coding, Identifier, ContactPoint
             if "coding" in v or ("text" in v and "value" not in v and "code" not in v):
                 text = v.get("text")
                 for c in v.get("coding") or ():
                     display = c.get("display")
-                    out.append((name, c.get("system"), _clip(c.get("code")),
+                    code = c.get("code")
+                    out.append((rt, rid, name, c.get("system"),
+                                code[:255] if isinstance(code, str) and len(code) > 255 else code,
                                 normalise(display) if isinstance(display, str) else None))
                 if isinstance(text, str):
-                    out.append((name, None, None, normalise(text)))
+                    out.append((rt, rid, name, None, None, normalise(text)))
             elif "code" in v:
                 display = v.get("display")
-                out.append((name, v.get("system"), _clip(v.get("code")),
+                out.append((rt, rid, name, v.get("system"), _clip(v.get("code")),
                             normalise(display) if isinstance(display, str) else None))
             elif "value" in v:
                 system = v.get("system")
@@ -275,30 +280,38 @@ def _token(param: SearchParam, values: list[Any], rows: dict) -> None:
                     system = None
                 val = v.get("value")
                 if val is not None:
-                    out.append((name, system, _clip(str(val)), None))
+                    out.append((rt, rid, name, system, _clip(str(val)), None))
+        elif isinstance(v, str):
+            out.append((rt, rid, name, None, _clip(v), None))
+        elif isinstance(v, bool):
+            out.append((rt, rid, name, None, "true" if v else "false", None))
 
 
-def _string(param: SearchParam, values: list[Any], rows: dict) -> None:
+_STRING_PARTS = ("family", "text", "city", "district", "state", "postalCode", "country")
+_STRING_LISTS = ("given", "prefix", "suffix", "line")
+
+
+def _string(rt: str, rid: Any, name: str, _target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["string"]
-    name = param.name
 
     def add(s: Any) -> None:
         if isinstance(s, str) and s:
-            out.append((name, normalise(s), _clip(s)))
+            out.append((rt, rid, name, normalise(s), _clip(s)))
 
     for v in values:
         if isinstance(v, str):
             add(v)
         elif isinstance(v, dict):
-            for key in ("family", "text", "city", "district", "state", "postalCode", "country"):
+            for key in _STRING_PARTS:
                 add(v.get(key))
-            for key in ("given", "prefix", "suffix", "line"):
+            for key in _STRING_LISTS:
                 for part in v.get(key) or ():
                     add(part)
             if "display" in v and "reference" in v:
                 add(v.get("display"))
 
 
+@lru_cache(maxsize=65536)
 def split_reference(ref: str) -> tuple[str | None, str | None]:
     """(type, id) of a relative or absolute literal reference; (None, None) otherwise."""
     if "?" in ref or ref.startswith(("urn:", "#")):
@@ -311,61 +324,57 @@ def split_reference(ref: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _reference(param: SearchParam, values: list[Any], rows: dict) -> None:
+def _reference(rt: str, rid: Any, name: str, target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["reference"]
-    name = param.name
-    target = param.target
     for v in values:
         ref = v.get("reference") if isinstance(v, dict) else v if isinstance(v, str) else None
         if not isinstance(ref, str):
             continue
         t, i = split_reference(ref)
         if t is None:
-            out.append((name, None, None, _clip(ref, 512)))
+            out.append((rt, rid, name, None, None, ref[:512]))
         elif not target or t in target:
-            out.append((name, t, i, None))
+            out.append((rt, rid, name, t, i, None))
 
 
-def _quantity(param: SearchParam, values: list[Any], rows: dict) -> None:
+def _quantity(rt: str, rid: Any, name: str, target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["quantity"]
-    name = param.name
     for v in values:
         if isinstance(v, dict) and isinstance(v.get("value"), (int, float)):
-            out.append((name, float(v["value"]), v.get("system"), _clip(v.get("code"), 64),
+            out.append((rt, rid, name, float(v["value"]), v.get("system"), _clip(v.get("code"), 64),
                         _clip(v.get("unit"), 64)))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append((name, float(v), None, None, None))
+            out.append((rt, rid, name, float(v), None, None, None))
         elif isinstance(v, dict) and isinstance(v.get("low"), dict):  # Range
-            _quantity(param, [v["low"], v.get("high") or {}], rows)
+            _quantity(rt, rid, name, target, [v["low"], v.get("high") or {}], rows)
 
 
-def _uri(param: SearchParam, values: list[Any], rows: dict) -> None:
+def _uri(rt: str, rid: Any, name: str, _target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["uri"]
     for v in values:
         if isinstance(v, str):
-            out.append((param.name, _clip(v, 512)))
+            out.append((rt, rid, name, _clip(v, 512)))
 
 
-def _date(param: SearchParam, values: list[Any], rows: dict) -> None:
+def _date(rt: str, rid: Any, name: str, target: frozenset, values: list[Any], rows: dict) -> None:
     out = rows["date"]
-    name = param.name
     for v in values:
         if isinstance(v, str):
             rng = date_range(v)
             if rng:
-                out.append((name, *rng))
+                out.append((rt, rid, name, *rng))
         elif isinstance(v, dict):
             if "start" in v or "end" in v:  # Period
                 lo = date_range(v["start"]) if isinstance(v.get("start"), str) else None
                 hi = date_range(v["end"]) if isinstance(v.get("end"), str) else None
-                out.append((name, lo[0] if lo else MIN_DATE, hi[1] if hi else MAX_DATE))
+                out.append((rt, rid, name, lo[0] if lo else MIN_DATE, hi[1] if hi else MAX_DATE))
             elif "event" in v:  # Timing
                 for e in v.get("event") or ():
                     rng = date_range(e) if isinstance(e, str) else None
                     if rng:
-                        out.append((name, *rng))
+                        out.append((rt, rid, name, *rng))
             elif "boundsPeriod" in (v.get("repeat") or {}):
-                _date(param, [v["repeat"]["boundsPeriod"]], rows)
+                _date(rt, rid, name, target, [v["repeat"]["boundsPeriod"]], rows)
 
 
 MIN_DATE = "0001-01-01T00:00:00.000000"
@@ -402,7 +411,7 @@ def date_range(value: str) -> tuple[str, str] | None:
         return None
 
 
-INDEXERS: dict[str, Callable[[SearchParam, list[Any], dict], None]] = {
+KEYED_INDEXERS: dict[str, Callable[[str, Any, str, frozenset, list[Any], dict], None]] = {
     "token": _token,
     "string": _string,
     "reference": _reference,
@@ -410,9 +419,7 @@ INDEXERS: dict[str, Callable[[SearchParam, list[Any], dict], None]] = {
     "number": _quantity,
     "uri": _uri,
     "date": _date,
-    "composite": lambda p, v, r: None,
-    "special": lambda p, v, r: None,
-}
+}  # composite and special parameters are not indexed
 
 
 DEFINITIONS = "definitions"

@@ -723,14 +723,15 @@ def linked_already(conn, a: str, b: str) -> bool:
 
 
 def link_state(conn, a: str, b: str) -> str | None:
-    """'linked', 'pending' (a link request waits for review), 'rejected' (refused before) or None for a pair."""
+    """'linked', 'pending' (a link request waits for review), 'rejected' (refused before, or unlinked and not linked
+    again) or None for a pair."""
     if linked_already(conn, a, b):
         return "linked"
     pr = schema.privacy_review
     pair = sa.or_(sa.and_(pr.c.patient_id == a, pr.c.other_patient_id == b),
                   sa.and_(pr.c.patient_id == b, pr.c.other_patient_id == a))
-    states = {r[0] for r in conn.execute(sa.select(pr.c.status).where(pr.c.kind == "link", pair))}
-    return "rejected" if "rejected" in states else "pending" if "pending" in states else None
+    states = {r[0] for r in conn.execute(sa.select(pr.c.status).where(pr.c.kind.in_(("link", "unlink")), pair))}
+    return "rejected" if states & {"rejected", "unlinked"} else "pending" if "pending" in states else None
 
 
 def request_link(conn, who: Principal, a: str, b: str, *, reason: str) -> dict | None:

@@ -577,10 +577,12 @@ class Gate:
         return self._transaction(who, bundle, base_url)
 
     def stored_unchanged(self, who: Principal, fingerprints: list[tuple[str, str, str]], *,
-                         label: str) -> set[tuple[str, str]]:
+                         label: str, lines: bool = False) -> set[tuple[str, str]]:
         """Of (type, id, content hash) triples about to be bulk-loaded, those already stored live with exactly
-        that content: the import skips validating and indexing them again. Only an account allowed to import
-        may ask; the answer is counted in the batch's import audit event (`unchanged` of import_resources)."""
+        that content: the import skips validating and indexing them again. With `lines`, the hashes are of the
+        import lines themselves (`repository.line_key`) and match entries written from those very lines (the
+        import then skips parsing them too). Only an account allowed to import may ask; the answer is counted in
+        the batch's import audit event (`unchanged` of import_resources)."""
         self.check(who, "import", None, entity=label)
         by_type: dict[str, dict[str, str]] = {}
         for rtype, rid, digest in fingerprints:
@@ -588,10 +590,22 @@ class Gate:
         same: set[tuple[str, str]] = set()
         with self._store.reading() as conn:
             for rtype, wanted in by_type.items():
+                if lines:
+                    same.update((rtype, rid) for rid in self._store.unchanged_lines(conn, rtype, wanted))
+                    continue
                 for rid, (_v, digest, deleted, _p) in self._store.current_versions(conn, rtype, list(wanted)).items():
                     if not deleted and digest == wanted[rid]:
                         same.add((rtype, rid))
         return same
+
+    @contextmanager
+    def bulk_load(self, who: Principal, expected: int, *, label: str) -> Iterator[bool]:
+        """For a bulk import of about `expected` entries: the store defers its search indexes while a large load
+        goes into a (near-)empty store and builds them at the end (yields whether it did). Only an account allowed
+        to import may ask; what is written is audited per batch by `import_resources`."""
+        self.check(who, "import", None, entity=label)
+        with self._store.bulk_load(expected) as deferred:
+            yield deferred
 
     def import_resources(self, who: Principal, items: list[Prepared], *, label: str,
                          unchanged: int = 0) -> list[Written]:

@@ -60,7 +60,8 @@ PROFESSIONAL_GROUPS_WITHOUT_RELATIONSHIP = {"directory", "audit"}
 PROXY_ACTIVITY = "proxy-access"
 PROXY_ALWAYS = frozenset({"Patient"})  # who the person is: part of every grant
 ACTIVITY_ACTIONS = {"break-glass": "emergency-access", "review": "review-audit",
-                    "extract": "pseudonymised-analytics", "assess": "assess-integration"}
+                    "extract": "pseudonymised-analytics", "assess": "assess-integration",
+                    "link-review": "review-record-linkage"}
 
 
 @lru_cache(maxsize=1)

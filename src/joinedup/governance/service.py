@@ -232,19 +232,21 @@ def _ref_id(value: Any, field: str) -> str:
     return value.strip().removeprefix("Patient/")
 
 
-def link_requests(gate: Gate, who: Principal, *, status: str = "pending", limit: int = 200) -> list[dict[str, Any]]:
-    """Requests to link two records of one person, for the privacy officer (pending first, or by status)."""
+def link_requests(gate: Gate, who: Principal, *, status: str = "pending", limit: int = 200,
+                  action: str = "review") -> list[dict[str, Any]]:
+    """Requests to link two records of one person, for the privacy officer (pending first, or by status); record
+    linkage's queue asks with action 'link-review' (the records manager's activity)."""
     if status not in ("pending", "approved", "rejected", "all"):
         raise FhirError(400, "status must be pending, approved, rejected or all", code="value",
                         expression=["status"])
-    decision = gate.check(who, "review", None, entity="privacy-link-requests")
+    decision = gate.check(who, action, None, entity="privacy-link-requests")
     pr = schema.privacy_review
     q = sa.select(pr).where(pr.c.kind == "link")
     if status != "all":
         q = q.where(pr.c.status == status)
     with gate._store.reading() as conn:
         rows = conn.execute(q.order_by(pr.c.requested_at).limit(limit)).mappings().all()
-    gate._audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-link-requests",
+    gate._audit.record(who, action, allowed=True, reason=decision.reason, entity="privacy-link-requests",
                       detail={"listed": len(rows), "status": status})
     return [_review_view(dict(r)) for r in rows]
 
@@ -281,7 +283,8 @@ def request_link(gate: Gate, who: Principal, *, patient: Any, other_patient: Any
     return _review_view(row)
 
 
-def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, note: Any = None) -> dict[str, Any]:
+def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, note: Any = None,
+                action: str = "review") -> dict[str, Any]:
     """The privacy officer approves (the two records become one person's) or rejects (remembered) a link request."""
     from joinedup.governance import facts as facts_mod
 
@@ -289,7 +292,7 @@ def decide_link(gate: Gate, who: Principal, request_id: str, *, outcome: Any, no
         raise FhirError(400, "'outcome' must be 'approved' or 'rejected'", code="value", expression=["outcome"])
     if note is not None and (not isinstance(note, str) or len(note) > 2000):
         raise FhirError(400, "'note' must be text of at most 2000 characters", code="value", expression=["note"])
-    decision = gate.check(who, "review", None, entity=f"link-request/{request_id}")
+    decision = gate.check(who, action, None, entity=f"link-request/{request_id}")
     pr = schema.privacy_review
     with gate._store.writing() as conn:
         row = conn.execute(sa.select(pr).where(pr.c.id == request_id, pr.c.kind == "link")).mappings().first()
@@ -325,3 +328,110 @@ def choice_changes(gate: Gate, who: Principal, *, limit: int = 200) -> list[dict
     gate._audit.record(who, "review", allowed=True, reason=decision.reason, entity="privacy-choice-changes",
                       detail={"listed": len(rows)})
     return [_review_view(dict(r)) for r in rows]
+
+
+# -- record linkage: confirmed links, unlinking and linking again ------------------------------------------------
+LINKAGE_BASES = ("linkage", "review")  # links record linkage made, or a reviewer accepted from its queue
+
+
+def record_links(gate: Gate, who: Principal, *, action: str = "link-review", limit: int = 500
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Links between records that record linkage confirmed or a reviewer accepted (one row per pair), and pairs
+    unlinked since (with who unlinked them, when and why), newest first."""
+    import json
+
+    decision = gate.check(who, action, None, entity="record-links")
+    pl, pr = schema.patient_link, schema.privacy_review
+    with gate._store.reading() as conn:
+        links = conn.execute(sa.select(pl).where(pl.c.basis.in_(LINKAGE_BASES), pl.c.patient_id < pl.c.other_id)
+                             .order_by(pl.c.confirmed_at.desc()).limit(limit)).mappings().all()
+        unlinked = conn.execute(sa.select(pr).where(pr.c.kind == "unlink").order_by(pr.c.requested_at.desc())
+                                .limit(limit)).mappings().all()
+    gate._audit.record(who, action, allowed=True, reason=decision.reason, entity="record-links",
+                      detail={"links": len(links), "unlinked": len(unlinked)})
+    out_links = [{"patient": f"Patient/{r['patient_id']}", "other_patient": f"Patient/{r['other_id']}",
+                  "basis": r["basis"], "confirmed_by": r["confirmed_by"], "confirmed_at": r["confirmed_at"],
+                  "review": r["review_id"]} for r in links]
+    out_unlinked = []
+    for r in unlinked:
+        view = _review_view(dict(r))
+        try:
+            view["note"] = json.loads(r["decision_note"] or "{}").get("relinked_reason")
+        except ValueError:
+            view["note"] = None
+        out_unlinked.append(view)
+    return {"links": out_links, "unlinked": out_unlinked}
+
+
+def unlink_records(gate: Gate, who: Principal, *, patient: Any, other_patient: Any, reason: Any,
+                   action: str = "link-review") -> dict[str, Any]:
+    """Remove a link that record linkage confirmed (or a reviewer accepted): the two records are no longer one
+    person's - reach through either stops reaching the other at once. Reversible (`relink_records`, which puts the
+    same link back); kept as an 'unlink' row with the reason, audited on both records; while unlinked the pair is
+    never proposed again. A link made by an HL7 merge is undone with `joinedup hl7 unmerge` instead."""
+    import json
+
+    a, b = _ref_id(patient, "patient"), _ref_id(other_patient, "other_patient")
+    if not isinstance(reason, str) or len(reason.strip()) < 10:
+        raise FhirError(400, "'reason' must say in words (at least 10 characters) why these are not one person",
+                        code="required", expression=["reason"])
+    decision = gate.check(who, action, None, entity=f"Patient/{a}")
+    pl, pr = schema.patient_link, schema.privacy_review
+    pair = sa.or_(sa.and_(pl.c.patient_id == a, pl.c.other_id == b), sa.and_(pl.c.patient_id == b, pl.c.other_id == a))
+    now = _iso(_now())
+    with gate._store.writing() as conn:
+        rows = [dict(r) for r in conn.execute(sa.select(pl).where(pair)).mappings()]
+        if not rows:
+            raise FhirError(404, f"Patient/{a} and Patient/{b} are not linked", code="not-found")
+        other = sorted({r["basis"] for r in rows} - set(LINKAGE_BASES))
+        if other:
+            raise FhirError(409, f"Patient/{a} and Patient/{b} were linked by {', '.join(other)}, not by record "
+                                 "linkage (an HL7 merge is undone with `joinedup hl7 unmerge`)", code="conflict")
+        conn.execute(pl.delete().where(pair))
+        row = {"id": uuid.uuid4().hex, "kind": "unlink", "patient_id": a, "other_patient_id": b,
+               "requested_by": who.name, "requested_role": who.role, "requested_org": who.organization_id,
+               "requested_at": now, "reason": reason.strip()[:2000], "status": "unlinked", "decided_by": who.name,
+               "decided_at": now, "decision_note": json.dumps({"removed": rows})}
+        conn.execute(pr.insert().values(**row))
+        gate._facts._bump(conn)
+    gate._facts.invalidate()
+    for x, y in ((a, b), (b, a)):
+        gate._audit.record(who, "unlink", allowed=True, reason=f"{decision.reason}; {reason.strip()}"[:1000],
+                          entity=f"Patient/{y}", patient_id=x, detail={"unlink": row["id"]})
+    return _review_view(row)
+
+
+def relink_records(gate: Gate, who: Principal, unlink_id: str, *, reason: Any,
+                   action: str = "link-review") -> dict[str, Any]:
+    """Undo an unlink: the link it removed is put back as it was (same basis, who confirmed it and when)."""
+    import json
+
+    if not isinstance(reason, str) or len(reason.strip()) < 10:
+        raise FhirError(400, "'reason' must say in words (at least 10 characters) why the records are linked again",
+                        code="required", expression=["reason"])
+    decision = gate.check(who, action, None, entity=f"unlink/{unlink_id}")
+    pl, pr = schema.patient_link, schema.privacy_review
+    with gate._store.writing() as conn:
+        row = conn.execute(sa.select(pr).where(pr.c.id == unlink_id, pr.c.kind == "unlink")).mappings().first()
+        if row is None:
+            raise FhirError(404, f"No unlink '{unlink_id}'", code="not-found")
+        if row["status"] != "unlinked":
+            raise FhirError(409, f"Unlink {unlink_id} was already undone ({row['decided_by']}, {row['decided_at']})",
+                            code="conflict")
+        doc = json.loads(row["decision_note"] or "{}")
+        a, b = row["patient_id"], row["other_patient_id"]
+        have = {(r[0], r[1]) for r in conn.execute(sa.select(pl.c.patient_id, pl.c.other_id).where(
+            sa.tuple_(pl.c.patient_id, pl.c.other_id).in_([(a, b), (b, a)])))}
+        back = [r for r in doc.get("removed") or [] if (r["patient_id"], r["other_id"]) not in have]
+        if back:
+            conn.execute(pl.insert(), back)
+        doc.update(relinked_by=who.name, relinked_at=_iso(_now()), relinked_reason=reason.strip()[:2000])
+        values = {"status": "relinked", "decided_by": who.name, "decided_at": doc["relinked_at"],
+                  "decision_note": json.dumps(doc)}
+        conn.execute(pr.update().where(pr.c.id == unlink_id).values(**values))
+        gate._facts._bump(conn)
+    gate._facts.invalidate()
+    for x, y in ((a, b), (b, a)):
+        gate._audit.record(who, "relink", allowed=True, reason=f"{decision.reason}; {reason.strip()}"[:1000],
+                          entity=f"Patient/{y}", patient_id=x, detail={"unlink": unlink_id})
+    return _review_view({**dict(row), **values})

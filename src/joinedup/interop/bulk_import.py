@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import multiprocessing as mp
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +19,7 @@ import orjson
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
-from joinedup.store.repository import Prepared, fingerprint, prepare
+from joinedup.store.repository import Prepared, line_key, prepare, stamped
 
 BATCH = 2000
 
@@ -138,36 +140,86 @@ def _reject(file: str, line: int, rec: bytes | dict, exc: FhirError) -> Reject:
     return Reject(file, line, exc.diagnostics, raw_text[:100000])
 
 
+# The head of a line as FHIR bulk exports write it ({"resourceType":"X","id":"Y",...}): names the entry it will be
+# stored as (or, should the line repeat a key further on, an entry whose line hash cannot match it)
+_HEAD = re.compile(rb'\s*\{"resourceType":"([A-Za-z]{1,64})","id":"([A-Za-z0-9\-.]{1,64})"')
+
+
+def skip_known_lines(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | dict]], source: str | None,
+                     label: str) -> tuple[list[tuple[str, int, bytes | dict]], int, dict[str, int]]:
+    """(the batch without its lines stored unchanged, how many those were, their count per type): a line whose hash
+    (`line_key`) is stored on the live entry its head names was written from exactly these bytes, so it is
+    unchanged without being parsed. A line whose head names an entry another line of the batch names too is left
+    to the parse."""
+    heads: dict[tuple[str, str], str | None] = {}  # the line hash per entry named by a head (None: named twice)
+    digests: list[str | None] = []
+    for _file, _line, rec in chunk:
+        digest = None
+        if isinstance(rec, bytes) and (m := _HEAD.match(rec)):
+            digest = line_key(rec, source)
+            key = (m[1].decode(), m[2].decode())
+            heads[key] = None if key in heads else digest
+        digests.append(digest)
+    named = {k: d for k, d in heads.items() if d is not None}
+    if not named:
+        return chunk, 0, {}
+    same = gate.stored_unchanged(who, [(t, i, d) for (t, i), d in named.items()], label=label, lines=True)
+    matched = {named[k]: k[0] for k in same}
+    if not matched:
+        return chunk, 0, {}
+    kept, by_type = [], {}
+    for item, digest in zip(chunk, digests):
+        rtype = matched.get(digest) if digest is not None else None
+        if rtype is None:
+            kept.append(item)
+        else:
+            by_type[rtype] = by_type.get(rtype, 0) + 1
+    return kept, len(chunk) - len(kept), by_type
+
+
 def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | dict]], source: str | None,
-               label: str) -> tuple[dict[str, int], dict[str, int], list[Reject]]:
+               label: str, *, by_line: bool = True, skipped: int = 0,
+               skipped_by_type: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], list[Reject]]:
     """Validate, index and write one batch through the gate; returns (statuses, per-type counts, rejects).
 
-    Resources already stored with exactly the same content are recognised by their content hash first and
-    neither validated nor indexed again (they were when first stored): a re-run of an import costs a parse,
-    a hash and one lookup per resource."""
-    parsed: list[tuple[str, int, bytes | dict, dict, str]] = []
+    A re-run skips what is already stored unchanged, in two steps: lines written from exactly these bytes are not
+    even parsed (`skip_known_lines`, with `by_line`; off for a load into an empty store, where nothing can match,
+    and when the caller did it already: `skipped` and `skipped_by_type` then say what it found); any other resource
+    stored with exactly the same content is recognised by its content hash and neither validated nor indexed again
+    (it was when first stored)."""
     bad: list[Reject] = []
+    by_type: dict[str, int] = dict(skipped_by_type or {})
+    if by_line:
+        chunk, known, known_by_type = skip_known_lines(gate, who, chunk, source, label)
+        skipped += known
+        for t, n in known_by_type.items():
+            by_type[t] = by_type.get(t, 0) + n
+    lines: list[tuple[str, int, bytes | dict, str | None]] = []
     for file, line, rec in chunk:
+        lines.append((file, line, rec, line_key(rec, source) if isinstance(rec, bytes) and b"\x00" not in rec
+                      else None))
+    parsed: list[tuple[str, int, bytes | dict, dict, bytes, str | None]] = []
+    for file, line, rec, digest in lines:
         try:
             res = _parse(rec)
             rtype = res.get("resourceType")
             if not isinstance(rtype, str):
                 raise FhirError(400, "The resource has no resourceType")
-            parsed.append((file, line, rec, res, fingerprint(res, source)))
+            stamped_res, doc = stamped(res, source)
+            parsed.append((file, line, rec, stamped_res, doc, digest))
         except FhirError as exc:
             bad.append(_reject(file, line, rec, exc))
-    same = gate.stored_unchanged(who, [(r["resourceType"], str(r["id"]), h) for *_, r, h in parsed], label=label)
+    same = gate.stored_unchanged(who, [(r[3]["resourceType"], str(r[3]["id"]), hashlib.sha1(r[4]).hexdigest())
+                                       for r in parsed], label=label) if parsed else set()
     statuses: dict[str, int] = {}
-    by_type: dict[str, int] = {}
     ok: list[Prepared] = []
-    skipped = 0
-    for file, line, rec, res, _h in parsed:
+    for file, line, rec, res, doc, digest in parsed:
         if (res["resourceType"], str(res["id"])) in same:
             skipped += 1
             by_type[res["resourceType"]] = by_type.get(res["resourceType"], 0) + 1
             continue
         try:
-            ok.append(prepare(res, source=source, keep=False))
+            ok.append(prepare(res, source=source, keep=False, canonical_doc=doc, line_hash=digest))
         except FhirError as exc:
             bad.append(_reject(file, line, rec, exc))
     if skipped:
@@ -178,12 +230,14 @@ def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | d
     return statuses, by_type, bad
 
 
-def _load_in_worker(db_url: str, who: Principal, chunk, source, label):
+def _load_in_worker(db_url: str, who: Principal, chunk, source, label, skipped: int = 0,
+                    skipped_by_type: dict[str, int] | None = None):
     from joinedup.governance.gate import get_gate
 
     gate = get_gate(db_url)
     try:
-        return load_chunk(gate, who, chunk, source, label)
+        return load_chunk(gate, who, chunk, source, label, by_line=False, skipped=skipped,
+                          skipped_by_type=skipped_by_type)
     finally:
         gate.flush_audit()
 
@@ -250,33 +304,52 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
 
     # Workers validate, index AND write their own batches (each in its own transaction through the gate), so
     # preparing one batch overlaps with writing another. Spawned, not forked: no inherited connections.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
-    try:
-        pending: list = []
-        for label, chunk, nbytes in batches():
-            report.read += len(chunk)
-            if pool is None:
-                tally(load_chunk(gate, who, chunk, source, label))
-            else:
-                pending.append(pool.submit(_load_in_worker, gate.database_url, who, chunk, source, label))
-                while len(pending) > workers * 2:
-                    tally(pending.pop(0).result())
-            done_bytes = min(total_bytes, done_bytes + nbytes)
-            if progress:
-                progress(done_bytes, total_bytes)
-        for fut in pending:
-            tally(fut.result())
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if rejects_fh is not None:
-            rejects_fh.close()
-    if report.created or report.updated:
+    # A large load into a (near-)empty store has the search indexes deferred: the store builds them when this block
+    # ends, after every worker has finished (or at its next start, should this process be killed).
+    with gate.bulk_load(who, _expected_resources(files), label=",".join(str(f) for f in files)[:255]) as deferred:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
+        try:
+            pending: list = []
+            for label, chunk, nbytes in batches():
+                report.read += len(chunk)
+                if pool is None:
+                    tally(load_chunk(gate, who, chunk, source, label, by_line=not deferred))
+                else:
+                    # lines stored unchanged are found here, before anything is handed to a worker: a re-run of
+                    # unchanged data never starts one
+                    known, known_by_type = 0, {}
+                    if not deferred:
+                        chunk, known, known_by_type = skip_known_lines(gate, who, chunk, source, label)
+                    if not chunk:
+                        tally(load_chunk(gate, who, [], source, label, by_line=False, skipped=known,
+                                         skipped_by_type=known_by_type))
+                    else:
+                        pending.append(pool.submit(_load_in_worker, gate.database_url, who, chunk, source, label,
+                                                   known, known_by_type))
+                    while len(pending) > workers * 2:
+                        tally(pending.pop(0).result())
+                done_bytes = min(total_bytes, done_bytes + nbytes)
+                if progress:
+                    progress(done_bytes, total_bytes)
+            for fut in pending:
+                tally(fut.result())
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            if rejects_fh is not None:
+                rejects_fh.close()
+    if (report.created or report.updated) and not deferred:  # (a deferred load refreshed them already)
         gate.optimize()  # new data shapes the query plans: refresh the planner's statistics
     report.seconds = time.perf_counter() - start
     if progress:
         progress(total_bytes, total_bytes)
     return report
+
+
+def _expected_resources(files: list[Path]) -> int:
+    """About how many resources the files hold, from their sizes (a gzipped file counted at 8 times its size; a
+    realistic resource takes 0.5 to 2 KB): enough to tell a bulk load from a small one."""
+    return sum(f.stat().st_size * (8 if f.suffix == ".gz" else 1) for f in files) // 1024
 
 
 def default_workers() -> int:

@@ -68,22 +68,43 @@ class Prepared:
     hash: str
     patient_id: str | None
     source: str | None
-    rows: dict[str, list[tuple]]
+    rows: dict[str, list[tuple]]  # per index table kind, each row (res_type, res_id, param, *columns)
+    line_hash: str | None = None  # `line_key` of the bulk-import line it came from (None: any other write)
+
+
+FINGERPRINT_VERSION = b"1"  # bump when `canonical` or the stamping of meta.source changes: old line hashes then miss
+
+
+def line_key(line: bytes, source: str | None) -> str:
+    """Hash of one NDJSON line as a bulk import with this source reads it: the same line imported the same way always
+    gives the same stored content (`fingerprint`), so a live entry whose `line_hash` is this was written from exactly
+    this line and is unchanged."""
+    return hashlib.sha1(b"%s\x00%s\x00%s" % (FINGERPRINT_VERSION, (source or "").encode(), line.strip())).hexdigest()
 
 
 def fingerprint(resource: dict, source: str | None = None) -> str:
     """The content hash a resource will be stored under (after `source` is stamped on meta.source), without
     validating or indexing it: lets a bulk load skip resources that are already stored unchanged."""
+    return hashlib.sha1(stamped(resource, source)[1]).hexdigest()
+
+
+def stamped(resource: dict, source: str | None) -> tuple[dict, bytes]:
+    """(the resource with `source` stamped on meta.source where it names none, its canonical JSON): what
+    `prepare` stores and `fingerprint` hashes. The resource passed in is not changed."""
     meta = resource.get("meta")
     src = (meta or {}).get("source") or source
     if src and (not meta or meta.get("source") != src):
         resource = {**resource, "meta": {**(meta or {}), "source": src}}
-    return hashlib.sha1(canonical(resource)).hexdigest()
+    return resource, canonical(resource)
 
 
 def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
-            params: SearchParameters | None = None, assign_id: bool = False, keep: bool = True) -> Prepared:
-    """Validate a resource and compute its index rows (pure: safe to run in a worker process)."""
+            params: SearchParameters | None = None, assign_id: bool = False, keep: bool = True,
+            canonical_doc: bytes | None = None, line_hash: str | None = None) -> Prepared:
+    """Validate a resource and compute its index rows (pure: safe to run in a worker process).
+
+    `canonical_doc`: the resource's canonical JSON after `source` is stamped (from `stamped`), when the caller
+    has it already (bulk import hashes it first to skip unchanged resources)."""
     params = params or registry()
     if assign_id and not resource.get("id"):
         resource["id"] = new_id()
@@ -95,13 +116,13 @@ def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
     src = (meta or {}).get("source") or source
     if src and (not meta or meta.get("source") != src):
         resource["meta"] = {**(meta or {}), "source": src}
-    doc = canonical(resource)
+    doc = canonical_doc if canonical_doc is not None else canonical(resource)
     if validate:
         validate_resource(resource, serialized=doc)
     return Prepared(
         rtype=resource["resourceType"], id=rid, resource=resource if keep else None, doc=doc.decode(),
         hash=hashlib.sha1(doc).hexdigest(), patient_id=params.patient_of(resource), source=src,
-        rows=params.index_rows(resource),
+        rows=params.keyed_index_rows(resource, rid), line_hash=line_hash,
     )
 
 
@@ -145,10 +166,11 @@ class Store:
         jsonp = "%s::jsonb" if self._pg else "?"
         self._sql_upsert = (
             "INSERT INTO resource (res_type, id, version, last_updated, source, patient_id, deleted,"
-            f" content_hash, content) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp})"
+            f" content_hash, content, line_hash) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {jsonp}, {ph})"
             " ON CONFLICT (res_type, id) DO UPDATE SET version=excluded.version,"
             " last_updated=excluded.last_updated, source=excluded.source, patient_id=excluded.patient_id,"
-            " deleted=excluded.deleted, content_hash=excluded.content_hash, content=excluded.content"
+            " deleted=excluded.deleted, content_hash=excluded.content_hash, content=excluded.content,"
+            " line_hash=excluded.line_hash"
         )
         self._sql_version = (
             "INSERT INTO resource_version (res_type, id, version, last_updated, source, deleted, method,"
@@ -166,6 +188,7 @@ class Store:
         self._sql_read = (f"SELECT version, deleted, content, last_updated, source, patient_id FROM resource"
                           f" WHERE res_type = {ph} AND id = {ph}")
         self._ph = ph
+        self.repair_indexes()  # a bulk load killed mid-way left the search indexes dropped: build them now
 
     # -- connections ---------------------------------------------------------------------------
     @contextmanager
@@ -398,6 +421,17 @@ class Store:
                 out[row[0]] = (row[1], row[2], bool(row[3]), row[4])
         return out
 
+    def unchanged_lines(self, conn: sa.Connection, rtype: str, wanted: dict[str, str]) -> set[str]:
+        """Of {id: line hash}, the ids stored live with exactly that line hash (written from that very line)."""
+        same: set[str] = set()
+        ph = self._ph
+        for chunk in _chunks(list(wanted), 500):
+            rows = conn.exec_driver_sql(
+                f"SELECT id, line_hash FROM resource WHERE res_type = {ph} AND id IN ({', '.join([ph] * len(chunk))})"
+                f" AND deleted = {ph}", (rtype, *chunk, False))
+            same.update(rid for rid, digest in rows if digest is not None and digest == wanted[rid])
+        return same
+
     def write_prepared(self, conn: sa.Connection, items: list[Prepared], *, method: str = "PUT",
                        skip_unchanged: bool = True) -> list[Written]:
         """Write prepared resources in the caller's transaction: versions, current rows, index rows."""
@@ -409,10 +443,11 @@ class Store:
             for i, v in self.current_versions(conn, t, ids, lock=True).items():
                 existing[(t, i)] = v
         meta_instant, column_instant = now_instant()
-        upserts, versions, unindex = [], [], []
+        upserts, inserts, versions, unindex = [], [], [], []
         index_rows: dict[str, list[tuple]] = {k: [] for k in INDEX_SQL}
         results: list[Written] = []
         seen: dict[tuple[str, str], int] = {}
+        latest_rows: dict[tuple[str, str], dict[str, list[tuple]]] = {}
         for p in items:
             key = (p.rtype, p.id)
             old = existing.get(key)
@@ -435,35 +470,63 @@ class Store:
                 meta["lastUpdated"] = meta_instant
                 res["meta"] = meta
             doc = p.doc
-            upserts.append((p.rtype, p.id, version, column_instant, p.source, p.patient_id, False, p.hash, doc))
+            # a new entry is inserted (PostgreSQL: copied in); an existing one (or a second version in this batch)
+            # replaces its current row
+            (upserts if old else inserts).append((p.rtype, p.id, version, column_instant, p.source, p.patient_id,
+                                                  False, p.hash, doc, p.line_hash))
             versions.append((p.rtype, p.id, version, column_instant, p.source, False,
                              "PUT" if old else ("POST" if method == "POST" else "PUT"), doc, p.patient_id))
             if old:
-                unindex.append((p.id, p.rtype))
-            for kind, rows in p.rows.items():
-                if rows:
-                    index_rows[kind].extend((p.rtype, p.id, *row) for row in rows)
+                unindex.append((p.rtype, p.id))
+            latest_rows[key] = p.rows  # the same id twice in one batch: only the later version is indexed
             results.append(Written(p.rtype, p.id, version, "updated" if old and not old[2] else "created",
                                    res, meta_instant))
-        self._flush(conn, upserts, versions, unindex, index_rows)
+        for rows_of in latest_rows.values():
+            for kind, rows in rows_of.items():
+                if rows:
+                    index_rows[kind].extend(rows)
+        self._flush(conn, inserts, upserts, versions, unindex, index_rows)
         return results
 
-    def _flush(self, conn, upserts, versions, unindex, index_rows) -> None:
-        if not upserts:
+    def _flush(self, conn, inserts, upserts, versions, unindex, index_rows) -> None:
+        if not inserts and not upserts:
             return
         raw = conn.connection.driver_connection
         cur = raw.cursor()
         try:
             if unindex:
-                for sql in self._sql_unindex.values():
-                    cur.executemany(sql, unindex)
-            cur.executemany(self._sql_version, versions)
-            cur.executemany(self._sql_upsert, upserts)
-            for kind, rows in index_rows.items():
-                if rows:
-                    cur.executemany(self._sql_index[kind], rows)
+                self._unindex(cur, unindex)
+            if self._pg:  # COPY: one stream per table instead of a statement per row
+                _copy(cur, "resource_version", _VERSION_COLUMNS, versions)
+                _copy(cur, "resource", _RESOURCE_COLUMNS, inserts)
+                for kind, rows in index_rows.items():
+                    if rows:
+                        table, cols = INDEX_SQL[kind]
+                        _copy(cur, table, ("res_type", "res_id", *cols), rows)
+            else:
+                cur.executemany(self._sql_version, versions)
+                if inserts:
+                    cur.executemany(self._sql_upsert, inserts)
+                for kind, rows in index_rows.items():
+                    if rows:
+                        cur.executemany(self._sql_index[kind], rows)
+            if upserts:
+                cur.executemany(self._sql_upsert, upserts)
         finally:
             cur.close()
+
+    def _unindex(self, cur, keys: list[tuple[str, str]]) -> None:
+        """Delete the index rows of these entries: one statement per table, type and 500 ids (probes of the
+        ix_*_res indexes; while a bulk load has deferred them, one scan per chunk instead of one per entry)."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            by_type.setdefault(rtype, []).append(rid)
+        ph = self._ph
+        for rtype, ids in by_type.items():
+            for chunk in _chunks(ids, 500):
+                marks = ", ".join([ph] * len(chunk))
+                for table, _ in INDEX_SQL.values():
+                    cur.execute(f"DELETE FROM {table} WHERE res_type = {ph} AND res_id IN ({marks})", (rtype, *chunk))
 
     def delete(self, conn: sa.Connection, rtype: str, rid: str) -> Written | None:
         """Delete (tombstone) a resource in the caller's transaction; None when it was not there."""
@@ -480,11 +543,121 @@ class Store:
                 cur.execute(sql, (rid, rtype))
             cur.execute(self._sql_version, (rtype, rid, version, column_instant, None, True, "DELETE", None, cur_v[3]))
             cur.execute(f"UPDATE resource SET version = {ph}, last_updated = {ph}, deleted = {ph},"
-                        f" content_hash = NULL WHERE res_type = {ph} AND id = {ph}",
+                        f" content_hash = NULL, line_hash = NULL WHERE res_type = {ph} AND id = {ph}",
                         (version, column_instant, True, rtype, rid))
         finally:
             cur.close()
         return Written(rtype, rid, version, "deleted", None, meta_instant)
+
+    # -- bulk loads: the search-index tables' secondary indexes deferred ----------------------------------------
+    # Inserting millions of index rows into B-trees keyed by random ids costs more than the rest of a bulk load; a
+    # large load into a (near-)empty store drops the index tables' secondary indexes first and builds them once at
+    # the end (sorted, in one pass). The loading process holds a lock for as long as they are deferred (a file lock
+    # beside a SQLite database, a session advisory lock on PostgreSQL) that the operating system or the server
+    # releases when the process dies, so a store opened with indexes missing and nobody holding the lock - a load
+    # killed with -9 - builds them again before it is used (`repair_indexes`, run whenever a Store is created).
+    # Every write stays correct meanwhile: the search tables are complete, only slower to search and to delete from.
+
+    @staticmethod
+    def deferred_index_names() -> list[str]:
+        """The secondary indexes of the search-index tables (those a bulk load defers)."""
+        return [ix.name for ix in _deferrable_indexes()]
+
+    def missing_indexes(self) -> list[str]:
+        """Names of the search-index tables' indexes that are not in the database (deferred, or a load died)."""
+        with self.reading() as conn:
+            if self._pg:
+                present = {x[0] for x in conn.exec_driver_sql(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+            else:
+                present = {x[0] for x in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        return [name for name in self.deferred_index_names() if name not in present]
+
+    @contextmanager
+    def _loader_lock(self) -> Iterator[bool]:
+        """Hold the bulk-load lock (True), or learn that another live process holds it (False)."""
+        if self._pg:
+            with self.engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                got = raw.execute("SELECT pg_try_advisory_lock(%s)", (BULK_LOCK_KEY,)).fetchone()[0]
+                raw.commit()
+                try:
+                    yield bool(got)
+                finally:
+                    if got:
+                        raw.execute("SELECT pg_advisory_unlock(%s)", (BULK_LOCK_KEY,))
+                        raw.commit()
+            return
+        database = self.engine.url.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield False  # no file to lock beside: never deferred
+            return
+        import fcntl
+
+        with open(f"{database}-bulkload.lock", "a") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _create_indexes(self, names: list[str]) -> None:
+        wanted = [ix for ix in _deferrable_indexes() if ix.name in names]
+        if not wanted:
+            return
+        with self.writing() as conn:
+            if self._pg:  # sorts in memory rather than on disk (this transaction only)
+                conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+            for ix in wanted:
+                ix.create(conn, checkfirst=True)
+
+    def repair_indexes(self) -> list[str]:
+        """Build the search-index tables' indexes that are missing when no bulk load is running (a load killed
+        mid-way left them dropped); returns the names built."""
+        missing = self.missing_indexes()
+        if not missing:
+            return []
+        with self._loader_lock() as mine:
+            if not mine:  # a live bulk load has deferred them: it builds them when it ends
+                return []
+            missing = self.missing_indexes()
+            self._create_indexes(missing)
+        return missing
+
+    def holds_at_most(self, n: int) -> bool:
+        """Whether the store holds at most n entries (a bounded count: cheap whatever the store's size)."""
+        with self.reading() as conn:
+            held = conn.exec_driver_sql(
+                f"SELECT count(*) FROM (SELECT 1 FROM resource LIMIT {int(n) + 1}) AS held").scalar_one()
+        return held <= n
+
+    @contextmanager
+    def bulk_load(self, expected: int) -> Iterator[bool]:
+        """Defer the search-index tables' secondary indexes while `expected` entries (an estimate) are loaded,
+        when that is worth it: a large load (>= BULK_DEFER_MIN) into a store holding fewer than a quarter as many
+        entries. Yields whether they were deferred; they are built again when the block ends, however it ends
+        (and by `repair_indexes` at the next start if the process is killed)."""
+        if expected < BULK_DEFER_MIN or not self.holds_at_most(expected // 4):
+            yield False
+            return
+        with self._loader_lock() as mine:
+            if not mine:  # another load has them deferred already
+                yield False
+                return
+            try:
+                present = [n for n in self.deferred_index_names() if n not in set(self.missing_indexes())]
+                with self.writing() as conn:
+                    for ix in _deferrable_indexes():
+                        if ix.name in present:
+                            ix.drop(conn)
+                yield True
+            finally:
+                self._create_indexes(self.missing_indexes())
+                self.optimize()
 
     def optimize(self) -> None:
         """Refresh the query planner's statistics (after bulk loads, and at start-up)."""
@@ -503,6 +676,32 @@ class Store:
         with self.writing() as conn:
             for table in reversed(metadata.sorted_tables):
                 conn.execute(table.delete())
+
+
+_RESOURCE_COLUMNS = ("res_type", "id", "version", "last_updated", "source", "patient_id", "deleted", "content_hash",
+                     "content", "line_hash")
+_VERSION_COLUMNS = ("res_type", "id", "version", "last_updated", "source", "deleted", "method", "content",
+                    "patient_id")
+
+
+def _copy(cur, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """PostgreSQL COPY of rows into a table (psycopg 3, text format: JSON documents go in as text)."""
+    if not rows:
+        return
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+BULK_DEFER_MIN = 10_000  # entries: below this, a load keeps its indexes (building them again costs more)
+BULK_LOCK_KEY = 0x4A55424C  # PostgreSQL advisory lock held by the process that has the indexes deferred
+
+
+def _deferrable_indexes() -> list[sa.Index]:
+    from joinedup.store.schema import INDEX_TABLES
+
+    tables = list(dict.fromkeys(INDEX_TABLES.values()))
+    return [ix for t in tables for ix in sorted(t.indexes, key=lambda ix: ix.name)]
 
 
 def _chunks(seq: list, n: int) -> Iterator[list]:

@@ -23,6 +23,8 @@ resource = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
     sa.Column("content_hash", sa.String(40)),
     sa.Column("content", JsonDoc),
+    # hash of the NDJSON line a bulk import wrote this version from (revision 0011); empty after any other write
+    sa.Column("line_hash", sa.String(40)),
 )
 sa.Index("ix_resource_patient", resource.c.patient_id)
 sa.Index("ix_resource_type_updated", resource.c.res_type, resource.c.last_updated)

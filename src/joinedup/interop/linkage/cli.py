@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Record linkage (Splink) for records without an NHS number: train, run, review.",
+app = typer.Typer(help="Record linkage (Splink) for records without an NHS number: train, run, review, unlink.",
                   no_args_is_help=True)
 out = Console(soft_wrap=True)
 BACKENDS = ("duckdb", "spark")
@@ -131,3 +131,62 @@ def review(status: str = typer.Option("pending", "--status", help="pending, appr
                       f"{q['patient']} / {q['other_patient']}", ", ".join(agree), ", ".join(differ), q["status"])
     out.print(table)
     out.print(f"{len(queue)} pair(s)")
+
+
+@app.command("unlink")
+def unlink(patient: str = typer.Argument(..., help="One record, e.g. Patient/sc-0000042."),
+           other: str = typer.Argument(..., help="The record it is linked to."),
+           reason: str = typer.Option(..., "--reason", help="Why these are not one person (at least 10 characters)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Undo a link record linkage confirmed (reversible with `joinedup link relink ID`)."""
+    from joinedup.interop.linkage import service
+    from joinedup.terminal import cli_principal
+
+    gate = _gate()
+    done = _call(service.unlink, gate, cli_principal(), patient, other, reason=reason)
+    gate.flush_audit()
+    if as_json:
+        out.print_json(json.dumps(done))
+        return
+    out.print(f"Unlinked {done['patient']} and {done['other_patient']} (unlink {done['id']}; undo with "
+              f"`joinedup link relink {done['id']} --reason ...`)")
+
+
+@app.command("relink")
+def relink(unlink_id: str = typer.Argument(..., help="The unlink's id (from `joinedup link unlink` or `links`)."),
+           reason: str = typer.Option(..., "--reason", help="Why the records are linked again (at least 10 "
+                                                              "characters)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Undo an unlink: the same link back, as it was."""
+    from joinedup.interop.linkage import service
+    from joinedup.terminal import cli_principal
+
+    gate = _gate()
+    done = _call(service.relink, gate, cli_principal(), unlink_id, reason=reason)
+    gate.flush_audit()
+    if as_json:
+        out.print_json(json.dumps(done))
+        return
+    out.print(f"Linked {done['patient']} and {done['other_patient']} again")
+
+
+@app.command("links")
+def links(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Links record linkage confirmed (or a reviewer accepted), and pairs unlinked since."""
+    from joinedup.interop.linkage import service
+    from joinedup.terminal import cli_principal
+
+    gate = _gate()
+    doc = _call(service.links, gate, cli_principal())
+    gate.flush_audit()
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    table = Table("records", "basis", "confirmed by", "when")
+    for lk in doc["links"]:
+        table.add_row(f"{lk['patient']} / {lk['other_patient']}", lk["basis"], lk["confirmed_by"], lk["confirmed_at"])
+    out.print(table)
+    for u in doc["unlinked"]:
+        out.print(f"unlink {u['id']}: {u['patient']} / {u['other_patient']} {u['status']} by {u['requested_by']} "
+                  f"({u['reason']})")
+    out.print(f"{len(doc['links'])} link(s), {len(doc['unlinked'])} unlink(s)")

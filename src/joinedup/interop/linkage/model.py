@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import unicodedata
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -271,10 +272,11 @@ def _linker(unlinked: list[dict], reference: list[dict], settings: Any, backend:
                          f"found {len(unlinked)} and {len(reference)}")
     api = _db_api(backend, spark)
     frames = []
+    run = uuid.uuid4().hex[:12]  # Spark's temporary views outlive one linker in a shared session: names per run
     for name, rows in (("unlinked", unlinked), ("reference", reference)):
         df = pd.DataFrame(rows, columns=COLUMNS).astype(object)
         df = df.where(df.notna(), None)
-        frames.append(api.register(df, dataset_display_name=name))
+        frames.append(api.register(df, dataset_display_name=name, table_name=f"{name}_{run}"))
     return Linker(frames, settings, log_level=None)
 
 
@@ -298,6 +300,9 @@ class Trained:
             raise ModelError(f"no linkage model at {path}: run `joinedup link train` first") from None
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the linkage model {path}: {exc}") from None
+        if isinstance(doc, dict) and doc.get("format") == "joinedup-linkage/1":
+            raise ModelError(f"{path} was trained before first names were compared with nicknames: run `joinedup "
+                             "link train` again")
         if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT or not isinstance(doc.get("settings"),
                                                                                                dict):
             raise ModelError(f"{path} is not a JoinedUp linkage model ({MODEL_FORMAT})")

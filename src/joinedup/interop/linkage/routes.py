@@ -59,3 +59,25 @@ def reviews(who: CurrentUser, gate: GateDep, status: str = "pending"):
              responses=json_responses(400, 401, 403, 404, 409, 413), openapi_extra=_JSON_BODY)
 def decide(request_id: str, who: CurrentUser, gate: GateDep, body: JsonObject):
     return _json(service.decide_review(gate, who, request_id, outcome=body.get("outcome"), note=body.get("note")))
+
+
+@router.get("/links", summary="Confirmed record-linkage links and pairs unlinked since (privacy officer, records "
+            "manager)", responses=json_responses(401, 403))
+def links(who: CurrentUser, gate: GateDep):
+    return _json(service.links(gate, who))
+
+
+@router.post("/unlink", summary="Unlink two records record linkage linked (reversible; reason required)",
+             responses=json_responses(400, 401, 403, 404, 409, 413), openapi_extra=_JSON_BODY)
+def unlink(who: CurrentUser, gate: GateDep, body: JsonObject):
+    unknown = sorted(set(body) - {"patient", "other_patient", "reason"})
+    if unknown:
+        raise FhirError(400, f"unknown field(s): {', '.join(unknown)} (allowed: patient, other_patient, reason)",
+                        code="value", expression=unknown)
+    return _json(service.unlink(gate, who, body.get("patient"), body.get("other_patient"), reason=body.get("reason")))
+
+
+@router.post("/unlinks/{unlink_id}/relink", summary="Undo an unlink: the same link back (reason required)",
+             responses=json_responses(400, 401, 403, 404, 409, 413), openapi_extra=_JSON_BODY)
+def relink(unlink_id: str, who: CurrentUser, gate: GateDep, body: JsonObject):
+    return _json(service.relink(gate, who, unlink_id, reason=body.get("reason")))

@@ -28,6 +28,7 @@ REASON_PREFIX = "Record linkage (Splink)"
 _REASON = re.compile(r"^Record linkage \(Splink\): match probability (?P<p>[0-9.]+), match weight (?P<w>-?[0-9.]+)"
                      r" \| (?P<doc>\{.*\})$", re.S)
 DECISIONS = ("confirm", "review", "below-threshold")
+ACTION = "link-review"  # the clerical review queue: privacy officer or records manager (review-record-linkage)
 RIVAL = 0.5  # another candidate at least this likely makes a confident pair ambiguous: it goes to review
 
 
@@ -189,7 +190,7 @@ def write_links(gate: Gate, a: str, b: str) -> None:
 def review_queue(gate: Gate, who: Principal, *, status: str = "pending") -> list[dict[str, Any]]:
     """Link requests that came from record linkage, with their scores and the fields that agree or differ."""
     out = []
-    for req in governance.link_requests(gate, who, status=status, limit=1000):
+    for req in governance.link_requests(gate, who, status=status, limit=1000, action=ACTION):
         detail = parse_reason(req.get("reason"))
         if detail is None:
             continue
@@ -205,8 +206,50 @@ def review_queue(gate: Gate, who: Principal, *, status: str = "pending") -> list
 
 
 def decide_review(gate: Gate, who: Principal, request_id: str, *, outcome: Any, note: Any = None) -> dict[str, Any]:
-    """Accept (approved) or reject a queued pair; an accepted pair is then recorded as Patient.link on both."""
-    out = governance.decide_link(gate, who, request_id, outcome=outcome, note=note)
+    """Accept (approved) or reject a queued pair; an accepted pair is then recorded as Patient.link on both. Only
+    record linkage's own proposals are decided here (other link requests are the privacy officer's)."""
+    if outcome in governance.LINK_OUTCOMES and not any(q["id"] == request_id
+                                                      for q in review_queue(gate, who, status="all")):
+        raise FhirError(404, f"No link request '{request_id}' from record linkage", code="not-found")
+    out = governance.decide_link(gate, who, request_id, outcome=outcome, note=note, action=ACTION)
     if outcome == "approved":
         write_links(gate, out["patient"].removeprefix("Patient/"), out["other_patient"].removeprefix("Patient/"))
     return out
+
+
+def links(gate: Gate, who: Principal) -> dict[str, list[dict[str, Any]]]:
+    """Confirmed links from record linkage (and accepted pairs), and pairs unlinked since."""
+    return governance.record_links(gate, who, action=ACTION)
+
+
+def unlink(gate: Gate, who: Principal, patient: Any, other_patient: Any, *, reason: Any) -> dict[str, Any]:
+    """Undo a confirmed linkage link (audited, reversible with `relink`); the Patient.link (seealso) entries record
+    linkage wrote on the two records are removed by the integration account."""
+    out = governance.unlink_records(gate, who, patient=patient, other_patient=other_patient, reason=reason,
+                                    action=ACTION)
+    remove_links(gate, out["patient"].removeprefix("Patient/"), out["other_patient"].removeprefix("Patient/"))
+    return out
+
+
+def relink(gate: Gate, who: Principal, unlink_id: str, *, reason: Any) -> dict[str, Any]:
+    """Put back a link that was unlinked, as it was; Patient.link written again on both records."""
+    out = governance.relink_records(gate, who, unlink_id, reason=reason, action=ACTION)
+    write_links(gate, out["patient"].removeprefix("Patient/"), out["other_patient"].removeprefix("Patient/"))
+    return out
+
+
+def remove_links(gate: Gate, a: str, b: str) -> None:
+    """Remove the Patient.link (type seealso) entries between two records, as the integration account."""
+    for x, y in ((a, b), (b, a)):
+        try:
+            patient = gate.read(SYSTEM, "Patient", x).content
+        except FhirError:
+            continue
+        kept = [lk for lk in patient.get("link") or () if not (isinstance(lk, dict) and lk.get("type") == "seealso"
+                and (lk.get("other") or {}).get("reference") == f"Patient/{y}")]
+        if len(kept) == len(patient.get("link") or ()):
+            continue
+        patient = {k: v for k, v in patient.items() if k != "link"}
+        if kept:
+            patient["link"] = kept
+        gate.update(SYSTEM, "Patient", x, patient)

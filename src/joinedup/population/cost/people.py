@@ -56,19 +56,21 @@ def summarise(records: Iterable[tuple[Any, list[Any]]], folder: Path, today: dat
             contents = [s.content for s in items if s.content]
             _write(handles, folder, contents)
             facts = person_facts.build(content, contents)
-            if facts.practice is None or facts.deceased:
+            if facts.practice is None:
                 continue
-            practice = keys.get(facts.practice, facts.practice)
-            tally.people[practice] = tally.people.get(practice, 0) + 1
             frailty = scores.efi(facts, today)
             regs = registers.registers_of(facts, today, frailty=frailty)
             conditions = sum(1 for r in regs if r["register"] != "frailty")
             cms = scores.cambridge(facts, today)["score"]
             frailty_band = frailty["category"] if frailty["applies"] else "under 65"
+            # segments for everyone registered (the cost counts people who died in the period); the registers,
+            # care processes and risk figures only for the living
             tally.segments.append((facts.id, multimorbidity_band(conditions), frailty_band,
                                    _band("cambridge_multimorbidity_score", cms)))
-            if not with_registers:
+            if not with_registers or facts.deceased:
                 continue
+            practice = keys.get(facts.practice, facts.practice)
+            tally.people[practice] = tally.people.get(practice, 0) + 1
             tally.add(tally.risk, practice, f"cms|{_band('cambridge_multimorbidity_score', cms)}")
             tally.add(tally.risk, practice, f"multimorbidity|{multimorbidity_band(conditions)}")
             if frailty["applies"]:
@@ -118,11 +120,21 @@ def _write(handles: dict[str, Any], folder: Path, resources: Iterable[dict[str, 
 
 def iter_ndjson_records(folder: Path) -> Iterator[tuple[Any, list[Any]]]:
     """Records grouped by person from a directory of NDJSON files (a generated ICS or a Bulk Data export), shaped
-    as the gate hands them over (objects with .id and .content), for `--source DIR` runs and benchmarks."""
+    as the gate hands them over (objects with .id and .content), for `--source DIR` runs and benchmarks. A generated
+    ICS writes its people in chunks (Patient.0000.ndjson with Encounter.0000.ndjson, ...): read chunk by chunk, so
+    memory holds one chunk at a time."""
+    chunks = sorted({p.name.split(".")[1] for p in folder.glob("Patient.*.ndjson") if p.name.count(".") == 2})
+    for chunk in chunks or [None]:
+        paths = (sorted(folder.glob(f"*.{chunk}.ndjson")) if chunk is not None else
+                 [p for p in sorted(folder.glob("*.ndjson")) if p.name != "ground-truth.ndjson"])
+        yield from _grouped(paths)
+
+
+def _grouped(paths: list[Path]) -> Iterator[tuple[Any, list[Any]]]:
     people: dict[str, dict[str, Any]] = {}
     items: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(folder.glob("*.ndjson")):
-        if path.name == "ground-truth.ndjson":
+    for path in paths:
+        if path.name.split(".")[0] not in WANTED_TYPES:
             continue
         with path.open("rb") as fh:
             for line in fh:

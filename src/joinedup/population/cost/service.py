@@ -126,9 +126,8 @@ def publish(raw: dict[str, Any]) -> dict[str, Any]:
     total = raw["total"]
     out = {"purpose": PURPOSE, "period_start": date.fromordinal(int(p["first"])).isoformat(),
            "period_end": date.fromordinal(int(p["last"])).isoformat(),
-           "population_day": date.fromordinal(int(p["middle"])).isoformat(),
-           "definition": ("Activity in the 12 months to the period end of the people registered with a practice and "
-                          "alive on the middle day of the period (records linked to them included), each contact "
+                      "definition": ("Activity in the 12 months to the period end of the people registered with a practice and "
+                          "alive at some time in the period (records linked to them included), each contact "
                           "or care-package week priced with the national unit cost of the schedule; cost per "
                           "person = total cost / people in the group"),
            "total": _cell(total["all"], {k: v for k, v in total.items() if k != "all"}),

@@ -184,7 +184,9 @@ def measure_figures(doc: dict[str, Any], f: Filters) -> list[Figure]:
                           title=f"{total['title']} by {BREAKDOWN_WORDS[by].lower()}", definition=definition,
                           period=period, source=src, columns=[("group", BREAKDOWN_WORDS[by]), *cols], rows=rows,
                           spec=_bar(spec_rows, "group", vf, x_title=BREAKDOWN_WORDS[by], y_title=vtitle),
-                          suppression=doc["suppression"], headline="" if month else headline))
+                          suppression=doc["suppression"], headline="" if month else headline,
+                          note="" if kind == "ics" or (by == "practice" and kind == "pcn") else
+                          "The breakdown is for the whole ICS (the headline is for the area chosen)."))
     return out
 
 

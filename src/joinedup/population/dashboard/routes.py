@@ -1,6 +1,6 @@
 """The population dashboard: `/population/dashboard` (charts and tables of every measure, register, risk segment and
-the cost of care, from the precomputed published figures) and `/population/dashboard/download` (one figure's table
-as CSV or Parquet). Analysts, the partnership board and clinicians; only clinicians (a direct-care relationship)
+the cost of care, from the precomputed published figures) and `POST /population/dashboard/download` (one figure's
+table as CSV or Parquet: a form post, as other downloads of the web app). Analysts, the partnership board and clinicians; only clinicians (a direct-care relationship)
 get links down to the case-finding worklist."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from joinedup.fhir.errors import FhirError
@@ -67,9 +67,9 @@ def dashboard_page(request: Request, area: str = "", period: str = "current", by
     return service_page(request, "population/dashboard.html", build)
 
 
-@web_router.get("/population/dashboard/download")
-def download(request: Request, who: Viewer, figure: str = "", format: str = "csv", area: str = "",
-             period: str = "current", by: str = "practice"):
+@web_router.post("/population/dashboard/download")
+def download(request: Request, who: Viewer, figure: str = Form(""), format: str = Form("csv"), area: str = Form(""),
+             period: str = Form("current"), by: str = Form("practice")):
     if format not in ("csv", "parquet"):
         return error_page(request, 400, "Downloads are CSV or Parquet.", who=who)
     try:
@@ -112,12 +112,12 @@ def to_parquet(fig: F.Figure) -> bytes:
         con = duckdb.connect()
         try:
             cols = [label for _, label in fig.columns]
-            con.execute("CREATE TABLE t (" + ", ".join(f'"{c.replace(chr(34), "")}" VARCHAR' for c in cols) + ")")
+            con.sql("CREATE TABLE t (" + ", ".join(f'"{c.replace(chr(34), "")}" VARCHAR' for c in cols) + ")")
             if fig.rows:
                 con.executemany(f"INSERT INTO t VALUES ({', '.join('?' for _ in cols)})",
                                 [["" if r.get(k) is None else str(r.get(k)) for k, _ in fig.columns]
                                  for r in fig.rows])
-            con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+            con.sql(f"COPY t TO '{path}' (FORMAT parquet)")
         finally:
             con.close()
         return path.read_bytes()
