@@ -288,6 +288,25 @@ def _project(points: list[tuple[int, float]], n: int) -> float | None:
     return round(t2 + slope * (n - n2), 1)
 
 
+def derive(figures: dict[str, Any]) -> None:
+    """Figures derived from the measured runs: linear projections to the sizes beyond the largest measured (100,000
+    and 1,000,000 people), marked projected. Spark is compared with DuckDB by `--engines-only` (warmed up), not here:
+    the first Spark run of a process includes the JVM's warm-up."""
+    runs = figures["runs"]
+    largest = max(r["size"] for r in runs)
+    proj: dict[str, Any] = {}
+    for name, key in (("every_measure_seconds", lambda r: r["every_measure_seconds"]),
+                      ("every_register_seconds", lambda r: r["every_register_seconds"]),
+                      ("every_register_cpu_seconds", lambda r: r["registers"]["cpu_seconds"]),
+                      ("cost_duckdb_seconds", lambda r: r["cost_duckdb"]["seconds"])):
+        pts = [(r["size"], key(r)) for r in runs]
+        proj[name] = {str(n): _project(pts, n) for n in (100_000, 1_000_000) if n > largest}
+    figures["projections"] = {"projected": True, "from": "straight line through the two largest measured sizes",
+                              **proj}
+    figures.pop("spark_cut_over", None)
+    figures["spark_comparison"] = "bench/results/population_scale_engines.json (--engines-only)"
+
+
 def engines_only(args: argparse.Namespace) -> None:
     """The cost computation on DuckDB and on Spark at each size, after one warm-up run of Spark."""
     from joinedup.population.cost import engine as cost_engine
@@ -342,7 +361,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dashboard-size", type=int, default=int(os.environ.get("BENCH_SCALE_DASHBOARD", "0")),
                     help="people for the dashboard's document (default: the largest size)")
     ap.add_argument("--engines-only", action="store_true")
+    ap.add_argument("--derive-only", action="store_true", help="recompute the derived figures of the last results")
     args = ap.parse_args(argv if argv is not None else [])
+    if args.derive_only:
+        from bench.common import RESULTS
+
+        doc = json.loads((RESULTS / "population_scale.json").read_text())
+        derive(doc)
+        (RESULTS / "population_scale.json").write_text(json.dumps(doc, indent=2) + "\n")
+        return
     if args.engines_only:
         engines_only(args)
         return
@@ -413,24 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         figures["dashboard"] = {"size": dash_size, **dash}
     if keep is not None:
         keep.cleanup()
-    # projections to 100,000 and 1,000,000 people, and where Spark overtakes DuckDB
-    proj: dict[str, Any] = {}
-    for name, key in (("every_measure_seconds", lambda r: r["every_measure_seconds"]),
-                      ("every_register_seconds", lambda r: r["every_register_seconds"]),
-                      ("cost_duckdb_seconds", lambda r: r["cost_duckdb"]["seconds"]),
-                      ("cost_spark_seconds", lambda r: r.get("cost_spark", {}).get("seconds"))):
-        pts = [(r["size"], key(r)) for r in runs]
-        proj[name] = {"100000": _project(pts, 100_000), "1000000": _project(pts, 1_000_000), "projected": True}
-    figures["projections"] = proj
-    pairs = [(r["size"], r["cost_duckdb"]["seconds"], r["cost_spark"]["seconds"]) for r in runs if "cost_spark" in r]
-    if len(pairs) >= 2:
-        (n1, d1, s1), (n2, d2, s2) = pairs[-2], pairs[-1]
-        dd, ds = (d2 - d1) / (n2 - n1), (s2 - s1) / (n2 - n1)
-        cut = None if ds >= dd else round(n2 + (s2 - d2) / (dd - ds))
-        figures["spark_cut_over"] = {"people": cut, "projected": True,
-                                     "how": "where the linear fits of DuckDB and Spark cost seconds through the two "
-                                            "largest measured sizes cross (None: Spark's time grows as fast or faster "
-                                            "on this 2-core machine, so it never catches up here)"}
+    derive(figures)
     write_result("population_scale", figures)
 
 

@@ -188,5 +188,5 @@ def _demo_carer(gate: Gate, add) -> None:
     if any(g["account"] == "carer" and g["live"] for g in proxy.grants(gate=gate, who=person)):
         return
     until = (datetime.now(UTC).date() + timedelta(days=90)).isoformat()
-    proxy.grant(gate=gate, who=person, name="Ava Okafor", relationship="Daughter", account="carer",
+    proxy.grant(gate=gate, who=person, name="Grace Demo", relationship="Daughter", account="carer",
                 scope="appointments-plan", until=until)

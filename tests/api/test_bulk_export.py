@@ -136,8 +136,20 @@ def test_patient_level_export(api, seeded):
         if rtype == "Patient":
             continue
         for res in resources:
-            refs = [res.get(k, {}).get("reference", "") for k in ("subject", "patient")]
-            assert any(ref.removeprefix("Patient/") in patients for ref in refs if ref), res["id"]
+            # in an exported patient's compartment (Bulk Data: Patient-level export), through whichever element
+            # the R4 CompartmentDefinition names: subject, patient, Coverage.beneficiary, Appointment.participant...
+            refs = _references(res)
+            assert any(ref.removeprefix("Patient/") in patients for ref in refs), (rtype, res["id"], refs)
+
+
+def _references(value) -> list[str]:
+    """Every Reference.reference in a resource, at any depth."""
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for v in value.values() for r in _references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _references(v)]
+    return []
 
 
 def test_kickoff_needs_prefer_respond_async(api):

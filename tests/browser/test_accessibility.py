@@ -31,7 +31,7 @@ def test_the_check_finds_what_it_should(page):
             "aria-prohibited-attr (needs review)"} <= ids, ids
 
 
-@pytest.mark.parametrize("user", ["nurse.practice", "nurse.specialist", "board"])
+@pytest.mark.parametrize("user", ["nurse.practice", "nurse.specialist", "board", "records.manager", "carer"])
 def test_roles_the_crawl_leaves_out(demo, page, user):
     """The other demo roles (make demo creates them too): every page they reach works and passes axe."""
     login(page, demo.url, user)

@@ -86,8 +86,11 @@ def reviews(status: str = typer.Option("pending", help="pending, reviewed or all
     except FhirError as exc:
         _fail(exc.diagnostics)
     gate._audit.flush()
-    table = Table("id", "granted", "user", "role", "patient", "category", "reason", "accesses", "outcome",
-                  title=f"break-glass grants ({status})")
+    table = Table(title=f"break-glass grants ({status})")
+    # the id is what `privacy review` is given: never shortened, whatever the terminal's width
+    table.add_column("id", no_wrap=True, min_width=max((len(r["id"]) for r in rows), default=2))
+    for name in ("granted", "user", "role", "patient", "category", "reason", "accesses", "outcome"):
+        table.add_column(name)
     for r in rows:
         table.add_row(r["id"], r["granted"], r["user"], r["role"], r["patient"], r["reason_category"], r["reason"],
                       str(r["accesses_during_grant"]), r["outcome"] or "pending")

@@ -14,6 +14,9 @@ from sqlalchemy import event
 _migrated: set[str] = set()
 _lock = threading.Lock()
 USAGE = "use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB"
+# connection settings the store changes for a while and restores (bulk index builds): temp tables and sorts in
+# memory, reads through the OS page cache via mmap (shared by processes)
+SQLITE_PRAGMAS = {"temp_store": "MEMORY", "mmap_size": 8589934592}
 PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable PostgreSQL host is an error, not a hang
 
 
@@ -79,8 +82,8 @@ def make_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache per connection, grown on demand
-            cur.execute("PRAGMA temp_store=MEMORY")
-            cur.execute("PRAGMA mmap_size=8589934592")  # reads through the OS page cache, shared by processes
+            cur.execute(f"PRAGMA temp_store={SQLITE_PRAGMAS['temp_store']}")
+            cur.execute(f"PRAGMA mmap_size={SQLITE_PRAGMAS['mmap_size']}")  # reads through the OS page cache
             cur.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoints during bulk loads
             cur.close()
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import SearchParameters, registry
 from joinedup.fhir.validation import validate_resource
-from joinedup.store.engine import engine_for
+from joinedup.store.engine import SQLITE_PRAGMAS, engine_for
 
 INDEX_SQL = {
     "token": ("idx_token", ("param", "system", "code", "text")),
@@ -609,11 +609,31 @@ class Store:
         wanted = [ix for ix in _deferrable_indexes() if ix.name in names]
         if not wanted:
             return
-        with self.writing() as conn:
-            if self._pg:  # sorts in memory rather than on disk (this transaction only)
-                conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
-            for ix in wanted:
-                ix.create(conn, checkfirst=True)
+        if self._pg:
+            with self.writing() as conn:
+                conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")  # sorts in memory up to that
+                for ix in wanted:
+                    ix.create(conn, checkfirst=True)
+            return
+        # SQLite: the sort spills to a temporary file and the table is read without memory-mapping it, so building
+        # the indexes takes the same memory (the page cache) whatever the store's size
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            raw.execute("PRAGMA temp_store=FILE")
+            raw.execute("PRAGMA mmap_size=0")
+            try:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    for ix in wanted:
+                        ix.create(conn, checkfirst=True)
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
+            finally:
+                raw.execute(f"PRAGMA temp_store={SQLITE_PRAGMAS['temp_store']}")
+                raw.execute(f"PRAGMA mmap_size={SQLITE_PRAGMAS['mmap_size']}")
 
     def repair_indexes(self) -> list[str]:
         """Build the search-index tables' indexes that are missing when no bulk load is running (a load killed
@@ -649,10 +669,10 @@ class Store:
                 yield False
                 return
             try:
-                present = [n for n in self.deferred_index_names() if n not in set(self.missing_indexes())]
+                missing = set(self.missing_indexes())
                 with self.writing() as conn:
                     for ix in _deferrable_indexes():
-                        if ix.name in present:
+                        if ix.name not in missing:
                             ix.drop(conn)
                 yield True
             finally:
