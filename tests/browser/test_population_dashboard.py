@@ -14,7 +14,7 @@ from joinedup.governance.identity import SYSTEM
 from joinedup.population.dashboard import precompute
 from tests.browser.test_roles_crawl import login
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "population-dashboard"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "population-dashboard"  # git-ignored: docs/screenshots keeps the reviewed copies
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "portal"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "portal"  # git-ignored: docs/screenshots keeps the reviewed copies
 
 
 def _login(page, url: str, user: str, password: str = "demo") -> None:

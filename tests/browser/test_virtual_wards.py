@@ -21,7 +21,7 @@ from tests.care.test_virtual_wards_done_properly import nhs_number
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "virtual-wards"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "virtual-wards"  # git-ignored: docs/screenshots keeps the reviewed copies
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 

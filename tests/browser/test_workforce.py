@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.browser.axe import assert_accessible
 from tests.browser.test_roles_crawl import login
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "workforce"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "workforce"  # git-ignored: docs/screenshots keeps the reviewed copies
 TITLES = ("Caseload", "Key worker caseload", "Open tasks", "Overdue tasks", "Share of open tasks overdue", "Handovers")
 
 

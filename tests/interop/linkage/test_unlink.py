@@ -17,7 +17,7 @@ from joinedup.interop.linkage import service
 from tests.browser.conftest import shot
 from tests.interop.linkage.conftest import COUNCIL, gp_for
 
-SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots" / "record-linkage"
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "record-linkage"  # git-ignored: docs/screenshots keeps the reviewed copies
 runner = CliRunner()
 _used: set[str] = set()
 
