@@ -51,6 +51,10 @@ if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
 _AUDIT_DIR = Path(tempfile.mkdtemp(prefix="joinedup-audit-"))
 os.environ.setdefault("JOINEDUP_AUDIT_CHECKPOINT_FILE", str(_AUDIT_DIR / "checkpoints.log"))
 os.environ.setdefault("JOINEDUP_AUDIT_KEY_FILE", str(_AUDIT_DIR / "audit.key"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # each worker writes its own databases' checkpoints: the file the controller chose would be shared by both
+    os.environ["JOINEDUP_AUDIT_CHECKPOINT_FILE"] = str(_AUDIT_DIR / "checkpoints.log")
+    os.environ["JOINEDUP_AUDIT_KEY_FILE"] = str(_AUDIT_DIR / "audit.key")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 

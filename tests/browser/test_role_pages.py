@@ -26,7 +26,8 @@ def _stranger_patient(demo, user: str) -> str:
 
     who = _user(demo.gate, user)
     for s in demo.gate.search(SYSTEM, "Patient", [("_count", "200")]).matches:
-        if not demo.gate.relationship_of(who, s.id) and not s.content.get("deceasedDateTime"):
+        if (s.content.get("name") and not demo.gate.relationship_of(who, s.id)
+                and not s.content.get("deceasedDateTime")):  # a named person (pages find them by name)
             return s.id
     raise AssertionError("everyone is known to the user")
 

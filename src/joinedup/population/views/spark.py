@@ -45,6 +45,12 @@ def session(*, small: bool = False):
                 builder = (builder.config("spark.sql.codegen.wholeStage", "false")
                            .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
                            .config("spark.sql.adaptive.enabled", "false"))
+            try:  # one session per process serves record linkage too: its string-similarity jar is static config
+                from splink.backends.spark import similarity_jar_location
+
+                builder = builder.config("spark.jars", similarity_jar_location())
+            except ImportError:
+                pass
             try:
                 _session = builder.getOrCreate()
             except Exception as exc:  # Java missing or unusable: one line
