@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, write_result
+from bench.common import ROOT, fresh_database, write_result
 
 SAMPLE = ROOT / "tests" / "data" / "synthea-10-patients"
 UUID = re.compile(rb"[0-9a-f]{8}(-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -134,22 +134,6 @@ def _child_import(db_url: str, folder: str, workers: str) -> None:
     print(f"{report.read} {report.seconds:.4f} {report.created} {report.updated} {report.unchanged} {report.rejected}")
 
 
-def _fresh_database(kind: str, tmp: Path, tag: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / f'{tag}.db'}"
-    import sqlalchemy as sa
-
-    base = os.environ["JOINEDUP_BENCH_DATABASE_URL"]
-    url = sa.engine.make_url(base)
-    name = f"{url.database}_{tag}".replace("-", "_")
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 def _database_bytes(db_url: str) -> int:
     if db_url.startswith("sqlite:///"):
         path = Path(db_url.removeprefix("sqlite:///"))
@@ -165,11 +149,11 @@ def _database_bytes(db_url: str) -> int:
 
 def measure(name: str, folder: Path, resources: int, kind: str, tmp: Path, workers: int) -> dict:
     mb = sum(p.stat().st_size for p in _ndjson(folder)) / 1e6
-    base_url = _fresh_database(kind, tmp, f"raw_{name}")
+    base_url = fresh_database(kind, tmp, f"raw_{name}")
     line, _, _ = _run_child(["baseline", base_url, str(folder)])
     n, secs = line.split()
     baseline_rate = int(n) / float(secs)
-    db_url = _fresh_database(kind, tmp, f"imp_{name}")
+    db_url = fresh_database(kind, tmp, f"imp_{name}")
     line, peak_mb, cpu = _run_child(["import", db_url, str(folder), str(workers)])
     read, secs, created, updated, unchanged, rejected = line.split()
     rate = int(read) / float(secs)

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.common import Served, joinedup_bin, write_result
+from bench.common import Served, fresh_database, joinedup_bin, write_result
 
 ENTRIES = 300
 TARGET_P95_MS = 150.0
@@ -91,21 +91,6 @@ def build_record(out: Path, people: int) -> tuple[str, Counter]:
                 by_type[orjson.loads(line)["resourceType"]] += 1
     assert sum(by_type.values()) == ENTRIES, by_type
     return pid.decode(), by_type
-
-
-def _database(kind: str, tmp: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'person.db'}"
-    import sqlalchemy as sa
-
-    url = sa.engine.make_url(os.environ["JOINEDUP_BENCH_DATABASE_URL"])
-    name = f"{url.database}_person"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def load(db_url: str, data: Path, pid: str) -> dict:
@@ -232,7 +217,8 @@ def main() -> dict:
         print(f"person {pid}: {sum(by_type.values())} entries ({', '.join(f'{t} {n}' for t, n in by_type.most_common())})",
               flush=True)
         for kind in kinds:
-            db_url = _database(kind, tmp) if not (done and kind == "sqlite") else f"sqlite:///{tmp / 'person.db'}"
+            reuse = done and kind == "sqlite"
+            db_url = f"sqlite:///{tmp / 'person.db'}" if reuse else fresh_database(kind, tmp, "person")
             if done and kind == "sqlite":
                 loaded = {**done["loaded"], "token": _token(db_url)}
             else:

@@ -104,3 +104,20 @@ def wrk(url: str, *, token: str, script: str | None = None, connections: int = 3
     m = re.search(r"(\d+) requests in", out)
     figures["requests"] = int(m.group(1)) if m else None
     return figures
+
+
+def fresh_database(kind: str, tmp: Path, tag: str) -> str:
+    """A new, empty database for one benchmark run: a SQLite file in `tmp`, or `<name>_<tag>` dropped and created
+    again on the server JOINEDUP_BENCH_DATABASE_URL names."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / f'{tag}.db'}"
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(os.environ["JOINEDUP_BENCH_DATABASE_URL"])
+    name = f"{url.database}_{tag}".replace("-", "_")
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
