@@ -20,14 +20,15 @@ Map of this module:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from ortools.sat.python import cp_model
+from typing import TYPE_CHECKING, Any
 
 from .detect import detect
 from .knowledge import Knowledge
 from .models import Finding, MedItem, PatientRecord
 from .rules import applies, compare
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
 
 SCALE = 100
 COST = {"keep": 0, "stop": 10, "stop-unlinked": 5, "stop-draft": 3, "stop-first": 2, "switch": 6, "adjust-dose": 4,
@@ -229,6 +230,8 @@ def resolve(kb: Knowledge, rec: PatientRecord, findings: list[Finding], *, time_
 
 def new_encoding(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> Encoding:
     """An empty model for the record: its slots, one boolean per option and exactly one option per slot."""
+    from ortools.sat.python import cp_model  # imported on first use: it loads pandas (~1 s per process start)
+
     slots = _build_slots(kb, rec, findings)
     model = cp_model.CpModel()
     X: list[list[Any]] = []
@@ -278,6 +281,8 @@ def build_model(kb: Knowledge, rec: PatientRecord, findings: list[Finding]) -> E
 def solve(enc: Encoding, *, time_limit: float = 2.0) -> Solution | None:
     """Run CP-SAT (one worker, fixed seed: deterministic); if no critical-free solution exists, solve again
     without that constraint. None when the model has no solution at all."""
+    from ortools.sat.python import cp_model
+
     solver = cp_model.CpSolver()
     solver.parameters.num_search_workers = 1
     solver.parameters.random_seed = 0
