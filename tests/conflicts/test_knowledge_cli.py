@@ -5,6 +5,7 @@ reference page (docs/knowledge-reference.md) must be what the command generates.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -162,6 +163,39 @@ def test_list_as_json_and_by_kind() -> None:
     assert r.exit_code == 0 and "dose-metformin-renal" in r.output and "dd-acei-arb" not in r.output
     r = _run("list", "--kind", "nonsense")
     assert r.exit_code == 2 and "unknown kind 'nonsense'" in r.output
+
+
+# STOPP/START v3 criteria whose text could be read in a reproduction of the v3 appendix (O'Mahony et al., Eur Geriatr
+# Med 2023;14:625-632, PMC10447584): the English Appendix 1 through B4 and the Spanish translation of v3 through B6
+# (a new B5, beta-blocker monotherapy for uncomplicated hypertension, moves amiodarone from v2 B5 to B6). Only these
+# ids may be claimed as v3 ids; every other criterion is cited by its v2 id and marked "(v3_id: unverified)".
+V3_READ = {"A1", "A2", "A3", "B1", "B2", "B3", "B4", "B5", "B6"}
+
+
+def test_a_rule_claims_a_v3_id_only_where_the_v3_text_was_read() -> None:
+    r = _run("list", "--format", "json")
+    assert r.exit_code == 0, r.output
+    claimed: set[str] = set()
+    for rule in json.loads(r.output)["rules"]:
+        crit = str(rule.get("criterion") or "")
+        sources = rule["sources"]
+        for s in sources:
+            m = re.match(r"STOPP/START v3 ([A-N]\d+)\b", s)
+            if m:
+                assert m.group(1) in V3_READ and "unverified" not in s, (rule["id"], s)
+                assert "verified" in s and "PMC10447584" in s, (rule["id"], s)  # says where it was read
+                claimed.add(m.group(1))
+            if s.startswith("STOPP/START v2"):
+                assert "(v3_id: unverified)" in s, (rule["id"], s)
+        m = re.match(r"(STOPP|START) v([23]) ([A-N]\d+)", crit)
+        if m and m.group(2) == "3":
+            assert m.group(3) in V3_READ, (rule["id"], crit)
+            assert any(re.match(rf"STOPP/START v3 {m.group(3)}\b", s) for s in sources), (rule["id"], crit)
+        if m and m.group(2) == "2":
+            assert any("(v3_id: unverified)" in s for s in sources), (rule["id"], crit)
+    # the criteria the engine applies that were read in the v3 appendix: duplicates (A3), verapamil/diltiazem in heart
+    # failure (B2), beta-blocker with verapamil/diltiazem (B3), rate-limiting drugs with bradycardia (B4)
+    assert claimed == {"A3", "B2", "B3", "B4"}
 
 
 def test_show_a_rule_and_an_unknown_one() -> None:
