@@ -55,7 +55,16 @@ def test_board_scores_and_prints_the_report(demo, chromium):
     assert page.get_by_role("heading", level=1).inner_text().startswith("Is our integration working?")
     item = page.locator("#checklist-coordination-of-care")
     assert "Live evidence from JoinedUp" in item.inner_text()
-    assert "No measurable evidence" in page.locator("#selfie-financing").inner_text()
+    assert "No measurable evidence" in page.locator("#selfie-leadership-governance").inner_text()
+    # financing: the cost of care across settings (activity priced at national unit costs), every setting listed,
+    # and what still rests on the board's own evidence (no payments or budgets in the record)
+    financing = page.locator("#selfie-financing").inner_text()
+    assert "Where the cost of care is spent, by setting" in financing
+    assert "Cost of care per person by number of long-term conditions" in financing
+    for setting in ("General practice", "Acute hospital", "Community health services", "Mental health services",
+                    "Adult social care"):
+        assert setting in financing
+    assert "What the live evidence does not show" in financing and "not payments" in financing
     # a bad owner (too long) is refused and what was typed stays on the page
     item.get_by_label("Score").select_option("2")
     item.get_by_label("Evidence").fill("Key workers only in two PCNs")
@@ -79,6 +88,8 @@ def test_board_scores_and_prints_the_report(demo, chromium):
     shot(page, "assessment-board", full_page=True)
     page.locator("#checklist-coordination-of-care").scroll_into_view_if_needed()
     shot(page, "assessment-board-item")
+    page.locator("#selfie-financing").scroll_into_view_if_needed()
+    shot(page, "assessment-board-financing")
     page.evaluate("window.scrollTo(0, 0)")
     shot(page, "assessment-board-top")
     page.get_by_role("link", name="Printable board report").click()
@@ -89,6 +100,8 @@ def test_board_scores_and_prints_the_report(demo, chromium):
     assert not page.locator(".site-header").is_visible()
     shot(page, "assessment-report-print", full_page=True)
     shot(page, "assessment-report-print-top")
+    page.locator("#selfie-financing").scroll_into_view_if_needed()
+    shot(page, "assessment-report-print-financing")
     ctx.close()
 
 

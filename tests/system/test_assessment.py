@@ -255,9 +255,14 @@ def test_cli_report_lists_every_item_with_source_score_and_evidence(population):
     assert items["factor-leadership"]["source"]["doi"] == "10.1136/bmjopen-2021-049296"
     assert items["factor-leadership"]["most_influential"] is True
     # items JoinedUp cannot measure say so
-    for key in ("selfie-leadership-governance", "selfie-financing", "checklist-clinical-leadership",
-                "factor-political", "factor-economic"):
+    for key in ("selfie-leadership-governance", "checklist-clinical-leadership", "factor-political"):
         assert items[key]["no_evidence"] is True
+    # financing and economic factors have the cost of care across settings (issue 16), and say what still rests on
+    # the board's own evidence: the record holds no payments or budgets
+    for key in ("selfie-financing", "factor-economic"):
+        assert [e["measure"] for e in items[key]["evidence"]] == ["cost_share_by_setting",
+                                                                  "cost_per_person_by_multimorbidity"]
+        assert "board's own evidence" in items[key]["evidence_note"] and "no_evidence" not in items[key]
 
 
 def test_live_evidence_values_without_suppression(population):
@@ -281,7 +286,9 @@ def test_live_evidence_values_without_suppression(population):
                                                 "end": today.isoformat()}
     assert m["key_worker_share"]["period"] == {"start": today.isoformat(), "end": today.isoformat()}
     coordination = next(i for i in rep["items"] if i["id"] == "checklist-coordination-of-care")
-    assert [e["measure"] for e in coordination["evidence"]] == ["key_worker_share", "overdue_cross_org_tasks"]
+    assert [e["measure"] for e in coordination["evidence"]] == ["key_worker_share", "overdue_cross_org_tasks",
+                                                                "cost_share_by_setting",
+                                                                "cost_per_person_by_multimorbidity"]
 
 
 def test_published_counts_are_suppressed_by_default(population):

@@ -231,7 +231,8 @@ def _source(f: dict[str, Any], it: dict[str, Any]) -> dict[str, Any]:
 
 def report(*, gate: Gate, who: Principal, today: date | None = None) -> dict[str, Any]:
     """Every framework item with its source, latest score (and change since the round before) and live evidence
-    (`measure`, `value`, `period`) or `no_evidence: true`."""
+    (`measure`, `value`, `period`; with `evidence_note` when part of the item still rests on the board's own
+    evidence) or `no_evidence: true` with `no_evidence_reason`."""
     today = today or datetime.now(UTC).date()
     history = rounds(gate=gate, who=who)
     raw = evidence.figures(gate=gate, who=who, today=today)
@@ -257,13 +258,20 @@ def report(*, gate: Gate, who: Principal, today: date | None = None) -> dict[str
                 "change": (latest["score"] - previous["score"]) if latest and previous else None,
                 "sub_items": [{"id": s["id"], "level": s.get("level"), "text": s["text"],
                                "wording": s.get("wording", "paraphrased")} for s in it.get("sub_items") or ()],
-                "questions": [{"id": q["id"], "text": q["text"], "wording": it.get("wording", "paraphrased")}
+                "questions": [{"id": q["id"], "text": q["text"], "wording": it.get("wording", "paraphrased"),
+                               **({"evidence": list(q["evidence"])} if q.get("evidence") else {})}
                               for q in it.get("questions") or ()]}
             if it.get("most_influential"):
                 row["most_influential"] = True
-            ev = [live[m] for m in it.get("evidence") or () if m in live]
+            # the item's evidence, then its questions' own (each measure once)
+            wanted = [*(it.get("evidence") or ()),
+                      *(m for q in it.get("questions") or () for m in q.get("evidence") or ())]
+            ev = [live[m] for m in dict.fromkeys(wanted) if m in live]
             if ev:
                 row["evidence"] = ev
+                if it.get("evidence_note"):
+                    # what the live evidence does not show, and so still rests on the board's own evidence
+                    row["evidence_note"] = " ".join(it["evidence_note"].split())
             else:
                 row["no_evidence"] = True
                 row["no_evidence_reason"] = " ".join((it.get("no_evidence_reason") or (

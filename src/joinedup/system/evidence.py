@@ -5,8 +5,10 @@ Every figure is computed in one pass over the shared record through `Gate.publis
 care domains' own service functions to read their resources: advice response times (care/referrals:
 `measure_response_times`), key workers (care/plans: `key_worker_of`), overdue tasks (care/plans: `task_view`),
 and the workforce view's tally (system/workforce: open and overdue tasks, handovers over 12 months, from tasks, care
-teams and the tasks' version history) and each organisation's time since its last write (the store's version
-history) in the same pass.
+teams and the tasks' version history), each organisation's time since its last write (the store's version
+history) and the cost of care across settings (population/cost: the records go on to its summariser and SQL views,
+priced with the PSSRU 2024 unit costs and published with the cost report's own suppression) in the same pass: the
+records generator feeds the evidence `Accumulator`, the workforce `Tally` and the cost summariser together.
 Only numbers leave the gate; counts are then small-number suppressed (`governance.deid.suppress`) before anything
 is published, and a share whose numerator or denominator is suppressed is not shown at all.
 Definitions and periods: knowledge/system/measures.yaml.
@@ -29,13 +31,17 @@ from joinedup.fhir import codes
 from joinedup.governance import deid
 from joinedup.governance.gate import Gate
 from joinedup.governance.identity import Principal
+from joinedup.population.cost import engine as cost_engine
+from joinedup.population.cost import people as cost_people
+from joinedup.population.cost import service as cost_service
 from joinedup.system import knowledge as kb
 from joinedup.system import workforce
 from joinedup.system.service import complete
 
 YEAR = timedelta(days=365)
 ACTIVE = {"active", "recurrence", "relapse"}
-DIRECTORY_TYPES = ("HealthcareService", "PractitionerRole")
+# the directory the evidence reads (services, roles) and the cost views' (organisations: practices and PCNs, roles)
+DIRECTORY_TYPES = tuple(dict.fromkeys(("HealthcareService", "PractitionerRole", *cost_engine.DIRECTORY_TYPES)))
 
 
 def _active_problem(c: dict[str, Any]) -> bool:
@@ -65,17 +71,24 @@ def _owner_org(task: dict[str, Any]) -> str | None:
     return None
 
 
-def compute(records: Iterable[tuple[Any, list[Any]]], directory: dict[str, list[Any]], *, today: date,
-            since: str) -> dict[str, Any]:
-    """The raw figures (numbers only) from the population's records and the directory."""
-    now = datetime.combine(today, datetime.max.time(), tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    day = today.isoformat()
-    f = {"people": 0, "multimorbidity": 0, "with_key_worker": 0, "with_plan_what_matters": 0,
-         "multi_org": 0, "overdue_cross_org_tasks": 0, "patient_written": 0, "corrections": 0,
-         "corrections_answered": 0}
-    requests: list[dict] = []
-    messages: list[dict] = []
-    for patient, items in records:
+class Accumulator:
+    """The evidence figures gathered one person's record at a time (push style): `add(patient, items)` for every
+    record of the pass, then `result()` - the raw figures (numbers only). The records generator of one pass can so
+    feed this, the workforce tally and the cost summariser together."""
+
+    def __init__(self, directory: dict[str, list[Any]], *, today: date, since: str) -> None:
+        self.directory = directory
+        self.now = datetime.combine(today, datetime.max.time(), tzinfo=UTC).isoformat().replace("+00:00", "Z")
+        self.day = today.isoformat()
+        self.since = since
+        self.f = {"people": 0, "multimorbidity": 0, "with_key_worker": 0, "with_plan_what_matters": 0,
+                  "multi_org": 0, "overdue_cross_org_tasks": 0, "patient_written": 0, "corrections": 0,
+                  "corrections_answered": 0}
+        self.requests: list[dict] = []
+        self.messages: list[dict] = []
+
+    def add(self, patient: Any, items: list[Any]) -> None:
+        f, since = self.f, self.since
         f["people"] += 1
         by_type: dict[str, list[dict]] = {}
         sources = set()
@@ -91,7 +104,8 @@ def compute(records: Iterable[tuple[Any, list[Any]]], directory: dict[str, list[
                 f["patient_written"] += 1
         for t, setter in tasks:
             owner = _owner_org(t)
-            if t.get("status") in OPEN_TASK and task_view(t, day)["overdue"] and owner and setter and owner != setter:
+            if t.get("status") in OPEN_TASK and task_view(t, self.day)["overdue"] and owner and setter and \
+                    owner != setter:
                 f["overdue_cross_org_tasks"] += 1
         comms = by_type.get("Communication", [])
         answered = {(r.get("reference") or "") for m in comms for r in m.get("inResponseTo") or ()}
@@ -100,26 +114,41 @@ def compute(records: Iterable[tuple[Any, list[Any]]], directory: dict[str, list[
                 f["corrections"] += 1
                 if f"Communication/{m.get('id')}" in answered:
                     f["corrections_answered"] += 1
-        requests += by_type.get("ServiceRequest", [])
-        messages += comms
+        self.requests += by_type.get("ServiceRequest", [])
+        self.messages += comms
         problems = sum(1 for c in by_type.get("Condition", ()) if _active_problem(c))
         if problems < 2:
-            continue
+            return
         f["multimorbidity"] += 1
-        if key_worker_of(by_type.get("CareTeam", []), now) is not None:
+        if key_worker_of(by_type.get("CareTeam", []), self.now) is not None:
             f["with_key_worker"] += 1
         if any(_is_plan(cp) and (cp.get("description") or "").strip() for cp in by_type.get("CarePlan", ())):
             f["with_plan_what_matters"] += 1
         if len(sources) >= 3:
             f["multi_org"] += 1
-    advice = measure_response_times(requests=requests, messages=messages, since=since)
-    f["advice"] = {"requests": advice["requests"], "answered": advice["answered"],
-                   "unanswered": advice["unanswered"], "first_reply_n": advice["first_reply_hours"]["n"],
-                   "first_reply_median": advice["first_reply_hours"]["median"],
-                   "first_reply_p90": advice["first_reply_hours"]["p90"]}
-    services = [s.content for s in directory.get("HealthcareService", ()) if s.content.get("active") is not False]
-    f["directory"] = {"services": len(services), "complete": sum(1 for hs in services if all(complete(hs).values()))}
-    return f
+
+    def result(self) -> dict[str, Any]:
+        f = dict(self.f)
+        advice = measure_response_times(requests=self.requests, messages=self.messages, since=self.since)
+        f["advice"] = {"requests": advice["requests"], "answered": advice["answered"],
+                       "unanswered": advice["unanswered"], "first_reply_n": advice["first_reply_hours"]["n"],
+                       "first_reply_median": advice["first_reply_hours"]["median"],
+                       "first_reply_p90": advice["first_reply_hours"]["p90"]}
+        services = [s.content for s in self.directory.get("HealthcareService", ())
+                    if s.content.get("active") is not False]
+        f["directory"] = {"services": len(services),
+                          "complete": sum(1 for hs in services if all(complete(hs).values()))}
+        return f
+
+
+def compute(records: Iterable[tuple[Any, list[Any]]], directory: dict[str, list[Any]], *, today: date,
+            since: str) -> dict[str, Any]:
+    """The raw figures (numbers only) from the population's records and the directory (pull style: the
+    Accumulator fed by a loop)."""
+    acc = Accumulator(directory, today=today, since=since)
+    for patient, items in records:
+        acc.add(patient, items)
+    return acc.result()
 
 
 PURPOSE = "planning:integration-assessment"
@@ -148,15 +177,25 @@ def figures(*, gate: Gate, who: Principal, today: date | None = None, fresh: boo
     def measure(records: Iterator[tuple[Any, list[Any]]], directory: dict[str, list[Any]], *,
                 history: Iterable[dict[str, Any]] | None = None,
                 last_writes: dict[str, str] | None = None) -> dict[str, Any]:
+        acc = Accumulator(directory, today=today, since=since)
         tally = workforce.Tally(directory, as_at=today, history=history)
 
         def fed() -> Iterator[tuple[Any, list[Any]]]:
+            # one pass: every record feeds the evidence and the workforce tally, and goes on (the types the cost
+            # views and segments read) to the cost summariser, which consumes this generator
             for patient, items in records:
+                acc.add(patient, items)
                 tally.add(patient, items)
-                yield patient, items
+                yield patient, [s for s in items if s.rtype in cost_people.WANTED_TYPES]
 
-        f = compute(fed(), directory, today=today, since=since)
+        feed = fed()
+        cost = cost_service.measure_cost(feed, directory, today=today)
+        for _ in feed:  # the summariser reads every record; should it stop early, the other tallies still see all
+            pass
+        f = acc.result()
         f["workforce"] = tally.figures()["system"]
+        # the cost figures nest as deep as figures may (4 levels): kept flat under "cost:" keys
+        f.update({f"cost:{k}": v for k, v in cost.items()})
         f["freshness"] = workforce.freshness_hours(last_writes or {}, now=now)
         return f
 
@@ -208,12 +247,77 @@ def _freshness(hours: dict[str, float]) -> dict[str, Any]:
             "stalest_hours": ordered[-1], "median_hours": ordered[len(ordered) // 2], "see": "/workforce#feeds"}
 
 
+HOSPITAL = "acute-hospital"  # the schedule's hospital setting; every other setting is care outside hospital
+COST_BASIS = ("activity in the record priced at national unit costs (Unit Costs of Health and Social Care 2024 "
+              "Manual, PSSRU/CHE; 2023/24 prices) - not payments, contracts or budgets")
+
+
+def _cost_report(raw: dict[str, Any]) -> dict[str, Any]:
+    """The cost of care as the cost report publishes it (population/cost/service.publish: its suppression - counts
+    '*' or rounded, a cost over a suppressed count withheld, costs to the nearest GBP 100), from the flat `cost:`
+    figures of the same pass."""
+    return cost_service.publish({k[5:]: v for k, v in raw.items() if k.startswith("cost:")})
+
+
+def _withheld(note: str) -> dict[str, Any]:
+    return {"value": "*", "suppressed": True, "note": note}
+
+
+def _cost_share_by_setting(report: dict[str, Any]) -> dict[str, Any]:
+    """Each setting's share of the cost of care, from the published (rounded) costs; the value is the share spent
+    outside hospital, withheld when the total or any setting's cost is withheld."""
+    total = report["total"]
+    settings = cost_engine.schedule()["settings"]
+    out: dict[str, Any] = {"people": total["people"], "total_cost": total["cost"], "currency": "GBP",
+                           "basis": COST_BASIS, "see": "/population/dashboard", "see_text": "cost of care dashboard"}
+    if total["people"] == 0:
+        return {**out, "value": None, "settings": [], "note": "nobody in the population in the period"}
+    if total["people"] == "*":
+        return {**out, **_withheld("small numbers: not published"), "settings": []}
+    tcost = total["cost"] or 0
+    rows = []
+    for sid, display in settings.items():
+        cost = total["settings"][sid]["cost"]
+        share = ("*" if cost is None else round(100 * cost / tcost, 1) if tcost else None)
+        rows.append({"setting": sid, "display": display, "cost": cost, "share": share})
+    out["settings"] = rows
+    if not tcost:
+        return {**out, "value": None, "note": "no priced activity in the period"}
+    if any(r["cost"] is None for r in rows):
+        return {**out, **_withheld("a setting's cost rests on a small number: the share outside hospital is "
+                                   "not published")}
+    outside = sum(r["cost"] for r in rows if r["setting"] != HOSPITAL)
+    return {**out, "value": round(100 * outside / tcost, 1)}
+
+
+def _cost_per_person_by_multimorbidity(report: dict[str, Any]) -> dict[str, Any]:
+    """Cost per person in each multimorbidity band of the cost engine; the value is the most multimorbid band's
+    cost per person over the band with no condition (both as published, withheld when either is)."""
+    bands = cost_engine.schedule()["segments"]["multimorbidity"]["bands"]
+    low, high = bands[0], bands[-1]
+    groups = report["segments"]["multimorbidity"]["groups"]
+    rows = [{"group": g["group"], "people": g["people"], "cost": g["cost"], "cost_per_person": g["cost_per_person"]}
+            for g in groups]
+    by = {r["group"]: r for r in rows}
+    out: dict[str, Any] = {"segments": rows, "compared": {"high": high, "low": low}, "currency": "GBP",
+                           "basis": COST_BASIS, "see": "/population/dashboard", "see_text": "cost of care dashboard"}
+    lo, hi = by.get(low), by.get(high)
+    if not lo or not hi or 0 in (lo["people"], hi["people"]):
+        return {**out, "value": None, "note": f"nobody in band {low if not lo or lo['people'] == 0 else high}"}
+    if lo["cost_per_person"] is None or hi["cost_per_person"] is None:
+        return {**out, **_withheld("small numbers: not published")}
+    if not lo["cost_per_person"]:
+        return {**out, "value": None, "note": f"no priced activity in band {low}"}
+    return {**out, "value": round(hi["cost_per_person"] / lo["cost_per_person"], 1)}
+
+
 def published(raw: dict[str, Any], *, today: date) -> dict[str, dict[str, Any]]:
     """Every measure of measures.yaml with its suppressed value and period, from the raw figures."""
     since = (today - YEAR).isoformat()
     periods = {"last-365-days": {"start": since, "end": today.isoformat()},
                "as-at": {"start": today.isoformat(), "end": today.isoformat()},
-               "last-12-months": {"start": workforce.period_start(today).isoformat(), "end": today.isoformat()}}
+               "last-12-months": {"start": workforce.period_start(today).isoformat(), "end": today.isoformat()},
+               "cost-12-months": {"start": cost_service.period(today)[0].isoformat(), "end": today.isoformat()}}
     a = raw["advice"]
     high = config.value("SUPPRESS_HIGH")
     median_ok = a["first_reply_n"] > high
@@ -234,6 +338,9 @@ def published(raw: dict[str, Any], *, today: date) -> dict[str, dict[str, Any]]:
         "directory_completeness": _share(raw["directory"]["complete"], raw["directory"]["services"]),
         **_workforce(raw["workforce"]), "feed_freshness": _freshness(raw["freshness"]),
     }
+    cost = _cost_report(raw)
+    values["cost_share_by_setting"] = _cost_share_by_setting(cost)
+    values["cost_per_person_by_multimorbidity"] = _cost_per_person_by_multimorbidity(cost)
     out = {}
     for key, spec in kb.measures()["measures"].items():
         v = values[key]
