@@ -76,6 +76,8 @@ def report_command(fmt: str = typer.Option("text", "--format", help="json or tex
                 typer.echo("    no measurable evidence")
             for e in it.get("evidence") or ():
                 typer.echo(f"    {e['title']}: {e['value']} ({e['period']['start']} to {e['period']['end']})")
+            if it.get("evidence_note"):
+                typer.echo(f"    not measured: {it['evidence_note']}")
 
 
 @assessment_app.command("score")
