@@ -9,8 +9,12 @@ BENCH_SCALE_PATIENTS people, default 100,000, are generated first, which takes l
 runs the production code over the files (the engine's own cost, without the store; `bench_population` times the
 per-person scores one by one, this times the whole dashboard's computation):
 
-* registers: reading and grouping each person's record, recognising facts, every register and each register's care
-  processes (Python, person by person, as `population/cost/people.summarise` inside the gate);
+* registers: every register with its care processes and the risk bands (eFI, Cambridge score, long-term conditions,
+  regular medicines) for everyone at once in SQL (`registers.population`: the SQL on FHIR views flattened on DuckDB,
+  each distinct code recognised once, the rules of the data files as tables), as `population/cost/people.summarise`
+  runs it inside the gate; each part and each register's care processes timed apart. `--person-path` also times
+  the person view's path run for everyone (reading and grouping each record, recognising facts, every register and
+  each register's care processes in Python, person by person: how the registers were computed before);
 * measures: the SQL on FHIR views flattened once (DuckDB), then each measure in total and by every breakdown;
 * cost: the cost tables and every breakdown (DuckDB), and the same statements (`cost.engine.tables`, common to both
   dialects) on Spark in local mode, with the SQL on FHIR views compiled for Spark; totals are checked equal;
@@ -21,7 +25,7 @@ The machine is shared by other agents (2 cores): every figure is recorded with i
 Spark's JVM is another process, its CPU is not counted) and the 1-minute load average when it was taken. Sizes not
 measured are projected linearly from the two largest measured and marked `projected`.
 
-Run: python -m bench.bench_population_scale [--sizes 5000,20000,100000] [--spark] [--spark-max N]
+Run: python -m bench.bench_population_scale [--sizes 5000,20000,100000] [--spark] [--spark-max N] [--person-path]
      python -m bench.bench_population_scale --engines-only --sizes 5000,20000,50000,100000
        (the DuckDB-Spark comparison alone, every population segment left empty, Spark warmed up on the smallest
         size first; writes bench/results/population_scale_engines.json)
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -94,8 +99,42 @@ def _people(folder: Path) -> int:
     return n
 
 
+def registers_sql(folder: Path, work: Path, today: date, out: dict[str, Any]) -> Path:
+    """Every register with its care processes and the risk bands in SQL (`registers.population`, DuckDB over the SQL
+    on FHIR views, as `cost.people.summarise` runs them inside the gate), timed part by part and each register's
+    care processes apart: returns the segments CSV for the cost."""
+    from joinedup.population.cost import engine as cost_engine
+    from joinedup.population.registers import population
+
+    parts: dict[str, dict[str, float]] = {}
+    parts_t: dict[str, Any] = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    with population.Population(folder, today, timings=parts) as pop:
+        with Timed(parts_t, "tallies"):
+            counted = pop.tallies()
+        sizes = {rid: n for rid, n in pop.con.sql(
+            "SELECT register, count(*) FROM member m JOIN person p ON p.id = m.person "
+            "WHERE p.practice IS NOT NULL AND NOT p.deceased GROUP BY 1 ORDER BY 1").fetchall()}
+    out["registers"] = {"seconds": round(time.perf_counter() - t0, 2),
+                        "cpu_seconds": round(time.process_time() - c0, 2), "load_1min": round(os.getloadavg()[0], 1),
+                        "engine": "DuckDB (registers.population)",
+                        "parts": {k: {"seconds": round(v["seconds"], 2), "cpu_seconds": round(v["cpu_seconds"], 2)}
+                                  for k, v in parts.items() if not k.startswith("care_processes:")},
+                        "care_processes_per_register": {
+                            k.split(":", 1)[1]: {"seconds": round(v["seconds"], 3),
+                                                 "cpu_seconds": round(v["cpu_seconds"], 3)}
+                            for k, v in parts.items() if k.startswith("care_processes:")},
+                        "tallies": {k: v for k, v in parts_t["tallies"].items() if k != "load_1min"},
+                        "peak_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                        "register_sizes_living_registered": sizes}
+    seg = work / "segments.csv"
+    cost_engine.write_segments(seg, counted["segments"])
+    return seg
+
+
 def registers_and_segments(folder: Path, work: Path, today: date, out: dict[str, Any]) -> Path:
-    """The per-person part, timed piece by piece: returns the segments CSV for the cost."""
+    """The per-person part (the person view's path, run for everyone: `--person-path`), timed piece by piece:
+    returns the segments CSV for the cost."""
     from joinedup.population.cost import engine as cost_engine
     from joinedup.population.cost import people
     from joinedup.population.registers import engine as registers
@@ -137,7 +176,8 @@ def registers_and_segments(folder: Path, work: Path, today: date, out: dict[str,
         segs.append((facts.id, people.multimorbidity_band(conditions),
                      frailty["category"] if frailty["applies"] else "under 65",
                      _band("cambridge_multimorbidity_score", cms)))
-    out["registers"] = {"seconds": round(time.perf_counter() - t0, 2),
+    out["registers_person_by_person"] = {
+                        "seconds": round(time.perf_counter() - t0, 2),
                         "cpu_seconds": round(time.process_time() - c0, 2), "load_1min": round(os.getloadavg()[0], 1),
                         "parts_seconds": {k: round(v, 2) for k, v in parts.items()},
                         "care_processes_per_register_seconds": {k: round(v, 3) for k, v in sorted(per_register.items())}}
@@ -278,6 +318,26 @@ def dashboard_page(folder: Path, today: date, out: dict[str, Any]) -> None:
                                      "load_1min": round(os.getloadavg()[0], 1)}
 
 
+def _before_sql_registers() -> dict[str, Any]:
+    """The figures measured before the registers moved to SQL (the person-by-person pass), per size, for
+    before/after: taken from the results file this run replaces, and carried over by later runs."""
+    from bench.common import RESULTS
+
+    path = RESULTS / "population_scale.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    if "before_sql_registers" in doc:
+        return doc["before_sql_registers"]
+    return {str(r["size"]): {"registers": {k: r["registers"][k] for k in ("seconds", "cpu_seconds", "load_1min")},
+                             "registers_parts_seconds": r["registers"].get("parts_seconds"),
+                             "care_processes_per_register_seconds":
+                                 r["registers"].get("care_processes_per_register_seconds"),
+                             "measures": r.get("measures"), "every_measure_seconds": r.get("every_measure_seconds"),
+                             "cost_duckdb": r.get("cost_duckdb")}
+            for r in doc.get("runs", [])}
+
+
 def _project(points: list[tuple[int, float]], n: int) -> float | None:
     """Linear projection to n people from the two largest measured sizes."""
     pts = sorted(p for p in points if p[1] is not None)
@@ -296,8 +356,11 @@ def derive(figures: dict[str, Any]) -> None:
     largest = max(r["size"] for r in runs)
     proj: dict[str, Any] = {}
     for name, key in (("every_measure_seconds", lambda r: r["every_measure_seconds"]),
+                      ("every_measure_cpu_seconds", lambda r: r.get("every_measure_cpu_seconds")),
                       ("every_register_seconds", lambda r: r["every_register_seconds"]),
                       ("every_register_cpu_seconds", lambda r: r["registers"]["cpu_seconds"]),
+                      ("every_measure_and_register_cpu_seconds",
+                       lambda r: r.get("every_measure_and_register_cpu_seconds")),
                       ("cost_duckdb_seconds", lambda r: r["cost_duckdb"]["seconds"])):
         pts = [(r["size"], key(r)) for r in runs]
         proj[name] = {str(n): _project(pts, n) for n in (100_000, 1_000_000) if n > largest}
@@ -361,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dashboard-size", type=int, default=int(os.environ.get("BENCH_SCALE_DASHBOARD", "0")),
                     help="people for the dashboard's document (default: the largest size)")
     ap.add_argument("--engines-only", action="store_true")
+    ap.add_argument("--person-path", action="store_true", default=os.environ.get("BENCH_SCALE_PERSON_PATH") == "1",
+                    help="also time the registers person by person (the person view's path, as before the SQL pass)")
     ap.add_argument("--derive-only", action="store_true", help="recompute the derived figures of the last results")
     args = ap.parse_args(argv if argv is not None else [])
     if args.derive_only:
@@ -377,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
 
     figures: dict[str, Any] = {"note": "machine shared with other agents (2 cores): wall seconds vary with the load "
                                        "average recorded beside each figure; cpu_seconds are this process's"}
+    figures["before_sql_registers"] = _before_sql_registers()
     ics_env = os.environ.get("BENCH_SCALE_ICS")
     keep = None
     if ics_env:
@@ -409,7 +475,9 @@ def main(argv: list[str] | None = None) -> None:
             folder = _subset(ics, chunks[:k], work / "ics")
             run: dict[str, Any] = {"size": size, "registered_people": _people(folder)}
             print(f"--- {size} people", flush=True)
-            seg = registers_and_segments(folder, work, today, run)
+            seg = registers_sql(folder, work, today, run)
+            if args.person_path:
+                registers_and_segments(folder, work, today, run)
             measures_duckdb(folder, today, run)
             raw = cost_duckdb(folder, seg, today, run)
             duck = {"people": float(raw["total"]["all"]["people"]), "cost": round(raw["total"]["all"]["cost"], 2),
@@ -428,7 +496,12 @@ def main(argv: list[str] | None = None) -> None:
                                                and abs(got["cost"] - duck["cost"]) < 0.01)
             m = run["measures"]
             run["every_measure_seconds"] = round(sum(v["seconds"] for v in m.values()), 2)
+            run["every_measure_cpu_seconds"] = round(sum(v["cpu_seconds"] for v in m.values()), 2)
             run["every_register_seconds"] = run["registers"]["seconds"]
+            run["every_measure_and_register_seconds"] = round(run["every_measure_seconds"]
+                                                              + run["every_register_seconds"], 2)
+            run["every_measure_and_register_cpu_seconds"] = round(run["every_measure_cpu_seconds"]
+                                                                  + run["registers"]["cpu_seconds"], 2)
             runs.append(run)
             print(json.dumps(run, indent=1), flush=True)
         figures["runs"] = runs

@@ -267,3 +267,8 @@ def population_risk(*, gate: Any, who: Any, practice: str | None = None, pcn: st
                            "rounded to a multiple of JOINEDUP_SUPPRESS_ROUND (governance.deid.suppress)",
             "excluded": "people who opted out (National Data Opt-out: planning is a secondary use) and people "
                         "recorded as deceased"}
+
+
+def multimorbidity_band(n: int) -> str:
+    """The cost report's multimorbidity segment for a count of long-term conditions (registers)."""
+    return "0" if n == 0 else "1" if n == 1 else "2-3" if n <= 3 else "4+"

@@ -1,9 +1,11 @@
-"""One pass over people's records inside the gate: each person's population segment (for the cost figures) and their
-registers, care processes and risk bands (for the dashboard), from the risk and register engines (which work person
-by person), plus the resources written to NDJSON for the SQL views. Only counts leave this module."""
+"""One pass over people's records inside the gate: the resources written to NDJSON for the SQL views, then each
+person's population segment (for the cost figures) and their registers, care processes and risk bands (for the
+dashboard), computed for everyone at once in SQL over those files by `registers.population` (the rules of the risk
+and register engines, which the person view applies one record at a time). Only counts leave this module."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -12,19 +14,16 @@ from typing import Any
 
 import orjson
 
-from joinedup.population.registers import engine as registers
-from joinedup.population.risk import facts as person_facts
-from joinedup.population.risk import scores
+from joinedup.population.registers import population
 
 # the bands of population/service.py (risk distribution), repeated by name only: the values come from there
-from joinedup.population.service import BANDS, RECORD_TYPES, _band
+from joinedup.population.service import BANDS, RECORD_TYPES, multimorbidity_band
 
+# the types whose entries count for the person whose record holds them (registers.population)
+OWNED_TYPES = frozenset({"Condition", "Observation", "Procedure", "CarePlan", "Encounter", "MedicationRequest",
+                         "MedicationStatement"})
 WANTED_TYPES = frozenset(RECORD_TYPES) | {"Patient", "Encounter", "EpisodeOfCare", "Appointment", "Communication",
                                           "CarePlan", "Condition"}
-
-
-def multimorbidity_band(n: int) -> str:
-    return "0" if n == 0 else "1" if n == 1 else "2-3" if n <= 3 else "4+"
 
 
 @dataclass
@@ -43,46 +42,54 @@ class Tally:
 
 
 def summarise(records: Iterable[tuple[Any, list[Any]]], folder: Path, today: date,
-              practice_key: dict[str, str] | None = None, *, with_registers: bool = True) -> Tally:
+              practice_key: dict[str, str] | None = None, *, with_registers: bool = True,
+              timings: dict[str, dict[str, float]] | None = None) -> Tally:
     """Write every record's resources (the types the views read) to NDJSON files by type in `folder` and tally each
-    living registered person's segments, registers, care processes and risk bands by practice."""
+    living registered person's segments, registers, care processes and risk bands by practice.
+
+    The registers, care processes and risk bands of everyone are then computed at once in SQL over those files
+    (`registers.population`: the same rules as the person view, person by person); an entry whose subject is not
+    the person whose record holds it (a linked record) is noted so that it counts for that person. `timings` gets
+    the wall and CPU seconds of each part."""
     tally = Tally()
     handles: dict[str, Any] = {}
     keys = practice_key or {}
+    owners: list[tuple[str, str, str]] = []
+    t, c = time.perf_counter(), time.process_time()
     try:
         for patient, items in records:
             content = patient.content or {"resourceType": "Patient", "id": patient.id}
             _write(handles, folder, [content])
             contents = [s.content for s in items if s.content]
             _write(handles, folder, contents)
-            facts = person_facts.build(content, contents)
-            if facts.practice is None:
-                continue
-            frailty = scores.efi(facts, today)
-            regs = registers.registers_of(facts, today, frailty=frailty)
-            conditions = sum(1 for r in regs if r["register"] != "frailty")
-            cms = scores.cambridge(facts, today)["score"]
-            frailty_band = frailty["category"] if frailty["applies"] else "under 65"
-            # segments for everyone registered (the cost counts people who died in the period); the registers,
-            # care processes and risk figures only for the living
-            tally.segments.append((facts.id, multimorbidity_band(conditions), frailty_band,
-                                   _band("cambridge_multimorbidity_score", cms)))
-            if not with_registers or facts.deceased:
-                continue
-            practice = keys.get(facts.practice, facts.practice)
-            tally.people[practice] = tally.people.get(practice, 0) + 1
-            tally.add(tally.risk, practice, f"cms|{_band('cambridge_multimorbidity_score', cms)}")
-            tally.add(tally.risk, practice, f"multimorbidity|{multimorbidity_band(conditions)}")
-            if frailty["applies"]:
-                tally.add(tally.risk, practice, f"efi|{frailty['category']}")
-            tally.add(tally.risk, practice, f"regular_medicines|{_band('regular_medicines', len(facts.medicines))}")
-            for r in regs:
-                tally.add(tally.registers, practice, r["register"])
-                for p in registers.care_processes(facts, r["register"], today):
-                    tally.add(tally.processes, practice, f"{r['register']}|{p['process']}|{p['status']}")
+            pid = content.get("id")
+            mine = f"Patient/{pid}"
+            for res in contents:
+                if res.get("resourceType") in OWNED_TYPES and (res.get("subject") or {}).get("reference") != mine:
+                    owners.append((res["resourceType"], str(res.get("id")), str(pid)))
     finally:
         for fh in handles.values():
             fh.close()
+    owners_file = folder / population.OWNERS_FILE
+    population.write_owners(owners_file, owners)
+    if timings is not None:
+        timings["write_records"] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
+    with population.Population(folder, today, owners=owners_file, timings=timings) as pop:
+        counted = pop.tallies()
+    # segments for everyone registered (the cost counts people who died in the period); the registers, care
+    # processes and risk figures only for the living
+    tally.segments = counted["segments"]
+    if not with_registers:
+        return tally
+    for name in ("people", "registers", "processes", "risk"):
+        for practice, value in counted[name].items():
+            key = keys.get(practice, practice)
+            if name == "people":
+                tally.people[key] = tally.people.get(key, 0) + value
+                continue
+            row = getattr(tally, name).setdefault(key, {})
+            for k, n in value.items():
+                row[k] = row.get(k, 0) + n
     return tally
 
 

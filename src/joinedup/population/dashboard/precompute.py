@@ -1,10 +1,11 @@
 """`joinedup population precompute`: every dashboard figure computed once, through the gate, and kept published.
 
 One pass over the records inside `Gate.published_figures` (people who opted out of secondary use excluded, only
-numbers leave, audited) computes, for the current period and the one before it, every outcome measure in total and by
-each of its breakdowns (the measures engine: SQL on FHIR views, DuckDB), the cost and activity of care (population/
-cost), and, as at the reference date, the register sizes with their care processes done, due or overdue and the risk
-segments, for the whole ICS, each PCN and each practice. They are then published with the platform's small-number
+numbers leave, audited) writes them to NDJSON and computes over those files, for the current period and the one
+before it, every outcome measure in total and by each of its breakdowns (the measures engine: SQL on FHIR views,
+DuckDB), the cost and activity of care (population/cost), and, as at the reference date, the register sizes with
+their care processes done, due or overdue and the risk segments, for the whole ICS, each PCN and each practice (in
+SQL for everyone at once: `registers.population`). They are then published with the platform's small-number
 suppression (the measures' own `publish`, the cost report's `publish`, `governance.deid.suppress` for the rest: a
 count is suppressed at the level it is shown, never added up from suppressed counts) and kept by
 `Gate.save_precomputed`, so the dashboard reads one stored document and answers in well under a second."""
@@ -70,8 +71,12 @@ def figures_of(records, directory, *, today: date, days: dict[str, date], chosen
         folder = Path(tmp)
         t = time.perf_counter()
         people.write_directory(folder, directory)
-        tally = people.summarise(records, folder, today, people.practice_codes(directory))
+        parts: dict[str, dict[str, float]] = {}
+        tally = people.summarise(records, folder, today, people.practice_codes(directory), timings=parts)
         timings["records_registers_risk"] = time.perf_counter() - t
+        for name, spent in parts.items():  # writing the records, then the registers' SQL pass part by part
+            if not name.startswith("care_processes:"):
+                timings[f"records_registers_risk:{name}"] = spent["seconds"]
         seg = folder / "segments.csv"
         cost_engine.write_segments(seg, tally.segments)
         out["tally|people"] = tally.people

@@ -18,6 +18,12 @@ from joinedup.conflicts.recognition import condition_keys
 
 INACTIVE_CLINICAL = {"resolved", "inactive", "remission"}
 NOT_TRUE = {"refuted", "entered-in-error"}
+# an Observation, Procedure or CarePlan with one of these statuses is no evidence of care (an Encounter always is)
+NOT_EVIDENCE_STATUS = ("entered-in-error", "cancelled", "not-done", "planned", "revoked", "draft")
+# current medicines: MedicationRequest status and intent, MedicationStatement status
+CURRENT_REQUEST = ("active", "on-hold")
+CURRENT_INTENT = ("order", "plan", "original-order", "instance-order")
+CURRENT_STATEMENT = ("active",)
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10_SYSTEMS = ("icd-10", "icd10")
@@ -162,9 +168,56 @@ def _med_key(concept: dict[str, Any] | None, res: dict[str, Any]) -> tuple[str, 
     return (code or normalise(display).strip()), (display or code)
 
 
+EVIDENCE_DATES = ("effectiveDateTime", "effectivePeriod", "performedDateTime", "performedPeriod", "period", "issued",
+                  "created")
+
+
+def condition_concept(code: dict[str, Any] | None) -> tuple[str, tuple[str, ...], frozenset[str]]:
+    """A Condition.code's text, the condition keys it is recognised as and its SNOMED CT codes (the same for the
+    person view and, per distinct code, for the population's SQL pass)."""
+    text = concept_text(code)
+    keys = condition_keys(_kb(), code, text)
+    snomed = frozenset(str(c["code"]) for c in (code or {}).get("coding") or []
+                       if c.get("code") and "snomed" in (c.get("system") or ""))
+    return text, keys, snomed
+
+
+def evidence_concepts(res: dict[str, Any]) -> tuple[frozenset[str], str]:
+    """The codes ("system|code") and normalised text an Observation, Procedure, CarePlan or Encounter offers as
+    evidence of care: Encounter type and reason, CarePlan category and title, else the code (an Observation also
+    its components' codes and a coded value's text)."""
+    rtype = res.get("resourceType")
+    if rtype == "Encounter":
+        concepts = list(res.get("type") or []) + list(res.get("reasonCode") or [])
+    elif rtype == "CarePlan":
+        concepts = list(res.get("category") or [])
+    else:
+        concepts = [res.get("code") or {}]
+    codes = frozenset(f"{c.get('system')}|{c.get('code')}" for cc in concepts for c in cc.get("coding") or []
+                      if c.get("code"))
+    text = " ".join(concept_text(cc) for cc in concepts) + " " + (res.get("title") or "")
+    if rtype == "Observation":
+        for comp in res.get("component") or []:
+            codes |= {f"{c.get('system')}|{c.get('code')}" for c in (comp.get("code") or {}).get("coding")
+                      or [] if c.get("code")}
+        vc = res.get("valueCodeableConcept")
+        if vc:
+            text += " " + concept_text(vc)
+    return codes, normalise(text)
+
+
+def medicine_line(res: dict[str, Any]) -> tuple[str, str, str] | None:
+    """A medicine line's key (its code, else its normalised name), display and normalised name; None when it names
+    no medicine."""
+    key = _med_key(res.get("medicationCodeableConcept"), res)
+    if key is None:
+        return None
+    code_or_name, display = key
+    return code_or_name, display, normalise(display).strip()
+
+
 def build(patient: dict[str, Any], items: list[dict[str, Any]]) -> PersonFacts:
     """One person's facts from their Patient resource and the entries of their record."""
-    kb = _kb()
     pid = patient.get("id") or ""
     facts = PersonFacts(id=pid, name=_name(patient), birth=day_of(patient.get("birthDate")),
                         gender=patient.get("gender"),
@@ -179,11 +232,8 @@ def build(patient: dict[str, Any], items: list[dict[str, Any]]) -> PersonFacts:
             if ver in NOT_TRUE:
                 continue
             clinical = _code(res.get("clinicalStatus")) or "active"
-            text = concept_text(res.get("code"))
-            keys = condition_keys(kb, res.get("code"), text)
+            text, keys, snomed = condition_concept(res.get("code"))
             onset = _period_start(res, "onsetDateTime", "onsetPeriod", "recordedDate")
-            snomed = frozenset(str(c["code"]) for c in (res.get("code") or {}).get("coding") or []
-                               if c.get("code") and "snomed" in (c.get("system") or ""))
             facts.conditions.append(ConditionFact(keys=keys, active=clinical not in INACTIVE_CLINICAL, onset=onset,
                                                   text=text, reference=ref, snomed=snomed))
             if clinical not in INACTIVE_CLINICAL:
@@ -192,30 +242,13 @@ def build(patient: dict[str, Any], items: list[dict[str, Any]]) -> PersonFacts:
                     if any(s in (c.get("system") or "").lower() for s in ICD10_SYSTEMS) and c.get("code"):
                         facts.icd10.append(str(c["code"]))
         elif rtype in ("Observation", "Procedure", "CarePlan", "Encounter"):
-            if rtype != "Encounter" and res.get("status") in ("entered-in-error", "cancelled", "not-done", "planned",
-                                                               "revoked", "draft"):
+            if rtype != "Encounter" and res.get("status") in NOT_EVIDENCE_STATUS:
                 continue
             if rtype == "Encounter":
                 if res.get("status") not in ("cancelled", "entered-in-error", "planned"):
                     facts.contacts.append(_contact(res, ref))
-                concepts = list(res.get("type") or []) + list(res.get("reasonCode") or [])
-            elif rtype == "CarePlan":
-                concepts = list(res.get("category") or [])
-            else:
-                concepts = [res.get("code") or {}]
-            day = _period_start(res, "effectiveDateTime", "effectivePeriod", "performedDateTime", "performedPeriod",
-                                "period", "issued", "created")
-            codes = frozenset(f"{c.get('system')}|{c.get('code')}" for cc in concepts for c in cc.get("coding") or []
-                              if c.get("code"))
-            text = " ".join(concept_text(cc) for cc in concepts) + " " + (res.get("title") or "")
-            if rtype == "Observation":
-                for comp in res.get("component") or []:
-                    codes |= {f"{c.get('system')}|{c.get('code')}" for c in (comp.get("code") or {}).get("coding")
-                              or [] if c.get("code")}
-                vc = res.get("valueCodeableConcept")
-                if vc:
-                    text += " " + concept_text(vc)
-            norm = normalise(text)
+            day = _period_start(res, *EVIDENCE_DATES)
+            codes, norm = evidence_concepts(res)
             if rtype in ("Observation", "Procedure"):
                 facts.texts.append((norm, ref))
             if day is not None:
@@ -225,20 +258,18 @@ def build(patient: dict[str, Any], items: list[dict[str, Any]]) -> PersonFacts:
                 facts.contacts.append(_contact(res, ref))
         elif rtype in ("MedicationRequest", "MedicationStatement"):
             if rtype == "MedicationRequest":
-                current = res.get("status") in ("active", "on-hold") and res.get("intent", "order") in (
-                    "order", "plan", "original-order", "instance-order")
+                current = res.get("status") in CURRENT_REQUEST and res.get("intent", "order") in CURRENT_INTENT
             else:
-                current = res.get("status") == "active"
+                current = res.get("status") in CURRENT_STATEMENT
             if not current:
                 continue
-            key = _med_key(res.get("medicationCodeableConcept"), res)
-            if key is None:
+            line = medicine_line(res)
+            if line is None:
                 continue
             if _as_needed(res):
                 facts.as_needed += 1
                 continue
-            code_or_name, display = key
-            nk = normalise(display).strip()
+            code_or_name, display, nk = line
             existing = by_name.get(nk)
             if existing is not None and existing != code_or_name:
                 continue  # the same medicine recorded by another organisation under another code: count once
