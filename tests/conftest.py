@@ -117,6 +117,20 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+# The files that take longest start first, so that under pytest-xdist (`--dist loadfile`, one file per worker at a
+# time) no worker is left running a long file after the others have finished. Only the order of files changes: the
+# tests inside each file, and every other file, keep pytest's order (tests never depend on the order of files).
+LONGEST_FIRST = ("governance/test_authorization_matrix.py", "security/test_fuzz.py", "browser/test_roles_crawl.py",
+                 "browser/test_accessibility.py", "population/test_dashboard.py", "browser/test_workforce.py",
+                 "population/test_measures.py", "browser/test_population_dashboard.py")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(rank)))
+
+
 _SERVERS: list = []
 
 
