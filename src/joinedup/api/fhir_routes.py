@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from joinedup.api.auth import current_user
 from joinedup.api.capability import capability_statement
 from joinedup.api.limits import check_bundle_entries
 from joinedup.api.responses import (
@@ -231,9 +234,47 @@ def type_history(rtype: str, request: Request, who: CurrentUser, gate: GateDep):
             responses={**fhir_responses(*_READ_ERRORS), 304: {"description": "Not modified (If-None-Match)"}},
             openapi_extra={"parameters": [_query("_summary", "true, text or data"),
                                           _query("_elements", "Comma-separated elements to keep")]})
-def read(rtype: str, rid: str, request: Request, who: CurrentUser, gate: GateDep):
+async def read(rtype: str, rid: str, request: Request):
+    # Reads are the requests clients make most (`DirectRead` below takes those with ids of FHIR's form before the
+    # router does): signing in (the token's lookup) and the gated read share one trip to the thread pool, where a
+    # `CurrentUser` dependency and a plain `def` handler would take one each. The store is still never touched on
+    # the event loop, and the checks run in the same order (401 before anything else).
+    return await run_in_threadpool(_read, rtype, rid, request)
+
+
+# A read's address as the route above matches it, for ids of FHIR's own form (R4 `id`: [A-Za-z0-9-.]{1,64}) and
+# type names: what no other GET route under /fhir takes ($export and _history are neither).
+_READ_PATH = re.compile(r"/fhir/([A-Z][A-Za-z]{0,63})/([A-Za-z0-9.-]{1,64})")
+
+
+class DirectRead:
+    """ASGI middleware, innermost of the app's own: `GET /fhir/{type}/{id}` (the request clients make most) goes
+    straight to the same `_read` as the route, skipping the framework's route matching (dozens of routes) and
+    dependency machinery. Every middleware outside it still runs (audit durability, security headers, request
+    limits, reasons, access notices); errors get the app's own FhirError handler, so the OperationOutcomes are
+    the route's; anything else falls through to the app."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            m = _READ_PATH.fullmatch(scope["path"])
+            if m is not None:
+                request = Request(scope, receive)
+                try:
+                    response = await run_in_threadpool(_read, m[1], m[2], request)
+                except FhirError as exc:
+                    response = await scope["app"].exception_handlers[FhirError](request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _read(rtype: str, rid: str, request: Request) -> Response:
+    who = current_user(request)
     _check_format(request)
-    s = gate.read(who, rtype, rid)
+    s = request.app.state.gate.read(who, rtype, rid)
     inm = request.headers.get("if-none-match")
     if inm and inm.strip() in (_etag(s.version), f'"{s.version}"'):
         return Response(status_code=304, headers={"ETag": _etag(s.version)})

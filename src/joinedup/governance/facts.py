@@ -291,6 +291,12 @@ class _Snapshot:
     proxies: dict[str, list[ProxyGrant]] = field(default_factory=dict)
 
 
+_FORGET = [t.delete().where(t.c.basis.in_(sa.bindparam("bases", expanding=True)))
+           for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+_FORGET_ONE = [t.delete().where(t.c.basis == sa.bindparam("basis"))
+               for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+
+
 class AccessFacts:
     """Maintains the fact tables on writes and answers policy questions from a per-process cache."""
 
@@ -301,6 +307,7 @@ class AccessFacts:
         self._snap: _Snapshot | None = None
         self._lock = threading.Lock()
         self._generation = 0  # bumped by invalidate(): a load that started before it is not kept
+        self._related_sql: dict[tuple, tuple] = {}  # related(): its statements per principal
 
     # -- maintenance on writes (inside the writer's transaction) -------------------------------------
     def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None, *,
@@ -431,10 +438,14 @@ class AccessFacts:
 
     def _forget(self, conn, bases: list[str]) -> bool:
         n = 0
+        if len(bases) == 1:  # the usual case (one resource updated): statements built and compiled once
+            for stmt in _FORGET_ONE:
+                n += conn.execute(stmt, {"basis": bases[0]}).rowcount or 0
+            return n > 0
         for i in range(0, len(bases), 500):
             chunk = bases[i:i + 500]
-            for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item):
-                n += conn.execute(t.delete().where(t.c.basis.in_(chunk))).rowcount or 0
+            for stmt in _FORGET:
+                n += conn.execute(stmt, {"bases": chunk}).rowcount or 0
         return n > 0
 
     def _bump(self, conn) -> None:
@@ -555,6 +566,37 @@ class AccessFacts:
 
     def relationship(self, who: Principal, patient_id: str) -> str | None:
         return self.reach(who).get(patient_id)
+
+    def related(self, who: Principal, patient_ids: Iterable[str]) -> set[str]:
+        """Which of these people the principal has a relationship with (`relationship` not None), without loading
+        their whole reach when it is not cached: two queries for all of them - the people's other records
+        (confirmed links, recorded both ways) and the principal's relationships in force with any of those records.
+        For the notification worker: every feed write that adds a care relationship drops the cached reach of all
+        its recipients, and it asks about a batch of people at once."""
+        ids = set(patient_ids)
+        key = (who.practitioner_id, who.organization_id)
+        cached = self.snapshot().reach.get(key)
+        if cached is not None:
+            return {p for p in ids if p in cached}
+        if key == (None, None) or not ids:
+            return set()
+        stmts = self._related_sql.get(key)
+        if stmts is None:  # built once per principal (the roles are read when it runs: a change counts at once)
+            cr = schema.care_relationship
+            stmts = (_linked_pairs(sa.bindparam("ids", expanding=True)),
+                     sa.select(cr.c.patient_id).distinct().where(
+                         self._mine(cr, who), cr.c.patient_id.in_(sa.bindparam("ids", expanding=True)),
+                         sa.or_(cr.c.ends.is_(None), cr.c.ends > sa.bindparam("now"))))
+            if len(self._related_sql) > 1000:
+                self._related_sql.clear()
+            self._related_sql[key] = stmts
+        others: dict[str, set[str]] = {}
+        with self.store.reading() as conn:
+            for pid, other in conn.execute(stmts[0], {"ids": sorted(ids)}):
+                others.setdefault(pid, set()).add(other)
+            every = sorted(ids.union(*others.values()))
+            mine = {r[0] for r in conn.execute(stmts[1], {"ids": every, "now": _now_iso()})}
+        return {p for p in ids if p in mine or others.get(p, set()) & mine}
 
     def break_glass_until(self, who: Principal, patient_id: str) -> str | None:
         until = self.snapshot().grants.get((who.name, patient_id))
@@ -696,7 +738,7 @@ def _linked_pairs(patient_ids, *, only_other: bool = False):
     v1 = schema.verified_identifier.alias("v1")
     v2 = schema.verified_identifier.alias("v2")
     pl = schema.patient_link
-    ids = patient_ids if isinstance(patient_ids, sa.Select) else list(patient_ids)
+    ids = patient_ids if isinstance(patient_ids, (sa.Select, sa.BindParameter)) else list(patient_ids)
     by_number = (sa.select(*((v2.c.patient_id,) if only_other else (v1.c.patient_id, v2.c.patient_id)))
                  .select_from(v1.join(v2, sa.and_(v2.c.system == v1.c.system, v2.c.value == v1.c.value)))
                  .where(v1.c.patient_id.in_(ids), v2.c.patient_id != v1.c.patient_id))

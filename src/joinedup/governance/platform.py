@@ -35,28 +35,52 @@ def deliver_inbox_items(gate: Gate, who: Principal, *, recipients: Iterable[str]
 
     Only the system (the notification worker) delivers; the caller has already kept the recipients who have a
     legitimate relationship with the person."""
+    return deliver_inbox_batch(gate, who, [dict(
+        recipients=recipients, event_type=event_type, patient_id=patient_id, source_ref=source_ref, title=title,
+        detail=detail, occurred=occurred, since=since, stamp=stamp)])[0]
+
+
+def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, Any]]) -> list[list[str]]:
+    """`deliver_inbox_items` for several events (each a dict of its keyword arguments), in order, in ONE write
+    transaction (the notification worker's batch); returns the user names served for each."""
     if who.role != "system":
         raise gate.refuse(who, "Only the notification worker delivers inbox items", action="create",
                           entity="inbox")
-    inbox, prefs = schema.inbox_item, schema.notification_preference
-    names = sorted(set(recipients))
-    delivered = []
     with gate._store.writing() as conn:
-        off = {r[0] for r in conn.execute(sa.select(prefs.c.user_name).where(
-            prefs.c.user_name.in_(names), prefs.c.event_type == event_type, prefs.c.enabled.is_(False)))}
+        return [_deliver(conn, **d) for d in deliveries]
+
+
+# the delivery's statements, built once (they run for every recipient of every event)
+_inbox, _prefs = schema.inbox_item, schema.notification_preference
+_TURNED_OFF = sa.select(_prefs.c.user_name).where(
+    _prefs.c.user_name.in_(sa.bindparam("names", expanding=True)), _prefs.c.event_type == sa.bindparam("event"),
+    _prefs.c.enabled.is_(False))
+_SAME_ITEM = sa.select(_inbox.c.id).where(
+    _inbox.c.user_name == sa.bindparam("name"), _inbox.c.event_type == sa.bindparam("event"),
+    _inbox.c.patient_id == sa.bindparam("patient"), _inbox.c.source_ref == sa.bindparam("source"),
+    _inbox.c.last_at >= sa.bindparam("since")).order_by(_inbox.c.id.desc()).limit(1)
+_COLLAPSE = sa.update(_inbox).where(_inbox.c.id == sa.bindparam("item")).values(
+    hits=_inbox.c.hits + 1, last_at=sa.bindparam("stamp"), read_at=None, title=sa.bindparam("new_title"),
+    detail=sa.bindparam("new_detail"))
+_NEW_ITEM = sa.insert(_inbox)
+
+
+def _deliver(conn, *, recipients: Iterable[str], event_type: str, patient_id: str, source_ref: str, title: str,
+             detail: str, occurred: str | None, since: str, stamp: str) -> list[str]:
+    names = sorted(set(recipients))
+    delivered: list[str] = []
+    if names:
+        off = {r[0] for r in conn.execute(_TURNED_OFF, {"names": names, "event": event_type})}
         for name in sorted(set(names) - off):
-            row = conn.execute(sa.select(inbox.c.id).where(
-                inbox.c.user_name == name, inbox.c.event_type == event_type, inbox.c.patient_id == patient_id,
-                inbox.c.source_ref == source_ref, inbox.c.last_at >= since).order_by(inbox.c.id.desc()).limit(1)
-            ).first()
+            row = conn.execute(_SAME_ITEM, {"name": name, "event": event_type, "patient": patient_id,
+                                            "source": source_ref, "since": since}).first()
             if row:
-                conn.execute(sa.update(inbox).where(inbox.c.id == row[0]).values(
-                    hits=inbox.c.hits + 1, last_at=stamp, read_at=None, title=title, detail=detail))
+                conn.execute(_COLLAPSE, {"item": row[0], "stamp": stamp, "new_title": title, "new_detail": detail})
             else:
-                conn.execute(sa.insert(inbox).values(
-                    user_name=name, event_type=event_type, patient_id=patient_id, source_ref=source_ref,
-                    title=title, detail=detail, hits=1, occurred=occurred, first_at=stamp, last_at=stamp,
-                    read_at=None))
+                conn.execute(_NEW_ITEM, {"user_name": name, "event_type": event_type, "patient_id": patient_id,
+                                         "source_ref": source_ref, "title": title, "detail": detail, "hits": 1,
+                                         "occurred": occurred, "first_at": stamp, "last_at": stamp,
+                                         "read_at": None})
             delivered.append(name)
     return delivered
 

@@ -18,6 +18,7 @@ import yaml
 from joinedup.fhir import codes
 from joinedup.fhir import words as fhir_words
 from joinedup.fhir.errors import FhirError
+from joinedup.fhir.search_params import split_reference
 from joinedup.fhir.values import age_on as _age
 from joinedup.fhir.values import human_name as _human_name
 from joinedup.governance import policy
@@ -85,6 +86,19 @@ KIND_WORDS: dict[str, tuple[str, str]] = {
     "Appointment": ("appointment", "appointments"), "DocumentReference": ("letter or document", "letters and documents"),
     "Task": ("task", "tasks"), "Procedure": ("procedure", "procedures"), "Immunization": ("immunisation", "immunisations"),
 }
+# Every kind of entry the summary and the timeline are built from, and the directory entries they name (sources,
+# care team members, locations, referral recipients, medicines given by reference). Only these are read: a lifetime
+# record's procedures, immunisations, claims and the like are never shown here, so reading, deciding and parsing
+# them would only make the view slower as the record grows. Each section's "not shown" counts are of its own kinds,
+# as before, and whether anything of the record is withheld at the person's request or restricted is still asked of
+# the whole record (`_record_and_withheld`).
+RECORD_TYPES = frozenset({"Patient", "Flag", "Condition", "MedicationRequest", "MedicationStatement",
+                          "AllergyIntolerance", "Observation", "CarePlan", "Goal", "CareTeam", "RelatedPerson",
+                          "ServiceRequest", "Communication", "EpisodeOfCare", "Appointment", "Encounter",
+                          "DocumentReference"})
+NAMED_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService",
+                         "Medication", "Group"})
+SUMMARY_TYPES = RECORD_TYPES | NAMED_TYPES
 AT_REQUEST = "Some information in this record is withheld at the person's request."
 SEALED = ("Some entries are restricted to the organisation that recorded them; ask that organisation if you need "
           "them.")
@@ -227,6 +241,7 @@ class _Bundle:
         self.withheld = Withheld()
         self.count = 0
         self._sources: dict[str | None, Source] = {}
+        self._by_source: dict[str, Source] = {}  # meta.source -> Source (asked for every entry, often twice)
 
     def add(self, content: dict[str, Any], last_updated: str) -> None:
         rtype = content.get("resourceType")
@@ -242,6 +257,15 @@ class _Bundle:
 
     def source(self, content: dict[str, Any]) -> Source:
         src = (content.get("meta") or {}).get("source")
+        known = self._by_source.get(src) if isinstance(src, str) else None
+        if known is not None:
+            return known
+        if isinstance(src, str):
+            known = self._by_source[src] = self._source(src)
+            return known
+        return self._source(src)
+
+    def _source(self, src: Any) -> Source:
         if isinstance(src, str) and src.startswith("Patient/"):
             return PERSON_SOURCE
         org_id = src.split("/", 1)[1] if isinstance(src, str) and src.startswith("Organization/") else None
@@ -269,10 +293,10 @@ class _Bundle:
 def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = False) -> _Bundle:
     b = _Bundle(patient_id)
     if withheld:
-        stored, hidden = gate.everything_and_withheld(who, patient_id)
+        stored, hidden = _record_and_withheld(gate, who, patient_id)
         b.withheld.merge(hidden)
     else:
-        stored = gate.everything(who, patient_id)
+        stored = gate.everything(who, patient_id, types=set(SUMMARY_TYPES))
     for s in stored:
         if s.content is not None:
             b.add(s.content, s.last_updated)
@@ -293,8 +317,8 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
     others.discard("")
     for other in sorted(others):
         try:
-            found, hidden = gate.everything_and_withheld(who, other) if withheld else \
-                (gate.everything(who, other), None)
+            found, hidden = _record_and_withheld(gate, who, other) if withheld else \
+                (gate.everything(who, other, types=set(SUMMARY_TYPES)), None)
             for s in found:
                 if s.content is not None:
                     b.add(s.content, s.last_updated)
@@ -321,6 +345,38 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
             if exc.status != 403:
                 raise
     return b
+
+
+def _record_and_withheld(gate: Gate, who: Principal, patient_id: str) -> tuple[list[Any], Withheld]:
+    """The entries of one record the view is built from (SUMMARY_TYPES), and what of the whole record is withheld
+    from `who`. Usually one read of those types; when an entry of another type could be withheld (a private or
+    sealed entry, an objection to sharing), one read of the whole record, so that "withheld at the person's
+    request" and "restricted" stay true of the record, keeping the same entries as the narrow read."""
+    if not gate.may_withhold_beyond(who, patient_id, RECORD_TYPES):
+        return gate.everything_and_withheld(who, patient_id, types=set(SUMMARY_TYPES))
+    found, hidden = gate.everything_and_withheld(who, patient_id)
+    kept = [s for s in found if s.rtype in RECORD_TYPES]
+    named: list[str] = []
+    for s in kept:
+        _references(s.content, named)
+    wanted = set(named)
+    return kept + [s for s in found if s.rtype in NAMED_TYPES and s.rtype not in RECORD_TYPES
+                   and f"{s.rtype}/{s.id}" in wanted], hidden
+
+
+def _references(node: Any, out: list[str]) -> None:
+    """Every literal reference in a resource (as the gate collects those it reads with a record)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                t, i = split_reference(v)
+                if t and i:
+                    out.append(f"{t}/{i}")
+            elif isinstance(v, (dict, list)):
+                _references(v, out)
+    elif isinstance(node, list):
+        for item in node:
+            _references(item, out)
 
 
 # -- organisations and settings -----------------------------------------------------------------------------
@@ -572,16 +628,50 @@ def medicine_key(concept: dict[str, Any] | None) -> tuple[str, str]:
     concept = concept or {}
     text = concept.get("text") or next((c.get("display") for c in concept.get("coding") or []
                                         if c.get("display")), None) or ""
-    parts = [w for w in (_ingredient_words(c) for c in re.split(r"\s+/\s+", text.strip())) if w]
-    if parts:
-        key = " / ".join(parts)
+    key = _ingredients_key(text)
+    if key:
         return key, key[:1].upper() + key[1:]
     code = next((c.get("code") for c in concept.get("coding") or [] if c.get("code")), None)
     return (f"code:{code}" if code else "unknown"), (text or "Unnamed medicine")
 
 
+@lru_cache(maxsize=8192)
+def _ingredients_key(text: str) -> str:
+    """The ingredient words of every component of a product's name (a long record names the same few products
+    hundreds of times: each name is split once)."""
+    return " / ".join(w for w in (_ingredient_words(c) for c in re.split(r"\s+/\s+", text.strip())) if w)
+
+
+class _Prov:
+    """Provenance of an entry the medicines section may not show (a long record has hundreds of prescriptions
+    of which it shows the latest per organisation): a plain object until it is shown."""
+
+    __slots__ = ("ref", "source", "recorded", "last_updated")
+
+    def __init__(self, ref: str, source: Source, recorded: str | None, last_updated: str | None) -> None:
+        self.ref, self.source, self.recorded, self.last_updated = ref, source, recorded, last_updated
+
+
+class _Dose:
+    """One prescription or medicines-list entry with the fields of `MedicineEntry`, made one only when shown."""
+
+    __slots__ = ("kind", "product", "dose", "status", "date", "note", "provenance")
+
+    def __init__(self, kind: str, product: str, dose: str | None, status: str, date: str | None, note: str | None,
+                 provenance: _Prov) -> None:
+        self.kind, self.product, self.dose, self.status, self.date, self.note = kind, product, dose, status, date, note
+        self.provenance = provenance
+
+    def entry(self, *, earlier: int) -> MedicineEntry:
+        p = self.provenance
+        return MedicineEntry(kind=self.kind, product=self.product, dose=self.dose, status=self.status,
+                             date=self.date, note=self.note, earlier=earlier,
+                             provenance=Provenance(ref=p.ref, source=p.source, recorded=p.recorded,
+                                                   last_updated=p.last_updated))
+
+
 def _medicines(b: _Bundle) -> list[Medicine]:
-    groups: dict[str, tuple[str, list[MedicineEntry]]] = {}
+    groups: dict[str, tuple[str, list[_Dose]]] = {}
 
     def add(res: dict[str, Any], lu: str, kind: str, dosage: list[dict[str, Any]] | None, when: str | None) -> None:
         concept = res.get("medicationCodeableConcept")
@@ -596,8 +686,9 @@ def _medicines(b: _Bundle) -> list[Medicine]:
         note = next((n.get("text") for n in res.get("note") or [] if n.get("text")), None)
         sr = res.get("statusReason")
         reason = _text_list(sr) if isinstance(sr, list) else _text(sr)
-        entry = MedicineEntry(kind=kind, product=product, dose=dose, status=res.get("status") or "unknown",
-                              date=_day(when), note=reason or note, provenance=b.prov(res, lu, when))
+        entry = _Dose(kind, product, dose, res.get("status") or "unknown", _day(when), reason or note,
+                      _Prov(f"{res.get('resourceType')}/{res.get('id')}", b.source(res), _day(when),
+                            _instant(lu)))
         groups.setdefault(key, (name, []))[1].append(entry)
 
     for r, lu in b.of("MedicationRequest"):
@@ -611,7 +702,7 @@ def _medicines(b: _Bundle) -> list[Medicine]:
 
     out = []
     for key, (name, entries) in groups.items():
-        latest: dict[tuple[str | None, str], MedicineEntry] = {}
+        latest: dict[tuple[str | None, str], _Dose] = {}
         counts: dict[tuple[str | None, str], int] = {}
         for e in sorted(entries, key=lambda e: (e.date or "", e.provenance.ref)):
             k = (e.provenance.source.id, e.kind)
@@ -619,10 +710,10 @@ def _medicines(b: _Bundle) -> list[Medicine]:
             latest[k] = e
         shown = []
         for k, e in latest.items():
-            e.earlier = counts[k] - 1
-            shown.append(e)
+            shown.append(e.entry(earlier=counts[k] - 1))
         shown.sort(key=lambda e: (e.provenance.source.setting != "GP practice", -_ord(e.date)))
-        superseded = [e for e in entries if not any(e is s for s in shown)]
+        chosen = {id(e) for e in latest.values()}
+        superseded = [e for e in entries if id(e) not in chosen]
         med = Medicine(key=key, name=name, current=any(e.status in _ACTIVE_MED for e in shown), entries=shown,
                        flags=_reconcile(shown) + _earlier_changes(shown, superseded))
         out.append(med)
@@ -663,7 +754,7 @@ def _reconcile(entries: list[MedicineEntry]) -> list[Flag]:
     return flags
 
 
-def _earlier_changes(shown: list[MedicineEntry], superseded: list[MedicineEntry]) -> list[Flag]:
+def _earlier_changes(shown: list[MedicineEntry], superseded: list[_Dose]) -> list[Flag]:
     """Changes made by another organisation after the GP's prescription, since superseded by a later entry."""
     flags = []
     for g in shown:
@@ -826,10 +917,8 @@ def _timeline(b: _Bundle, today: date) -> list[Event]:
     for e, lu in b.of("Encounter"):
         period = e.get("period") or {}
         title = _text_list(e.get("type")) or (e.get("class") or {}).get("display") or "Contact"
-        where = b.name_of(next(((loc.get("location") or {}).get("reference") for loc in e.get("location") or []),
-                               None))
-        who = b.name_of(next(((p.get("individual") or {}).get("reference") for p in e.get("participant") or []),
-                             None))
+        where = b.name_of(_first_reference(e.get("location"), "location"))
+        who = b.name_of(_first_reference(e.get("participant"), "individual"))
         detail = ", ".join(x for x in (_text(e.get("serviceType")), who, where) if x) or None
         add(e, lu, when=period.get("start"), end=period.get("end"), etype="encounter", title=title, detail=detail,
             status=e.get("status"), upcoming=e.get("status") in ("planned", "arrived") or None)
@@ -993,8 +1082,19 @@ def _text(cc: Any) -> str | None:
     return cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), None)
 
 
+def _first_reference(items: list[dict[str, Any]] | None, key: str) -> str | None:
+    """items[0][key].reference: the first location of an encounter, its first participant."""
+    for item in items or ():
+        return (item.get(key) or {}).get("reference")
+    return None
+
+
 def _text_list(ccs: Iterable[Any] | None) -> str | None:
-    return next((t for t in (_text(c) for c in ccs or []) if t), None)
+    for c in ccs or ():
+        t = _text(c)
+        if t:
+            return t
+    return None
 
 
 def _norm(text: str) -> str:

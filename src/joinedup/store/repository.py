@@ -6,6 +6,7 @@ Only `joinedup.governance.gate` calls this module: every other path reaches data
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -162,6 +163,7 @@ class Store:
         self.dialect = self.engine.dialect.name
         self.params = registry()
         self._pg = self.dialect == "postgresql"
+        self._pinned = threading.local()  # reads_together(): this thread's reads share one connection
         ph = "%s" if self._pg else "?"
         jsonp = "%s::jsonb" if self._pg else "?"
         self._sql_upsert = (
@@ -187,15 +189,38 @@ class Store:
         }
         self._sql_read = (f"SELECT version, deleted, content, last_updated, source, patient_id FROM resource"
                           f" WHERE res_type = {ph} AND id = {ph}")
+        # the resources holding one of n identifiers (system|value), as the search `identifier=s|v,...` finds them
+        self._sql_by_identifier = lambda n: (
+            f"SELECT id, version, content, last_updated, source, patient_id FROM resource WHERE res_type = {ph}"
+            f" AND deleted = {ph} AND id IN (SELECT res_id FROM idx_token WHERE res_type = {ph} AND param ="
+            f" 'identifier' AND ({' OR '.join([f'(system = {ph} AND code = {ph})'] * n)})) ORDER BY id LIMIT {ph}")
         self._ph = ph
         self.repair_indexes()  # a bulk load killed mid-way left the search indexes dropped: build them now
 
     # -- connections ---------------------------------------------------------------------------
     @contextmanager
     def reading(self) -> Iterator[sa.Connection]:
-        """A connection for reads."""
+        """A connection for reads (inside `reads_together`, this thread's shared one)."""
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
         with self.engine.connect() as conn:
             yield conn
+
+    @contextmanager
+    def reads_together(self) -> Iterator[None]:
+        """This thread's reads share one connection until the block ends, instead of taking one from the pool and
+        resetting it for each (many small lookups in a row: an HL7 batch's plans). Writes still get their own."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
 
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
@@ -235,11 +260,22 @@ class Store:
         if conn is None:
             with self.reading() as c:
                 return self.read(rtype, rid, c)
-        row = conn.exec_driver_sql(self._sql_read, (rtype, rid)).first()
+        row = _fetch(conn, self._sql_read, (rtype, rid), one=True)
         if row is None:
             return None
         return Stored(rtype, rid, row[0], bool(row[1]), self._load(row[2], row[0], row[3]), row[3], row[4],
                       row[5])
+
+    def by_identifier(self, rtype: str, pairs: list[tuple[str, str]], limit: int) -> list[Stored]:
+        """Current resources of a type holding any of the identifiers (system, value), by id, at most `limit`: what
+        the search `identifier=system|value,...` matches, in one plain statement on the driver's cursor (the HL7
+        feed looks up several identifiers a message: a compiled search cost ten times as much)."""
+        args: list[Any] = [rtype, False, rtype]
+        for system, value in pairs:
+            args += [system, value]
+        with self.reading() as conn:
+            rows = _fetch(conn, self._sql_by_identifier(len(pairs)), (*args, limit))
+        return [Stored(rtype, x[0], x[1], False, self._load(x[2], x[1], x[3]), x[3], x[4], x[5]) for x in rows]
 
     def read_many(self, keys: Iterable[tuple[str, str]], conn: sa.Connection | None = None) -> list[Stored]:
         """Current, non-deleted resources for (type, id) pairs, in no particular order."""
@@ -410,14 +446,12 @@ class Store:
     def current_versions(self, conn: sa.Connection, rtype: str, ids: list[str],
                          lock: bool = False) -> dict[str, tuple[int, str | None, bool, str | None]]:
         """{id: (version, content_hash, deleted, patient_id)} for the ids that exist (deleted ones included)."""
-        r = _resource_table()
         out: dict[str, tuple[int, str | None, bool, str | None]] = {}
-        for chunk in _chunks(ids, 500):
-            q = sa.select(r.c.id, r.c.version, r.c.content_hash, r.c.deleted, r.c.patient_id).where(
-                r.c.res_type == rtype, r.c.id.in_(chunk))
-            if lock and self._pg:
-                q = q.with_for_update()
-            for row in conn.execute(q):
+        ph = self._ph
+        for chunk in _chunks(ids, 500):  # plain SQL: this runs for every write (building a select cost more)
+            sql = (f"SELECT id, version, content_hash, deleted, patient_id FROM resource WHERE res_type = {ph}"
+                   f" AND id IN ({', '.join([ph] * len(chunk))})" + (" FOR UPDATE" if lock and self._pg else ""))
+            for row in _fetch(conn, sql, (rtype, *chunk)):
                 out[row[0]] = (row[1], row[2], bool(row[3]), row[4])
         return out
 
@@ -727,6 +761,16 @@ def _deferrable_indexes() -> list[sa.Index]:
 def _chunks(seq: list, n: int) -> Iterator[list]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+def _fetch(conn: sa.Connection, sql: str, params: tuple, *, one: bool = False) -> Any:
+    """Rows of a plain statement run on the driver's cursor (no result wrapping: the reads behind every write)."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchone() if one else cur.fetchall()
+    finally:
+        cur.close()
 
 
 def _resource_table():

@@ -58,7 +58,9 @@ CLOSED_TASK = {"completed", "cancelled", "entered-in-error", "rejected", "failed
 RECENT = timedelta(days=3)        # events about the past older than this (e.g. history loads) are not news
 COLLAPSE_WINDOW = timedelta(minutes=10)
 BULK = 25                         # a write of more resources than this is a load: no per-resource conflict checks
-DRAIN = 64                        # queued writes handled together (their reads' audit committed at once)
+DRAIN = 256                       # queued writes handled together (their reads' audit committed at once)
+GATHER = 0.05                     # seconds the worker waits for more writes once one arrives (a feed's burst is
+                                  # handled as one batch: one read of the people and teams, one inbox transaction)
 
 
 def now_iso() -> str:
@@ -188,30 +190,33 @@ class Notifier:
     def _run(self) -> None:
         while True:
             items = [self.queue.get()]
-            while len(items) < DRAIN:  # what else is already queued is handled with it
+            until = time.monotonic() + GATHER
+            while len(items) < DRAIN and items[-1] is not None:  # what else is queued meanwhile is handled with it
                 try:
-                    items.append(self.queue.get_nowait())
+                    items.append(self.queue.get(timeout=max(until - time.monotonic(), 0.0)))
                 except queue.Empty:
                     break
+            drained = len(items)
+            stop = None in items
+            if stop:  # the end: what came before it is handled, nothing after it
+                items = items[:items.index(None)]
             try:
                 # the reads behind these writes' events are audited together: one audit commit for the batch
                 # (Gate.answering), not one wait per read
                 with self.gate.answering():
-                    for item in items:
-                        if item is None:
-                            return
-                        try:
-                            self._handle(*item)
-                        except Exception:
-                            log.exception("notification handling failed")
+                    self._handle_many(items)
             except Exception:
                 log.exception("notification audit commit failed")
             finally:
-                for _ in items:
+                for _ in range(drained):
                     self.queue.task_done()
+            if stop:
+                return
 
     def _handle(self, who: Principal, written: list[tuple], queued_at: float) -> None:
-        now = datetime.now(UTC)
+        self._handle_many([(who, written, queued_at)])
+
+    def _events(self, written: list[tuple], now: datetime) -> list[Event]:
         bulk = len(written) > BULK
         events: list[Event] = []
         for rtype, _rid, status, res in written:
@@ -224,20 +229,90 @@ class Notifier:
                 if rtype in ("MedicationRequest", "MedicationStatement", "Condition") or (
                         rtype == "Observation" and (res.get("code") or {}).get("coding")):  # uncoded: no rule matches
                     events += self._new_conflicts(rtype, res)
-        for ev in events:
-            ev.queued_at = queued_at
-            self._resolve_place(ev, written)
-            self.deliver(ev)
-        self.hooks.dispatch([(rtype, rid, res) for rtype, rid, status, res in written if status != "deleted"],
-                            bulk=bulk)
+        return events
+
+    def _handle_many(self, items: list[tuple]) -> None:
+        """The events of writes queued together, delivered together: the wards they name read in one search, each
+        recipient's relationships checked once for the batch, and every inbox item written in one transaction (a
+        feed's burst of admissions is delivered as fast as it is applied); then each write's rest-hooks."""
+        now = datetime.now(UTC)
+        events: list[tuple[Event, list[tuple]]] = []
+        for _who, written, queued_at in items:
+            try:
+                for ev in self._events(written, now):
+                    ev.queued_at = queued_at
+                    events.append((ev, written))
+            except Exception:
+                log.exception("notification handling failed")
+        if events:
+            details = [ev.detail for ev, _w in events]
+            try:
+                self._deliver_many(events)
+            except Exception:  # one at a time instead, so that one event's problem does not lose the others'
+                log.exception("notification batch failed; delivering its events one at a time")
+                for (ev, written), detail in zip(events, details):
+                    ev.detail = detail  # as classified (the batch may have named the ward already)
+                    try:
+                        self._resolve_place(ev, written)
+                        self.deliver(ev)
+                    except Exception:
+                        log.exception("notification handling failed")
+        for _who, written, _queued_at in items:
+            try:
+                self.hooks.dispatch([(rtype, rid, res) for rtype, rid, status, res in written if status != "deleted"],
+                                    bulk=len(written) > BULK)
+            except Exception:
+                log.exception("notification handling failed")
+
+    def _by_id(self, rtype: str, ids: set[str]) -> dict[str, dict] | None:
+        """Current resources by id, read in one search (None when they do not fit one page)."""
+        if not ids:
+            return {}
+        found = self.gate.search(SYSTEM, rtype, [("_id", ",".join(sorted(ids))), ("_count", "1000")])
+        return None if found.has_more else {s.id: s.content for s in found.matches}
+
+    def _deliver_many(self, events: list[tuple[Event, list[tuple]]]) -> None:
+        # the wards named (directory data) in one search; each person's record and care teams are still read per
+        # event, so that every read of a person's record stays in their own access log
+        places = {id(ev): loc for ev, written in events if (loc := self._place_of(ev, written))}
+        names = self._by_id("Location", set(places.values())) if len(places) > 1 else None
+        candidates: list[dict[str, Principal]] = []
+        for ev, written in events:
+            if names is None:
+                self._resolve_place(ev, written)
+            elif (name := (names.get(places[id(ev)]) or {}).get("name") if id(ev) in places else None):
+                ev.detail = name if not ev.detail else f"{name} ({ev.detail})"
+            candidates.append(self.recipients(ev))
+        # who of them still has a legitimate relationship with the person: asked once per recipient for the batch
+        people: dict[str, tuple[Principal, set[str]]] = {}
+        for (ev, _w), users in zip(events, candidates):
+            for n, u in users.items():
+                people.setdefault(n, (u, set()))[1].add(ev.patient_id)
+        related = {n: self.gate.related(u, pids) for n, (u, pids) in people.items()}
+        stamp = now_iso()
+        since = (datetime.now(UTC) - self.window).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        deliveries = []
+        for (ev, _w), users in zip(events, candidates):
+            users = {n: u for n, u in users.items() if ev.patient_id in related[n]}
+            if users:
+                deliveries.append(dict(recipients=users, event_type=ev.type, patient_id=ev.patient_id,
+                                       source_ref=ev.source_ref, title=ev.title, detail=ev.detail,
+                                       occurred=ev.occurred, since=since, stamp=stamp))
+        if deliveries:
+            platform.deliver_inbox_batch(self.gate, SYSTEM, deliveries)
+
+    @staticmethod
+    def _place_of(ev: Event, written: list[tuple]) -> str | None:
+        """The Location an admission, A&E attendance or discharge names (its first)."""
+        if ev.type not in ("admission", "ae-attendance", "discharge"):
+            return None
+        res = next((r for t, i, s, r in written if f"{t}/{i}" == ev.source_ref and r), None)
+        return next((lr for loc in (res or {}).get("location") or [] if (lr := _ref_id(loc.get("location"),
+                                                                                       "Location"))), None)
 
     def _resolve_place(self, ev: Event, written: list[tuple]) -> None:
         """Name the ward or department for admissions and A&E attendances (Location is directory data)."""
-        if ev.type not in ("admission", "ae-attendance", "discharge"):
-            return
-        res = next((r for t, i, s, r in written if f"{t}/{i}" == ev.source_ref and r), None)
-        loc = next((lr for loc in (res or {}).get("location") or [] if (lr := _ref_id(loc.get("location"),
-                                                                                       "Location"))), None)
+        loc = self._place_of(ev, written)
         if loc:
             try:
                 name = self.gate.read(SYSTEM, "Location", loc).content.get("name")
@@ -298,31 +373,37 @@ class Notifier:
 
     def recipients(self, ev: Event) -> dict[str, Principal]:
         """Users who care about the person: named GP, care team (key worker included), addressees."""
-        practitioners = set(ev.also_to)
         try:
             patient = self.gate.read(SYSTEM, "Patient", ev.patient_id).content
+        except FhirError:
+            patient = None
+        try:
+            teams = [s.content for s in self.gate.search(SYSTEM, "CareTeam", [("patient", ev.patient_id),
+                                                                              ("_count", "100")]).matches]
+        except FhirError:
+            teams = []
+        return self._recipients(ev, patient, teams)
+
+    def _recipients(self, ev: Event, patient: dict | None, teams: list[dict]) -> dict[str, Principal]:
+        """`recipients` from the person's record (None: not readable) and their care teams, already read."""
+        practitioners = set(ev.also_to)
+        if patient is not None:
             practitioners |= {i for g in patient.get("generalPractitioner") or []
                               if (i := _ref_id(g, "Practitioner"))}
-        except FhirError:
-            pass
-        try:
-            teams = self.gate.search(SYSTEM, "CareTeam", [("patient", ev.patient_id), ("_count", "100")])
-            for s in teams.matches:
-                if s.content.get("status") not in (None, "active", "proposed"):
-                    continue
-                for p in s.content.get("participant") or []:
-                    if i := _ref_id(p.get("member"), "Practitioner"):
+        for team in teams:
+            if team.get("status") not in (None, "active", "proposed"):
+                continue
+            for p in team.get("participant") or []:
+                if i := _ref_id(p.get("member"), "Practitioner"):
+                    practitioners.add(i)
+                elif role := _ref_id(p.get("member"), "PractitionerRole"):  # a member named by their role
+                    try:
+                        prac = self.gate.read(SYSTEM, "PractitionerRole", role).content
+                    except FhirError:
+                        continue
+                    if prac.get("active") is not False and (i := _ref_id(prac.get("practitioner"),
+                                                                           "Practitioner")):
                         practitioners.add(i)
-                    elif role := _ref_id(p.get("member"), "PractitionerRole"):  # a member named by their role
-                        try:
-                            prac = self.gate.read(SYSTEM, "PractitionerRole", role).content
-                        except FhirError:
-                            continue
-                        if prac.get("active") is not False and (i := _ref_id(prac.get("practitioner"),
-                                                                               "Practitioner")):
-                            practitioners.add(i)
-        except FhirError:
-            pass
         by_pr = self.users_by_practitioner(practitioners)
         out = {u.name: u for pr in practitioners for u in by_pr.get(pr, [])}
         if ev.also_orgs:  # staff of the organisations the event is addressed to (rare: read the accounts afresh)

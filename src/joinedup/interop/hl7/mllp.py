@@ -11,7 +11,10 @@ Messages that arrive together on different connections are applied together (`Hl
 batch is being applied the frames that come in wait, and then go as the next batch (at most MAX_BATCH), in one
 database transaction with a savepoint per message, each still answered with its own ACK once its batch is committed.
 A sender waits for its ACK before sending the next message (original acknowledgement mode), so a batch holds at most
-one message per connection and each connection's messages are applied in the order sent.
+one message per connection and each connection's messages are applied in the order sent. Right after a batch, the
+connections it answered send their next messages within a millisecond or so: the next batch waits for them (at most
+LINGER seconds, less as soon as every one of them has sent or closed) instead of starting with whichever came first
+and leaving the rest for a batch of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from joinedup.interop.hl7.service import Hl7Service, Outcome
 
 START, END, CR = b"\x0b", b"\x1c", b"\x0d"
 MAX_BATCH = 64
+LINGER = 0.004  # seconds the next batch waits for the connections the last one answered (see above)
 log = logging.getLogger("joinedup.hl7")
 
 
@@ -50,6 +54,8 @@ class MllpServer:
         self._server: asyncio.AbstractServer | None = None
         self._waiting: list[tuple[str, bytes, asyncio.Future]] = []  # frames for the next batch
         self._drainer: asyncio.Task | None = None
+        self._open: set[str] = set()  # connections open now (peer addresses)
+        self._arrived: asyncio.Event | None = None  # set whenever a frame joins the waiting ones
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -73,6 +79,8 @@ class MllpServer:
     async def _handle(self, peer: str, body: bytes, received: float) -> Outcome:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.append((peer, body, fut))
+        if self._arrived is not None:
+            self._arrived.set()
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
         out = await fut
@@ -85,9 +93,26 @@ class MllpServer:
     async def _drain(self) -> None:
         """Apply the waiting frames, batch after batch, one batch at a time (in a worker thread)."""
         loop = asyncio.get_running_loop()
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        expected: set[str] = set()  # connections answered by the last batch: their next frames are on the way
         try:
-            while self._waiting:
+            while True:
+                deadline = loop.time() + LINGER
+                while expected and len(self._waiting) < MAX_BATCH:
+                    missing = (expected & self._open) - {peer for peer, _b, _f in self._waiting}
+                    left = deadline - loop.time()
+                    if not missing or left <= 0:
+                        break
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), left)
+                    except TimeoutError:
+                        break
+                if not self._waiting:
+                    break
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                expected = {peer for peer, _body, _fut in batch}
                 items = [(body, f"mllp:{peer}") for peer, body, _fut in batch]
                 try:
                     outs: list = await loop.run_in_executor(self._pool, self.service.handle_many, items)
@@ -110,6 +135,7 @@ class MllpServer:
         buf = bytearray()
         in_frame = False
         loop = asyncio.get_running_loop()
+        self._open.add(peer)
         try:
             while True:
                 try:
@@ -186,6 +212,9 @@ class MllpServer:
         except Exception:  # noqa: BLE001 - one bad connection must not stop the listener
             log.exception("MLLP connection %s failed", peer)
         finally:
+            self._open.discard(peer)
+            if self._arrived is not None:
+                self._arrived.set()  # a batch waiting for this connection's next frame need not wait any longer
             try:
                 writer.close()
                 await writer.wait_closed()
