@@ -28,8 +28,10 @@ system-deps:
 demo: $(STAMP)
 	JOINEDUP_HL7_PORT=$(HL7_PORT) $(VENV)/bin/joinedup demo --host $(HOST) --port $(PORT)
 
-# Two worker processes (pytest-xdist; whole files per worker, each worker with its own PostgreSQL database).
-TEST_WORKERS ?= 2
+# Three worker processes on two cores (pytest-xdist; whole files per worker, the longest files first, each worker
+# with its own PostgreSQL database): much of the suite waits on PostgreSQL round trips, servers and browsers, so a
+# third worker fills cores the other two leave idle.
+TEST_WORKERS ?= 3
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
