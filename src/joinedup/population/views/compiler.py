@@ -661,7 +661,8 @@ class _Compiler:
             frag = self.select_node({"select": select}, root_scope, "view", top=True)
             columns = [c for c, _ in frag.cols]
             cols = ", ".join(f"{sql} AS {_ident(c.name)}" for c, sql in frag.cols)
-            sql = f"SELECT {cols} FROM {{source}} AS _r {' '.join(frag.joins)} WHERE " + " AND ".join(conds)
+            source = self.d.root_source("{source}")
+            sql = f"SELECT {cols} FROM {source} AS _r {' '.join(frag.joins)} WHERE " + " AND ".join(conds)
         names = [c.name for c in columns]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

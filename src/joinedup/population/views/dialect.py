@@ -90,6 +90,10 @@ class Dialect(ABC):
         """`sql` with `name` bound to `value`, which is evaluated once."""
         return self.at(self.transform(self.array(value), name, sql), "1")
 
+    def root_source(self, source: str) -> str:
+        """The relation a view reads, from the relation of resources `source`."""
+        return source
+
     # JSON
     @abstractmethod
     def navigate(self, cur: str, cur_list: bool, segs: list[tuple], text: bool) -> tuple[str, bool]:
@@ -132,7 +136,29 @@ class Dialect(ABC):
 
 
 class DuckDB(Dialect):
+    """DuckDB's JSON functions parse their JSON text on every call. Paths from the resource itself are therefore
+    gathered (`root_paths`) and taken in one `json_extract(resource, [path, ...])` per resource (one parse, see
+    `root_source`); each use reads its item of that list, and a path with a wildcard (which a list of paths may not
+    hold) takes the element before its first wildcard from the list and the rest of the path from that element."""
+
     name = "duckdb"
+    ROOT = "_r.resource"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root_paths: dict[str, int] = {}
+
+    def _root_slot(self, path: str) -> str:
+        """The JSON at `path` (no wildcard) of the resource: an item of the list extracted once per resource."""
+        n = self.root_paths.setdefault(path, len(self.root_paths) + 1)
+        return f"_r._j[{n}]"
+
+    def root_source(self, source: str) -> str:
+        """The relation the view reads from: `source` with the list of the resource's paths beside each resource."""
+        if not self.root_paths:
+            return source
+        paths = ", ".join(self.q(p) for p in self.root_paths)
+        return f"(SELECT _s.resource, json_extract(_s.resource, [{paths}]) AS _j FROM {source} AS _s)"
 
     def lam(self, params: str, body: str) -> str:
         return f"lambda {params}: {body}"
@@ -178,6 +204,14 @@ class DuckDB(Dialect):
         path = _path(segs)
         wildcard = any(s[1] for s in segs)
         fn = "json_extract_string" if text else "json_extract"
+        if cur == self.ROOT and not cur_list:
+            first = next((i for i, s in enumerate(segs) if s[1] and len(s) == 2), None)
+            if first is None:
+                slot = self._root_slot(path)
+                return (f"{fn}({slot}, '$')" if text else slot), False
+            slot = self._root_slot(_path(segs[:first] + [(segs[first][0], False)]))
+            rest = self.q("$[*]" + _path(segs[first + 1:])[1:])
+            return f"coalesce({fn}({slot}, {rest}), [])", True  # an absent element: [] as from the whole path
         if not cur_list:
             return f"{fn}({cur}, {self.q(path)})", wildcard
         x = self.fresh("x")
@@ -202,6 +236,8 @@ class DuckDB(Dialect):
         return f"list_transform({json_list}, lambda {x}: json_extract_string({x}, '$'))"
 
     def get_text(self, json_value: str, path: str) -> str:
+        if json_value == self.ROOT and "[*]" not in path:
+            return f"json_extract_string({self._root_slot(path)}, '$')"
         return f"json_extract_string({json_value}, {self.q(path)})"
 
     def is_json_boolean(self, json_value: str) -> str:
