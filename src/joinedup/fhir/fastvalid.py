@@ -226,25 +226,7 @@ def _string_ok(value: str, fmt: str) -> bool:
 
 def _element(cls: type, node: Any, *, is_resource: bool) -> None:
     """Check one element (or resource) of a class against its compiled plan; raise Doubt at the first doubt."""
-    if type(node) is not dict or not node:
-        raise Doubt
-    plan = _PLANS.get((cls, is_resource)) or _plan(cls, is_resource)
-    checks, required, groups = plan
-    for key, value in node.items():
-        check = checks.get(key)
-        if check is None:  # an element the class does not have
-            raise Doubt
-        check(value)
-    for key, underscored in required:
-        if key not in node and underscored not in node:
-            raise Doubt
-    for keys, req in groups:
-        present = 0
-        for k in keys:
-            if k in node:
-                present += 1
-        if present > 1 or (req and present == 0):
-            raise Doubt
+    (_NODE_CHECKS.get((cls, is_resource)) or _node_check(cls, is_resource))(node)
 
 
 # -- the compiled plans -----------------------------------------------------------------------------------------
@@ -253,6 +235,7 @@ def _element(cls: type, node: Any, *, is_resource: bool) -> None:
 # Strings of the formats checked by regex remember the values they passed (bounded sets): codes, systems, ids and
 # dates repeat across a file, and the same value always gets the same verdict.
 _PLANS: dict[tuple[type, bool], tuple[dict[str, Any], tuple[tuple[str, str], ...], tuple[tuple[tuple[str, ...], bool], ...]]] = {}
+_NODE_CHECKS: dict[tuple[type, bool], Any] = {}
 _GOOD_MAX = 200_000
 
 
@@ -270,6 +253,40 @@ def _plan(cls: type, is_resource: bool):
     plan = (checks, required, groups)
     _PLANS[(cls, is_resource)] = plan
     return plan
+
+
+def _node_check(cls: type, is_resource: bool):
+    """The checker of one element (or resource) of a class with its plan bound in (compiled at its first use: a
+    class may hold itself): a dict lookup and a call per key, then the required elements and the choice groups."""
+    bound: list[tuple] = []
+
+    def check_node(node: Any) -> None:
+        if type(node) is not dict or not node:
+            raise Doubt
+        if not bound:
+            bound.append(_PLANS.get((cls, is_resource)) or _plan(cls, is_resource))
+        checks, required, groups = bound[0]
+        get = checks.get
+        for key, value in node.items():
+            check = get(key)
+            if check is None:  # an element the class does not have
+                raise Doubt
+            check(value)
+        if required:
+            for key, underscored in required:
+                if key not in node and underscored not in node:
+                    raise Doubt
+        if groups:
+            for keys, req in groups:
+                present = 0
+                for k in keys:
+                    if k in node:
+                        present += 1
+                if present > 1 or (req and present == 0):
+                    raise Doubt
+
+    _NODE_CHECKS[(cls, is_resource)] = check_node
+    return check_node
 
 
 def _accept(_value: Any) -> None:
@@ -290,15 +307,16 @@ def _field_check(kind: str, is_list: bool, payload: Any):
         item = validate_fast
     elif kind == "ext":
         ext = _ext_class()
+        ext_node = _NODE_CHECKS.get((ext, False)) or _node_check(ext, False)
 
         def item(v: Any) -> None:
             if v is not None:
-                _element(ext, v, is_resource=False)
+                ext_node(v)
         if not is_list:
             def single_ext(v: Any) -> None:
                 if v is None or type(v) is list:
                     raise Doubt
-                _element(ext, v, is_resource=False)
+                ext_node(v)
             return single_ext
     else:
         item = _primitive_check(kind, payload)
@@ -331,24 +349,26 @@ class _Seen:
 def _complex_check(cls: type):
     seen = _Seen()
     dumps = orjson.dumps
+    good = seen.good
+    node = _NODE_CHECKS.get((cls, False)) or _node_check(cls, False)
 
     def check(v: Any) -> None:
         if not seen.on or type(v) is not dict:
-            _element(cls, v, is_resource=False)
+            node(v)
             return
         key = dumps(v)
-        if key in seen.good:
+        if key in good:
             seen.hits += 1
             return
-        _element(cls, v, is_resource=False)
+        node(v)
         seen.tries += 1
         if seen.tries >= 2000 and seen.hits < seen.tries // 2:
             seen.on = False
-            seen.good.clear()
+            good.clear()
             return
-        if len(seen.good) >= _GOOD_MAX // 10:
-            seen.good.clear()
-        seen.good.add(key)
+        if len(good) >= _GOOD_MAX // 10:
+            good.clear()
+        good.add(key)
     return check
 
 
@@ -417,10 +437,17 @@ def validate_fast(resource: Any) -> None:
 
     if type(resource) is not dict:
         raise Doubt
-    cls = model_class(resource.get("resourceType"))
-    if cls is None:
-        raise Doubt
-    _element(cls, resource, is_resource=True)
+    rtype = resource.get("resourceType")
+    node = _RESOURCE_NODES.get(rtype) if type(rtype) is str else None
+    if node is None:
+        cls = model_class(rtype)
+        if cls is None:
+            raise Doubt
+        node = _RESOURCE_NODES[rtype] = _NODE_CHECKS.get((cls, True)) or _node_check(cls, True)
+    node(resource)
+
+
+_RESOURCE_NODES: dict[str, Any] = {}  # resource type -> the checker of its resources
 
 
 @cache
