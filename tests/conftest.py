@@ -122,7 +122,12 @@ class Server:
 # tests inside each file, and every other file, keep pytest's order (tests never depend on the order of files).
 LONGEST_FIRST = ("governance/test_authorization_matrix.py", "security/test_fuzz.py", "browser/test_roles_crawl.py",
                  "browser/test_accessibility.py", "population/test_dashboard.py", "browser/test_workforce.py",
-                 "population/test_measures.py", "browser/test_population_dashboard.py")
+                 "population/test_measures.py", "browser/test_population_dashboard.py",
+                 "interop/test_import_deferred_indexes.py", "interop/linkage/test_nicknames.py",
+                 "browser/test_role_pages.py", "browser/test_pathways.py", "browser/test_person_view.py",
+                 "browser/test_virtual_wards.py", "interop/linkage/test_unlink.py", "security/test_limits.py",
+                 "interop/linkage/test_governance.py", "record/test_summary_api.py", "population/test_spark.py",
+                 "security/test_audit_chain_attacks.py", "browser/test_portal.py", "security/test_web_security.py")
 
 
 @pytest.hookimpl(trylast=True)
