@@ -21,9 +21,11 @@ ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
 def read_frame(sock: socket.socket) -> str:
+    """One MLLP frame from the socket, read byte by byte so that a second frame arriving in the same TCP segment
+    (the listener answers pipelined messages back to back) is left for the next call."""
     buf = b""
     while not buf.endswith(b"\x1c\x0d"):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1)
         if not chunk:
             raise ConnectionError(f"connection closed before a whole ACK frame: {buf!r}")
         buf += chunk
