@@ -64,6 +64,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def fresh_database(backend: str, tmp_path: Path, tag: str) -> str:
+    """A new, empty database of its own for one test: a SQLite file in tmp_path, or `<test database>_<tag>` dropped
+    and created again on the PostgreSQL server (for tests that kill importers or need a store nobody else wrote)."""
+    import sqlalchemy as sa
+
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / f'{tag}.db'}"
+    base = sa.engine.make_url(PG_URL)
+    name = f"{base.database}_{tag}"
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def _reset_postgres(url: str) -> None:
     import sqlalchemy as sa
 

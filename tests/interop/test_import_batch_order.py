@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import orjson
 import pytest
-import sqlalchemy as sa
 
 from joinedup.governance.gate import get_gate
 from joinedup.governance.identity import SYSTEM
 from joinedup.interop.bulk_import import import_paths
-from tests.conftest import BACKENDS, PG_URL, SAMPLES
+from tests.conftest import BACKENDS, SAMPLES, fresh_database
 
 
 def _conditions(n: int) -> list[dict]:
@@ -27,19 +25,6 @@ def _rejected(path) -> list[tuple[int, str]]:
     return [(r["line"], r["reason"]) for r in map(orjson.loads, path.read_bytes().splitlines())]
 
 
-def _fresh_database(backend: str, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'a.db'}"
-    base = sa.engine.make_url(PG_URL)
-    name = f"{base.database}_batch_order"
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batches_give_the_same_outcome_whichever_way_they_are_checked(backend, tmp_path):
     docs = _conditions(60)
@@ -48,7 +33,7 @@ def test_batches_give_the_same_outcome_whichever_way_they_are_checked(backend, t
     data = tmp_path / "in"
     data.mkdir()
     (data / "Condition.ndjson").write_bytes(b"\n".join(orjson.dumps(d) for d in docs) + b"\n")
-    gate = get_gate(_fresh_database(backend, tmp_path))
+    gate = get_gate(fresh_database(backend, tmp_path, "batch_order"))
 
     first = import_paths(gate, SYSTEM, [data], workers=1, batch=7, rejects=tmp_path / "r1.ndjson")
     assert (first.read, first.created, first.unchanged, first.rejected) == (60, 58, 0, 2)

@@ -18,23 +18,10 @@ from bench.bench_import import synthea_shaped
 from joinedup.governance.gate import get_gate
 from joinedup.governance.identity import SYSTEM
 from joinedup.store.schema import INDEX_TABLES
-from tests.conftest import BACKENDS, PG_URL
+from tests.conftest import BACKENDS, fresh_database
 
 # every secondary index of the six search tables, as the schema declares them
 SEARCH_INDEXES = sorted({ix.name for table in set(INDEX_TABLES.values()) for ix in table.indexes})
-
-
-def _fresh_database(backend: str, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'deferred.db'}"
-    base = sa.engine.make_url(PG_URL)
-    name = f"{base.database}_deferred"
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
 
 
 def _state(url: str) -> tuple[int, set[str]]:
@@ -77,7 +64,7 @@ def _no_other_sessions(url: str) -> None:
 def test_a_killed_bulk_load_leaves_a_store_that_rebuilds_its_search_indexes(backend, tmp_path):
     data = tmp_path / "synthea"
     total = synthea_shaped(data, 28000)
-    url = _fresh_database(backend, tmp_path)
+    url = fresh_database(backend, tmp_path, "deferred")
     env = dict(os.environ, JOINEDUP_DATABASE_URL=url)
     args = [*_cli(), "import", str(data), "--workers", "2", "--quiet", "--rejects", str(tmp_path / "rejects.ndjson")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
