@@ -116,6 +116,9 @@ def uses(rule: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[st
     results = []
     if isinstance(rule.get("result"), dict) and rule["result"].get("code"):
         results.append(str(rule["result"]["code"]))
+    for spec in rule.get("result_any") or []:
+        if isinstance(spec, dict) and spec.get("code"):
+            results.append(str(spec["code"]))
     if rule.get("check") == "renal":
         results.append(str(rule.get("metric", "egfr")))
     dedupe = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
@@ -211,6 +214,8 @@ def render_rule(e: RuleEntry) -> str:
     if "result" in raw:
         r = raw["result"]
         lines.append(f"  result: {r.get('code')} {r.get('op')} {r.get('value')}")
+    for r in raw.get("result_any") or []:
+        lines.append(f"  result (any): {r.get('code')} {r.get('op')} {r.get('value')}")
     for b in raw.get("bands") or []:
         lines.append(f"  band: below {b.get('below')} -> max {b.get('max_mg_per_day')} mg/day "
                      f"({b.get('severity', e.severity)}): {b.get('text', '')}"

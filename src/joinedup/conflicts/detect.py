@@ -166,6 +166,48 @@ def _condition_date(res: dict[str, Any]) -> str:
                or "")
 
 
+
+def _obs_parts(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The readable parts of an Observation: itself, or - for a panel such as blood pressure (LOINC 85354-9, with
+    systolic 8480-6 and diastolic 8462-4 as `component`s, as FHIR R4's vital-signs profile records it) and without a
+    value of its own - each component with a numeric value, read as an observation of the same resource (same
+    reference, status and date)."""
+    comps = [c for c in res.get("component") or [] if isinstance(c, dict) and isinstance(c.get("valueQuantity"), dict)]
+    if res.get("valueQuantity") is not None or not comps:
+        return [res]
+    return [{**{k: v for k, v in res.items() if k != "component"}, "code": c.get("code"),
+             "valueQuantity": c["valueQuantity"]} for c in comps]
+
+
+def _read_observation(kb: Knowledge, res: dict[str, Any], unrec: list[dict[str, Any]],
+                      latest: dict[str, Any], egfr_history: list[Any]) -> None:
+    """One observation (or one component of a panel): its result key and value in the canonical unit, kept when it is
+    the latest of its kind; an observation no rule uses, without a number or in an unknown unit is reported."""
+    rt = "Observation"
+    key = result_key(kb, res.get("code"), _concept_text(res.get("code")))  # LOINC, SNOMED CT, text
+    value = _obs_value(res)
+    if key is None or value is None:
+        unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                      "codes": [c for _, c, _ in _codes(res.get("code"))],
+                      "reason": "observation not used by any rule" if key is None else "no numeric value"})
+        return
+    when = str(res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start")
+               or res.get("issued") or "")
+    unit = _obs_unit(res)
+    converted = result_value(kb, key, value, unit)  # to the canonical unit (terminology/results.yaml)
+    if converted is None:
+        unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
+                      "codes": [c for _, c, _ in _codes(res.get("code"))],
+                      "reason": f"unit not recognised for {key}: {unit}"})
+        return
+    value = _normalise_result(key, converted, "" if key in kb.term.result_specs else unit)
+    if key == "egfr":
+        egfr_history.append((when, value, _ref(res)))
+    prev = latest.get(key)
+    if prev is None or when >= prev[0]:
+        latest[key] = (when, value, unit, res)
+
+
 def build_record(
     kb: Knowledge,
     resources: Iterable[dict[str, Any]],
@@ -276,28 +318,8 @@ def build_record(
         elif rt == "Observation":
             if str(res.get("status", "")).lower() in BAD_OBS_STATUS:
                 continue
-            key = result_key(kb, res.get("code"), _concept_text(res.get("code")))  # LOINC, SNOMED CT, text
-            value = _obs_value(res)
-            if key is None or value is None:
-                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
-                              "codes": [c for _, c, _ in _codes(res.get("code"))],
-                              "reason": "observation not used by any rule" if key is None else "no numeric value"})
-                continue
-            when = str(res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start")
-                       or res.get("issued") or "")
-            unit = _obs_unit(res)
-            converted = result_value(kb, key, value, unit)  # to the canonical unit (terminology/results.yaml)
-            if converted is None:
-                unrec.append({"reference": _ref(res), "resourceType": rt, "text": _concept_text(res.get("code")),
-                              "codes": [c for _, c, _ in _codes(res.get("code"))],
-                              "reason": f"unit not recognised for {key}: {unit}"})
-                continue
-            value = _normalise_result(key, converted, "" if key in kb.term.result_specs else unit)
-            if key == "egfr":
-                egfr_history.append((when, value, _ref(res)))
-            prev = latest.get(key)
-            if prev is None or when >= prev[0]:
-                latest[key] = (when, value, unit, res)
+            for part in _obs_parts(res):
+                _read_observation(kb, part, unrec, latest, egfr_history)
         elif rt == "AllergyIntolerance":
             status = (_status_code(res.get("clinicalStatus")) or "active").lower()
             verification = (_status_code(res.get("verificationStatus")) or "").lower()

@@ -14,7 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .models import Finding, MedItem, PatientRecord
-from .rules import KINDS, RuleKind, make_finding
+from .rules import KINDS, RuleKind, cond_refs, make_finding, taken_for
 from .terminology import cockcroft_gault
 
 if TYPE_CHECKING:
@@ -134,7 +134,8 @@ def _mg(m: MedItem, ings: frozenset[str]) -> float | None:
 
 class DoseCheck(RuleKind):
     """A dose rule of dosing.yaml: `max_daily` (total mg/day of the ingredient across every current line above
-    `max_mg_per_day`, optionally from `age_min`), `weekly_only` (a line taken on more than `max_days_per_week`
+    `max_mg_per_day`, optionally from `age_min`, only with one of `conditions` recorded and counting only lines
+    taken for `min_days` or more), `weekly_only` (a line taken on more than `max_days_per_week`
     days a week) or `renal` (the first band whose `below` the renal value is under: any dose when its
     `max_mg_per_day` is 0, else a daily dose above it)."""
 
@@ -155,6 +156,16 @@ class DoseCheck(RuleKind):
         if check == "max_daily":
             if "age_min" in rule and (rec.age is None or rec.age < int(rule["age_min"])):
                 return []
+            # `conditions`: only for a person with one of them recorded (e.g. the indication a STOPP criterion
+            # names); `min_days`: only lines taken at least that long count ("long-term")
+            crefs = cond_refs(rec, rule.get("conditions") or ())
+            if rule.get("conditions") and not crefs:
+                return []
+            if rule.get("min_days") is not None:
+                lines = [m for m in lines if taken_for(m, rec) >= int(rule["min_days"])]
+                adjustable = [m for m in lines if not m.dose_reduced]
+                if not lines:
+                    return []
             if len(adjustable) < len(lines):
                 return []
             dosed = [(m, _mg(m, ings)) for m in lines]
@@ -163,7 +174,7 @@ class DoseCheck(RuleKind):
             limit = float(rule["max_mg_per_day"])
             if known and total > limit:
                 parts = ", ".join(f"{m.display} up to {v:g} mg/day" for m, v in known)
-                return [([m for m, _v in known], [], rule["severity"],
+                return [([m for m, _v in known], crefs, rule["severity"],
                          f"{rule['summary']}: up to {total:g} mg a day (maximum {limit:g} mg)",
                          f"{str(rule.get('detail', '')).strip()} Lines: {parts}.".strip(), True)]
             return []

@@ -348,6 +348,8 @@ def compile_knowledge(
         if "result" in r:
             window = r.get("recency_days", result_windows.get(r["result"]["code"]))
             cr["_window"] = int(window) if window is not None else None
+        if r.get("result_any"):  # an omission indicated by a result (e.g. START A4 raised blood pressure)
+            cr["_result_any"] = [(spec, result_windows.get(spec["code"])) for spec in r["result_any"]]
         if r.get("add"):
             cr["add_protection"] = r["add"]
             cr["_suggest"] = {"action": "add", "ingredient": r["add"], "display": kb.display_of(r["add"])}

@@ -27,6 +27,7 @@ from itertools import combinations, product
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .models import Finding, MedItem, PatientRecord
+from .terminology import parsed_name
 
 if TYPE_CHECKING:
     from .knowledge import Knowledge
@@ -153,6 +154,19 @@ def _taken_for(m: MedItem, rec: PatientRecord) -> int:
         return (date.fromisoformat(rec.today[:10]) - date.fromisoformat(m.start[:10])).days
     except ValueError:
         return 0
+
+
+taken_for = _taken_for  # public name for the dose checks (dose_rules.py)
+
+
+def excluded_route(rule: dict[str, Any], m: MedItem) -> bool:
+    """Whether the line's route (read from its product name: "pessary", "vaginal tablets" ...) is one the rule leaves
+    out (`exclude_routes`, e.g. vaginal oestrogen for a criterion about systemic oestrogen)."""
+    routes = rule.get("exclude_routes")
+    if not routes:
+        return False
+    route = (m.dose.route if m.dose is not None else None) or parsed_name(m.display).route
+    return route in routes
 
 
 def suppressed(rule: dict[str, Any], meds: list[MedItem]) -> bool:
@@ -408,7 +422,7 @@ class DrugDisease(RuleKind):
                              summary=f"{rule['summary']}: {m.display}" if rule.get("name_medicines") else None)
                 for m in rec.meds
                 if matches(m, drug.ingredients) and (m.regular or not rule.get("regular_only"))
-                and (min_days is None or _taken_for(m, rec) >= min_days)]
+                and (min_days is None or _taken_for(m, rec) >= min_days) and not excluded_route(rule, m)]
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
@@ -499,8 +513,9 @@ class DrugResult(RuleKind):
 class Omission(RuleKind):
     """START-style omission: the person has one of the rule's `conditions` (or a current medicine matching every
     `with_drugs` selector, e.g. a regular strong opioid) and the person filters hold, but no current medicine
-    matches any `indicated` selector; reported with an "add" suggestion (`add`: the ingredient to start). The
-    optimiser may add it (the `add` ingredient is a candidate addition)."""
+    matches any `indicated` selector; reported with an "add" suggestion (`add`: the ingredient to start). With
+    `result_any`, only when one of those results (recent enough to act on) meets its threshold. The optimiser may
+    add it (the `add` ingredient is a candidate addition)."""
 
     key = "omission"
     reports = "omission"
@@ -516,7 +531,29 @@ class Omission(RuleKind):
             return []
         if any(matches(m, sel.ingredients) for sel in rule["_unless"] for m in meds):
             return []
+        if rule.get("_result_any"):
+            res = Omission.indicating_result(rule, rec)
+            if res is None:
+                return []
+            label = f"{res.key} {res.value:g}{(' ' + res.unit) if res.unit else ''}"
+            return [make_finding(rule, [*crefs, res.ref, *patient_refs(rule, rec)],
+                                 summary=f"{rule['summary']} ({label})")]
         return [make_finding(rule, crefs + patient_refs(rule, rec))]
+
+    @staticmethod
+    def indicating_result(rule: dict[str, Any], rec: PatientRecord) -> Any:
+        """The first `result_any` result that meets its threshold and is recent enough to act on (an older or
+        undated result indicates nothing: an omission is never raised on a stale value), else None."""
+        for spec, window in rule["_result_any"]:
+            res = rec.results.get(spec["code"])
+            if res is None or not compare(res.value, spec["op"], spec["value"]):
+                continue
+            if rec.today and window is not None:
+                age = result_age_days(res, rec)
+                if age is None or age > int(window):
+                    continue
+            return res
+        return None
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:

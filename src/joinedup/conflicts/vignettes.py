@@ -30,7 +30,7 @@ RESULTS = {"egfr": ("62238-1", "mL/min/1.73m2"), "potassium": ("2823-3", "mmol/L
            "magnesium": ("2601-3", "mmol/L"), "heart_rate": ("8867-4", "/min"), "hba1c": ("59261-8", "mmol/mol"),
            "hba1c_percent": ("4548-4", "%"), "calcium": ("17861-6", "mmol/L"), "inr": ("6301-6", "{INR}"),
            "platelets": ("777-3", "10*9/L"), "creatinine": ("14682-9", "umol/L"), "weight": ("29463-7", "kg"),
-           "crcl": ("2164-2", "mL/min")}
+           "crcl": ("2164-2", "mL/min"), "systolic_bp": ("8480-6", "mm[Hg]"), "diastolic_bp": ("8462-4", "mm[Hg]")}
 
 
 def _ago(today: date, days: int) -> str:
