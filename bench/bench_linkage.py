@@ -14,6 +14,13 @@ finishing, so the million figure is projected from the 100,000 run), on comparis
 independently, so blocking sees realistic value frequencies), with records to link in the generated population's
 proportion. Reading people through the gate is measured on the accuracy run (records/s) and projected to each scale
 (the scale rows are not written to a store). The machine is shared with other agents, so times are upper bounds.
+
+Scale on a real generated population (JOINEDUP_BENCH_LINKAGE_ICS=DIR, a `joinedup generate` output, and
+JOINEDUP_BENCH_LINKAGE_ICS_PEOPLE, default "100000,1000000"): for each size, the Patient files of the first chunks
+holding that many people are imported into a fresh SQLite store, then `service.train` and `service.run` run exactly
+as `joinedup link train` and `joinedup link run` do (people read through the gate, confirmed links and review
+requests written through it), and the confirmed links are scored against the population's ground truth. Nothing is
+sampled or projected: this is the issue's "time for 100,000 and 1,000,000 people" end to end.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import write_result
+from bench.common import RESULTS, write_result
+
+RESULTS_FILE = RESULTS / "linkage.json"
 
 
 def _accuracy(people: int, work: Path) -> dict:
@@ -127,32 +136,133 @@ def _scale(n: int, base: tuple[list[dict], list[dict], list[tuple[str, str]]], r
                         "total_with_projected_read": round(train_s + score_s + 2 * read_s, 1)}}
 
 
+def _chunks_for(ics: Path, people: int) -> tuple[list[Path], int]:
+    """The first Patient chunk files of a generated ICS holding at least `people` registered people, and how many
+    people (GP-registered Patient records) they hold."""
+    files, held = [], 0
+    for f in sorted(ics.glob("Patient.*.ndjson")):
+        files.append(f)
+        with f.open("rb") as fh:
+            held += sum(1 for line in fh if b'"generalPractitioner"' in line)
+        if held >= people:
+            break
+    return files, held
+
+
+def _truth(ics: Path, ids: set[str]) -> set[tuple[str, str]]:
+    truth = set()
+    with (ics / "ground-truth.ndjson").open("rb") as fh:
+        for line in fh:
+            if b'"same_person"' not in line:
+                continue
+            t = orjson.loads(line)
+            if t["kind"] == "same_person" and "no_nhs_number" in t["variations"]:
+                pair = (t["record"].split("/")[1], t["patient"].split("/")[1])
+                if pair[0] in ids and pair[1] in ids:
+                    truth.add(pair)
+    return truth
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
+
+
+def _ics_scale(ics: Path, people: int, work: Path) -> dict:
+    """Train and run the linkage through the gate on the first `people` people of a generated ICS."""
+    from joinedup.governance.gate import get_gate
+    from joinedup.governance.identity import SYSTEM
+    from joinedup.interop.bulk_import import import_paths
+    from joinedup.interop.linkage import service
+
+    files, held = _chunks_for(ics, people)
+    load = work / f"load-{people}"
+    load.mkdir()
+    ids: set[str] = set()
+    for f in files:
+        (load / f.name).symlink_to(f)
+        with f.open("rb") as fh:
+            for line in fh:
+                ids.add(orjson.loads(line)["id"])
+    gate = get_gate(f"sqlite:///{work / f'store-{people}.db'}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    imported = import_paths(gate, SYSTEM, [load], workers=2)
+    import_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    trained = service.train(gate, SYSTEM, path=work / f"model-{people}.json")
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    load_train = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    run = service.run(gate, SYSTEM, path=work / f"model-{people}.json")
+    run_s, run_cpu = time.perf_counter() - t0, time.process_time() - c0
+    pairs = run.pop("pairs")
+    truth = _truth(ics, ids)
+    confirmed = {(p["unlinked"], p["reference"]) for p in pairs if p["outcome"] == "confirmed"}
+    queued = [p for p in pairs if p["outcome"] == "queued"]
+    tp = len(confirmed & truth)
+    precision = tp / len(confirmed) if confirmed else 0.0
+    recall = tp / len(truth) if truth else 0.0
+    return {"people": held, "patient_records": len(ids), "records_without_nhs_number": run["records_without_nhs_number"],
+            "true_pairs": len(truth), "confirmed_links": len(confirmed), "true_positives": tp,
+            "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+            "review_queue": len(queued), "review_queue_per_10000_people": round(len(queued) * 10_000 / held, 1),
+            "pairs_scored": run["pairs_scored"], "labelled_pairs": trained["labelled_pairs"],
+            "seconds": {"import_patients": round(import_s, 1), "train": round(train_s, 1),
+                        "run": round(run_s, 1), "scoring_in_run": run["seconds_scoring"],
+                        "train_and_run": round(train_s + run_s, 1)},
+            "cpu_seconds_this_process": {"train": round(train_cpu, 1), "run": round(run_cpu, 1)},
+            "imported": imported.created, "peak_rss_mb": _peak_mb(),
+            "load_1min": {"train": round(load_train, 1), "run": round(os.getloadavg()[0], 1)}}
+
+
 def main() -> None:
     from joinedup.interop.linkage import model
+
+    ics_dir = os.environ.get("JOINEDUP_BENCH_LINKAGE_ICS")
+    if ics_dir:
+        sizes = [int(x) for x in os.environ.get("JOINEDUP_BENCH_LINKAGE_ICS_PEOPLE", "100000,1000000").split(",")
+                 if x]
+        previous = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "{}"
+        kept = orjson.loads(previous)
+        real: list[dict] = []
+        with tempfile.TemporaryDirectory(prefix="bench-linkage-ics-") as tmp:
+            for n in sizes:
+                real.append(_ics_scale(Path(ics_dir), n, Path(tmp)))
+                _write(kept.get("accuracy", {}), kept.get("scale", []), real)
+        return
 
     people = int(os.environ.get("JOINEDUP_BENCH_LINKAGE_PEOPLE", "10000"))
     scales = [int(x) for x in os.environ.get("JOINEDUP_BENCH_LINKAGE_SCALES", "100000").split(",") if x]
     with tempfile.TemporaryDirectory(prefix="bench-linkage-") as tmp:
         work = Path(tmp)
         accuracy, _ = _accuracy(people, work)
+        kept = orjson.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
         pats = [orjson.loads(x) for f in sorted(glob.glob(str(work / "ics" / "Patient.*.ndjson")))
                 for x in Path(f).read_bytes().splitlines()]
         base = model.training_sets(pats)
         at_scale: list[dict] = []
-        _write(accuracy, at_scale)  # written after each step, so a long scale run never loses the earlier figures
+        _write(accuracy, at_scale, kept.get("scale_generated_population", []))  # written after each step, so a long scale run never loses the earlier figures
         for n in scales:
             at_scale.append(_scale(n, base, accuracy["gate_read_records_per_second"]))
-            _write(accuracy, at_scale)
+            _write(accuracy, at_scale, kept.get("scale_generated_population", []))
 
 
-def _write(accuracy: dict, at_scale: list[dict]) -> None:
+def _write(accuracy: dict, at_scale: list[dict], real: list[dict]) -> None:
     write_result("linkage", {
         "note": "2-core machine shared with about 8 other agents running tests and builds: times are upper bounds. "
                 "Scale runs time the Splink model (DuckDB) on rows sampled from the generated population; reading "
                 "people through the gate is projected from the measured rate (read twice: train and run).",
         "targets": {"precision": 0.99, "recall": 0.95},
         "accuracy": accuracy, "scale": at_scale,
-        "command": "python -m bench.bench_linkage (JOINEDUP_BENCH_LINKAGE_PEOPLE, JOINEDUP_BENCH_LINKAGE_SCALES)",
+        "scale_generated_population": real,
+        "scale_generated_population_note": "train and run through the gate exactly as `joinedup link train|run`, on "
+                                           "the first people of one generated ICS (SQLite store of its Patient "
+                                           "records); nothing sampled or projected",
+        "command": "python -m bench.bench_linkage (JOINEDUP_BENCH_LINKAGE_PEOPLE, JOINEDUP_BENCH_LINKAGE_SCALES); "
+                   "JOINEDUP_BENCH_LINKAGE_ICS=DIR [JOINEDUP_BENCH_LINKAGE_ICS_PEOPLE=100000,1000000] python -m "
+                   "bench.bench_linkage for the generated-population scale runs",
     })
 
 
