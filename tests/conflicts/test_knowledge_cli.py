@@ -168,34 +168,89 @@ def test_list_as_json_and_by_kind() -> None:
 # STOPP/START v3 criteria whose text could be read in a reproduction of the v3 appendix (O'Mahony et al., Eur Geriatr
 # Med 2023;14:625-632, PMC10447584): the English Appendix 1 through B4 and the Spanish translation of v3 through B6
 # (a new B5, beta-blocker monotherapy for uncomplicated hypertension, moves amiodarone from v2 B5 to B6). Only these
-# ids may be claimed as v3 ids; every other criterion is cited by its v2 id and marked "(v3_id: unverified)".
+# ids may be claimed as verified v3 ids; every other criterion is cited by its v2 id and marked "(v3_id: unverified)",
+# or - for a criterion new or changed in v3 - by the v3 id read in the one full, unofficial reproduction of Appendix 1
+# (github rhavekost/clinical-toolkit @b357fe5), then still marked "(v3_id: unverified)" and `verified: false`.
 V3_READ = {"A1", "A2", "A3", "B1", "B2", "B3", "B4", "B5", "B6"}
+REPRODUCTION = "rhavekost/clinical-toolkit @b357fe5"
 
 
 def test_a_rule_claims_a_v3_id_only_where_the_v3_text_was_read() -> None:
     r = _run("list", "--format", "json")
     assert r.exit_code == 0, r.output
     claimed: set[str] = set()
+    from_reproduction: set[str] = set()
     for rule in json.loads(r.output)["rules"]:
         crit = str(rule.get("criterion") or "")
         sources = rule["sources"]
+        reproduction = rule["v3_item_source"] == "reproduction"
         for s in sources:
-            m = re.match(r"STOPP/START v3 ([A-N]\d+)\b", s)
-            if m:
+            m = re.match(r"STOPP/START v3 (?:START )?([A-N]\d+)\b", s)
+            if m and "(v3_id: unverified" in s:
+                # a v3 id read only in the reproduction: allowed on an unverified rule that says where it was read
+                assert reproduction and not rule["verified"] and REPRODUCTION in s, (rule["id"], s)
+                from_reproduction.add(m.group(1))
+            elif m:
                 assert m.group(1) in V3_READ and "unverified" not in s, (rule["id"], s)
                 assert "verified" in s and "PMC10447584" in s, (rule["id"], s)  # says where it was read
                 claimed.add(m.group(1))
             if s.startswith("STOPP/START v2"):
                 assert "(v3_id: unverified)" in s, (rule["id"], s)
         m = re.match(r"(STOPP|START) v([23]) ([A-N]\d+)", crit)
-        if m and m.group(2) == "3":
+        if m and m.group(2) == "3" and reproduction:
+            assert not rule["verified"], (rule["id"], crit)
+            assert any("(v3_id: unverified" in s and REPRODUCTION in s for s in sources), (rule["id"], crit)
+        elif m and m.group(2) == "3":
             assert m.group(3) in V3_READ, (rule["id"], crit)
             assert any(re.match(rf"STOPP/START v3 {m.group(3)}\b", s) for s in sources), (rule["id"], crit)
         if m and m.group(2) == "2":
             assert any("(v3_id: unverified)" in s for s in sources), (rule["id"], crit)
     # the criteria the engine applies that were read in the v3 appendix: duplicates (A3), verapamil/diltiazem in heart
     # failure (B2), beta-blocker with verapamil/diltiazem (B3), rate-limiting drugs with bradycardia (B4)
-    assert claimed == {"A3", "B2", "B3", "B4"}
+    # and beta-blocker monotherapy for uncomplicated hypertension (B5, new in v3)
+    assert claimed == {"A3", "B2", "B3", "B4", "B5"}
+    # criteria new or changed in v3, from the reproduction only (unverified): e.g. DOAC with a P-gp inhibitor (C14),
+    # aspirin above 100 mg/day (C1), SGLT2 inhibitor in heart failure (START B8)
+    assert {"C1", "C13", "C14", "B8", "B1", "M1"} <= from_reproduction
+
+
+def test_every_stopp_start_rule_names_its_v3_item() -> None:
+    """Each rule citing a STOPP/START criterion names the v3 item it corresponds to (or "none"), and where that was
+    read: the verified v3 appendix text for A1-B6, else the unofficial reproduction (still unverified)."""
+    r = _run("list", "--format", "json")
+    assert r.exit_code == 0, r.output
+    rules = json.loads(r.output)["rules"]
+    stopp = [x for x in rules if x["criterion"] or any(s.startswith("STOPP/START") for s in x["sources"])]
+    missing = [x["id"] for x in stopp if not x["v3_item"]]
+    assert not missing, missing
+    for x in stopp:
+        assert x["v3_item_source"] in ("appendix", "reproduction"), x["id"]
+        if x["v3_item_source"] == "appendix":
+            assert re.fullmatch(r"(STOPP|START) [AB][1-6]", x["v3_item"]), x["id"]
+        if x["v3_item"] == "none":
+            assert x["v3_item_note"], x["id"]  # says why there is no v3 item
+    by_id = {x["id"]: x for x in rules}
+    # mappings read in the reproduction: v2 -> v3 renumbering (thiazide B8 -> B9, SSRI hyponatraemia D4 -> D6,
+    # START A1 anticoagulant in AF -> C1), and the v3 variant beside the verified v2 rule where v3 changed a threshold
+    assert by_id["stopp-thiazide-hyponatraemia"]["v3_item"] == "STOPP B9"
+    assert by_id["stopp-ssri-hyponatraemia"]["v3_item"] == "STOPP D6"
+    assert by_id["start-a1-anticoagulant-af"]["v3_item"] == "START C1"
+    assert by_id["dup-same-class"]["v3_item_source"] == "appendix"
+    v2, v3 = by_id["dose-aspirin-long-term-stopp-c1"], by_id["dose-aspirin-long-term-stopp-v3-c1"]
+    assert v2["verified"] and v2["criterion"] == "STOPP v2 C1" and v3["criterion"] == "STOPP v3 C1"
+    assert not v3["verified"] and v3["severity"] in ("low", "moderate")
+    assert len(stopp) >= 120
+
+
+def test_check_refuses_a_reproduction_v3_criterion_marked_verified(copy: Path) -> None:
+    path = copy / "conflicts" / "stopp_start_v3.yaml"
+    text = path.read_text(encoding="utf-8")
+    block = text.index("id: stopp-v3-c13-dabigatran-rate-limiting-ccb")
+    path.write_text(text[:block] + text[block:].replace("    verified: false\n", "", 1), encoding="utf-8")
+    r = _run("check", "--no-vignettes", "--dir", str(copy))
+    assert r.exit_code == 2
+    assert ("conflicts/stopp_start_v3.yaml: rule stopp-v3-c13-dabigatran-rate-limiting-ccb: a v3 criterion read only "
+            "in the reproduction must be marked verified: false") in r.output
 
 
 def test_show_a_rule_and_an_unknown_one() -> None:

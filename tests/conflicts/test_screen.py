@@ -41,9 +41,12 @@ def _person(pid: str, practice: str, *, nsaid: bool, nhs: str) -> list[dict[str,
                                         "code": "active"}]}, "code": {"text": "Heart failure"}},
         {"resourceType": "MedicationStatement", "id": f"{pid}-m1", "status": "active", "subject": subj,
          "medicationCodeableConcept": {"text": "Bisoprolol 2.5mg tablets"}},
-        # heart failure treated as START A6/A8 expect (so the person without an NSAID has nothing to flag)
+        # heart failure treated as START A6/A8 (v2) and START B8 (v3, SGLT2 inhibitor) expect, so the person without
+        # an NSAID has nothing to flag
         {"resourceType": "MedicationStatement", "id": f"{pid}-m3", "status": "active", "subject": subj,
          "medicationCodeableConcept": {"text": "Ramipril 2.5mg capsules"}},
+        {"resourceType": "MedicationStatement", "id": f"{pid}-m4", "status": "active", "subject": subj,
+         "medicationCodeableConcept": {"text": "Dapagliflozin 10mg tablets"}},
     ]
     if nsaid:
         res.append({"resourceType": "MedicationStatement", "id": f"{pid}-m2", "status": "active", "subject": subj,

@@ -50,6 +50,12 @@ class RuleEntry:
     sources: list[str]
     review_date: str
     criterion: str = ""
+    # the STOPP/START version 3 item the rule corresponds to ("STOPP D13", "START B1, B2" or "none") and where that
+    # number was read: "appendix" (the v3 Appendix 1 text, verified) or "reproduction" (one unofficial reproduction
+    # of Appendix 1, not verified - see v3_item_note and the rule's sources)
+    v3_item: str = ""
+    v3_item_source: str = ""
+    v3_item_note: str = ""
     mechanism: str = ""
     detail: str = ""
     classes: list[str] = field(default_factory=list)
@@ -169,7 +175,9 @@ def rule_entries(root: Path) -> list[RuleEntry]:
             id=str(r.get("id", "")), kind=kind, file=name, severity=str(r.get("severity", "")),
             verified=r.get("verified", True) is not False, summary=str(r.get("summary", "")).strip(),
             sources=[str(s) for s in r.get("sources") or []], review_date=str(r.get("review_date", "")),
-            criterion=str(r.get("criterion", "")), mechanism=str(r.get("mechanism", "")).strip(),
+            criterion=str(r.get("criterion", "")), v3_item=str(r.get("v3_item", "") or ""),
+            v3_item_source=str(r.get("v3_item_source", "") or ""),
+            v3_item_note=" ".join(str(r.get("v3_item_note", "") or "").split()), mechanism=str(r.get("mechanism", "")).strip(),
             detail=" ".join(str(r.get("detail", "")).split()), classes=classes, ingredients=ings,
             conditions=conds, results=results, vignettes=by_rule.get(str(r.get("id", "")), []), raw=r,
         ))
@@ -199,6 +207,8 @@ def render_rule(e: RuleEntry) -> str:
              f"  verified: {'yes' if e.verified else 'no (never high or critical)'}", f"  file: {e.file}"]
     if e.criterion:
         lines.append(f"  criterion: {e.criterion}")
+    if e.v3_item:
+        lines.append(f"  STOPP/START v3 item: {v3_label(e)}")
     if e.mechanism:
         lines.append(f"  mechanism: {e.mechanism}")
     if e.detail:
@@ -226,6 +236,17 @@ def render_rule(e: RuleEntry) -> str:
     lines.append(f"  review date: {e.review_date}")
     lines.append(f"  vignettes: {', '.join(e.vignettes) if e.vignettes else '(none)'}")
     return "\n".join(lines)
+
+
+def v3_label(e: RuleEntry) -> str:
+    """The v3 item with where it was read ("STOPP D13 (v3 reproduction, unverified)"), or "" when none is set."""
+    if not e.v3_item:
+        return ""
+    if e.v3_item == "none":
+        where = "no corresponding item in the v3 reproduction"
+        return where + (f": {e.v3_item_note}" if e.v3_item_note else "")
+    where = "v3 appendix, verified" if e.v3_item_source == "appendix" else "v3 reproduction, unverified"
+    return f"{e.v3_item} ({where})" + (f"; {e.v3_item_note}" if e.v3_item_note else "")
 
 
 def _md(text: str) -> str:
@@ -264,6 +285,7 @@ def render_markdown(entries: list[RuleEntry], version: str = "") -> str:
             used = "; ".join(f"{label}: {', '.join(items)}" for label, items in
                              (("classes", e.classes), ("ingredients", e.ingredients), ("conditions", e.conditions),
                               ("results", e.results)) if items)
-            out.append(f"| `{e.id}` | {sev} | {_md(e.criterion)} | {_md(e.summary)} | {_md(used)} | "
+            crit = "; ".join(x for x in (e.criterion, f"v3 item: {v3_label(e)}" if e.v3_item else "") if x)
+            out.append(f"| `{e.id}` | {sev} | {_md(crit)} | {_md(e.summary)} | {_md(used)} | "
                        + "<br>".join(_md(s) for s in e.sources) + f" | {', '.join(e.vignettes)} |")
     return "\n".join(out) + "\n"

@@ -341,6 +341,9 @@ def compile_knowledge(
         seen_ids.add(rid)
         if r.get("verified") is False and r.get("severity") in ("high", "critical"):
             raise ValueError(f"rule {rid!r}: an unverified rule cannot be {r['severity']}")
+        if (r.get("v3_item_source") == "reproduction" and str(r.get("criterion") or "").split(" ")[1:2] == ["v3"]
+                and r.get("verified") is not False):
+            raise ValueError(f"rule {rid!r}: a v3 criterion read only in the reproduction must be verified: false")
         cr["_drugs"] = [kb.selector(s) for s in r.get("drugs", []) or []]
         cr["_unless"] = [kb.selector(s) for s in (r.get("unless") or r.get("indicated") or [])]
         cr["_with"] = [kb.selector(s) for s in r.get("with_drugs", []) or []]

@@ -47,6 +47,8 @@ _CITABLE = re.compile(
     r"\bACB\b|acbcalc|Beers|PrescQIPP|BMJ|Lancet",
     re.I,
 )
+_V3_ITEM = re.compile(r"^(STOPP|START) [A-M]\d{1,2}(, [A-M]\d{1,2})*$")
+V3_ITEM_SOURCES = ("appendix", "reproduction")
 _CRITERION = re.compile(r"^(STOPP|START) v[23] ([A-N]\d{1,2})( \(.*\))?$|^(START) v[23] ([A-N]\d{1,2})$")
 RESULT_METRICS = ("egfr", "crcl")
 
@@ -97,6 +99,7 @@ def _check_rule(p: _Problems, name: str, kind: str, r: dict[str, Any], defined: 
     crit = r.get("criterion")
     if crit and not _CRITERION.match(str(crit)):
         p.add(where, f"criterion {crit!r} is not of the form 'STOPP v3 B4' / 'START v2 A1'")
+    _check_v3_item(p, where, r)
     classes, ings, conds, results = uses(r)
     for c in classes:
         if c not in defined["classes"]:
@@ -110,6 +113,29 @@ def _check_rule(p: _Problems, name: str, kind: str, r: dict[str, Any], defined: 
     for res in results:
         if res not in defined["results"]:
             p.add(where, f"result {res!r} is not defined (results)")
+
+
+def _check_v3_item(p: _Problems, where: str, r: dict[str, Any]) -> None:
+    """`v3_item` ("STOPP D13", "START B1, B2" or "none") needs a `v3_item_source` ("appendix": read in the v3
+    appendix; "reproduction": one unofficial reproduction, not verified); a rule whose criterion is a v3 id taken from
+    the reproduction is `verified: false` and names that id as its v3 item."""
+    item, src = r.get("v3_item"), r.get("v3_item_source")
+    if item is None:
+        if src is not None:
+            p.add(where, "v3_item_source without v3_item")
+        return
+    if str(item) != "none" and not _V3_ITEM.match(str(item)):
+        p.add(where, f"v3_item {item!r} is not of the form 'STOPP D13' / 'START B1, B2' / 'none'")
+    if src not in V3_ITEM_SOURCES:
+        p.add(where, f"v3_item_source {src!r} is not one of {', '.join(V3_ITEM_SOURCES)}")
+    crit = re.match(r"^(STOPP|START) v3 ([A-N]\d{1,2})", str(r.get("criterion") or ""))
+    if crit:
+        section, number = crit.group(1), crit.group(2)
+        items = str(item).split(" ", 1)
+        if items[0] != section or number not in (items[1].split(", ") if len(items) > 1 else []):
+            p.add(where, f"criterion {r['criterion']!r} is not among its v3_item {item!r}")
+        if src == "reproduction" and r.get("verified") is not False:
+            p.add(where, "a v3 criterion read only in the reproduction must be marked verified: false")
 
 
 def _check_codes(p: _Problems, root: Path) -> None:
