@@ -46,7 +46,7 @@ CARD_NAMESPACE = uuid.UUID("6f1f9a52-4c0b-4c53-9a7e-3f7a0c1b2d10")
 INDICATOR = {"critical": "critical", "high": "warning", "moderate": "warning", "low": "info"}
 MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement")
 RECORD_TYPES = {"Patient", "Condition", "MedicationRequest", "MedicationStatement", "Observation",
-                "AllergyIntolerance", "Medication"}
+                "AllergyIntolerance", "Medication", "Immunization"}
 MONITORING = {
     "egfr": "Urea and electrolytes with eGFR (renal function)",
     "potassium": "Serum potassium (urea and electrolytes)",

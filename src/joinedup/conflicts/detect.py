@@ -31,6 +31,10 @@ STOPPED_MED = {"stopped", "completed", "cancelled"}
 INACTIVE_CONDITION = {"resolved", "inactive", "remission"}
 BAD_VERIFICATION = {"refuted", "entered-in-error"}
 BAD_OBS_STATUS = {"entered-in-error", "cancelled"}
+CVX = "http://hl7.org/fhir/sid/cvx"  # CDC vaccine administered code system, as FHIR R4 names it
+GIVEN_IMMUNIZATION = {"completed"}  # FHIR R4 Immunization.status: completed | entered-in-error | not-done
+# FHIR R4 immunization-status-reason (v3 ActReason) codes that mean the vaccine should not be offered again
+PRECLUDING_REASONS = {"MEDPREC", "IMMUNE"}
 
 
 def _ref(res: dict[str, Any]) -> str:
@@ -153,6 +157,44 @@ def _expired(res: dict[str, Any], today: str) -> bool:
     if res.get("resourceType") == "MedicationStatement":
         end = (res.get("effectivePeriod") or {}).get("end")
     return bool(end) and str(end)[:10] < today
+
+
+def recognise_vaccine(kb: Knowledge, concept: dict[str, Any] | None) -> str | None:
+    """The vaccine key (influenza, pneumococcal, zoster, sars_cov_2) an Immunization.vaccineCode stands for: a CVX
+    code listed in the knowledge, else a listed word in its text or displays; None when not one of these."""
+    codings = [c for c in (concept or {}).get("coding") or [] if isinstance(c, dict)]
+    for c in codings:
+        if str(c.get("system") or "").lower().rstrip("/") == CVX and str(c.get("code")) in kb.vaccine_cvx:
+            return kb.vaccine_cvx[str(c.get("code"))]
+    names = " ".join([_concept_text(concept), *(str(c.get("display") or "") for c in codings)])
+    text = f" {normalise_text(names)} "
+    for word, key in kb.vaccine_words:
+        if f" {word} " in text or (len(word) > 6 and word in text):
+            return key
+    return None
+
+
+def _read_immunization(kb: Knowledge, res: dict[str, Any], rec: PatientRecord) -> None:
+    """An Immunization: any status but entered-in-error shows the record carries an immunisation history; a
+    completed one of a known vaccine is remembered with its date (occurrenceDateTime, else recorded)."""
+    status = str(res.get("status", "")).lower()
+    if status == "entered-in-error":
+        return
+    rec.immunization_history = True
+    key = recognise_vaccine(kb, res.get("vaccineCode"))
+    if key is None:
+        return
+    if status not in GIVEN_IMMUNIZATION:
+        # not given for a medical precaution or because the person is immune: the omission does not apply
+        if status == "not-done" and (_status_code(res.get("statusReason")) or "").upper() in PRECLUDING_REASONS:
+            rec.immunizations_precluded.add(key)
+        return
+    if res.get("isSubpotent") is True:  # a subpotent dose does not count as given (FHIR R4 Immunization.isSubpotent)
+        return
+    when = str(res.get("occurrenceDateTime") or res.get("recorded") or "")[:10]
+    rec.immunizations.setdefault(key, []).append((when, _ref(res)))
+    rec.facts[_ref(res)] = {"what": f"immunisation: {_concept_text(res.get('vaccineCode')) or key}", "date": when,
+                            "source": str((res.get("meta") or {}).get("source") or "")}
 
 
 def _is_deceased(res: dict[str, Any]) -> bool:
@@ -320,6 +362,8 @@ def build_record(
                 continue
             for part in _obs_parts(res):
                 _read_observation(kb, part, unrec, latest, egfr_history)
+        elif rt == "Immunization":
+            _read_immunization(kb, res, rec)
         elif rt == "AllergyIntolerance":
             status = (_status_code(res.get("clinicalStatus")) or "active").lower()
             verification = (_status_code(res.get("verificationStatus")) or "").lower()

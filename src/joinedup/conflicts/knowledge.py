@@ -171,6 +171,10 @@ class Knowledge:
     text_cache: dict[str, tuple[frozenset[str], list[str]]] = field(default_factory=dict)
     # (what, text, codes...) -> condition keys / result key (recognition.py): the same codes recur across records
     recognised: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # vaccines (START v3 section L): CVX code -> vaccine key, words in a vaccine's name -> key, key -> display
+    vaccine_cvx: dict[str, str] = field(default_factory=dict)
+    vaccine_words: list[tuple[str, str]] = field(default_factory=list)
+    vaccine_display: dict[str, str] = field(default_factory=dict)
 
     def selector(self, spec: dict[str, Any]) -> Selector:
         """Compile a selector spec ({class}, {any_class}, {ingredient}, {any_ingredient}, {falls_risk})."""
@@ -353,6 +357,11 @@ def compile_knowledge(
             cr["_window"] = int(window) if window is not None else None
         if r.get("result_any"):  # an omission indicated by a result (e.g. START A4 raised blood pressure)
             cr["_result_any"] = [(spec, result_windows.get(spec["code"])) for spec in r["result_any"]]
+        if r.get("vaccine") and r["vaccine"] not in (rules.get("vaccines") or {}):
+            raise ValueError(f"rule {rid!r}: vaccine {r['vaccine']!r} is not defined under `vaccines`")
+        if r.get("vaccine"):  # an omission met by a completed immunisation, not by a medicine (START v3 L)
+            cr["_suggest"] = {"action": "add", "vaccine": r["vaccine"],
+                              "display": str(((rules.get("vaccines") or {}).get(r["vaccine"]) or {}).get("display", ""))}
         if r.get("add"):
             cr["add_protection"] = r["add"]
             cr["_suggest"] = {"action": "add", "ingredient": r["add"], "display": kb.display_of(r["add"])}
@@ -382,6 +391,11 @@ def compile_knowledge(
     for item in res_block.get("keep_while", []) or []:
         kb.keep_guards.append({**item, "_ingredients": kb.selector(item["drugs"]).ingredients})
     kb.result_units = {k: str((v or {}).get("unit", "")) for k, v in (rules.get("results", {}) or {}).items()}
+    for key, v in (rules.get("vaccines") or {}).items():
+        kb.vaccine_display[key] = str((v or {}).get("display", key))
+        for code in (v or {}).get("cvx", []) or []:
+            kb.vaccine_cvx[str(code)] = key
+        kb.vaccine_words.extend((normalise_text(str(w)), key) for w in (v or {}).get("text", []) or [])
     timing = []
     for t in schedules.get("timing", []) or []:
         ct = dict(t)
@@ -407,7 +421,9 @@ def merged_rules(base: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str,
     out["results"] = dict(base.get("results") or {})
     out["rules"] = list(base.get("rules") or [])
     out["resolution"] = dict(base.get("resolution") or {})
+    out["vaccines"] = dict(base.get("vaccines") or {})
     for doc in extra:
+        out["vaccines"].update(doc.get("vaccines") or {})
         for key, val in (doc.get("results") or {}).items():
             out["results"][key] = {**out["results"].get(key, {}), **val}
         out["rules"].extend(doc.get("rules") or [])

@@ -75,6 +75,11 @@ class PatientRecord:
     facts: dict[str, dict[str, str]] = field(default_factory=dict)
     # items positively identified as not medicines (food/environmental allergens, devices): kept out of `unrecognised`
     non_medicinal: list[dict[str, Any]] = field(default_factory=list)
+    # completed immunisations by vaccine key (influenza, pneumococcal, zoster, sars_cov_2): [(date, ref)]; and
+    # whether the record holds any Immunization at all (without an immunisation history, no vaccine is "missing")
+    immunizations: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    immunization_history: bool = False
+    immunizations_precluded: set[str] = field(default_factory=set)  # not-done for a medical precaution / immunity
 
 
 @dataclass(slots=True)

@@ -531,6 +531,8 @@ class Omission(RuleKind):
             return []
         if any(matches(m, sel.ingredients) for sel in rule["_unless"] for m in meds):
             return []
+        if rule.get("vaccine"):
+            return Omission.missing_vaccine(rule, rec, crefs)
         if rule.get("_result_any"):
             res = Omission.indicating_result(rule, rec)
             if res is None:
@@ -539,6 +541,29 @@ class Omission(RuleKind):
             return [make_finding(rule, [*crefs, res.ref, *patient_refs(rule, rec)],
                                  summary=f"{rule['summary']} ({label})")]
         return [make_finding(rule, crefs + patient_refs(rule, rec))]
+
+    @staticmethod
+    def missing_vaccine(rule: dict[str, Any], rec: PatientRecord, crefs: list[str]) -> list[Finding]:
+        """START v3 section L: no completed immunisation with the rule's `vaccine` (within `within_days` of the
+        judging date, when given). Raised only when the record carries an immunisation history: a record without
+        any Immunization cannot tell "not vaccinated" from "not shared"."""
+        if not rec.immunization_history or rule["vaccine"] in rec.immunizations_precluded:
+            return []
+        given = rec.immunizations.get(rule["vaccine"], [])
+        within = rule.get("within_days")
+        last = max(given, default=None)
+        if last is not None:
+            if within is None or not rec.today:
+                return []
+            try:
+                days = (date.fromisoformat(rec.today) - date.fromisoformat(last[0])).days
+            except ValueError:
+                days = None  # an undated immunisation is not read as recent
+            if days is not None and days <= int(within):
+                return []
+        inv = [*crefs, *([last[1]] if last is not None else []), *patient_refs(rule, rec)]
+        summary = f"{rule['summary']} (last recorded {last[0] or 'undated'})" if last is not None else None
+        return [make_finding(rule, inv, summary=summary)]
 
     @staticmethod
     def indicating_result(rule: dict[str, Any], rec: PatientRecord) -> Any:

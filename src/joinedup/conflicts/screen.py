@@ -25,7 +25,8 @@ from .knowledge import load_knowledge
 from .models import SEVERITY_ORDER
 
 SEVERITIES = ("critical", "high", "moderate", "low")
-SCREEN_TYPES = {"Condition", "MedicationStatement", "MedicationRequest", "Observation", "AllergyIntolerance"}
+SCREEN_TYPES = {"Condition", "MedicationStatement", "MedicationRequest", "Observation", "AllergyIntolerance",
+                "Immunization"}
 NHS_NUMBER = codes.NHS_NUMBER
 UNREGISTERED = "(no registered practice)"
 PURPOSE = "conflict-screen"

@@ -4,7 +4,7 @@ into FHIR resources and run through detection.
 A vignette is a person (`person: {age, sex}`), medicines (`meds`: text as prescribed, or `{text, days, prn, dose,
 source}` - `days` taken so far, `prn` as needed, `dose` the directions as written, `source` the recording
 organisation), conditions (`conditions`: text as coded, or `{text, status}`), allergies (`allergies`: text),
-results (`results: {test: [value, days ago]}`), the rule it must raise (`expect`), the words the finding must mention
+results (`results: {test: [value, days ago]}`), immunisations (`immunizations`: `{text, days, status, cvx}`), the rule it must raise (`expect`), the words the finding must mention
 (`hazard`), the least severity acceptable (`min_severity`, optionally `max_severity`, `expect_kind`) and a close
 case that must not raise the rule (`close`: the fields that change). `quiet` vignettes are people on appropriate
 treatment: nothing above `max_severity` may fire.
@@ -78,6 +78,12 @@ def build(v: dict[str, Any], today: date | None = None) -> list[dict[str, Any]]:
         out.append({"resourceType": "Observation", "id": f"o{next(ids)}", "status": "final", "subject": subj,
                     "code": code, "valueQuantity": {"value": value, "unit": unit},
                     "effectiveDateTime": _ago(today, int(days))})
+    for i in v.get("immunizations") or []:  # {text, days ago, status (default completed), cvx (optional)}
+        concept: dict[str, Any] = {"text": str(i["text"])}
+        if i.get("cvx"):
+            concept["coding"] = [{"system": "http://hl7.org/fhir/sid/cvx", "code": str(i["cvx"])}]
+        out.append({"resourceType": "Immunization", "id": f"i{next(ids)}", "status": i.get("status", "completed"),
+                    "patient": subj, "vaccineCode": concept, "occurrenceDateTime": _ago(today, int(i.get("days", 30)))})
     return out
 
 
