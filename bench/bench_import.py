@@ -20,6 +20,7 @@ Each import runs in its own process (peak memory is that process tree's largest 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -131,7 +132,9 @@ def _child_import(db_url: str, folder: str, workers: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = import_paths(gate, SYSTEM, [Path(folder)], workers=int(workers), rejects=Path(tmp) / "rejects.ndjson")
     gate.flush_audit()
-    print(f"{report.read} {report.seconds:.4f} {report.created} {report.updated} {report.unchanged} {report.rejected}")
+    stages = json.dumps({k: round(v, 3) for k, v in report.stages.items()}, separators=(",", ":"))
+    print(f"{report.read} {report.seconds:.4f} {report.created} {report.updated} {report.unchanged} {report.rejected}"
+          f" {stages}")
 
 
 def _database_bytes(db_url: str) -> int:
@@ -154,12 +157,13 @@ def measure(name: str, folder: Path, resources: int, kind: str, tmp: Path, worke
     n, secs = line.split()
     baseline_rate = int(n) / float(secs)
     db_url = fresh_database(kind, tmp, f"imp_{name}")
+    load_at_start = os.getloadavg()[0]
     line, peak_mb, cpu = _run_child(["import", db_url, str(folder), str(workers)])
-    read, secs, created, updated, unchanged, rejected = line.split()
+    read, secs, created, updated, unchanged, rejected, stages = line.split()
     rate = int(read) / float(secs)
     size = _database_bytes(db_url)
     line, _, r_cpu = _run_child(["import", db_url, str(folder), str(workers)])
-    r_read, r_secs, _, r_updated, r_unchanged, _ = line.split()
+    r_read, r_secs, _, r_updated, r_unchanged, _, _ = line.split()
     result = {
         "data": name, "database": kind, "resources": resources, "input_mb": round(mb, 1), "workers": workers,
         "baseline_resources_per_s": round(baseline_rate),
@@ -174,11 +178,18 @@ def measure(name: str, folder: Path, resources: int, kind: str, tmp: Path, worke
         "import_cpu_ms_per_1000": round(cpu / int(read) * 1e6), "reimport_cpu_ms_per_1000": round(r_cpu / int(r_read) * 1e6),
         "projected_import_per_s_idle_cores": round((os.cpu_count() or 1) * int(read) / cpu),
         "projected_reimport_per_s_idle_cores": round((os.cpu_count() or 1) * int(r_read) / r_cpu),
+        "load_average_1min_at_start": round(load_at_start, 1),
         "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+        # where the import's time went (bulk_import.STAGES), per 1,000 resources: CPU of parsing, validating and
+        # indexing in the workers, CPU and elapsed time of their writes, and the end of the load (deferred indexes
+        # built, statistics refreshed); PostgreSQL's own CPU is in none of these
+        "stages_ms_per_1000": {k: round(v / int(read) * 1e6, 1) for k, v in json.loads(stages).items()},
     }
     print(f"{name:>12} {kind:<10} import {rate:>8,.0f}/s ({mb / float(secs):5.1f} MB/s)  baseline "
           f"{baseline_rate:>9,.0f}/s  ratio {rate / baseline_rate:5.3f}  re-import {result['reimport_resources_per_s']:>8,}/s"
           f"  peak {peak_mb:6.0f} MB  {result['database_mb_per_1000_resources']} MB/1000", flush=True)
+    print(f"{'':>24} cpu {result['import_cpu_ms_per_1000']} ms/1000, stages ms/1000 {result['stages_ms_per_1000']}"
+          f", load {result['load_average_1min_at_start']} -> {result['load_average_1min_at_end']}", flush=True)
     if kind == "sqlite":
         for p in tmp.glob(f"*_{name}.db*"):
             p.unlink()

@@ -137,8 +137,10 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     gate = _gate()  # migrate before workers start (and a database that cannot be used is one line, exit 2)
     _trust_bound_host(host)
     _start_hl7_listener(gate)
+    # uvloop and httptools (uvicorn[standard] installs both) named outright: a missing one is an error at start,
+    # never a quiet fall-back to the pure-Python loop and parser, which cost several times as much per request
     uvicorn.run("joinedup.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False, loop="uvloop", http="httptools")
 
 
 def _start_hl7_listener(gate) -> None:

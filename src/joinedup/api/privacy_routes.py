@@ -12,6 +12,7 @@ from joinedup.governance.gate import change_reason
 # Plain `def` handlers: FastAPI runs them in its thread pool, off the event loop.
 router = APIRouter(prefix="/api/privacy", tags=["governance"])
 REASON_HEADER = "X-JoinedUp-Reason"
+_REASON_KEY = REASON_HEADER.lower().encode("latin-1")
 _JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
@@ -60,7 +61,7 @@ def install(app: FastAPI) -> None:
                 return await self.inner(scope, receive, send)
             value = None
             for k, v in scope.get("headers") or ():
-                if k.decode("latin-1").lower() == REASON_HEADER.lower():
+                if k.lower() == _REASON_KEY:
                     value = v.decode("utf-8", "replace")[:2000]
             token = change_reason.set(value)
             try:

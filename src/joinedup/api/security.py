@@ -72,6 +72,10 @@ DOCS_CSP = "; ".join([
     "base-uri 'none'",
     "object-src 'none'",
 ])
+_CSP_BYTES, _DOCS_CSP_BYTES = CSP.encode(), DOCS_CSP.encode()
+# headers the middleware sets itself, replacing any the app set (and, for what may not be kept, its caching ones)
+_REPLACED = frozenset({b"content-security-policy", b"x-frame-options", b"x-content-type-options", b"referrer-policy"})
+_REPLACED_NO_STORE = _REPLACED | {b"cache-control", b"pragma", b"expires"}
 _SEED = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _SECURE_ATTR = re.compile(rb";\s*secure\s*(;|$)", re.IGNORECASE)
 log = logging.getLogger("joinedup.security")
@@ -345,15 +349,12 @@ class SecurityMiddleware:
     def _headers_sender(self, scope: Scope, send: Send, path: str) -> Any:
         secure = self.secure
         keep_cacheable = path.startswith(RECORD_FREE_PREFIXES)
-        csp = (DOCS_CSP if path in DOCS_PATHS else CSP).encode()
+        csp = _DOCS_CSP_BYTES if path in DOCS_PATHS else _CSP_BYTES
 
         async def reply(message: Message) -> None:
             if message["type"] == "http.response.start":
                 reply.started = True  # type: ignore[attr-defined]
-                drop = {b"content-security-policy", b"x-frame-options", b"x-content-type-options",
-                        b"referrer-policy"}
-                if not keep_cacheable:
-                    drop |= {b"cache-control", b"pragma", b"expires"}
+                drop = _REPLACED if keep_cacheable else _REPLACED_NO_STORE
                 out = []
                 for k, v in message.get("headers", []):
                     name = k.lower()

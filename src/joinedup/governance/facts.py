@@ -297,6 +297,10 @@ _FORGET_ONE = [t.delete().where(t.c.basis == sa.bindparam("basis"))
                for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
 
 
+_BUMP = sa.text(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, :token)"
+                " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
+
+
 class AccessFacts:
     """Maintains the fact tables on writes and answers policy questions from a per-process cache."""
 
@@ -449,10 +453,9 @@ class AccessFacts:
         return n > 0
 
     def _bump(self, conn) -> None:
-        e = schema.governance_epoch
-        token = uuid.uuid4().hex
-        if conn.execute(e.update().where(e.c.id == 1).values(token=token)).rowcount == 0:
-            conn.execute(e.insert().values(id=1, token=token))
+        # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
+        # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
+        conn.execute(_BUMP, {"token": uuid.uuid4().hex})
 
     def bump(self) -> None:
         """Mark the facts changed (after writes to the break-glass table, or a reset)."""

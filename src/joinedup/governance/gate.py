@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from joinedup.governance.audit import AuditWriter, search_events
 from joinedup.governance.facts import AccessFacts
 from joinedup.governance.identity import Principal
 from joinedup.store import schema, search
-from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
+from joinedup.store.repository import Prepared, Store, Stored, Written, _fetch, new_id, prepare
 
 DIRECTORY_GROUP = "directory"
 # A partnership board's integration self-assessment round (a QuestionnaireResponse about no person): written only by
@@ -46,6 +47,9 @@ access_notices: ContextVar[list | None] = ContextVar("joinedup_access_notices", 
 # The reason a privacy officer states for changing a person's choice on their behalf (X-JoinedUp-Reason header,
 # set by the API middleware in api/privacy_routes.py).
 change_reason: ContextVar[str | None] = ContextVar("joinedup_change_reason", default=None)
+# The lookups gathered inside `Gate.reads_as_one` (one HL7 message's plan, the people one notification goes to),
+# audited together when the block ends.
+_gathered_reads: ContextVar[list | None] = ContextVar("joinedup_gathered_reads", default=None)
 EDITED_BY_URL = codes.LAST_EDITED_BY
 _NOBODY = "\x00no-such-person"  # a person nobody has a relationship with: how a missing entry is refused
 
@@ -378,11 +382,90 @@ class Gate:
         page = self._store.by_identifier(rtype, pairs, count + 1)
         if len(page) > count:  # more than a page: the search pages them (and counts them)
             return self.search(who, rtype, params, query_text=query_text).matches
+        self._audit_lookup(who, decision.reason, rtype, page, query_text)
+        return page
+
+    def find_by_reference(self, who: Principal, rtype: str, param: str, target: str, *, count: int = 100,
+                          query_text: str | None = None) -> list[Stored]:
+        """The matches of `search(who, rtype, [(param, "Type/id"), ("_count", count)])` - checked and audited exactly
+        as that search, in id order - for the integration account's lookups of what points at one resource (the
+        care teams of a person a notification goes to), answered by one plain statement on the reference index
+        instead of a search compiled for each. Anyone else, or a parameter that is not a reference to that type,
+        goes through `search`."""
+        params = [(param, target), ("_count", str(count))]
+        ttype, tid = split_reference(target)
+        sp = self._store.params.params(rtype).get(param) if is_resource_type(rtype) else None
+        if who.role != "system" or not ttype or not tid or not 0 < count <= 1000 or sp is None or \
+                sp.type != "reference" or (sp.target and ttype not in sp.target) or len(tid) > 255:
+            return self.search(who, rtype, params, query_text=query_text).matches
+        decision = self.check(who, "search", rtype, query=query_text)
+        ph = "%s" if self._store.dialect == "postgresql" else "?"
+        sql = (f"SELECT id, version, content, last_updated, source, patient_id FROM resource WHERE res_type = {ph}"
+               f" AND deleted = {ph} AND id IN (SELECT res_id FROM idx_reference WHERE res_type = {ph} AND param ="
+               f" {ph} AND target_type = {ph} AND target_id = {ph}) ORDER BY id LIMIT {ph}")
+        with self._store.reading() as conn:
+            rows = _fetch(conn, sql, (rtype, False, rtype, param, ttype, tid, count + 1))
+        if len(rows) > count:  # more than a page: the search pages them (and counts them)
+            return self.search(who, rtype, params, query_text=query_text).matches
+        page = [Stored(rtype, x[0], x[1], False, Store._load(x[2], x[1], x[3]), x[3], x[4], x[5]) for x in rows]
+        self._audit_lookup(who, decision.reason, rtype, page, query_text)
+        return page
+
+    def _audit_lookup(self, who: Principal, reason: str, rtype: str, page: list[Stored], query_text: str | None
+                      ) -> None:
+        gathered = _gathered_reads.get()
+        if gathered is not None:  # audited with the others when the reads_as_one block ends
+            gathered.append((reason, query_text or rtype, page))
+            return
         patients = sorted({s.patient_id for s in page if s.patient_id})
-        self._audit.record(who, "search", allowed=True, reason=decision.reason, entity=rtype,
+        self._audit.record(who, "search", allowed=True, reason=reason, entity=rtype,
                           patient_id=patients[0] if len(patients) == 1 else None, query=query_text,
                           detail={"returned": len(page)} if page else None)
-        return page
+
+    @contextmanager
+    def reads_as_one(self, who: Principal, *, entity: str, purpose: str) -> Iterator[Any]:
+        """The lookups `find_by_identifier` and `find_by_reference` make inside the block (each still checked by the
+        policy when it is made) are audited together when the block ends, however it ends: one `search` event for
+        each person whose records they returned (so it is in that person's access log), naming every query and
+        every record returned, or one event when they returned nobody's records (in the access log of the person
+        the caller names as `about` on the object yielded, e.g. a new record about to be written). `entity` names
+        what the reads were for (e.g. one HL7 message, `hl7:RZA|MSG00001`), `purpose` why. Instead of an event per
+        lookup: an HL7 message makes two to four of them."""
+        holder = SimpleNamespace(about=None)
+        if _gathered_reads.get() is not None:  # already inside one: the outer block audits them
+            yield holder
+            return
+        gathered: list = []
+        token = _gathered_reads.set(gathered)
+        try:
+            yield holder
+        finally:
+            _gathered_reads.reset(token)
+            if gathered:
+                self._audit_gathered(who, entity, purpose, gathered, holder.about)
+
+    def _audit_gathered(self, who: Principal, entity: str, purpose: str, gathered: list, about: str | None
+                        ) -> None:
+        by_person: dict[str | None, list[str]] = {}
+        for _reason, _query, page in gathered:
+            for s in page:
+                by_person.setdefault(s.patient_id, []).append(f"{s.rtype}/{s.id}")
+        people = sorted(p for p in by_person if p) or [about]
+        reason = f"{purpose}: {gathered[0][0]}"
+        query = " ; ".join(q for _r, q, _p in gathered)
+        for n, pid in enumerate(people):
+            # each person's event names their records; the first also names the records of no one (directory)
+            returned = list(dict.fromkeys(by_person.get(pid, []) + (by_person.get(None, []) if n == 0 else [])))
+            detail: dict[str, Any] = {"lookups": len(gathered), "returned": len(returned)}
+            text, part = "", 1
+            for ref in returned:  # each detail value holds at most 500 characters: as many as it takes
+                if text and len(text) + len(ref) + 2 > 500:
+                    detail[f"records {part}"], text, part = text, "", part + 1
+                text = f"{text}, {ref}" if text else ref
+            if text:
+                detail[f"records {part}" if part > 1 else "records"] = text
+            self._audit.record(who, "search", allowed=True, reason=reason[:1000], entity=entity[:255],
+                              patient_id=pid, query=query, detail=detail)
 
     def history(self, who: Principal, *, rtype: str | None = None, rid: str | None = None,
                 since: str | None = None, count: int = 50, offset: int = 0) -> tuple[int, list[dict]]:
@@ -475,18 +558,22 @@ class Gate:
         return len(kept), kept[offset:offset + count]
 
     def everything(self, who: Principal, patient_id: str, *, since: str | None = None,
-                   types: set[str] | None = None) -> list[Stored]:
-        """Patient/$everything: the Patient, their compartment and the resources it references."""
-        return self._everything(who, patient_id, since=since, types=types)[0]
+                   types: set[str] | None = None, shared: bool = False) -> list[Stored]:
+        """Patient/$everything: the Patient, their compartment and the resources it references. `shared`: the
+        compartment's contents are parsed once per version and shared between readers, READ ONLY
+        (`Store.compartment_shared`): for views that only read them (the person's summary); decided and audited
+        the same."""
+        return self._everything(who, patient_id, since=since, types=types, shared=shared)[0]
 
-    def everything_and_withheld(self, who: Principal, patient_id: str, *, types: set[str] | None = None
-                                ) -> tuple[list[Stored], Withheld]:
+    def everything_and_withheld(self, who: Principal, patient_id: str, *, types: set[str] | None = None,
+                                shared: bool = False) -> tuple[list[Stored], Withheld]:
         """`everything`, and what of the person's record `who` may not see, in one pass (one read, one decision per
         entry), audited as one `everything` event carrying the counts. Nothing of a withheld entry is kept: the
         number of entries of each type the reader's role may not read, and only *whether* entries are withheld at
         the person's request (marked private, or an objection to sharing) or sealed by the organisation that
-        recorded them. Nothing is withheld from the integration account or from the person themselves."""
-        return self._everything(who, patient_id, types=types, count=True)
+        recorded them. Nothing is withheld from the integration account or from the person themselves. `shared` as
+        for `everything`."""
+        return self._everything(who, patient_id, types=types, count=True, shared=shared)
 
     def may_withhold_beyond(self, who: Principal, patient_id: str, types: Iterable[str]) -> bool:
         """Whether an entry of the person's record of a type outside `types` could be withheld from `who` at the
@@ -504,13 +591,20 @@ class Gate:
                                 .where(r.c.patient_id == patient_id, r.c.deleted.is_(False),
                                        ri.c.res_type.not_in(sorted(types))).limit(1)).first() is not None
 
-    def _count_withheld(self, who: Principal, s: Stored, out: Withheld | None) -> bool:
-        """Whether the entry may be shown; if not, count it in `out` by why (no content is kept)."""
-        if who.role in ("system", "patient"):
-            return self.visible(who, s)
+    def _count_withheld(self, who: Principal, s: Stored, out: Withheld | None,
+                        decided: dict | None = None) -> bool:
+        """Whether the entry may be shown; if not, count it in `out` by why (no content is kept). `decided`: the
+        decisions already taken for this reader, by (type, person, facts about the entry): the policy decides from
+        exactly these, so entries alike in all three get the same answer (a long record asks a few dozen times)."""
         facts = self.facts_for(who, s.patient_id, s)
-        if policy.decide(who, "read", s.rtype, patient_id=s.patient_id, facts=facts):
-            return True
+        key = (s.rtype, s.patient_id, facts)
+        allowed = decided.get(key) if decided is not None else None
+        if allowed is None:
+            allowed = bool(policy.decide(who, "read", s.rtype, patient_id=s.patient_id, facts=facts))
+            if decided is not None:
+                decided[key] = allowed
+        if allowed or who.role in ("system", "patient"):
+            return allowed
         if out is None:
             return False
         if facts is not None and not facts.own_item and (
@@ -523,7 +617,8 @@ class Gate:
         return False
 
     def _everything(self, who: Principal, patient_id: str, *, since: str | None = None,
-                    types: set[str] | None = None, count: bool = False) -> tuple[list[Stored], Withheld]:
+                    types: set[str] | None = None, count: bool = False, shared: bool = False
+                    ) -> tuple[list[Stored], Withheld]:
         patient = self._store.read("Patient", patient_id)
         entity = f"Patient/{patient_id}"
         decision = self.check(who, "everything", "Patient", patient_id=patient_id, entity=entity)
@@ -532,12 +627,22 @@ class Gate:
             raise not_found("Patient", patient_id) if patient is None else gone("Patient", patient_id)
         withheld = Withheld()
         tally = withheld if count and decision.activity != "*" else None
-        items = [s for s in self._store.compartment(patient_id, types=types, since=since)
-                 if self._count_withheld(who, s, tally)]
+        read = self._store.compartment_shared if shared else self._store.compartment
+        decided: dict = {}
+        items = [s for s in read(patient_id, types=types, since=since)
+                 if self._count_withheld(who, s, tally, decided)]
         have = {(s.rtype, s.id) for s in items}
         refs: list[tuple[str, str]] = []
         for s in items:
-            _collect_refs(s.content, refs)
+            if not shared:
+                _collect_refs(s.content, refs)
+                continue
+            mine = s.extra.get("refs")  # a shared entry's references, collected once per version
+            if mine is None:
+                mine = []
+                _collect_refs(s.content, mine)
+                s.extra["refs"] = mine
+            refs.extend(mine)
         extra = [k for k in dict.fromkeys(refs) if k not in have and (not types or k[0] in types)]
         linked = [s for s in self._store.read_many(extra)
                   if s.patient_id in (None, patient_id) and self.visible(who, s)]

@@ -403,9 +403,8 @@ def authenticate(store, token: str | None) -> Principal | None:
     revoked token, a disabled or removed user or a changed role counts from the very next request."""
     if not token or len(token) > 512:
         return None
-    with store.reading() as conn:  # plain SQL, written once: this runs on every API request
-        row = conn.exec_driver_sql(_AUTH_SQL["%s" if store.dialect == "postgresql" else "?"],
-                                   (_token_hash(token), True)).first()
+    # plain SQL, written once, on the store's cheapest path for one-row lookups: this runs on every API request
+    row = store.point(_AUTH_SQL["%s" if store.dialect == "postgresql" else "?"], (_token_hash(token), True))
     if row is None or row[7] or row[6] <= _now().isoformat():
         return None
     return Principal(*row[:6])

@@ -40,6 +40,8 @@ class ImportReport:
     rejects_path: str | None = None
     first_reject: str | None = None  # "FILE:LINE: reason" of the first rejected line
     by_type: dict[str, int] = field(default_factory=dict)
+    # where the time went, in seconds summed over the processes that did it (see `STAGES`)
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -260,9 +262,22 @@ def _prepare_then_check(gate: Gate, who: Principal, chunk, source, label, ok: li
     return skipped
 
 
+# The stages an import reports (`ImportReport.stages`, seconds): CPU of parsing, validating, indexing and looking
+# batches up (`prepare_cpu`); CPU and elapsed time of writing them through the gate (`write_cpu`, `write_wall`:
+# the difference is waiting - for the database, its lock, the disk); elapsed time and this process's CPU of the end
+# of a bulk load (`finish_wall`, `finish_cpu`: building the deferred indexes, refreshing the planner's statistics).
+STAGES = ("prepare_cpu", "write_cpu", "write_wall", "finish_wall", "finish_cpu")
+
+
+def _add(stages: dict[str, float] | None, key: str, seconds: float) -> None:
+    if stages is not None:
+        stages[key] = stages.get(key, 0.0) + seconds
+
+
 def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | dict]], source: str | None,
                label: str, *, by_line: bool = True, skipped: int = 0,
-               skipped_by_type: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], list[Reject]]:
+               skipped_by_type: dict[str, int] | None = None,
+               stages: dict[str, float] | None = None) -> tuple[dict[str, int], dict[str, int], list[Reject]]:
     """Validate, index and write one batch through the gate; returns (statuses, per-type counts, rejects).
 
     A re-run skips what is already stored unchanged, in two steps: lines written from exactly these bytes are not
@@ -271,6 +286,7 @@ def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | d
     stored with exactly the same content is recognised by its content hash and counted unchanged (during a re-run it
     is looked up before it would be validated or indexed again; during a load of new data each resource is validated
     and indexed as it is parsed, and the batch looked up after: the same outcome, see `_CHECK_FIRST`)."""
+    cpu0 = time.process_time()
     bad: list[Reject] = []
     by_type: dict[str, int] = dict(skipped_by_type or {})
     if by_line:
@@ -286,9 +302,13 @@ def load_chunk(gate: Gate, who: Principal, chunk: list[tuple[str, int, bytes | d
         skipped += _prepare_then_check(gate, who, chunk, source, label, ok, bad, by_type)
     if skipped:
         statuses["unchanged"] = skipped
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    _add(stages, "prepare_cpu", cpu1 - cpu0)
     for w in gate.import_resources(who, ok, label=label, unchanged=skipped):
         statuses[w.status] = statuses.get(w.status, 0) + 1
         by_type[w.rtype] = by_type.get(w.rtype, 0) + 1
+    _add(stages, "write_cpu", time.process_time() - cpu1)
+    _add(stages, "write_wall", time.perf_counter() - wall1)
     return statuses, by_type, bad
 
 
@@ -329,9 +349,10 @@ def _load_in_worker(db_url: str, who: Principal, chunk, source, label, skipped: 
     from joinedup.governance.gate import get_gate
 
     gate = get_gate(db_url)
+    stages: dict[str, float] = {}
     try:
-        return load_chunk(gate, who, chunk, source, label, by_line=False, skipped=skipped,
-                          skipped_by_type=skipped_by_type)
+        return (*load_chunk(gate, who, chunk, source, label, by_line=False, skipped=skipped,
+                            skipped_by_type=skipped_by_type, stages=stages), stages)
     finally:
         gate.flush_audit()
 
@@ -366,8 +387,10 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             rejects_fh.write(b"\n")
         report.rejected += len(items)
 
-    def tally(result: tuple[dict[str, int], dict[str, int], list[Reject]]) -> None:
-        statuses, by_type, bad = result
+    def tally(result: tuple) -> None:
+        statuses, by_type, bad = result[:3]
+        for key, seconds in (result[3] if len(result) > 3 else {}).items():
+            _add(report.stages, key, seconds)
         report.created += statuses.get("created", 0)
         report.updated += statuses.get("updated", 0)
         report.unchanged += statuses.get("unchanged", 0)
@@ -410,7 +433,7 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
             for label, chunk, nbytes in batches():
                 report.read += len(chunk)
                 if pool is None:
-                    tally(load_chunk(gate, who, chunk, source, label, by_line=not deferred))
+                    tally(load_chunk(gate, who, chunk, source, label, by_line=not deferred, stages=report.stages))
                 else:
                     # lines stored unchanged are found here, before anything is handed to a worker: a re-run of
                     # unchanged data never starts one
@@ -435,6 +458,10 @@ def import_paths(gate: Gate, who: Principal, paths: Iterable[Path], *, source: s
                 pool.shutdown(cancel_futures=True)
             if rejects_fh is not None:
                 rejects_fh.close()
+            finish = time.perf_counter(), time.process_time()
+    if deferred:
+        _add(report.stages, "finish_wall", time.perf_counter() - finish[0])
+        _add(report.stages, "finish_cpu", time.process_time() - finish[1])
     if (report.created or report.updated) and not deferred:  # (a deferred load refreshed them already)
         gate.optimize()  # new data shapes the query plans: refresh the planner's statistics
     report.seconds = time.perf_counter() - start

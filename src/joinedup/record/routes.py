@@ -23,7 +23,7 @@ def _json(model) -> Response:
 @router.get("/{patient_id}/summary", response_model=Summary,
             summary="One view of the person: every section across settings, each item with source and date")
 def summary(patient_id: str, who: CurrentUser, gate: GateDep):
-    return _json(service.summarise(gate=gate, who=who, patient_id=patient_id))
+    return Response(service.summary_json(gate=gate, who=who, patient_id=patient_id), media_type="application/json")
 
 
 @router.get("/{patient_id}/timeline", response_model=Timeline,

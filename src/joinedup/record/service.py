@@ -7,6 +7,8 @@ with the same NHS number and one for organisations named only in meta.source); n
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -112,6 +114,42 @@ def summarise(*, gate: Gate, who: Principal, patient_id: str, today: date | None
     return _build(bundle, today=today or datetime.now(UTC).date(), who=who)
 
 
+# The summary API's answers (JSON), by (database, person, reader's role, day), each with what it was built from: every
+# entry's (type, id, version, lastUpdated) as the gate returned them to this reader, and what the gate withheld.
+# Every request still reads the record through the gate (one decision per entry, one audit event) and the
+# answer is reused only when all of that is the same, so it is what building it again would give (any write to any
+# entry changes its version; any change in what the reader may see changes the entries or the tally).
+ANSWERS_KEPT = 64
+_answers: OrderedDict[tuple, tuple[tuple, bytes, bytes]] = OrderedDict()
+_answers_lock = threading.Lock()
+_GENERATED = b'"generated":"'
+
+
+def summary_json(*, gate: Gate, who: Principal, patient_id: str, today: date | None = None) -> bytes:
+    """`summarise` as the JSON the API answers with; built again only when what the gate returned for this reader
+    changed since the last answer to a reader of the same role about the same person on the same day."""
+    day = today or datetime.now(UTC).date()
+    bundle = _gather(gate=gate, who=who, patient_id=patient_id, withheld=True)
+    key = (gate.database_url, patient_id, who.role, day)
+    made = (tuple(bundle.read), tuple(sorted(bundle.withheld.by_type.items())), bundle.withheld.at_request,
+            bundle.withheld.sealed, tuple(bundle.linked_records))
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    with _answers_lock:
+        hit = _answers.get(key)
+        if hit is not None and hit[0] == made:
+            _answers.move_to_end(key)
+            return hit[1] + now + hit[2]
+    body = _build(bundle, today=day, who=who).model_dump_json().encode()
+    at = body.rfind(_GENERATED) + len(_GENERATED)
+    head, tail = body[:at], body[body.index(b'"', at):]
+    with _answers_lock:
+        _answers[key] = (made, head, tail)
+        _answers.move_to_end(key)
+        while len(_answers) > ANSWERS_KEPT:
+            _answers.popitem(last=False)
+    return head + now + tail
+
+
 def timeline(*, gate: Gate, who: Principal, patient_id: str, setting: str | None = None,
              type: str | None = None, today: date | None = None) -> Timeline:
     """Contacts across settings, newest first, optionally filtered by setting and by type."""
@@ -119,6 +157,7 @@ def timeline(*, gate: Gate, who: Principal, patient_id: str, setting: str | None
         raise FhirError(400, f"Unknown timeline type '{type}': use one of {', '.join(TIMELINE_TYPES)}",
                         code="value")
     bundle = _gather(gate=gate, who=who, patient_id=patient_id)
+    bundle.fill()
     events = _timeline(bundle, today or datetime.now(UTC).date())
     return filter_timeline(patient_id=patient_id, events=events, setting=setting, type=type)
 
@@ -238,6 +277,9 @@ class _Bundle:
         self.by_type: dict[str, list[tuple[dict[str, Any], str]]] = {}
         self.by_ref: dict[str, dict[str, Any]] = {}
         self.linked_records: list[str] = []
+        self.read: list[tuple[str, str, int, str]] = []  # (type, id, version, lastUpdated) of all the gate returned
+        self._taken: list[Any] = []  # returned entries not yet indexed (`fill`: only when a view is built)
+        self._refs: set[str] = set()  # "Type/id" of every returned entry
         self.withheld = Withheld()
         self.count = 0
         self._sources: dict[str | None, Source] = {}
@@ -251,6 +293,20 @@ class _Bundle:
         self.by_ref[ref] = content
         self.by_type.setdefault(rtype, []).append((content, last_updated))
         self.count += 1
+
+    def take(self, stored: Iterable[Any]) -> None:
+        """Note what the gate returned (Stored entries) with each entry's version; `fill` indexes them."""
+        for s in stored:
+            self.read.append((s.rtype, s.id, s.version, s.last_updated))
+            if s.content is not None:
+                self._taken.append(s)
+                self._refs.add(f"{s.rtype}/{s.id}")
+
+    def fill(self) -> None:
+        """Index what was taken, in the order the gate returned it (the first of an entry returned twice wins)."""
+        for s in self._taken:
+            self.add(s.content, s.last_updated)
+        self._taken = []
 
     def of(self, rtype: str) -> list[tuple[dict[str, Any], str]]:
         return self.by_type.get(rtype, [])
@@ -296,11 +352,9 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
         stored, hidden = _record_and_withheld(gate, who, patient_id)
         b.withheld.merge(hidden)
     else:
-        stored = gate.everything(who, patient_id, types=set(SUMMARY_TYPES))
-    for s in stored:
-        if s.content is not None:
-            b.add(s.content, s.last_updated)
-    b.patient = b.by_ref.get(f"Patient/{patient_id}") or {}
+        stored = gate.everything(who, patient_id, types=set(SUMMARY_TYPES), shared=True)
+    b.take(stored)
+    b.patient = next((s.content for s in b._taken if s.rtype == "Patient" and s.id == patient_id), None) or {}
     # other organisations' records of the same person: linked explicitly, or holding the same NHS number
     others = {(lk.get("other") or {}).get("reference", "").split("/", 1)[-1]
               for lk in b.patient.get("link") or [] if (lk.get("other") or {}).get("reference", "")
@@ -318,10 +372,8 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
     for other in sorted(others):
         try:
             found, hidden = _record_and_withheld(gate, who, other) if withheld else \
-                (gate.everything(who, other, types=set(SUMMARY_TYPES)), None)
-            for s in found:
-                if s.content is not None:
-                    b.add(s.content, s.last_updated)
+                (gate.everything(who, other, types=set(SUMMARY_TYPES), shared=True), None)
+            b.take(found)
             b.linked_records.append(f"Patient/{other}")
             if hidden is not None:
                 b.withheld.merge(hidden)
@@ -330,17 +382,15 @@ def _gather(*, gate: Gate, who: Principal, patient_id: str, withheld: bool = Fal
                 raise
     # organisations named only in meta.source (one directory search through the gate)
     wanted = set()
-    for items in b.by_type.values():
-        for content, _ in items:
-            src = (content.get("meta") or {}).get("source")
-            if isinstance(src, str) and src.startswith("Organization/") and src not in b.by_ref:
-                wanted.add(src.split("/", 1)[1])
+    for s in b._taken:
+        src = (s.content.get("meta") or {}).get("source")
+        if isinstance(src, str) and src.startswith("Organization/") and src not in b._refs:
+            wanted.add(src.split("/", 1)[1])
     if wanted:
         try:
             orgs = gate.search(who, "Organization", [("_id", ",".join(sorted(wanted))),
                                                      ("_count", str(len(wanted)))])
-            for s in orgs.matches:
-                b.add(s.content, s.last_updated)
+            b.take(orgs.matches)
         except FhirError as exc:
             if exc.status != 403:
                 raise
@@ -353,8 +403,8 @@ def _record_and_withheld(gate: Gate, who: Principal, patient_id: str) -> tuple[l
     sealed entry, an objection to sharing), one read of the whole record, so that "withheld at the person's
     request" and "restricted" stay true of the record, keeping the same entries as the narrow read."""
     if not gate.may_withhold_beyond(who, patient_id, RECORD_TYPES):
-        return gate.everything_and_withheld(who, patient_id, types=set(SUMMARY_TYPES))
-    found, hidden = gate.everything_and_withheld(who, patient_id)
+        return gate.everything_and_withheld(who, patient_id, types=set(SUMMARY_TYPES), shared=True)
+    found, hidden = gate.everything_and_withheld(who, patient_id, shared=True)
     kept = [s for s in found if s.rtype in RECORD_TYPES]
     named: list[str] = []
     for s in kept:
@@ -436,6 +486,7 @@ def death_of(patients: Iterable[dict[str, Any]]) -> tuple[bool, str | None]:
 
 
 def _build(b: _Bundle, *, today: date, who: Principal | None = None) -> Summary:
+    b.fill()
     p = b.patient
     p_lu = next((lu for c, lu in b.of("Patient") if c is p), None)
     mine = {b.patient_id} | {r.split("/", 1)[1] for r in b.linked_records}

@@ -32,6 +32,10 @@ INDEX_SQL = {
 }
 
 
+# how much stored JSON `Store.compartment_shared` keeps parsed per store (the oldest parsed goes first)
+PARSED_CACHE_BYTES = 16 * 1024 * 1024
+
+
 def now_instant() -> tuple[str, str]:
     """(FHIR instant for meta.lastUpdated, normalised UTC column value) for this moment."""
     column = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
@@ -164,6 +168,11 @@ class Store:
         self.params = registry()
         self._pg = self.dialect == "postgresql"
         self._pinned = threading.local()  # reads_together(): this thread's reads share one connection
+        self._point = threading.local()  # point(): this thread's own SQLite connection for one-row lookups
+        # compartment_shared(): parsed contents by (type, id), each with its (version, lastUpdated, hash)
+        self._parsed: dict[tuple[str, str], tuple] = {}
+        self._parsed_size = 0
+        self._parsed_lock = threading.Lock()
         ph = "%s" if self._pg else "?"
         jsonp = "%s::jsonb" if self._pg else "?"
         self._sql_upsert = (
@@ -207,6 +216,36 @@ class Store:
             return
         with self.engine.connect() as conn:
             yield conn
+
+    def point(self, sql: str, params: tuple) -> Any:
+        """The first row of a plain one-row lookup (a bearer token, a resource by id: the statements behind every
+        API read), or None. SQLite: on this thread's own connection, kept open and in autocommit mode (each
+        statement reads the newest committed state; nothing is held between statements), so a lookup costs no pool
+        checkout and reset, and the driver's statement cache keeps it prepared. PostgreSQL: a pooled connection
+        (`reading`), on the driver's cursor."""
+        if self._pg or getattr(self._pinned, "conn", None) is not None:
+            with self.reading() as conn:
+                return _fetch(conn, sql, params, one=True)
+        db = getattr(self._point, "db", None)
+        if db is None:
+            raw = self.engine.raw_connection()  # with the engine's pragmas (WAL, busy timeout, cache, mmap)
+            db = raw.driver_connection
+            raw.detach()  # this thread's for good: never back in the pool
+            db.isolation_level = None
+            self._point.db = db
+        try:
+            cur = db.execute(sql, params)
+            try:
+                return cur.fetchone()
+            finally:
+                cur.close()
+        except Exception:
+            self._point.db = None  # start afresh on the next lookup
+            try:
+                db.close()
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                pass
+            raise
 
     @contextmanager
     def reads_together(self) -> Iterator[None]:
@@ -257,10 +296,8 @@ class Store:
     # -- reads ---------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str, conn: sa.Connection | None = None) -> Stored | None:
         """The current version of a resource (tombstone when deleted), or None if never stored."""
-        if conn is None:
-            with self.reading() as c:
-                return self.read(rtype, rid, c)
-        row = _fetch(conn, self._sql_read, (rtype, rid), one=True)
+        row = self.point(self._sql_read, (rtype, rid)) if conn is None else \
+            _fetch(conn, self._sql_read, (rtype, rid), one=True)
         if row is None:
             return None
         return Stored(rtype, rid, row[0], bool(row[1]), self._load(row[2], row[0], row[3]), row[3], row[4],
@@ -357,6 +394,72 @@ class Store:
         return [Stored(x[0], x[1], x[2], False, self._load(x[3], x[2], x[4]), x[4], x[5], patient_id)
                 for x in rows]
 
+    def compartment_shared(self, patient_id: str, *, types: set[str] | None = None,
+                           since: str | None = None) -> list[Stored]:
+        """`compartment`, with each entry's content parsed once per version and shared between readers: READ ONLY
+        (a caller must never change a returned content, nor keep it beyond its request). One statement reads the
+        rows' versions (no content); only the entries not already parsed at that (version, lastUpdated, content
+        hash) are read in full. A write anywhere (any process) changes the version, so it is never stale. Each
+        entry's `extra` is a memo shared by that version's readers (e.g. the references the gate collects)."""
+        ph = self._ph
+        where = f"patient_id = {ph} AND deleted = {ph}"
+        args: list[Any] = [patient_id, False]
+        if types:  # SQLite: "+" keeps the person's index (it would otherwise walk every entry of these types)
+            where += f" AND {'' if self._pg else '+'}res_type IN ({', '.join([ph] * len(types))})"
+            args += sorted(types)
+        if since:
+            where += f" AND last_updated >= {ph}"
+            args.append(since)
+        body = "content::text" if self._pg else "content"
+        cache = self._parsed
+        with self.reading() as conn:
+            # ordered as `compartment` orders them: by the database's collation on PostgreSQL; SQLite's is binary,
+            # which Python's sort matches (an ORDER BY there would walk the primary key instead of the person's index)
+            rows = _fetch(conn, f"SELECT res_type, id, version, last_updated, source, content_hash FROM resource"
+                                f" WHERE {where}{' ORDER BY res_type, id' if self._pg else ''}", tuple(args))
+            if not self._pg:
+                rows.sort(key=lambda x: (x[0], x[1]))
+            with self._parsed_lock:
+                held = [cache.get((x[0], x[1])) for x in rows]
+            missing = [x for x, h in zip(rows, held) if h is None or h[0] != (x[2], x[3], x[5])]
+            fresh: dict[tuple[str, str], tuple] = {}
+            if len(missing) > len(rows) // 2:  # mostly unread: the whole compartment in one statement
+                for x in _fetch(conn, f"SELECT res_type, id, version, last_updated, source, content_hash, {body}"
+                                      f" FROM resource WHERE {where}", tuple(args)):
+                    fresh[(x[0], x[1])] = x
+            elif missing:
+                by_type: dict[str, list[str]] = {}
+                for x in missing:
+                    by_type.setdefault(x[0], []).append(x[1])
+                for t, ids in by_type.items():
+                    for chunk in _chunks(ids, 500):
+                        for x in _fetch(conn, f"SELECT res_type, id, version, last_updated, source, content_hash,"
+                                              f" {body} FROM resource WHERE res_type = {ph} AND deleted = {ph} AND"
+                                              f" patient_id = {ph} AND id IN ({', '.join([ph] * len(chunk))})",
+                                        (t, False, patient_id, *chunk)):
+                            fresh[(x[0], x[1])] = x
+        out: list[Stored] = []
+        added: list[tuple[tuple[str, str], tuple]] = []
+        for x, h in zip(rows, held):
+            key = (x[0], x[1])
+            if h is None or h[0] != (x[2], x[3], x[5]):
+                y = fresh.get(key)
+                if y is None or y[6] is None:  # deleted since the first statement
+                    continue
+                h = ((y[2], y[3], y[5]), self._load(y[6], y[2], y[3]), {}, len(y[6]))
+                added.append((key, h))
+                x = y
+            out.append(Stored(x[0], x[1], h[0][0], False, h[1], h[0][1], x[4], patient_id, h[2]))
+        if added:
+            with self._parsed_lock:
+                for key, h in added:
+                    old = cache.pop(key, None)
+                    self._parsed_size += h[3] - (old[3] if old else 0)
+                    cache[key] = h
+                while self._parsed_size > PARSED_CACHE_BYTES and cache:
+                    self._parsed_size -= cache.pop(next(iter(cache)))[3]
+        return out
+
     def iter_type(self, rtype: str, *, since: str | None = None, batch: int = 2000) -> Iterator[Stored]:
         """Stream every current resource of a type (keyset paging, constant memory)."""
         r = _resource_table()
@@ -448,9 +551,16 @@ class Store:
         """{id: (version, content_hash, deleted, patient_id)} for the ids that exist (deleted ones included)."""
         out: dict[str, tuple[int, str | None, bool, str | None]] = {}
         ph = self._ph
+        if self._pg:
+            sql = _PG_BY_KEY.format(cols="version, content_hash, deleted, patient_id",
+                                    lock=" FOR UPDATE" if lock else "")
+            for chunk in _chunks(ids, 2000):
+                for row in _fetch(conn, sql, (chunk, rtype)):
+                    out[row[0]] = (row[1], row[2], bool(row[3]), row[4])
+            return out
         for chunk in _chunks(ids, 500):  # plain SQL: this runs for every write (building a select cost more)
             sql = (f"SELECT id, version, content_hash, deleted, patient_id FROM resource WHERE res_type = {ph}"
-                   f" AND id IN ({', '.join([ph] * len(chunk))})" + (" FOR UPDATE" if lock and self._pg else ""))
+                   f" AND id IN ({', '.join([ph] * len(chunk))})")
             for row in _fetch(conn, sql, (rtype, *chunk)):
                 out[row[0]] = (row[1], row[2], bool(row[3]), row[4])
         return out
@@ -459,6 +569,12 @@ class Store:
         """Of {id: line hash}, the ids stored live with exactly that line hash (written from that very line)."""
         same: set[str] = set()
         ph = self._ph
+        if self._pg:
+            sql = _PG_BY_KEY.format(cols="line_hash, deleted", lock="")
+            for chunk in _chunks(list(wanted), 2000):
+                same.update(rid for rid, digest, deleted in _fetch(conn, sql, (chunk, rtype))
+                            if not deleted and digest is not None and digest == wanted[rid])
+            return same
         for chunk in _chunks(list(wanted), 500):
             rows = conn.exec_driver_sql(
                 f"SELECT id, line_hash FROM resource WHERE res_type = {ph} AND id IN ({', '.join([ph] * len(chunk))})"
@@ -745,6 +861,15 @@ def _copy(cur, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
     with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+# PostgreSQL: the current rows of a list of ids of one type, each found through the primary key. A plain `id IN
+# (...)` is planned from the table's statistics, which a bulk load into an empty store has not got yet: the planner
+# then chose the (res_type, last_updated) index and filtered every row of the type against the list, so each batch
+# cost in proportion to what was loaded before it (a load quadratic in its size). The LIMIT keeps the per-id
+# subquery from being flattened into a join the planner could plan the same way.
+_PG_BY_KEY = ("SELECT k.id, r.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATERAL (SELECT {cols} FROM resource"
+              " WHERE res_type = %s AND id = k.id LIMIT 1{lock}) AS r")
 
 
 BULK_DEFER_MIN = 10_000  # entries: below this, a load keeps its indexes (building them again costs more)

@@ -377,9 +377,10 @@ class Notifier:
             patient = self.gate.read(SYSTEM, "Patient", ev.patient_id).content
         except FhirError:
             patient = None
-        try:
-            teams = [s.content for s in self.gate.search(SYSTEM, "CareTeam", [("patient", ev.patient_id),
-                                                                              ("_count", "100")]).matches]
+        try:  # CareTeam?patient=X, answered by the gate's prepared lookup (checked and audited as that search)
+            teams = [s.content for s in self.gate.find_by_reference(
+                SYSTEM, "CareTeam", "patient", f"Patient/{ev.patient_id}", count=100,
+                query_text=f"CareTeam?patient={ev.patient_id}&_count=100")]
         except FhirError:
             teams = []
         return self._recipients(ev, patient, teams)

@@ -82,22 +82,57 @@ def discover(paths: list[Path]) -> list[Path]:
 
 @app.command("listen")
 def listen(host: str = typer.Option(None, help="Interface to listen on (default JOINEDUP_HL7_HOST)."),
-           port: int = typer.Option(2575, help="TCP port (2575 is the port registered for HL7 over MLLP).")) -> None:
+           port: int = typer.Option(2575, help="TCP port (2575 is the port registered for HL7 over MLLP)."),
+           processes: int = typer.Option(1, help="Listener processes sharing the port (SO_REUSEPORT, Linux): the "
+                                                 "kernel gives each new connection to one of them, so a "
+                                                 "connection's messages are still applied in order."),
+           shared: bool = typer.Option(False, "--shared-port", hidden=True,
+                                       help="Bind with SO_REUSEPORT (the extra processes of --processes).")) -> None:
     """Listen for HL7 v2 ADT messages over MLLP and acknowledge each one."""
+    import signal
+    import socket
+    import subprocess
+    import threading
+
     from joinedup.interop.hl7 import mllp
     from joinedup.terminal import check_port
 
     host = host or config.value("HL7_HOST")
-    check_port(host, port)
+    if processes < 1:
+        _fail("--processes must be at least 1")
+    if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        _fail("--processes needs SO_REUSEPORT, which this system does not have: use --processes 1")
+    if processes > 1 and port == 0:
+        _fail("--processes needs a fixed --port (the processes share it)")
+    if not shared:
+        check_port(host, port)
     gate = _gate()
     service = _service(gate)
+
+    def stop(_signum, _frame) -> None:  # a service manager's SIGTERM ends the listener as Ctrl-C does
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
+        signal.signal(signal.SIGTERM, stop)
+    others = [subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", host, "--port",
+                                str(port), "--shared-port"], stdout=subprocess.DEVNULL)
+              for _ in range(processes - 1)]
     try:
         mllp.run(service, host=host, port=port, max_bytes=config.value("HL7_MAX_MESSAGE_BYTES"),
-                 frame_timeout=config.value("HL7_FRAME_TIMEOUT"),
-                 ready=lambda addr: out.print(f"listening for HL7 v2 (MLLP) on {addr[0]}:{addr[1]}", highlight=False))
+                 frame_timeout=config.value("HL7_FRAME_TIMEOUT"), reuse_port=shared or processes > 1,
+                 ready=lambda addr: out.print(f"listening for HL7 v2 (MLLP) on {addr[0]}:{addr[1]}"
+                                              + (f" ({processes} processes)" if processes > 1 else ""),
+                                              highlight=False))
     except KeyboardInterrupt:
         pass
     finally:
+        for proc in others:
+            proc.terminate()
+        for proc in others:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         _finish(gate)
 
 

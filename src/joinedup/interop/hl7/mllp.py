@@ -44,9 +44,10 @@ class MllpServer:
 
     def __init__(self, service: Hl7Service, *, host: str = "127.0.0.1", port: int = 2575,
                  max_bytes: int = 1_048_576, frame_timeout: float = 30.0, workers: int = 4,
-                 on_outcome: Callable[[Outcome, float], None] | None = None) -> None:
+                 on_outcome: Callable[[Outcome, float], None] | None = None, reuse_port: bool = False) -> None:
         self.service = service
         self.host, self.port = host, port
+        self.reuse_port = reuse_port  # SO_REUSEPORT: listener processes share the port (`hl7 listen --processes`)
         self.max_bytes = max_bytes
         self.frame_timeout = frame_timeout
         self.on_outcome = on_outcome
@@ -59,7 +60,8 @@ class MllpServer:
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 16)
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 16,
+                                                  reuse_port=self.reuse_port or None)
         sock = self._server.sockets[0].getsockname()
         self.bound = (sock[0], sock[1])
 
@@ -223,11 +225,13 @@ class MllpServer:
 
 
 def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_timeout: float,
-        ready: Callable[[tuple[str, int]], None] | None = None) -> None:
-    """Serve until interrupted (the `joinedup hl7 listen` command)."""
+        ready: Callable[[tuple[str, int]], None] | None = None, reuse_port: bool = False) -> None:
+    """Serve until interrupted (the `joinedup hl7 listen` command). `reuse_port`: bind with SO_REUSEPORT, so that
+    several listener processes share the port and the kernel hands each new connection to one of them."""
 
     async def main() -> None:
-        server = MllpServer(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout)
+        server = MllpServer(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout,
+                            reuse_port=reuse_port)
         await server.start()
         if ready and server.bound:
             ready(server.bound)

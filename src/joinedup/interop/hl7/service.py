@@ -194,14 +194,19 @@ class Hl7Service:
         org_id, org_name = self._organisation(ods)
         who = feed_principal(org_id, ods, org_name)
         plan = Plan(self, msg, who, ods, org_id)
-        try:
-            plan.build()
-        except Fault:
-            # applied before? (a message sent again is planned against what it changed and may not plan at all)
-            seen = self.gate.message_receipt(who, ods, h.control_id)
-            if seen is not None:
-                return self._duplicate(h, seen)
-            raise
+        # the message's lookups (PID-3, PV1-19, the spell, wards) are audited as one event per person read, naming
+        # every query and record (Gate.reads_as_one), rather than one event per lookup
+        with self.gate.reads_as_one(who, entity=f"hl7:{ods}|{h.control_id}",
+                                    purpose=f"ADT^{h.trigger} {h.control_id} from {ods} planned") as reads:
+            try:
+                plan.build()
+                reads.about = plan.patient_id  # a new record: the reads that found nothing were about it
+            except Fault:
+                # applied before? (a message sent again is planned against what it changed and may not plan at all)
+                seen = self.gate.message_receipt(who, ods, h.control_id)
+                if seen is not None:
+                    return self._duplicate(h, seen)
+                raise
         # a message applied before is found by its receipt's key when it is applied (Gate.apply_messages): its
         # savepoint is rolled back and the receipt read then (_applied), one query less for every other message
         receipt = {"facility": ods, "control_id": h.control_id, "trigger": h.trigger, "received": _now(),

@@ -1,0 +1,144 @@
+"""`joinedup hl7 listen --processes 2`: two listener processes share the port (SO_REUSEPORT); a message sent at once on
+many connections - so to both processes - is applied once, every copy is acknowledged, and stopping the listener
+stops every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from joinedup.governance.identity import SYSTEM
+from joinedup.interop.hl7 import mllp
+from tests.interop.hl7.conftest import Ack, read_frame
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT (Linux)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def listener(db_url):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", "127.0.0.1", "--port",
+                             str(port), "--processes", "2"], env={**os.environ, "JOINEDUP_DATABASE_URL": db_url},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _children(proc.pid) or not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the listener did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    time.sleep(2)  # the second process binds once it has started
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _send_at_once(port: int, messages: list[str]) -> list[Ack]:
+    """Each message on its own connection, all sent together (connections opened first)."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in messages]
+    acks: list[Ack | None] = [None] * len(messages)
+    go = threading.Barrier(len(messages))
+
+    def one(i: int) -> None:
+        go.wait()
+        socks[i].sendall(mllp.frame(messages[i]))
+        acks[i] = Ack(read_frame(socks[i]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(messages))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in socks:
+        s.close()
+    return [a for a in acks if a is not None]
+
+
+def test_a_message_sent_to_both_processes_at_once_is_applied_once(feed, listener):
+    proc, port = listener
+    visit = f"VP-{feed.uid}"
+    pv1 = {2: "I", 3: "WARD 1", 19: visit, 44: "20261204100000"}
+    msg = feed.msg("A01", f"DUP-{feed.uid}", pv1=pv1)
+    acks = _send_at_once(port, [msg] * 12)
+    assert len(acks) == 12 and all(a.code == "AA" for a in acks), [a.text for a in acks]
+    assert all(a.control_id == f"DUP-{feed.uid}" for a in acks)
+    assert sum("duplicate" in a.seg("MSA")[3] for a in acks) == 11  # applied by exactly one of them
+    enc = feed.search("Encounter", [("identifier", visit)])
+    assert len(enc) == 1 and enc[0].content["meta"]["versionId"] == "1"
+    feed.gate.flush_audit()
+    pid = enc[0].content["subject"]["reference"].split("/")[1]
+    applied = feed.gate.search(SYSTEM, "AuditEvent", [("patient", pid), ("subtype", "hl7-a01")]).matches
+    assert len(applied) == 1
+
+
+def test_both_processes_apply_different_people_and_stop_together(feed, listener):
+    proc, port = listener
+    messages = [feed.msg("A01", f"P{n}-{feed.uid}", pid=feed.pid(mrn=f"P{n}{feed.uid}", nhs=None),
+                         pv1={2: "I", 3: "WARD 2", 19: f"VP{n}-{feed.uid}", 44: "20261204100000"})
+                for n in range(10)]
+    acks = _send_at_once(port, messages)
+    assert [a.code for a in acks] == ["AA"] * 10, [a.text for a in acks]
+    for n in range(10):
+        enc = feed.search("Encounter", [("identifier", f"VP{n}-{feed.uid}")])
+        assert len(enc) == 1 and enc[0].content["status"] == "in-progress"
+    # then a discharge for each, on connections of their own: applied after the admissions, in order
+    acks = _send_at_once(port, [feed.msg("A03", f"Q{n}-{feed.uid}", pid=feed.pid(mrn=f"P{n}{feed.uid}", nhs=None),
+                                         pv1={2: "I", 3: "WARD 2", 19: f"VP{n}-{feed.uid}", 44: "20261204100000",
+                                              45: "20261205100000"}) for n in range(10)])
+    assert [a.code for a in acks] == ["AA"] * 10
+    assert all(feed.search("Encounter", [("identifier", f"VP{n}-{feed.uid}")])[0].content["status"] == "finished"
+               for n in range(10))
+    others = _children(proc.pid)
+    assert len(others) == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in others) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in others)
+    assert not _listening(port)
+
+
+def test_processes_need_a_fixed_port_and_a_count_of_at_least_one(db_url):
+    env = {**os.environ, "JOINEDUP_DATABASE_URL": db_url}
+    for args, says in ((["--port", "0", "--processes", "2"], "fixed --port"), (["--processes", "0"], "at least 1")):
+        done = subprocess.run([sys.executable, "-m", "joinedup.cli", "hl7", "listen", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and says in done.stderr + done.stdout, done.stderr
