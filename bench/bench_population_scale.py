@@ -29,6 +29,12 @@ Run: python -m bench.bench_population_scale [--sizes 5000,20000,100000] [--spark
      python -m bench.bench_population_scale --engines-only --sizes 5000,20000,50000,100000
        (the DuckDB-Spark comparison alone, every population segment left empty, Spark warmed up on the smallest
         size first; writes bench/results/population_scale_engines.json)
+     BENCH_SCALE_ICS=DIR python -m bench.bench_population_scale --spark-all --sizes 5000,20000,1000000
+       (every measure (each with every breakdown), every register with its care processes and risk bands, and the
+        cost, on DuckDB and on Spark at each size: wall seconds, this process's CPU and the CPU of Spark's JVM (read
+        from /proc for the java process among this process's children), whether both engines gave the same results,
+        and where straight lines through the two largest sizes cross; Spark warmed up once on the first chunk;
+        writes bench/results/population_scale_spark.json)
 """
 
 from __future__ import annotations
@@ -112,9 +118,9 @@ def registers_sql(folder: Path, work: Path, today: date, out: dict[str, Any]) ->
     with population.Population(folder, today, timings=parts) as pop:
         with Timed(parts_t, "tallies"):
             counted = pop.tallies()
-        sizes = {rid: n for rid, n in pop.con.sql(
+        sizes = {rid: n for rid, n in pop.db.fetch(
             "SELECT register, count(*) FROM member m JOIN person p ON p.id = m.person "
-            "WHERE p.practice IS NOT NULL AND NOT p.deceased GROUP BY 1 ORDER BY 1").fetchall()}
+            "WHERE p.practice IS NOT NULL AND NOT p.deceased GROUP BY 1 ORDER BY 1")}
     out["registers"] = {"seconds": round(time.perf_counter() - t0, 2),
                         "cpu_seconds": round(time.process_time() - c0, 2), "load_1min": round(os.getloadavg()[0], 1),
                         "engine": "DuckDB (registers.population)",
@@ -370,6 +376,186 @@ def derive(figures: dict[str, Any]) -> None:
     figures["spark_comparison"] = "bench/results/population_scale_engines.json (--engines-only)"
 
 
+def _descendants_named(name: str) -> list[int]:
+    """Processes among this process's descendants whose command is `name` (Spark's JVM: java)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
+        children.setdefault(int(rest[1]), []).append((int(d.name), comm))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid, comm in children.get(todo.pop(), []):
+            todo.append(pid)
+            if comm == name:
+                found.append(pid)
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of processes (utime and stime of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(rest[11]) + int(rest[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class EngineTimed(Timed):
+    """Wall seconds, this process's CPU and the CPU of Spark's JVM (when it runs) of a block."""
+
+    def __enter__(self) -> EngineTimed:
+        self.jvm = _descendants_named("java")
+        self.j = _cpu_seconds(self.jvm)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        jvm = _descendants_named("java")
+        if jvm:
+            got = self.into[self.name]
+            got["jvm_cpu_seconds"] = round(_cpu_seconds(jvm) - (self.j if jvm == self.jvm else 0.0), 2)
+            got["cpu_seconds_all"] = round(got["cpu_seconds"] + got["jvm_cpu_seconds"], 2)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal figures; floats to 1e-9 relative (a sum of doubles may be added up in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-3)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _every_measure(folder: Path, today: date, engine: str, into: dict[str, Any]) -> dict[Any, Any]:
+    """Every measure with every breakdown on one engine, timed (flattening, then each measure)."""
+    from joinedup.population.measures import definitions as mdefs
+    from joinedup.population.measures import engine as mengine
+
+    out: dict[Any, Any] = {}
+    parts: dict[str, Any] = {}
+    with EngineTimed(parts, "flatten_views"):
+        flat = mengine.Flattened(folder, engine)
+    try:
+        for d in mdefs.measures().values():
+            with EngineTimed(parts, d["id"]):
+                for by in [None, *d["breakdowns"]]:
+                    out[(d["id"], by)] = flat.figures(d, today=today, by=by)
+    finally:
+        flat.close()
+    into["measures_parts"] = parts
+    return out
+
+
+def _every_register(folder: Path, today: date, engine: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    from joinedup.population.registers import population
+
+    with population.Population(folder, today, engine=engine) as pop:
+        people, tallies = pop.people(), pop.tallies()
+    tallies["segments"] = sorted(tallies["segments"])
+    return people, tallies
+
+
+def spark_all(args: argparse.Namespace) -> None:
+    """Every measure, register and the cost on DuckDB and on Spark at each size (issue 18 part 7), with the results
+    of the two compared."""
+    from joinedup.population.cost import engine as cost_engine
+    from joinedup.population.views import spark as sparkviews
+
+    ics = Path(os.environ["BENCH_SCALE_ICS"])
+    manifest = json.loads((ics / "manifest.json").read_text())
+    today, per_chunk = date.fromisoformat(manifest["today"]), manifest["chunk_size"]
+    chunks = _chunks(ics)
+    sizes = sorted(int(s) for s in args.sizes.split(",") if s)
+    figures: dict[str, Any] = {
+        "note": "every measure (with every breakdown), every register with its care processes and risk bands, and "
+                "the cost, on DuckDB (in this process) and on Spark (local[*], its JVM a child process) on this "
+                "2-core machine shared with other agents; cpu_seconds: this process, jvm_cpu_seconds: Spark's JVM "
+                "(/proc), cpu_seconds_all: both; "
+                + ("Spark warmed up once on the first chunk (not counted)" if args.spark_warm_up else
+                   "Spark not warmed up: the first size includes the JVM's warm-up"),
+        "ics": {"chunks_available": len(chunks), "people_per_chunk": per_chunk, "today": today.isoformat()},
+        "runs": []}
+    t = time.perf_counter()
+    sparkviews.session()
+    figures["spark_session_start_seconds"] = round(time.perf_counter() - t, 1)
+    with tempfile.TemporaryDirectory(prefix="joinedup-spark-all-") as tmp:
+        if args.spark_warm_up:
+            warm = _subset(ics, chunks[:1], Path(tmp) / "warm")
+            _every_register(warm, today, "spark")
+            _every_measure(warm, today, "spark", {})
+        for size in sizes:
+            k = max(1, size // per_chunk)
+            if k > len(chunks):
+                print(f"--- {size} people: only {len(chunks) * per_chunk} generated, skipped", flush=True)
+                continue
+            folder = _subset(ics, chunks[:k], Path(tmp) / f"n{size}")
+            run: dict[str, Any] = {"size": size, "registered_people": _people(folder)}
+            print(f"--- {size} people", flush=True)
+            got: dict[str, Any] = {}
+            for engine in ("duckdb", "spark"):
+                e: dict[str, Any] = {}
+                with EngineTimed(e, "every_register"):
+                    people, tallies = _every_register(folder, today, engine)
+                with EngineTimed(e, "every_measure"):
+                    measures = _every_measure(folder, today, engine, e)
+                seg = Path(tmp) / f"segments-{size}-{engine}.csv"
+                cost_engine.write_segments(seg, tallies["segments"])
+                if engine == "duckdb":
+                    with EngineTimed(e, "cost"):
+                        raw = cost_engine.compute(folder, seg, first=_cost_period(today)[0],
+                                                  last=_cost_period(today)[1])
+                    cost = {"people": float(raw["total"]["all"]["people"]), "cost": raw["total"]["all"]["cost"],
+                            "contacts": float(sum(v["contacts"] for k2, v in raw["total"].items() if k2 != "all"))}
+                else:
+                    with EngineTimed(e, "cost"):
+                        cost = cost_spark(folder, seg, today, {})
+                e["every_measure_and_register_seconds"] = round(e["every_register"]["seconds"]
+                                                                + e["every_measure"]["seconds"], 2)
+                e["all_seconds"] = round(e["every_measure_and_register_seconds"] + e["cost"]["seconds"], 2)
+                run[engine] = e
+                got[engine] = (people, tallies, measures, cost)
+                print(engine, json.dumps({k2: v for k2, v in e.items() if k2 != "measures_parts"}), flush=True)
+            d, s = got["duckdb"], got["spark"]
+            run["same_results"] = {"registers": d[0] == s[0] and d[1] == s[1], "measures": _same(d[2], s[2]),
+                                   "cost": d[3]["people"] == s[3]["people"] and d[3]["contacts"] == s[3]["contacts"]
+                                   and abs(d[3]["cost"] - s[3]["cost"]) < 0.01}
+            figures["runs"].append(run)
+            print(json.dumps(run["same_results"]), flush=True)
+            write_result("population_scale_spark", figures)  # each size kept as soon as measured
+    runs = figures["runs"]
+    if len(runs) >= 2:
+        (n1, d1, s1), (n2, d2, s2) = [(r["size"], r["duckdb"]["all_seconds"], r["spark"]["all_seconds"])
+                                      for r in runs[-2:]]
+        dd, ds = (d2 - d1) / (n2 - n1), (s2 - s1) / (n2 - n1)
+        if dd <= 0 or ds <= 0:  # time fell with size: warm-up or the machine's load, not the engines' growth
+            figures["spark_cut_over"] = {"people": None, "why": "a time fell from the smaller size to the larger "
+                                         "(warm-up or load): no growth to project; measure larger sizes"}
+            write_result("population_scale_spark", figures)
+            return
+        figures["spark_cut_over"] = {
+            "people": None if ds >= dd else round(n2 + (s2 - d2) / (dd - ds)), "projected": True,
+            "duckdb_seconds_per_100k_people": round(dd * 100_000, 1),
+            "spark_seconds_per_100k_people": round(ds * 100_000, 1),
+            "how": "where straight lines through the two largest sizes (every measure, register and the cost, wall "
+                   "seconds) cross; None: Spark's time grows as fast or faster here, so it never catches up"}
+    write_result("population_scale_spark", figures)
+
+
+def _cost_period(today: date) -> tuple[date, date]:
+    from joinedup.population.cost import service as cost
+
+    return cost.period(today)
+
+
 def engines_only(args: argparse.Namespace) -> None:
     """The cost computation on DuckDB and on Spark at each size, after one warm-up run of Spark."""
     from joinedup.population.cost import engine as cost_engine
@@ -424,6 +610,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dashboard-size", type=int, default=int(os.environ.get("BENCH_SCALE_DASHBOARD", "0")),
                     help="people for the dashboard's document (default: the largest size)")
     ap.add_argument("--engines-only", action="store_true")
+    ap.add_argument("--spark-all", action="store_true",
+                    help="every measure, register and the cost on DuckDB and Spark at --sizes (BENCH_SCALE_ICS)")
+    ap.add_argument("--no-spark-warm-up", dest="spark_warm_up", action="store_false",
+                    help="--spark-all: no warm-up run of Spark before the first size")
     ap.add_argument("--person-path", action="store_true", default=os.environ.get("BENCH_SCALE_PERSON_PATH") == "1",
                     help="also time the registers person by person (the person view's path, as before the SQL pass)")
     ap.add_argument("--derive-only", action="store_true", help="recompute the derived figures of the last results")
@@ -437,6 +627,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.engines_only:
         engines_only(args)
+        return
+    if args.spark_all:
+        spark_all(args)
         return
     from joinedup.synth import service as synth
 

@@ -137,7 +137,8 @@ class Server:
 # The files that take longest start first, so that under pytest-xdist (`--dist loadfile`, one file per worker at a
 # time) no worker is left running a long file after the others have finished. Only the order of files changes: the
 # tests inside each file, and every other file, keep pytest's order (tests never depend on the order of files).
-LONGEST_FIRST = ("governance/test_authorization_matrix.py", "security/test_fuzz.py", "browser/test_roles_crawl.py",
+LONGEST_FIRST = ("governance/test_authorization_matrix.py", "security/test_fuzz.py", "population/test_population_spark.py",
+                 "browser/test_roles_crawl.py",
                  "browser/test_accessibility.py", "population/test_dashboard.py", "browser/test_workforce.py",
                  "population/test_measures.py", "browser/test_population_dashboard.py",
                  "interop/test_import_deferred_indexes.py", "interop/linkage/test_nicknames.py",

@@ -134,6 +134,96 @@ class Dialect(ABC):
     def instr(self, s: str, sub: str) -> str:
         return f"strpos({s}, {sub})"
 
+    # -- the population engines' SQL (measures, registers) over the flattened views: what DuckDB and Spark spell
+    # differently; each DuckDB spelling is the one the engines used before they ran on Spark too
+    def ident(self, name: str) -> str:
+        """A column name that is also a keyword (`end`)."""
+        return '"' + name + '"'
+
+    def try_date(self, text: str) -> str:
+        """A date from `YYYY-MM-DD` (a time after it ignored), else NULL."""
+        return f"TRY_CAST({text} AS DATE)"
+
+    def day_of(self, text: str) -> str:
+        """facts.day_of: YYYY -> 1 January, YYYY-MM -> the 1st, else the first 10 characters as a date (the
+        `day_of` macro the DuckDB engines create, see `macros`)."""
+        return f"day_of({text})"
+
+    def period_day(self, period_json: str) -> str:
+        """A Period (its JSON) gives its start, else its end (facts._period_start; the `period_day` macro)."""
+        return f"period_day({period_json})"
+
+    def macros(self) -> list[str]:
+        """Statements that define the functions above where the engine has SQL macros (DuckDB)."""
+        return ["""CREATE OR REPLACE MACRO day_of(v) AS CASE WHEN v IS NULL OR length(v) < 4 THEN NULL
+    WHEN length(v) = 4 THEN TRY_CAST(v || '-01-01' AS DATE) WHEN length(v) = 7 THEN TRY_CAST(v || '-01' AS DATE)
+    ELSE TRY_CAST(substr(v, 1, 10) AS DATE) END""",
+                """CREATE OR REPLACE MACRO period_day(p) AS
+    day_of(coalesce(nullif(json_extract_string(p, '$.start'), ''), nullif(json_extract_string(p, '$.end'), '')))"""]
+
+    def days_between(self, a: str, b: str) -> str:
+        """Days from date a to date b."""
+        return f"date_diff('day', {a}, {b})"
+
+    def add_months(self, day: str, months: str) -> str:
+        """The date `months` calendar months after `day` (the month's last day when it has no such day)."""
+        return f"CAST({day} + to_months({months}) AS DATE)"
+
+    def full_years(self, a: str, b: str) -> str:
+        """Complete years from date a to date b."""
+        return f"date_sub('year', {a}, {b})"
+
+    def timestamp(self, text: str) -> str:
+        return f"CAST({text} AS TIMESTAMPTZ)"
+
+    def epoch(self, text: str) -> str:
+        """Seconds since 1970 of an ISO 8601 dateTime (its offset applied)."""
+        return f"epoch(CAST({text} AS TIMESTAMPTZ))"
+
+    def year_month(self, day: str) -> str:
+        """'YYYY-MM' of a date."""
+        return f"strftime({day}, '%Y-%m')"
+
+    def months(self, first: str, last: str, alias: str, column: str) -> str:
+        """A relation `alias(column)` of the first day of each month from the month of `first` (a first of the month)
+        to the month of `last`."""
+        return f"range({first}, {last} + INTERVAL 1 DAY, INTERVAL 1 MONTH) {alias}({column})"
+
+    def quantile(self, value: str, q: float) -> str:
+        """The q-quantile, interpolated between the two nearest values (quantile_cont)."""
+        return f"quantile_cont({value}, {q})"
+
+    def sorted_join(self, text: str, sep: str) -> str:
+        """The group's values sorted and joined by `sep` (an aggregate)."""
+        return f"string_agg({text}, {self.q(sep)} ORDER BY {text})"
+
+    def first_with_prefix(self, lst: str, prefix: str) -> str:
+        """The first item of a list of texts that starts with `prefix`, else NULL."""
+        return f"list_filter({lst}, lambda _x: starts_with(_x, {self.q(prefix)}))[1]"
+
+    def json_field_text(self, json_value: str, key: str) -> str:
+        return f"json_extract_string({json_value}, {self.q('$' + _key(key))})"
+
+    def json_of_text(self, text: str) -> str:
+        """A text as JSON text (a JSON string, or NULL)."""
+        return f"CAST(to_json({text}) AS VARCHAR)"
+
+    def json_of_list(self, lst: str) -> str:
+        """A list as JSON text (an array of its items)."""
+        return f"CAST(to_json({lst}) AS VARCHAR)"
+
+    def json_array(self, *items: str) -> str:
+        """JSON text of an array of the items (each a JSON value, or a text column)."""
+        return f"to_json([{', '.join(items)}])"
+
+    def line_number(self, table: str) -> str:
+        """The row's position in a table made from a file (its order in the file)."""
+        return f"{table}.rowid"
+
+    def values(self, items: list[str], column: str) -> str:
+        """A relation of one column holding the quoted texts."""
+        return f"(SELECT unnest([{', '.join(self.q(i) for i in items)}]) AS {column})"
+
 
 class DuckDB(Dialect):
     """DuckDB's JSON functions parse their JSON text on every call. Paths from the resource itself are therefore
@@ -345,6 +435,77 @@ class Spark(Dialect):
 
     def instr(self, s: str, sub: str) -> str:
         return f"instr({s}, {sub})"
+
+    # -- the population engines' SQL (see Dialect) ---------------------------------------------------------------
+    def ident(self, name: str) -> str:
+        return f"`{name}`"
+
+    def try_date(self, text: str) -> str:
+        # Spark's cast also reads 'YYYY' and 'YYYY-MM' (DuckDB's gives NULL): only a full date casts
+        return (f"(CASE WHEN {text} RLIKE '^[0-9]{{4}}-[0-9]{{1,2}}-[0-9]{{1,2}}([ T].*)?$' "
+                f"THEN CAST({text} AS DATE) END)")
+
+    def day_of(self, text: str) -> str:
+        year, month = self.try_date(f"({text} || '-01-01')"), self.try_date(f"({text} || '-01')")
+        return (f"(CASE WHEN {text} IS NULL OR length({text}) < 4 THEN NULL WHEN length({text}) = 4 THEN {year} "
+                f"WHEN length({text}) = 7 THEN {month} ELSE {self.try_date(f'substr({text}, 1, 10)')} END)")
+
+    def period_day(self, period_json: str) -> str:
+        start, end = self.json_field_text(period_json, "start"), self.json_field_text(period_json, "end")
+        return self.day_of(f"coalesce(nullif({start}, ''), nullif({end}, ''))")
+
+    def macros(self) -> list[str]:
+        return []
+
+    def days_between(self, a: str, b: str) -> str:
+        return f"datediff({b}, {a})"
+
+    def add_months(self, day: str, months: str) -> str:
+        return f"add_months({day}, {months})"
+
+    def full_years(self, a: str, b: str) -> str:
+        # both the last day of their month count as a whole month, as DuckDB's date_sub
+        return f"CAST(floor(months_between({b}, {a}) / 12) AS INT)"
+
+    def timestamp(self, text: str) -> str:
+        return f"CAST({text} AS TIMESTAMP)"
+
+    def epoch(self, text: str) -> str:
+        return f"(unix_micros(CAST({text} AS TIMESTAMP)) / 1e6)"  # 1e6: a double (1000000.0 is a decimal)
+
+    def year_month(self, day: str) -> str:
+        return f"date_format({day}, 'yyyy-MM')"
+
+    def months(self, first: str, last: str, alias: str, column: str) -> str:
+        return f"(SELECT explode(sequence({first}, {last}, INTERVAL 1 MONTH)) AS {column}) {alias}"
+
+    def quantile(self, value: str, q: float) -> str:
+        return f"percentile({value}, {q})"
+
+    def sorted_join(self, text: str, sep: str) -> str:
+        return f"array_join(array_sort(collect_list({text})), {self.q(sep)})"
+
+    def first_with_prefix(self, lst: str, prefix: str) -> str:
+        return f"try_element_at(filter({lst}, _x -> startswith(_x, {self.q(prefix)})), 1)"
+
+    def json_field_text(self, json_value: str, key: str) -> str:
+        return f"get_json_object({json_value}, {self.q('$' + _key(key))})"
+
+    def json_of_text(self, text: str) -> str:
+        return f"(CASE WHEN {text} IS NOT NULL THEN regexp_extract(to_json(array({text})), '^\\\\[(.*)\\\\]$', 1) END)"
+
+    def json_of_list(self, lst: str) -> str:
+        return f"to_json({lst})"
+
+    def json_array(self, *items: str) -> str:
+        # Spark holds a complex value as its JSON text: an array of texts, each parsed again by the reader
+        return f"to_json(array({', '.join(items)}))"
+
+    def line_number(self, table: str) -> str:
+        return f"{table}._line"
+
+    def values(self, items: list[str], column: str) -> str:
+        return f"(SELECT explode(array({', '.join(self.q(i) for i in items)})) AS {column})"
 
 
 def get(name: str) -> Dialect:

@@ -224,3 +224,111 @@ def _write_rows(compiled: CompiledView, rows: list[tuple], out: Path, fmt: str) 
         os.replace(tmp, out)
     finally:
         con.close()
+
+
+_SPARK_TYPES = {"VARCHAR": "string", "INTEGER": "int", "DOUBLE": "double", "DATE": "date"}
+
+
+class SparkTables:
+    """The population engines' tables on Spark (`tables.Tables`): temporary views of a session of their own (so two
+    computations never see each other's tables; the Spark context and its JVM are shared), each checkpointed as it
+    is made (`localCheckpoint`: computed once and kept by the executors, however often it is read, and its plan cut
+    to the stored rows, so that later queries neither re-plan nor print the whole lineage of the tables before it);
+    `close` drops them."""
+
+    engine = "spark"
+
+    def __init__(self) -> None:
+        from .dialect import Spark
+
+        self.dialect = Spark()
+        self.spark = session().newSession()
+        for key, value in (("spark.sql.session.timeZone", "UTC"), ("spark.sql.ansi.enabled", "false"),
+                           ("spark.sql.maxPlanStringLength", "65536")):
+            self.spark.conf.set(key, value)
+        self._cached: list[str] = []
+        self._frames: list[Any] = []
+        self._parts: dict[str, list[str]] = {}
+        self._n = 0
+
+    def __enter__(self) -> SparkTables:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def declare(self, statement: str) -> None:
+        self._sql(statement)
+
+    def _sql(self, statement: str):
+        try:
+            return self.spark.sql(statement)
+        except Exception as exc:  # AnalysisException, a raise_error() of a view's runtime check, Py4J errors
+            raise _run_error(exc) from None
+
+    def _cache(self, name: str, frame) -> None:
+        try:
+            frame = frame.localCheckpoint(eager=True)  # made now: each table's time is its own
+        except Exception as exc:
+            raise _run_error(exc) from None
+        frame.createOrReplaceTempView(name)
+        self._frames.append(frame)
+        if name not in self._cached:
+            self._cached.append(name)
+
+    def create(self, name: str, select: str, *, replace: bool = False) -> None:
+        self._cache(name, self._sql(select))
+
+    def load(self, name: str, columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+        schema = ", ".join(f"{c} {_SPARK_TYPES[t]}" for c, t in columns)
+        self._cache(name, self.spark.createDataFrame(list(rows), schema))
+
+    def load_csv(self, name: str, path: Path, columns: list[str], *, header: bool) -> None:
+        schema = ", ".join(f"{c} string" for c in columns)
+        self._cache(name, self.spark.read.csv(str(path), header=header, schema=schema))
+
+    def append(self, name: str, select: str) -> None:
+        """The rows of `select` added to `name`: a part made on its own, `name` the union of its parts."""
+        parts = self._parts.setdefault(name, [f"{name}__0"])
+        if len(parts) == 1:  # the table as first made is its first part
+            self.spark.table(name).createOrReplaceTempView(parts[0])
+            self._cached.append(parts[0])
+        part = f"{name}__{len(parts)}"
+        self._cache(part, self._sql(select))
+        parts.append(part)
+        self.spark.sql(" UNION ALL ".join(f"SELECT * FROM {p}" for p in parts)).createOrReplaceTempView(name)
+
+    def fetch(self, select: str) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self._sql(select).collect()]
+        except ViewError:
+            raise
+        except Exception as exc:
+            raise _run_error(exc) from None
+
+    def relation(self, files: list[Path]) -> str:
+        self._n += 1
+        name = f"_resources_{self._n}"
+        if files:
+            frame = self.spark.read.text([str(p) for p in files]).withColumnRenamed("value", "resource")
+            frame = frame.where("trim(resource) <> ''")
+        else:
+            frame = self.spark.createDataFrame([], "resource string")
+        frame.createOrReplaceTempView(name)
+        return name
+
+    def flatten(self, name: str, compiled: CompiledView, files: list[Path], *, numbered: bool = False) -> None:
+        query = compiled.query(self.relation(files))
+        if numbered:  # the order Spark read the lines in (files in the order it split them)
+            query = f"SELECT _v.*, monotonically_increasing_id() AS _line FROM ({query}) AS _v"
+        self._cache(name, self._sql(query))
+
+    def close(self) -> None:
+        for name in self._cached:
+            self.spark.catalog.dropTempView(name)
+        for frame in self._frames:  # the checkpointed rows, freed now rather than when the JVM collects them
+            try:
+                frame.unpersist()
+            except Exception:  # noqa: BLE001 - the session is going away; nothing else to free
+                pass
+        self._cached, self._frames = [], []
