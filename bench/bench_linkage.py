@@ -208,6 +208,7 @@ def _ics_scale(ics: Path, people: int, work: Path) -> dict:
             "precision": round(precision, 4), "recall": round(recall, 4),
             "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
             "review_queue": len(queued), "review_queue_per_10000_people": round(len(queued) * 10_000 / held, 1),
+            "true_pairs_in_review_queue": len({(p["unlinked"], p["reference"]) for p in queued} & truth),
             "pairs_scored": run["pairs_scored"], "labelled_pairs": trained["labelled_pairs"],
             "seconds": {"import_patients": round(import_s, 1), "train": round(train_s, 1),
                         "run": round(run_s, 1), "scoring_in_run": run["seconds_scoring"],

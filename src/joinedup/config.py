@@ -98,6 +98,8 @@ REGISTRY: tuple[Setting, ...] = (
     # -- population health -----------------------------------------------------------------------------------
     Setting("SPARK_MASTER", "local[2]",
             "Spark master for `joinedup views ... --engine spark` (local[N] on one machine, or a cluster URL)."),
+    Setting("SPARK_DRIVER_MEMORY", "2g",
+            "Memory of Spark's driver JVM (in local mode it also holds the tables: raise it for large populations)."),
     # -- decision support ------------------------------------------------------------------------------------
     Setting("CONFLICT_ROUTINE_ALERTS", "0",
             "Show low-severity schedule and lifestyle findings on CDS cards and the person page by default "

@@ -57,9 +57,14 @@ def listener(db_url):
         time.sleep(0.2)
     time.sleep(2)  # the second process binds once it has started
     yield proc, port
+    children = _children(proc.pid)
     if proc.poll() is None:
-        proc.kill()
+        proc.kill()  # not even a chance to stop its other processes: they end with it all the same
         proc.wait(30)
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children), "a listener process outlived the listener that started it"
 
 
 def _listening(port: int) -> bool:

@@ -80,6 +80,22 @@ def discover(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _end_with_parent() -> None:
+    """An extra listener process (--shared-port) ends when the listener that started it ends, however that ends
+    (a SIGKILL included): Linux's parent-death signal; where that is unavailable it ends with its parent's SIGTERM."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent was already gone before the signal was asked for
+        raise SystemExit(0)
+
+
 @app.command("listen")
 def listen(host: str = typer.Option(None, help="Interface to listen on (default JOINEDUP_HL7_HOST)."),
            port: int = typer.Option(2575, help="TCP port (2575 is the port registered for HL7 over MLLP)."),
@@ -106,6 +122,8 @@ def listen(host: str = typer.Option(None, help="Interface to listen on (default 
         _fail("--processes needs a fixed --port (the processes share it)")
     if not shared:
         check_port(host, port)
+    else:
+        _end_with_parent()
     gate = _gate()
     service = _service(gate)
 

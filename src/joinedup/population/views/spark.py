@@ -39,7 +39,8 @@ def session(*, small: bool = False):
             master = config.value("SPARK_MASTER")
             builder = (SparkSession.builder.master(master).appName("joinedup-views")
                        .config("spark.ui.enabled", "false").config("spark.sql.ansi.enabled", "false")
-                       .config("spark.sql.shuffle.partitions", "4").config("spark.driver.memory", "2g")
+                       .config("spark.sql.shuffle.partitions", "4")
+                       .config("spark.driver.memory", config.value("SPARK_DRIVER_MEMORY"))
                        .config("spark.sql.session.timeZone", "UTC"))
             if small:  # tests and the conformance suite: tiny data, where planning dominates
                 builder = (builder.config("spark.sql.codegen.wholeStage", "false")
