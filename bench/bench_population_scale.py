@@ -541,13 +541,19 @@ def spark_all(args: argparse.Namespace) -> None:
                                          "(warm-up or load): no growth to project; measure larger sizes"}
             write_result("population_scale_spark", figures)
             return
-        figures["spark_cut_over"] = {
-            "people": None if ds >= dd else round(n2 + (s2 - d2) / (dd - ds)), "projected": True,
+        figures["spark_cut_over"] = _cut_over(n2, d2, s2, dd, ds, "every measure, register and the cost, wall "
+                                                                  "seconds")
+    write_result("population_scale_spark", figures)
+
+
+def _cut_over(n2: int, d2: float, s2: float, dd: float, ds: float, what: str) -> dict[str, Any]:
+    """Where straight lines through the two largest sizes cross (DuckDB at d2 seconds growing dd a person, Spark at
+    s2 growing ds), projected."""
+    return {"people": None if ds >= dd else round(n2 + (s2 - d2) / (dd - ds)), "projected": True,
             "duckdb_seconds_per_100k_people": round(dd * 100_000, 1),
             "spark_seconds_per_100k_people": round(ds * 100_000, 1),
-            "how": "where straight lines through the two largest sizes (every measure, register and the cost, wall "
-                   "seconds) cross; None: Spark's time grows as fast or faster here, so it never catches up"}
-    write_result("population_scale_spark", figures)
+            "how": f"where straight lines through the two largest sizes ({what}) cross; None: Spark's time grows as "
+                   "fast or faster here, so on this machine it never catches up"}
 
 
 def _cost_period(today: date) -> tuple[date, date]:
@@ -591,12 +597,7 @@ def engines_only(args: argparse.Namespace) -> None:
         (n1, d1, s1), (n2, d2, s2) = [(r["size"], r["cost_duckdb"]["seconds"], r["cost_spark"]["seconds"])
                                       for r in runs[-2:]]
         dd, ds = (d2 - d1) / (n2 - n1), (s2 - s1) / (n2 - n1)
-        figures["spark_cut_over"] = {
-            "people": None if ds >= dd else round(n2 + (s2 - d2) / (dd - ds)), "projected": True,
-            "duckdb_seconds_per_100k_people": round(dd * 100_000, 1),
-            "spark_seconds_per_100k_people": round(ds * 100_000, 1),
-            "how": "where straight lines through the two largest sizes cross; None: Spark's time grows as fast or "
-                   "faster here, so on this machine it never catches up"}
+        figures["spark_cut_over"] = _cut_over(n2, d2, s2, dd, ds, "the cost, wall seconds")
         for name, d0, slope in (("duckdb", d2, dd), ("spark", s2, ds)):
             figures[f"{name}_projected_1000000_seconds"] = round(d0 + slope * (1_000_000 - n2), 1)
     write_result("population_scale_engines", figures)

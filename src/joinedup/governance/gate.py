@@ -31,7 +31,7 @@ from joinedup.governance.audit import AuditWriter, search_events
 from joinedup.governance.facts import AccessFacts
 from joinedup.governance.identity import Principal
 from joinedup.store import schema, search
-from joinedup.store.repository import Prepared, Store, Stored, Written, _fetch, new_id, prepare
+from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
 
 DIRECTORY_GROUP = "directory"
 # A partnership board's integration self-assessment round (a QuestionnaireResponse about no person): written only by
@@ -399,15 +399,9 @@ class Gate:
                 sp.type != "reference" or (sp.target and ttype not in sp.target) or len(tid) > 255:
             return self.search(who, rtype, params, query_text=query_text).matches
         decision = self.check(who, "search", rtype, query=query_text)
-        ph = "%s" if self._store.dialect == "postgresql" else "?"
-        sql = (f"SELECT id, version, content, last_updated, source, patient_id FROM resource WHERE res_type = {ph}"
-               f" AND deleted = {ph} AND id IN (SELECT res_id FROM idx_reference WHERE res_type = {ph} AND param ="
-               f" {ph} AND target_type = {ph} AND target_id = {ph}) ORDER BY id LIMIT {ph}")
-        with self._store.reading() as conn:
-            rows = _fetch(conn, sql, (rtype, False, rtype, param, ttype, tid, count + 1))
-        if len(rows) > count:  # more than a page: the search pages them (and counts them)
+        page = self._store.by_reference(rtype, param, ttype, tid, count + 1)
+        if len(page) > count:  # more than a page: the search pages them (and counts them)
             return self.search(who, rtype, params, query_text=query_text).matches
-        page = [Stored(rtype, x[0], x[1], False, Store._load(x[2], x[1], x[3]), x[3], x[4], x[5]) for x in rows]
         self._audit_lookup(who, decision.reason, rtype, page, query_text)
         return page
 
@@ -1119,8 +1113,10 @@ class Gate:
         self.check(who, "import", None, entity=label[:255])
         unlink = [tuple(p) for p in unlink]
 
-        def within(conn) -> bool:
+        def first(conn) -> None:
             conn.execute(schema.hl7_message.insert().values(**receipt))
+
+        def within(conn) -> bool:
             changed = False
             pl = schema.patient_link
             for a, b in unlink:
@@ -1135,7 +1131,7 @@ class Gate:
                                       entity=f"Patient/{other}", patient_id=pid, conn=conn)
             return changed
 
-        return self._transaction(who, bundle, "", within=within)
+        return self._transaction(who, bundle, "", within=within, first=first)
 
     def apply_messages(self, items: list[tuple[Principal, dict, dict]]) -> list[BaseException | None]:
         """Apply several feed messages - (account, transaction Bundle, receipt) each, as `apply_message` - in ONE
@@ -1149,12 +1145,11 @@ class Gate:
         with self._store.writing() as conn:
             batch = _MessageBatch(conn, self._audit)
             for who, bundle, receipt in items:
-                def within(c, receipt=receipt) -> bool:
+                def first(c, receipt=receipt) -> None:
                     c.execute(schema.hl7_message.insert(), receipt)  # one compiled insert for every message
-                    return False
 
                 try:
-                    self._transaction(who, bundle, "", within=within, batch=batch)
+                    self._transaction(who, bundle, "", first=first, batch=batch)
                     results.append(None)
                 except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
                     results.append(exc)
@@ -1473,11 +1468,13 @@ class Gate:
             raise FhirError(412, f"Conditional reference '{ref}' matches {n} {rtype}", code="not-found")
         return None
 
-    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None,
+    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None, first=None,
                      batch: _MessageBatch | None = None) -> dict:
-        """`within(conn)`, when given, runs inside the same database transaction after the writes (e.g. an HL7
-        message's receipt): if it raises, nothing of the transaction is kept. With `batch` (apply_messages) the
-        writes go in a savepoint of the batch's transaction and what follows a commit waits for the batch's."""
+        """`within(conn)`, when given, runs inside the same database transaction after the writes, and `first(conn)`
+        before them (e.g. an HL7 message's receipt, so that two copies of one message applied at once by two
+        processes meet on the receipt's key before either writes anything): if either raises, nothing of the
+        transaction is kept. With `batch` (apply_messages) the writes go in a savepoint of the batch's transaction and
+        what follows a commit waits for the batch's."""
         entries = bundle.get("entry") or []
         order = sorted(range(len(entries)), key=lambda i: METHOD_ORDER[entries[i]["request"]["method"]])
         mapping: dict[str, str] = {}
@@ -1551,6 +1548,8 @@ class Gate:
         committed: list[Written] = []
         requests: list[dict] = []
         with self._store.writing() if batch is None else batch.savepoint() as conn:
+            if first is not None:
+                first(conn)
             for i in order:
                 plan = plans[i]
                 if plan["kind"] == "delete":
