@@ -30,7 +30,7 @@ DOSING_FILE = "dosing.yaml"
 VIGNETTES_FILE = "conflicts/vignettes.yaml"
 SEVERITIES = ("critical", "high", "moderate", "low")
 # selector keys naming classes / ingredients (knowledge.Knowledge.selector)
-_SELECTOR_LISTS = ("drugs", "unless", "indicated", "with_drugs", "exclude_drugs")
+_SELECTOR_LISTS = ("drugs", "unless", "indicated", "with_drugs", "exclude_drugs", "after_stopped")
 
 
 class KnowledgeFileError(ValueError):
@@ -122,6 +122,8 @@ def uses(rule: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[st
     results = []
     if isinstance(rule.get("result"), dict) and rule["result"].get("code"):
         results.append(str(rule["result"]["code"]))
+    if isinstance(rule.get("without_result"), dict) and rule["without_result"].get("code"):
+        results.append(str(rule["without_result"]["code"]))
     for spec in rule.get("result_any") or []:
         if isinstance(spec, dict) and spec.get("code"):
             results.append(str(spec["code"]))
@@ -218,9 +220,16 @@ def render_rule(e: RuleEntry) -> str:
         if items:
             lines.append(f"  {label}: {', '.join(items)}")
     raw = e.raw
-    for key in ("age_min", "age_max", "sex", "childbearing_potential", "min_days", "regular_only", "distinct"):
+    for key in ("age_min", "age_max", "sex", "childbearing_potential", "min_days", "regular_only", "distinct",
+                "routes", "exclude_routes", "stopped_min_days", "acting", "unless_acting"):
         if key in raw:
             lines.append(f"  {key}: {raw[key]}")
+    if isinstance(raw.get("without_result"), dict):
+        w = raw["without_result"]
+        lines.append(f"  without a recent result: {w.get('code')}"
+                     + (f" (within {w['within_days']} days)" if "within_days" in w else " (within its recency window)"))
+    if raw.get("after_stopped"):
+        lines.append("  after stopping: " + ", ".join(str(next(iter(s.values()))) for s in raw["after_stopped"]))
     if "result" in raw:
         r = raw["result"]
         lines.append(f"  result: {r.get('code')} {r.get('op')} {r.get('value')}")

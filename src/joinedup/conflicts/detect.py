@@ -22,7 +22,7 @@ from .knowledge import (
     recognise_medicine_text,
     tokens,
 )
-from .models import SEVERITY_ORDER, AllergyItem, Finding, MedItem, PatientRecord, ResultItem
+from .models import SEVERITY_ORDER, AllergyItem, Finding, MedItem, PatientRecord, ResultItem, StoppedItem
 from .recognition import ckd_from_egfr, condition_keys, med_dose, non_medicinal, result_key, result_value
 
 ACTIVE_MED_STATEMENT = {"active", "intended", "on-hold"}
@@ -157,6 +157,13 @@ def _expired(res: dict[str, Any], today: str) -> bool:
     if res.get("resourceType") == "MedicationStatement":
         end = (res.get("effectivePeriod") or {}).get("end")
     return bool(end) and str(end)[:10] < today
+
+
+def _expiry_date(res: dict[str, Any]) -> str:
+    """When a prescription or course ran out: its effective period end, else its dispense validity end ("" when
+    neither is recorded)."""
+    return str((res.get("effectivePeriod") or {}).get("end")
+               or ((res.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end") or "")
 
 
 def recognise_vaccine(kb: Knowledge, concept: dict[str, Any] | None) -> str | None:
@@ -298,10 +305,21 @@ def build_record(
         rec.facts[ref] = {"what": f"{'draft order' if draft else 'current medicine'}: {text}", "date": started,
                           "source": source}
 
-    def add_stop(res: dict[str, Any]) -> None:
-        ings, _ = recognise_medicine(kb, _medication_concept(res, by_ref))
-        if ings:
+    def add_stop(res: dict[str, Any], expired: bool = False) -> None:
+        """A line no longer taken: kept in the medicine history (`rec.stopped`); a stopped/completed/cancelled one
+        (not merely expired) may also end another organisation's current line (`_stopped_elsewhere`)."""
+        concept = _medication_concept(res, by_ref)
+        ings, _ = recognise_medicine(kb, concept)
+        if not ings:
+            return
+        if not expired:
             stops.append((ings, _stop_date(res), str((res.get("meta") or {}).get("source") or ""), _ref(res)))
+        end = _expiry_date(res) or _stop_date(res)
+        text, started = _concept_text(concept), _med_date(res)
+        rec.stopped.append(StoppedItem(ref=_ref(res), display=text, ingredients=ings, start=started, end=end))
+        rec.facts[_ref(res)] = {"what": f"medicine stopped or ended: {text} (from {started[:10] or 'unknown'} to "
+                                        f"{end[:10] or 'unknown'})", "date": end,
+                                "source": str((res.get("meta") or {}).get("source") or "")}
 
     for res in resources:
         rt = res.get("resourceType")
@@ -322,6 +340,7 @@ def build_record(
             if status in ACTIVE_MED_STATEMENT:
                 if _expired(res, rec.today):
                     rec.not_current[_ref(res)] = "course ended (effectivePeriod.end)"
+                    add_stop(res, expired=True)
                 else:
                     add_med(res, False)
             elif status in STOPPED_MED:
@@ -331,6 +350,7 @@ def build_record(
             if status in ACTIVE_MED_REQUEST and res.get("intent", "order") != "proposal":
                 if _expired(res, rec.today):
                     rec.not_current[_ref(res)] = "prescription expired (dispenseRequest.validityPeriod.end)"
+                    add_stop(res, expired=True)
                 else:
                     add_med(res, False)
             elif status in STOPPED_MED:
@@ -497,7 +517,8 @@ def detect(kb: Knowledge, rec: PatientRecord, *, include_deceased: bool = False)
     held = frozenset().union(*(m.ingredients for m in rec.meds)) if rec.meds else frozenset()
     kinds = kb.kinds
     # only the rules whose trigger (an ingredient or condition they need) the record holds (rules.RuleIndex)
-    positions = kb.index.candidates(held, rec.conditions) if kb.index is not None else range(len(kinds))
+    stopped = frozenset().union(*(s.ingredients for s in rec.stopped)) if rec.stopped else frozenset()
+    positions = kb.index.candidates(held, rec.conditions, stopped) if kb.index is not None else range(len(kinds))
     for pos in positions:
         kind, rule = kinds[pos]
         need = rule.get("_need")

@@ -41,7 +41,7 @@ dose doses inhaler inhalers tablet tablets capsule capsules oral solution suspen
 day days pack system spray modified release extended chewable effervescent gastro resistant dispersible human regular
 microgram micrograms mcg unit units unt actuat actuation mucosal drug implant auto injector intrauterine vaginal
 inhalation hour hours powder liquid sachet sachets drops eye ear nasal patch patches film coated soluble sugar free
-per with plus and ml mg device devices cartridge cartridges cfc spacer
+per with plus and ml mg device devices cartridge cartridges cfc spacer plaster plasters medicated
 """
 FORM_WORDS = frozenset(_FORM_TEXT.split())
 
@@ -355,6 +355,12 @@ def compile_knowledge(
         if "result" in r:
             window = r.get("recency_days", result_windows.get(r["result"]["code"]))
             cr["_window"] = int(window) if window is not None else None
+        if r.get("without_result"):  # the monitoring a criterion asks for is missing (STOPP v3 B13)
+            code = r["without_result"]["code"]
+            window = r["without_result"].get("within_days", result_windows.get(code))
+            cr["_without_window"] = int(window) if window is not None else None
+        if r.get("after_stopped"):  # an omission after a medicine is stopped (START v3 H6, H7)
+            cr["_after_stopped"] = [kb.selector(s) for s in r["after_stopped"]]
         if r.get("result_any"):  # an omission indicated by a result (e.g. START A4 raised blood pressure)
             cr["_result_any"] = [(spec, result_windows.get(spec["code"])) for spec in r["result_any"]]
         if r.get("vaccine") and r["vaccine"] not in (rules.get("vaccines") or {}):

@@ -30,6 +30,18 @@ class MedItem:
 
 
 @dataclass(slots=True)
+class StoppedItem:
+    """A medicine line the record shows as no longer taken (stopped, completed or cancelled; or an ended course or
+    expired prescription), kept as the person's medicine history (e.g. START v3 H6: after denosumab is stopped)."""
+
+    ref: str
+    display: str
+    ingredients: frozenset[str]
+    start: str = ""  # when the line started (ISO text, may be empty)
+    end: str = ""  # when it ended or was recorded as stopped (ISO text, may be empty)
+
+
+@dataclass(slots=True)
 class ResultItem:
     """Latest value of one result type (eGFR, potassium)."""
 
@@ -71,6 +83,8 @@ class PatientRecord:
     today: str = ""  # ISO date the record is judged on (recency windows)
     # medicine lines left out as not current: ref -> why (expired, stopped by a later record elsewhere)
     not_current: dict[str, str] = field(default_factory=dict)
+    # medicines no longer taken (stopped/completed/cancelled lines, ended courses, expired prescriptions)
+    stopped: list[StoppedItem] = field(default_factory=list)
     # what each recognised resource is, for a finding's "why now": ref -> {what, date, source}
     facts: dict[str, dict[str, str]] = field(default_factory=dict)
     # items positively identified as not medicines (food/environmental allergens, devices): kept out of `unrecognised`

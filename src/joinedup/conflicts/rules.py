@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from itertools import combinations, product
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -57,14 +57,15 @@ def make_finding(rule: dict[str, Any], involves: Iterable[str], summary: str | N
 
 # -- who a rule is about: age, sex, childbearing potential, conditions that must be absent --------------------------
 PATIENT_FILTERS = ("age_min", "age_max", "sex", "childbearing_potential", "unless_conditions", "with_drugs",
-                   "with_conditions")
+                   "with_conditions", "without_result")
 
 
 def applies(rule: dict[str, Any], rec: PatientRecord) -> bool:
     """Whether the person is one the rule is about. `age_min`/`age_max` (an unknown age never matches), `sex`,
     `childbearing_potential` (a woman aged 12-55 with no recorded pregnancy-preventing state: menopause,
     sterilisation or hysterectomy condition, or a contraceptive medicine), `unless_conditions` (none of them
-    recorded) and `with_drugs` (a current medicine for each selector)."""
+    recorded), `with_drugs` (a current medicine for each selector) and `without_result` (no result of that code
+    recent enough to rely on: the monitoring the criterion asks for is missing, see `monitored`)."""
     if not rule.get("_filters"):
         return True
     age = rec.age
@@ -88,7 +89,23 @@ def applies(rule: dict[str, Any], rec: PatientRecord) -> bool:
     for sel in rule.get("_with", ()):
         if not any(matches(m, sel.ingredients) for m in rec.meds):
             return False
+    if "without_result" in rule and monitored(rule, rec):
+        return False
     return True
+
+
+def monitored(rule: dict[str, Any], rec: PatientRecord) -> bool:
+    """Whether the record holds the result a `without_result` rule asks for (`code`) dated within its window
+    (`within_days`, else the result's `recency_days`): an older or undated result is not monitoring; without a
+    judging date (a hand-made record) any result counts, since its age cannot be told."""
+    res = rec.results.get(rule["without_result"]["code"])
+    if res is None:
+        return False
+    window = rule.get("_without_window")
+    if window is None or not rec.today:
+        return True
+    age = result_age_days(res, rec)
+    return age is not None and age <= window
 
 
 CANNOT_CONCEIVE = ("menopause", "sterilisation", "hysterectomy", "pregnancy")
@@ -101,6 +118,8 @@ def patient_refs(rule: dict[str, Any], rec: PatientRecord) -> list[str]:
         out.append(rec.patient)
     for sel in rule.get("_with", ()):
         out.extend(m.ref for m in rec.meds if matches(m, sel.ingredients))
+    if "without_result" in rule and (res := rec.results.get(rule["without_result"]["code"])) is not None:
+        out.append(res.ref)  # the out-of-date result, so "why now" shows when it was last measured
     return out
 
 
@@ -160,18 +179,40 @@ taken_for = _taken_for  # public name for the dose checks (dose_rules.py)
 
 
 def excluded_route(rule: dict[str, Any], m: MedItem) -> bool:
-    """Whether the line's route (read from its product name: "pessary", "vaginal tablets" ...) is one the rule leaves
-    out (`exclude_routes`, e.g. vaginal oestrogen for a criterion about systemic oestrogen)."""
-    routes = rule.get("exclude_routes")
-    if not routes:
+    """Whether the line's route (read from its product name: "pessary", "vaginal tablets", "medicated plasters" ...)
+    is one the rule leaves out (`exclude_routes`, e.g. vaginal oestrogen for a criterion about systemic oestrogen) or
+    not one of those it is about (`routes`, e.g. a lidocaine plaster, not a lidocaine injection; a line whose route
+    cannot be read is then left out)."""
+    routes, only = rule.get("exclude_routes"), rule.get("routes")
+    if not routes and not only:
         return False
     route = (m.dose.route if m.dose is not None else None) or parsed_name(m.display).route
-    return route in routes
+    return bool(routes and route in routes) or bool(only and route not in only)
+
+
+def long_acting(m: MedItem) -> bool:
+    """Whether a line is a long-acting form, read from its product name: modified-, prolonged- or extended-release,
+    a release duration ("12 HR ..."), or a transdermal patch. A brand whose name does not say it (MST Continus) reads
+    as not long-acting."""
+    p = parsed_name(m.display)
+    route = (m.dose.route if m.dose is not None else None) or p.route
+    return p.release in ("modified", "extended") or bool(p.duration_hours) or route == "transdermal"
+
+
+def acting(want: str | None, m: MedItem) -> bool:
+    """Whether a line is of the action length a rule asks for (`acting` for its medicine, `unless_acting` for the
+    protective one): "long" (see `long_acting`), "short" (any other line), or None (any line)."""
+    if want is None:
+        return True
+    return long_acting(m) == (want == "long")
 
 
 def suppressed(rule: dict[str, Any], meds: list[MedItem]) -> bool:
-    """Whether a protective medicine the rule names under `unless` is present (the rule then does not fire)."""
-    return bool(rule["_unless"]) and any(matches(m, s.ingredients) for s in rule["_unless"] for m in meds)
+    """Whether a protective medicine the rule names under `unless` is present (the rule then does not fire); with
+    `unless_acting`, only a line of that action length protects (e.g. a short-acting opioid for breakthrough pain)."""
+    want = rule.get("unless_acting")
+    return bool(rule["_unless"]) and any(matches(m, s.ingredients) and acting(want, m)
+                                         for s in rule["_unless"] for m in meds)
 
 
 # -- the interface --------------------------------------------------------------------------------------------------
@@ -401,7 +442,8 @@ class DrugDrug(RuleKind):
 
 class DrugDisease(RuleKind):
     """A medicine matching the rule's first `drugs` selector while the person has one of its `conditions` (regular
-    medicines only if `regular_only`), unless a protective medicine is present."""
+    medicines only if `regular_only`; only lines of the `routes` / `acting` length asked for), unless a protective
+    medicine is present."""
 
     key = "drug-disease"
     reports = "drug-disease"
@@ -422,7 +464,8 @@ class DrugDisease(RuleKind):
                              summary=f"{rule['summary']}: {m.display}" if rule.get("name_medicines") else None)
                 for m in rec.meds
                 if matches(m, drug.ingredients) and (m.regular or not rule.get("regular_only"))
-                and (min_days is None or _taken_for(m, rec) >= min_days) and not excluded_route(rule, m)]
+                and (min_days is None or _taken_for(m, rec) >= min_days) and not excluded_route(rule, m)
+                and acting(rule.get("acting"), m)]
 
     @staticmethod
     def encode(enc: Encoding, rule: dict[str, Any]) -> None:
@@ -436,6 +479,8 @@ class DrugDisease(RuleKind):
         for s_i, s in enumerate(enc.slots):
             if rule.get("regular_only") and not s.regular:
                 continue
+            if s.med is not None and (excluded_route(rule, s.med) or not acting(rule.get("acting"), s.med)):
+                continue  # a route or form the rule is not about (detect leaves the line out too)
             t = enc.terms(s_i, drug.ingredients)
             if t:
                 if prot is None:
@@ -514,8 +559,10 @@ class Omission(RuleKind):
     """START-style omission: the person has one of the rule's `conditions` (or a current medicine matching every
     `with_drugs` selector, e.g. a regular strong opioid) and the person filters hold, but no current medicine
     matches any `indicated` selector; reported with an "add" suggestion (`add`: the ingredient to start). With
-    `result_any`, only when one of those results (recent enough to act on) meets its threshold. The optimiser may
-    add it (the `add` ingredient is a candidate addition)."""
+    `result_any`, only when one of those results (recent enough to act on) meets its threshold; with `after_stopped`,
+    only when the record shows a medicine of those selectors stopped or ended (and none of them current), taken for
+    at least `stopped_min_days` when given (e.g. START v3 H6: an anti-resorptive after denosumab is stopped). The
+    optimiser may add it (the `add` ingredient is a candidate addition)."""
 
     key = "omission"
     reports = "omission"
@@ -533,6 +580,11 @@ class Omission(RuleKind):
             return []
         if rule.get("vaccine"):
             return Omission.missing_vaccine(rule, rec, crefs)
+        if rule.get("_after_stopped"):
+            ended = Omission.stopped_lines(rule, rec)
+            if not ended:
+                return []
+            crefs = [*crefs, *(s.ref for s in ended)]
         if rule.get("_result_any"):
             res = Omission.indicating_result(rule, rec)
             if res is None:
@@ -564,6 +616,29 @@ class Omission(RuleKind):
         inv = [*crefs, *([last[1]] if last is not None else []), *patient_refs(rule, rec)]
         summary = f"{rule['summary']} (last recorded {last[0] or 'undated'})" if last is not None else None
         return [make_finding(rule, inv, summary=summary)]
+
+    @staticmethod
+    def stopped_lines(rule: dict[str, Any], rec: PatientRecord) -> list[Any]:
+        """The record's stopped or ended lines matching an `after_stopped` selector, when no current medicine
+        matches one (re-started: nothing was discontinued); with `stopped_min_days`, only lines whose start and end
+        dates show they ran at least that long (undated lines do not)."""
+        sels = rule["_after_stopped"]
+        if any(matches(m, s.ingredients) for s in sels for m in rec.meds):
+            return []
+        min_days = rule.get("stopped_min_days")
+        out = []
+        for item in rec.stopped:
+            if not any(not item.ingredients.isdisjoint(s.ingredients) for s in sels):
+                continue
+            if min_days is not None:
+                try:
+                    ran = (date.fromisoformat(item.end[:10]) - date.fromisoformat(item.start[:10])).days
+                except ValueError:
+                    continue
+                if ran < int(min_days):
+                    continue
+            out.append(item)
+        return out
 
     @staticmethod
     def indicating_result(rule: dict[str, Any], rec: PatientRecord) -> Any:
@@ -709,15 +784,24 @@ class RuleIndex:
     """Which rules could fire for a record, found without looking at every rule: a rule is listed under the
     ingredients of which the record must hold one (its smallest `_need` set; a timing clash's first medicine; a dose
     rule's ingredients), else under the conditions of which the record must hold one (`_conditions`, a lifestyle
-    clash's conditions), else it is always a candidate. Positions are into `Knowledge.kinds`."""
+    clash's conditions), else it is always a candidate; a rule about a stopped medicine (`after_stopped`) is listed
+    under the ingredients of which the record's medicine history must hold one. Positions are into
+    `Knowledge.kinds`."""
 
     by_ingredient: dict[str, tuple[int, ...]]
     by_condition: dict[str, tuple[int, ...]]
     always: tuple[int, ...]
+    by_stopped: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-    def candidates(self, held: frozenset[str], conditions: Iterable[str]) -> list[int]:
-        """Positions of the rules that could fire, in the engine's order."""
+    def candidates(self, held: frozenset[str], conditions: Iterable[str],
+                   stopped: frozenset[str] = frozenset()) -> list[int]:
+        """Positions of the rules that could fire, in the engine's order (`stopped`: the ingredients of the
+        medicines the record shows as stopped or ended)."""
         found = set(self.always)
+        for ing in stopped:
+            hit = self.by_stopped.get(ing)
+            if hit:
+                found.update(hit)
         by_ing, by_cond = self.by_ingredient, self.by_condition
         for ing in held:
             hit = by_ing.get(ing)
@@ -731,6 +815,8 @@ class RuleIndex:
 
 
 def _trigger(kind: type[RuleKind], rule: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
+    if rule.get("_after_stopped"):
+        return "stopped", frozenset().union(*(s.ingredients for s in rule["_after_stopped"]))
     need = rule.get("_need")
     if need:
         return "ingredient", min(need, key=len)
@@ -749,15 +835,17 @@ def rule_index(kinds: list[tuple[type[RuleKind], dict[str, Any]]]) -> RuleIndex:
     """Index every rule by what a record must hold for it to fire (compiled once into `Knowledge.index`)."""
     by_ing: dict[str, list[int]] = {}
     by_cond: dict[str, list[int]] = {}
+    by_stop: dict[str, list[int]] = {}
     always: list[int] = []
     for pos, (kind, rule) in enumerate(kinds):
         trig = _trigger(kind, rule)
         if trig is None:
             always.append(pos)
             continue
-        table = by_ing if trig[0] == "ingredient" else by_cond
+        table = {"ingredient": by_ing, "condition": by_cond, "stopped": by_stop}[trig[0]]
         for key in trig[1]:
             table.setdefault(key, []).append(pos)
     return RuleIndex(by_ingredient={k: tuple(v) for k, v in by_ing.items()},
-                     by_condition={k: tuple(v) for k, v in by_cond.items()}, always=tuple(always))
+                     by_condition={k: tuple(v) for k, v in by_cond.items()}, always=tuple(always),
+                     by_stopped={k: tuple(v) for k, v in by_stop.items()})
 

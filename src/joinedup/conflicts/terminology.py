@@ -100,6 +100,8 @@ _FORMS: list[tuple[str, str, str]] = [
     ("pressurised inhalation", "inhaler", "inhalation"), ("inhaler", "inhaler", "inhalation"),
     ("transdermal system", "patch", "transdermal"), ("transdermal patch", "patch", "transdermal"),
     ("patches", "patch", "transdermal"), ("patch", "patch", "transdermal"),
+    ("medicated plasters", "plaster", "cutaneous"), ("medicated plaster", "plaster", "cutaneous"),
+    ("plasters", "plaster", "cutaneous"), ("plaster", "plaster", "cutaneous"),
     ("drug implant", "implant", "subdermal"), ("implant", "implant", "subdermal"),
     ("intrauterine system", "intrauterine system", "intrauterine"), ("vaginal ring", "vaginal ring", "vaginal"),
     ("vaginal system", "vaginal ring", "vaginal"), ("pessaries", "pessary", "vaginal"), ("pessary", "pessary", "vaginal"),

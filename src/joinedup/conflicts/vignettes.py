@@ -4,7 +4,8 @@ into FHIR resources and run through detection.
 A vignette is a person (`person: {age, sex}`), medicines (`meds`: text as prescribed, or `{text, days, prn, dose,
 source}` - `days` taken so far, `prn` as needed, `dose` the directions as written, `source` the recording
 organisation), conditions (`conditions`: text as coded, or `{text, status}`), allergies (`allergies`: text),
-results (`results: {test: [value, days ago]}`), immunisations (`immunizations`: `{text, days, status, cvx}`), the rule it must raise (`expect`), the words the finding must mention
+results (`results: {test: [value, days ago]}`), medicines no longer taken (`stopped`: `{text, started, ended}`,
+days ago: a MedicationStatement with status stopped), immunisations (`immunizations`: `{text, days, status, cvx}`), the rule it must raise (`expect`), the words the finding must mention
 (`hazard`), the least severity acceptable (`min_severity`, optionally `max_severity`, `expect_kind`) and a close
 case that must not raise the rule (`close`: the fields that change). `quiet` vignettes are people on appropriate
 treatment: nothing above `max_severity` may fire.
@@ -64,6 +65,10 @@ def build(v: dict[str, Any], today: date | None = None) -> list[dict[str, Any]]:
         if spec.get("source"):
             res["meta"] = {"source": str(spec["source"])}
         out.append(res)
+    for m in v.get("stopped") or []:
+        out.append({"resourceType": "MedicationStatement", "id": f"m{next(ids)}", "status": "stopped",
+                    "subject": subj, "medicationCodeableConcept": {"text": str(m["text"])},
+                    "effectivePeriod": {"start": _ago(today, int(m["started"])), "end": _ago(today, int(m["ended"]))}})
     for c in v.get("conditions") or []:
         spec = c if isinstance(c, dict) else {"text": c}
         out.append({"resourceType": "Condition", "id": f"c{next(ids)}", "subject": subj, "code": {"text": spec["text"]},
