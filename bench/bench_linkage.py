@@ -72,13 +72,14 @@ def _accuracy(people: int, work: Path) -> dict:
     run = service.run(gate, SYSTEM, path=work / "model.json", report=work / "pairs.ndjson")
     run_s = time.perf_counter() - t0
     pairs = run.pop("pairs")
-    confirmed = {(p["unlinked"], p["reference"]) for p in pairs if p["outcome"] == "confirmed"}
+    truth = {frozenset(t) for t in truth}
+    confirmed = {frozenset((p["unlinked"], p["reference"])) for p in pairs if p["outcome"] == "confirmed"}
     queued = [p for p in pairs if p["outcome"] == "queued"]
     tp = len(confirmed & truth)
     precision = tp / len(confirmed) if confirmed else 0.0
     recall = tp / len(truth) if truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    in_queue = len({(p["unlinked"], p["reference"]) for p in queued} & truth)
+    in_queue = len({frozenset((p["unlinked"], p["reference"])) for p in queued} & truth)
     return {
         "people": people, "patient_records": records, "records_without_nhs_number": run["records_without_nhs_number"],
         "true_pairs": len(truth), "confirmed_links": len(confirmed), "true_positives": tp,
@@ -149,7 +150,9 @@ def _chunks_for(ics: Path, people: int) -> tuple[list[Path], int]:
     return files, held
 
 
-def _truth(ics: Path, ids: set[str]) -> set[tuple[str, str]]:
+def _truth(ics: Path, ids: set[str]) -> set[frozenset[str]]:
+    """Pairs (unordered: two records without an NHS number are linked either way round) of one person where the
+    council's record carries no NHS number, both records among `ids`."""
     truth = set()
     with (ics / "ground-truth.ndjson").open("rb") as fh:
         for line in fh:
@@ -159,7 +162,7 @@ def _truth(ics: Path, ids: set[str]) -> set[tuple[str, str]]:
             if t["kind"] == "same_person" and "no_nhs_number" in t["variations"]:
                 pair = (t["record"].split("/")[1], t["patient"].split("/")[1])
                 if pair[0] in ids and pair[1] in ids:
-                    truth.add(pair)
+                    truth.add(frozenset(pair))
     return truth
 
 
@@ -174,17 +177,22 @@ def _ics_scale(ics: Path, people: int, work: Path) -> dict:
     from joinedup.governance.gate import get_gate
     from joinedup.governance.identity import SYSTEM
     from joinedup.interop.bulk_import import import_paths
-    from joinedup.interop.linkage import service
+    from joinedup.interop.linkage import model, service
 
     files, held = _chunks_for(ics, people)
+    load_start = os.getloadavg()[0]
     load = work / f"load-{people}"
     load.mkdir()
     ids: set[str] = set()
+    without: set[str] = set()  # records with no NHS number
     for f in files:
         (load / f.name).symlink_to(f)
         with f.open("rb") as fh:
             for line in fh:
-                ids.add(orjson.loads(line)["id"])
+                doc = orjson.loads(line)
+                ids.add(doc["id"])
+                if not model.has_nhs_number(doc):
+                    without.add(doc["id"])
     gate = get_gate(f"sqlite:///{work / f'store-{people}.db'}")
     t0, c0 = time.perf_counter(), time.process_time()
     imported = import_paths(gate, SYSTEM, [load], workers=2)
@@ -198,24 +206,29 @@ def _ics_scale(ics: Path, people: int, work: Path) -> dict:
     run_s, run_cpu = time.perf_counter() - t0, time.process_time() - c0
     pairs = run.pop("pairs")
     truth = _truth(ics, ids)
-    confirmed = {(p["unlinked"], p["reference"]) for p in pairs if p["outcome"] == "confirmed"}
+    confirmed = {frozenset((p["unlinked"], p["reference"])) for p in pairs if p["outcome"] == "confirmed"}
     queued = [p for p in pairs if p["outcome"] == "queued"]
     tp = len(confirmed & truth)
     precision = tp / len(confirmed) if confirmed else 0.0
     recall = tp / len(truth) if truth else 0.0
-    return {"people": held, "patient_records": len(ids), "records_without_nhs_number": run["records_without_nhs_number"],
-            "true_pairs": len(truth), "confirmed_links": len(confirmed), "true_positives": tp,
+    manifest = ics / "manifest.json"
+    return {"population": {"dir": ics.name, **({k: v for k, v in orjson.loads(manifest.read_bytes()).items()
+                                                 if k in ("patients", "seed", "today")} if manifest.exists() else {})},
+            "people": held, "patient_records": len(ids), "records_without_nhs_number": run["records_without_nhs_number"],
+            "true_pairs": len(truth), "true_pairs_both_without_nhs_number": sum(1 for t in truth if t <= without),
+            "confirmed_links": len(confirmed), "true_positives": tp,
             "precision": round(precision, 4), "recall": round(recall, 4),
             "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
             "review_queue": len(queued), "review_queue_per_10000_people": round(len(queued) * 10_000 / held, 1),
-            "true_pairs_in_review_queue": len({(p["unlinked"], p["reference"]) for p in queued} & truth),
+            "true_pairs_in_review_queue": len({frozenset((p["unlinked"], p["reference"])) for p in queued} & truth),
             "pairs_scored": run["pairs_scored"], "labelled_pairs": trained["labelled_pairs"],
             "seconds": {"import_patients": round(import_s, 1), "train": round(train_s, 1),
                         "run": round(run_s, 1), "scoring_in_run": run["seconds_scoring"],
                         "train_and_run": round(train_s + run_s, 1)},
             "cpu_seconds_this_process": {"train": round(train_cpu, 1), "run": round(run_cpu, 1)},
             "imported": imported.created, "peak_rss_mb": _peak_mb(),
-            "load_1min": {"train": round(load_train, 1), "run": round(os.getloadavg()[0], 1)}}
+            "load_1min": {"start": round(load_start, 1), "train": round(load_train, 1),
+                          "run": round(os.getloadavg()[0], 1)}}
 
 
 def main() -> None:
@@ -228,10 +241,13 @@ def main() -> None:
         previous = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "{}"
         kept = orjson.loads(previous)
         real: list[dict] = []
+        # rows of sizes not measured this time are kept (each names its population and model format)
+        earlier = [r for r in kept.get("scale_generated_population", []) if r.get("people") not in sizes]
         with tempfile.TemporaryDirectory(prefix="bench-linkage-ics-") as tmp:
             for n in sizes:
-                real.append(_ics_scale(Path(ics_dir), n, Path(tmp)))
-                _write(kept.get("accuracy", {}), kept.get("scale", []), real)
+                real.append({**_ics_scale(Path(ics_dir), n, Path(tmp)), "model_format": model.MODEL_FORMAT})
+                _write(kept.get("accuracy", {}), kept.get("scale", []),
+                       sorted([*earlier, *real], key=lambda r: r["people"]))
         return
 
     people = int(os.environ.get("JOINEDUP_BENCH_LINKAGE_PEOPLE", "10000"))
@@ -243,7 +259,7 @@ def main() -> None:
         pats = [orjson.loads(x) for f in sorted(glob.glob(str(work / "ics" / "Patient.*.ndjson")))
                 for x in Path(f).read_bytes().splitlines()]
         base = model.training_sets(pats)
-        at_scale: list[dict] = []
+        at_scale: list[dict] = [] if scales else kept.get("scale", [])  # no scales asked: the earlier rows stay
         _write(accuracy, at_scale, kept.get("scale_generated_population", []))  # written after each step, so a long scale run never loses the earlier figures
         for n in scales:
             at_scale.append(_scale(n, base, accuracy["gate_read_records_per_second"]))

@@ -28,7 +28,7 @@ def test_comparison_row_reads_the_patient_resource():
                                {"use": "home", "line": ["12 Mill Lane"], "postalCode": "ls6 2ab"}]})
     assert r == {"unique_id": "x", "organisation": "o1", "first_name": "ROISIN", "surname": "O BRIEN",
                  "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB", "address": "12 MILL LANE",
-                 "first_name_groups": ["ROISIN"]}
+                 "first_name_groups": ["ROISIN"], "nhs_number": None}
     assert model.agreement(r, {**r, "dob": "1941-07-03", "postcode": None})["dob"] == "differs"
     assert model.agreement(r, {**r, "postcode": None})["postcode"] == "missing"
     assert model.differences(r, {**r, "dob": "1941-07-03", "postcode": "LS6 9ZZ"}) == {
@@ -79,3 +79,48 @@ def test_model_file_errors_are_clear(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(model.ModelError, match="cannot read"):
         model.Trained.load(tmp_path / "broken.json")
+
+
+def _pair(a: str, b: str, weight: float) -> dict:
+    return {"unlinked": a, "reference": b, "match_weight": weight, "match_probability": 2 ** weight / (1 + 2 ** weight)}
+
+
+def test_a_record_is_one_person_so_near_equal_candidates_go_to_review():
+    # Bayes' rule when at most one candidate is the match: P(i) = o_i / (1 + sum of the candidates' odds o_j)
+    lone, = service.decide([_pair("u1", "r1", 10)], 0.95, 0.2)
+    assert lone["decision"] == "confirm" and lone["exclusive_probability"] == pytest.approx(1024 / 1025)
+    # two candidates at odds 2**10 each: each 1024 / 2049, just under a half
+    twins = service.decide([_pair("u1", "r1", 10), _pair("u1", "r2", 10)], 0.95, 0.2)
+    assert [p["decision"] for p in twins] == ["review", "review"]
+    assert twins[0]["exclusive_probability"] == pytest.approx(1024 / 2049)
+    # a far weaker rival (odds 1) leaves a strong pair confirmed: 2**20 / (1 + 2**20 + 1)
+    strong = service.decide([_pair("u1", "r1", 20), _pair("u1", "r2", 0)], 0.95, 0.2)
+    assert [p["decision"] for p in strong] == ["confirm", "review"]
+    # the reference record's side counts too: two records to link both near-certain for one reference record
+    both = service.decide([_pair("u1", "r1", 12), _pair("u2", "r1", 12)], 0.95, 0.2)
+    assert [p["decision"] for p in both] == ["review", "review"]
+    # one person's GP and hospital records (one vouched NHS number) are one candidate, not rivals
+    one_person = service.decide([_pair("u1", "gp", 12), _pair("u1", "hosp", 10)], 0.95, 0.2,
+                                {"gp": "9990000018", "hosp": "9990000018"})
+    assert [p["decision"] for p in one_person] == ["confirm", "confirm"]
+
+
+def test_two_records_without_an_nhs_number_are_linked_to_each_other(population, model_file):
+    # a person whose GP record lacks the NHS number too (in a population larger than the 999 test range, people
+    # past its capacity carry none): their council record can only be linked to that GP record
+    council_id, gp_id = next((c, g) for c, g in sorted(population.truth) if all(
+        model.row(population.patients[c])[f] == model.row(population.patients[g])[f] for f in model.FIELDS))
+    people = [dict(p) for p in population.patients.values()]
+    for p in people:
+        if p["id"] == gp_id:
+            p["identifier"] = [i for i in p.get("identifier") or () if i.get("system") != model.NHS_NUMBER_SYSTEM]
+    without, reference = model.split(people)
+    assert gp_id in {u["unique_id"] for u in without}
+    pairs = model.score(model.Trained.load(model_file), [u for u in without if u["organisation"] == COUNCIL],
+                        [*reference, *without])
+    service.decide(pairs, *service.thresholds())
+    found = {(p["unlinked"], p["reference"]) for p in pairs if p["decision"] == "confirm"}
+    assert (council_id, gp_id) in found or (gp_id, council_id) in found
+    # each pair once, never a record with itself
+    assert len({frozenset((p["unlinked"], p["reference"])) for p in pairs}) == len(pairs)
+    assert all(p["unlinked"] != p["reference"] for p in pairs)

@@ -29,7 +29,6 @@ _REASON = re.compile(r"^Record linkage \(Splink\): match probability (?P<p>[0-9.
                      r" \| (?P<doc>\{.*\})$", re.S)
 DECISIONS = ("confirm", "review", "below-threshold")
 ACTION = "link-review"  # the clerical review queue: privacy officer or records manager (review-record-linkage)
-RIVAL = 0.5  # another candidate at least this likely makes a confident pair ambiguous: it goes to review
 
 
 def thresholds(confirm: float | None = None, review: float | None = None) -> tuple[float, float]:
@@ -68,24 +67,40 @@ def train(gate: Gate, who: Principal, *, path: Path | None = None, backend: str 
     return {"model": str(target), **trained.trained_on, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def decide(pairs: list[dict[str, Any]], confirm: float, review: float) -> list[dict[str, Any]]:
-    """Give each scored pair a decision. A pair is confirmed only when it is at or above `confirm` AND it is the
-    only likely candidate (probability >= RIVAL, or >= `review` when that is higher) for its unlinked record and for
-    its reference record (else it goes to review); pairs at or above `review` go to review; the rest are below
-    threshold."""
-    rival = max(review, RIVAL)
-    high_u: dict[str, int] = {}
-    high_r: dict[str, int] = {}
+def decide(pairs: list[dict[str, Any]], confirm: float, review: float,
+           person: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Give each scored pair a decision. A record stands for one person, so at most one person among its candidates
+    can be its match: each pair's *exclusive* probability is its odds o over 1 + o + the odds of every other
+    candidate person of the record (Bayes' rule under that constraint: a lone candidate keeps its probability, two
+    near-equal ones each fall below a half). Records that share a vouched NHS number (`person`: record id -> NHS
+    number) are one candidate person, at the odds of its likeliest record, so one person's GP and hospital records
+    do not compete. Taken on both sides (the record to link's candidates and the other record's), the smaller
+    counts. A pair is confirmed when its exclusive probability is at or above `confirm`; a pair at or above
+    `review` (by its own probability) goes to review, so does a confident pair whose exclusive probability falls
+    short; the rest are below threshold."""
+    person = person or {}
+    best: dict[tuple[str, str], float] = {}  # (record, candidate person) -> odds of the likeliest of its records
     for p in pairs:
-        if p["match_probability"] >= rival:
-            high_u[p["unlinked"]] = high_u.get(p["unlinked"], 0) + 1
-            high_r[p["reference"]] = high_r.get(p["reference"], 0) + 1
+        o = _odds(p)
+        for rec, other in ((p["unlinked"], p["reference"]), (p["reference"], p["unlinked"])):
+            k = (rec, person.get(other, other))
+            best[k] = max(best.get(k, 0.0), o)
+    total: dict[str, float] = {}
+    for (rec, _), o in best.items():
+        total[rec] = total.get(rec, 0.0) + o
     for p in pairs:
-        prob = p["match_probability"]
-        unique = high_u.get(p["unlinked"], 0) == 1 and high_r.get(p["reference"], 0) == 1
-        p["decision"] = ("confirm" if prob >= confirm and unique else "review" if prob >= review
+        o = _odds(p)
+        exclusive = min(o / (1 + o + total[rec] - best[(rec, person.get(other, other))])
+                        for rec, other in ((p["unlinked"], p["reference"]), (p["reference"], p["unlinked"])))
+        p["exclusive_probability"] = exclusive
+        p["decision"] = ("confirm" if exclusive >= confirm else "review" if p["match_probability"] >= review
                          else "below-threshold")
     return pairs
+
+
+def _odds(pair: dict[str, Any]) -> float:
+    """A pair's match odds (2 ** match weight, which Splink keeps where the probability rounds to 1)."""
+    return 2.0 ** min(float(pair["match_weight"]), 200.0)
 
 
 def reason_for(pair: dict[str, Any]) -> str:
@@ -123,18 +138,20 @@ def run(gate: Gate, who: Principal, *, path: Path | None = None, confirm: float 
     except model.ModelError as exc:
         raise FhirError(422, str(exc), code="processing") from None
     t0 = time.perf_counter()
-    unlinked, reference = model.split(people(gate, who))
-    if organisation is not None:
-        unlinked = [u for u in unlinked if u["organisation"] == organisation]
+    without, reference = model.split(people(gate, who))
+    unlinked = [u for u in without if u["organisation"] == organisation] if organisation is not None else without
     if not unlinked:
         pairs: list[dict] = []
     else:
         try:
-            pairs = model.score(trained, unlinked, reference, threshold=min(r, 0.001), backend=backend)
+            # candidates: the records with an NHS number, and the other records without one (another
+            # organisation's record of the same person may lack it too)
+            pairs = model.score(trained, unlinked, [*reference, *without], threshold=min(r, 0.001),
+                                backend=backend)
         except model.ModelError as exc:
             raise FhirError(422, str(exc), code="processing") from None
     scored = time.perf_counter() - t0
-    decide(pairs, c, r)
+    decide(pairs, c, r, {x["unique_id"]: x["nhs_number"] for x in reference if x.get("nhs_number")})
     counts = {"confirmed": 0, "queued": 0, "linked": 0, "pending": 0, "rejected": 0}
     for p in pairs:
         if p["decision"] == "below-threshold" or dry_run:
@@ -165,8 +182,8 @@ def write_report(path: Path, pairs: list[dict[str, Any]]) -> None:
         for p in pairs:
             fh.write(json.dumps({"unlinked": f"Patient/{p['unlinked']}", "reference": f"Patient/{p['reference']}",
                                  "match_weight": p["match_weight"], "match_probability": p["match_probability"],
-                                 "decision": p["decision"], "outcome": p.get("outcome"),
-                                 "fields": p["fields"]}) + "\n")
+                                 "exclusive_probability": p.get("exclusive_probability"), "decision": p["decision"],
+                                 "outcome": p.get("outcome"), "fields": p["fields"]}) + "\n")
 
 
 def write_links(gate: Gate, a: str, b: str) -> None:
