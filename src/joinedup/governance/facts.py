@@ -1,9 +1,11 @@
 """Access facts: who has a legitimate relationship with whom, what each person chose, which entries are sealed.
 
 The facts are derived from FHIR resources as they are written (in the same database transaction) into small
-tables, and cached per process so that a policy check is a dict lookup. The cache is dropped at once in the
-writing process and, in other processes, within `JOINEDUP_POLICY_REFRESH_MS` (default 200 ms), when they see
-the epoch token change.
+tables, and cached per process so that a policy check is a dict lookup. Every change sets a new epoch token;
+other processes see it change within `JOINEDUP_POLICY_REFRESH_MS` (default 200 ms) and reload. The writing
+process updates its cache at once and, when the change only added or removed care relationships (a feed's
+admissions and episodes), in place: it drops only the cached reach of the practitioners and organisations those
+relationships name (see `AccessFacts._bump`).
 
 How the facts are read from FHIR (see docs/governance.md):
 
@@ -289,16 +291,46 @@ class _Snapshot:
     links: dict[str, frozenset] = field(default_factory=dict)
     generation: int = 0
     proxies: dict[str, list[ProxyGrant]] = field(default_factory=dict)
+    missed: set = field(default_factory=set)  # principals `related` answered without their reach cached
 
 
+@dataclass
+class _Delta:
+    """What one epoch bump changed, for the writing process's own cache: care relationships naming these
+    practitioners, organisations (and, `roles`, practitioner roles) added or removed; `full` anything else."""
+
+    practitioners: set = field(default_factory=set)
+    organizations: set = field(default_factory=set)
+    roles: bool = False
+    full: bool = False
+
+    def add(self, practitioner: str | None, organization: str | None, role: str | None) -> None:
+        if practitioner:
+            self.practitioners.add(practitioner)
+        if organization:
+            self.organizations.add(organization)
+        if role:
+            self.roles = True
+
+    def touches(self, key: tuple[str | None, str | None]) -> bool:
+        """Whether the reach of the principal (practitioner, organisation) may have changed."""
+        return key[0] in self.practitioners or key[1] in self.organizations or (self.roles and key[0] is not None)
+
+
+# the care relationships forgotten come back (RETURNING: whose reach they were part of, see _Delta)
+_CR = schema.care_relationship
 _FORGET = [t.delete().where(t.c.basis.in_(sa.bindparam("bases", expanding=True)))
            for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+_FORGET[0] = _FORGET[0].returning(_CR.c.practitioner_id, _CR.c.organization_id, _CR.c.practitioner_role_id)
 _FORGET_ONE = [t.delete().where(t.c.basis == sa.bindparam("basis"))
                for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+_FORGET_ONE[0] = _FORGET_ONE[0].returning(_CR.c.practitioner_id, _CR.c.organization_id, _CR.c.practitioner_role_id)
 
 
 _BUMP = sa.text(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, :token)"
                 " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
+# the next token when the current one is the one this process last set (see AccessFacts._bump)
+_BUMP_FROM = sa.text(f"UPDATE {schema.governance_epoch.name} SET token = :token WHERE id = 1 AND token = :expected")
 
 
 class AccessFacts:
@@ -312,6 +344,9 @@ class AccessFacts:
         self._lock = threading.Lock()
         self._generation = 0  # bumped by invalidate(): a load that started before it is not kept
         self._related_sql: dict[tuple, tuple] = {}  # related(): its statements per principal
+        # this process's own bumps: new token -> (the token it replaced, what changed); and the last token it set
+        self._steps: dict[str, tuple[str, _Delta]] = {}
+        self._head: str | None = None
 
     # -- maintenance on writes (inside the writer's transaction) -------------------------------------
     def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None, *,
@@ -358,30 +393,36 @@ class AccessFacts:
                                    for k, o in choices)
                 restricted_rows.extend({"res_type": t, "res_id": i, "patient_id": p.patient_id,
                                         "reason": "private", "basis": basis} for t, i in private)
-        changed = bool(rel_rows or choice_rows or restricted_rows or roles_changed)
+        changed = bool(choice_rows or restricted_rows or roles_changed)
         if patients:
             live = [p for n, p in patients if statuses is None or statuses[n] != "unchanged"]
             if live:
                 changed = self._identities(conn, live, who, link_requests) or changed
+        # anything but care relationships (choices, sealed entries, roles, numbers, links): the whole cache
+        delta = _Delta(full=changed)
+        changed = changed or bool(rel_rows)
         if stale:
-            changed = self._forget(conn, stale) or changed
+            changed = self._forget(conn, stale, delta) or changed
         if rel_rows:
             conn.execute(schema.care_relationship.insert(), rel_rows)
+            for row in rel_rows:
+                delta.add(row["practitioner_id"], row["organization_id"], row["practitioner_role_id"])
         if choice_rows:
             conn.execute(schema.patient_choice.insert(), choice_rows)
         if restricted_rows:
             conn.execute(schema.restricted_item.insert(), restricted_rows)
         if changed:
-            self._bump(conn)
+            self._bump(conn, delta)
         return changed
 
     def on_delete(self, conn, rtype: str, rid: str) -> bool:
         """Forget facts derived from a deleted resource."""
-        changed = self._forget(conn, [f"{rtype}/{rid}"]) or rtype in ("PractitionerRole", "Consent")
+        delta = _Delta(full=rtype in ("PractitionerRole", "Consent"))
+        changed = self._forget(conn, [f"{rtype}/{rid}"], delta) or delta.full
         # a deleted Patient keeps its vouched numbers and links: deleting one record never unlinks the person's
         # others (their choices recorded on it keep covering them), and its id is never registered again
         if changed:
-            self._bump(conn)
+            self._bump(conn, delta)
         return changed
 
     def _identities(self, conn, patients: list[Prepared], who: Principal | None,
@@ -440,22 +481,47 @@ class AccessFacts:
                     link_requests.append(req)
         return changed
 
-    def _forget(self, conn, bases: list[str]) -> bool:
+    def _forget(self, conn, bases: list[str], delta: _Delta | None = None) -> bool:
+        """Delete the facts derived from these resources ("Type/id"); `delta` learns whose care relationships went
+        (a choice or a sealed entry forgotten: everything). Care relationships come only from FACT_TYPES and choices
+        only from Consents, so only those are looked for there; any entry may have been sealed."""
+        delta = delta if delta is not None else _Delta()
+        kinds = (([b for b in bases if b.split("/", 1)[0] in FACT_TYPES]),
+                 ([b for b in bases if b.startswith("Consent/")]), bases)
         n = 0
-        if len(bases) == 1:  # the usual case (one resource updated): statements built and compiled once
-            for stmt in _FORGET_ONE:
-                n += conn.execute(stmt, {"basis": bases[0]}).rowcount or 0
-            return n > 0
-        for i in range(0, len(bases), 500):
-            chunk = bases[i:i + 500]
-            for stmt in _FORGET:
-                n += conn.execute(stmt, {"bases": chunk}).rowcount or 0
+        for k, some in enumerate(kinds):
+            # one resource (the usual case): statements built and compiled once
+            chunks = [(_FORGET_ONE[k], {"basis": some[0]})] if len(some) == 1 else \
+                [(_FORGET[k], {"bases": some[i:i + 500]}) for i in range(0, len(some), 500)]
+            for stmt, params in chunks:
+                if k == 0:
+                    for row in conn.execute(stmt, params):
+                        delta.add(*row)
+                        n += 1
+                    continue
+                gone = conn.execute(stmt, params).rowcount or 0
+                delta.full = delta.full or gone > 0
+                n += gone
         return n > 0
 
-    def _bump(self, conn) -> None:
-        # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
-        # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
-        conn.execute(_BUMP, {"token": uuid.uuid4().hex})
+    def _bump(self, conn, delta: _Delta | None = None) -> None:
+        """Set a new epoch token (every process's cache of the facts is stale). When the token is still the one this
+        process set last, the step is remembered with what changed (`delta`; None: anything), so that this process's
+        cache follows it in place (`snapshot`): the conditional update succeeds only then - under the write lock
+        (SQLite) or the row's lock (PostgreSQL re-reads the row it waited for) - so a step is never taken over another
+        process's change."""
+        token = uuid.uuid4().hex
+        expected = self._head
+        if delta is not None and not delta.full and expected is not None and \
+                conn.execute(_BUMP_FROM, {"token": token, "expected": expected}).rowcount == 1:
+            if len(self._steps) > 10_000:
+                self._steps.clear()
+            self._steps[token] = (expected, delta)
+        else:
+            # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
+            # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
+            conn.execute(_BUMP, {"token": token})
+        self._head = token
 
     def bump(self) -> None:
         """Mark the facts changed (after writes to the break-glass table, or a reset)."""
@@ -464,9 +530,9 @@ class AccessFacts:
         self.invalidate()
 
     def invalidate(self) -> None:
-        """Drop this process's cache now."""
+        """The facts changed (committed): the next question reads the epoch token and follows this process's own
+        steps from the cached one in place, or reloads."""
         self._generation += 1
-        self._snap = None
 
     # -- the cache ------------------------------------------------------------------------------------
     def _token(self) -> str | None:
@@ -478,19 +544,42 @@ class AccessFacts:
     def snapshot(self) -> _Snapshot:
         snap = self._snap
         now = time.monotonic()
-        if snap is not None and now - snap.checked < self.refresh:
-            return snap
         generation = self._generation
-        token = self._token()
-        if snap is not None and snap.token == token:
-            snap.checked = now
+        if snap is not None and snap.generation == generation and now - snap.checked < self.refresh:
             return snap
+        token = self._token()
         with self._lock:
+            snap = self._snap
+            if snap is not None and snap.generation <= generation and self._follow(snap, token):
+                snap.checked = now
+                snap.generation = generation
+                return snap
             snap = self._load(token, now)
             snap.generation = generation
             if generation == self._generation:
                 self._snap = snap
+            if self._head is None:
+                self._head = token
         return snap
+
+    def _follow(self, snap: _Snapshot, token: str | None) -> bool:
+        """Bring the cached facts from their token to `token` in place when every step between them was this
+        process's own change of care relationships only: the cached reach of the principals those name is dropped
+        (read again when next asked). False when another change came between (reload)."""
+        if snap.token == token:
+            return True
+        steps = []
+        at = token
+        while at != snap.token:
+            step = self._steps.get(at) if at is not None else None
+            if step is None or len(steps) > 10_000:
+                return False
+            at = step[0]
+            steps.append(step[1])
+        for key in [k for k in list(snap.reach) if any(d.touches(k) for d in steps)]:
+            snap.reach.pop(key, None)
+        snap.token = token
+        return True
 
     def _load(self, token: str | None, now: float) -> _Snapshot:
         c, ri, bg = schema.patient_choice, schema.restricted_item, schema.break_glass
@@ -533,6 +622,7 @@ class AccessFacts:
     def reach(self, who: Principal) -> dict[str, str]:
         """{patient_id: relationship kind} for every person this principal has a relationship with."""
         snap = self.snapshot()
+        generation = snap.generation
         key = (who.practitioner_id, who.organization_id)
         got = snap.reach.get(key)
         if got is not None:
@@ -553,7 +643,7 @@ class AccessFacts:
                         got[other] = f"linked record ({got.get(pid, 'relationship')})"
         if len(snap.reach) > 2000:
             snap.reach.clear()
-        if snap.generation == self._generation:  # not invalidated while we were reading
+        if snap.generation == generation == self._generation:  # nothing changed while we were reading
             snap.reach[key] = got
         return got
 
@@ -574,15 +664,20 @@ class AccessFacts:
         """Which of these people the principal has a relationship with (`relationship` not None), without loading
         their whole reach when it is not cached: two queries for all of them - the people's other records
         (confirmed links, recorded both ways) and the principal's relationships in force with any of those records.
-        For the notification worker: every feed write that adds a care relationship drops the cached reach of all
-        its recipients, and it asks about a batch of people at once."""
+        For the notification worker, which asks about a batch of people at once; asked again while the facts are
+        still cached (a feed's changes are followed in place), the principal's reach is loaded and kept."""
         ids = set(patient_ids)
         key = (who.practitioner_id, who.organization_id)
-        cached = self.snapshot().reach.get(key)
+        snap = self.snapshot()
+        cached = snap.reach.get(key)
         if cached is not None:
             return {p for p in ids if p in cached}
         if key == (None, None) or not ids:
             return set()
+        if key in snap.missed:
+            reach = self.reach(who)
+            return {p for p in ids if p in reach}
+        snap.missed.add(key)
         stmts = self._related_sql.get(key)
         if stmts is None:  # built once per principal (the roles are read when it runs: a change counts at once)
             cr = schema.care_relationship

@@ -110,3 +110,36 @@ def test_admission_and_discharge_reach_the_gp_and_care_team_like_fhir_writes(fee
             break
         time.sleep(0.2)
     assert "discharge" in kinds
+
+
+def test_a_registration_the_feed_adds_or_moves_is_followed_at_once(feed):
+    """PD1-3 (HL7 v2.5.1 chapter 3: the patient's primary facility, XON with the ODS code in XON.10) makes the
+    Patient's generalPractitioner, which is a care relationship for the practice: a GP of the practice whose reach
+    was cached before is related at once after the message (the writing process follows its own change in place,
+    without waiting for the cache to refresh), and no longer once a later message names another practice."""
+    gate, uid = feed.gate, feed.uid.lower()
+    practices = [f"prac-a-{uid}", f"prac-b-{uid}"]
+    for n, practice in enumerate(practices):
+        gate.update(SYSTEM, "Organization", practice, {
+            "resourceType": "Organization", "id": practice, "name": f"Surgery {n}",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": f"P{n}{feed.uid[:5]}"}]})
+    gp_a = add_user(gate, name=f"gp-a-{uid}", role="gp", practitioner=None, organization=practices[0])
+    gp_b = add_user(gate, name=f"gp-b-{uid}", role="gp", practitioner=None, organization=practices[1])
+    pid_id = f"{feed.ods}-m{feed.uid}".lower()
+    assert feed.send_one(feed.msg("A28", f"1-{uid}")).code == "AA"
+    facts = gate.facts_for_tests
+    assert not gate.relationship_of(gp_a, pid_id) and not gate.relationship_of(gp_b, pid_id)
+    assert facts.related(gp_a, [pid_id]) == set() and facts.related(gp_a, [pid_id]) == set()  # reach now cached
+
+    def pd1(n: int) -> str:
+        return f"PD1|||Surgery {n}^^^^^^^^^P{n}{feed.uid[:5]}"
+
+    cached = facts.snapshot()
+    assert feed.send_one(feed.msg("A31", f"2-{uid}", extra=[pd1(0)])).code == "AA"
+    assert feed.read("Patient", pid_id)["generalPractitioner"] == [{"reference": f"Organization/{practices[0]}"}]
+    assert gate.relationship_of(gp_a, pid_id) == "registered" and not gate.relationship_of(gp_b, pid_id)
+    assert facts.snapshot() is cached  # followed in place: only the reach of those the relationships name was dropped
+    assert facts.related(gp_a, [pid_id]) == {pid_id}
+    assert feed.send_one(feed.msg("A31", f"3-{uid}", extra=[pd1(1)])).code == "AA"
+    assert not gate.relationship_of(gp_a, pid_id) and gate.relationship_of(gp_b, pid_id) == "registered"
+    assert facts.related(gp_a, [pid_id]) == set() and facts.related(gp_b, [pid_id]) == {pid_id}

@@ -61,6 +61,7 @@ BULK = 25                         # a write of more resources than this is a loa
 DRAIN = 256                       # queued writes handled together (their reads' audit committed at once)
 GATHER = 0.05                     # seconds the worker waits for more writes once one arrives (a feed's burst is
                                   # handled as one batch: one read of the people and teams, one inbox transaction)
+PLACE_TTL = 300.0                 # seconds a ward's name (directory data, not a person's) is remembered
 
 
 def now_iso() -> str:
@@ -172,6 +173,7 @@ class Notifier:
         self._users: tuple[float, dict[str, list[Principal]]] = (0.0, {})
         self._seen_findings: dict[str, set[str]] = {}
         self._no_user: dict[str, float] = {}
+        self._place_names: dict[str, tuple[str | None, float]] = {}  # Location id -> (name, when read)
         self._thread = threading.Thread(target=self._run, name="joinedup-notifier", daemon=True)
         self._thread.start()
 
@@ -272,15 +274,16 @@ class Notifier:
         return None if found.has_more else {s.id: s.content for s in found.matches}
 
     def _deliver_many(self, events: list[tuple[Event, list[tuple]]]) -> None:
-        # the wards named (directory data) in one search; each person's record and care teams are still read per
-        # event, so that every read of a person's record stays in their own access log
+        # the wards named (directory data) remembered for a few minutes, those not known read in one search; each
+        # person's record and care teams are still read per event, so that every read of a person's record stays in
+        # their own access log
         places = {id(ev): loc for ev, written in events if (loc := self._place_of(ev, written))}
-        names = self._by_id("Location", set(places.values())) if len(places) > 1 else None
+        names = self._names_of(set(places.values()))
         candidates: list[dict[str, Principal]] = []
         for ev, written in events:
             if names is None:
                 self._resolve_place(ev, written)
-            elif (name := (names.get(places[id(ev)]) or {}).get("name") if id(ev) in places else None):
+            elif id(ev) in places and (name := names.get(places[id(ev)])):
                 ev.detail = name if not ev.detail else f"{name} ({ev.detail})"
             candidates.append(self.recipients(ev))
         # who of them still has a legitimate relationship with the person: asked once per recipient for the batch
@@ -300,6 +303,23 @@ class Notifier:
                                        occurred=ev.occurred, since=since, stamp=stamp))
         if deliveries:
             platform.deliver_inbox_batch(self.gate, SYSTEM, deliveries)
+
+    def _names_of(self, ids: set[str]) -> dict[str, str | None] | None:
+        """The names of these Locations: remembered for PLACE_TTL seconds, the others read in one search (None when
+        they do not fit one page)."""
+        now = time.monotonic()
+        out = {i: hit[0] for i in ids if (hit := self._place_names.get(i)) and now - hit[1] < PLACE_TTL}
+        missing = ids - out.keys()
+        if missing:
+            found = self._by_id("Location", missing)
+            if found is None:
+                return None
+            if len(self._place_names) > 10_000:
+                self._place_names.clear()
+            for i in missing:
+                out[i] = (found.get(i) or {}).get("name")
+                self._place_names[i] = (out[i], now)
+        return out
 
     @staticmethod
     def _place_of(ev: Event, written: list[tuple]) -> str | None:

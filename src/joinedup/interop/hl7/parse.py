@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 import hl7
+import hl7.parser
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
 # trigger event -> what it means here (docs/hl7-v2.md)
@@ -179,7 +180,7 @@ def parse(raw: str | bytes) -> Message:
             raise Fault("AE", 100, f"segment {n} ('{seg[:12]}') is not an HL7 segment", seg[:3] or None, seq=n)
     kept = [s for s in segments if s[:3] in MAPPED]
     try:
-        parsed = hl7.parse("\r".join(kept))
+        parsed = _parse_fields("\r".join(kept))
     except (hl7.ParseException, ValueError, TypeError, KeyError, IndexError) as exc:
         raise Fault("AE", 102, f"the message does not parse as HL7 v{version}: {exc}", "MSH") from None
     out: dict[str, list[list[str]]] = {}
@@ -189,6 +190,35 @@ def parse(raw: str | bytes) -> Message:
     msg = Message(text, header, out)
     _check_structure(msg)
     return msg
+
+
+class _FieldsPlan(hl7.parser._ParsePlan):
+    """python-hl7's parse plan, stopping at fields: a field is kept as its text (and each level's plan is made once,
+    not once for every field)."""
+
+    def applies(self, text: str) -> bool:
+        return self.containers[0] is not self.factory.create_field and super().applies(text)
+
+    def container(self, data):
+        return data[0] if self.containers[0] is self.factory.create_field else super().container(data)
+
+    def next(self):
+        child = self.__dict__.get("_next", self)
+        if child is self:
+            child = self._next = super().next()
+        return child
+
+
+def _parse_fields(text: str) -> hl7.Message:
+    """`hl7.parse`, down to fields: python-hl7's own parse plan for the message (its separators from MSH-1/MSH-2,
+    MSH's fields as the library numbers them), each field left whole. The mapping reads repetitions and components
+    itself (`reps`, `comp`), so splitting every field further into repetition, component and sub-component
+    containers only to join them back into text cost most of the parse (python-hl7 0.4, pinned in pyproject:
+    `hl7.parser.create_parse_plan`, its `_ParsePlan` and the splitter `_split` that follows it)."""
+    text = text.strip()  # as hl7.parse does
+    base = hl7.parser.create_parse_plan(text)
+    plan = _FieldsPlan(base.separator, base.separators, base.containers, base.esc, base.factory)
+    return hl7.parser._split(text, plan)
 
 
 def _check_structure(msg: Message) -> None:

@@ -103,12 +103,13 @@ class Hl7Service:
             with self.gate.reads_together():  # the plans' many small lookups on one connection
                 for i in pending:
                     raw, channel, replay_of = items[i]
-                    header = read_header(normalise(raw) if isinstance(raw, (str, bytes)) else "")
+                    msg = None
                     try:
                         msg = parse(raw)
-                        header = msg.header
                         stage = self._stage(msg)
-                    except Fault as fault:
+                    except Fault as fault:  # acknowledged with the header as far as it can be read
+                        header = msg.header if msg is not None else \
+                            read_header(normalise(raw) if isinstance(raw, (str, bytes)) else "")
                         refused.append((i, fault, header))
                         continue
                     except Exception as exc:  # noqa: BLE001 - this message only; the caller reports it
