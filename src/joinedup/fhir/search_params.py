@@ -68,6 +68,25 @@ def _compile_path(path: str) -> Callable[[dict], list[Any]]:
             return v if type(v) is list else [v]
 
         return run_one
+    if len(segs) == 2 and not any(s[1] or s[2] is not None for s in segs):  # "participant.individual"
+        first, second = segs[0][0], segs[1][0]
+
+        def run_two(resource: dict) -> list[Any]:
+            v = resource.get(first)
+            if v is None:
+                return []
+            out: list[Any] = []
+            for node in v if isinstance(v, list) else (v,):
+                if isinstance(node, dict):
+                    w = node.get(second)
+                    if w is not None:
+                        if isinstance(w, list):
+                            out.extend(w)
+                        else:
+                            out.append(w)
+            return out
+
+        return run_two
 
     def run(resource: dict) -> list[Any]:
         nodes: list[Any] = [resource]
@@ -231,7 +250,7 @@ class SearchParameters:
                 continue
             group = groups.setdefault(param.paths, (param.extract, []))
             group[1].append((indexer, param.name, param.target))
-        plan = tuple((extract, tuple(users)) for extract, users in groups.values())
+        plan = tuple((extract, _fused(users)) for extract, users in groups.values())
         if len(self._shapes) >= 50_000:
             self._shapes.clear()
         self._shapes[shape] = plan
@@ -335,6 +354,30 @@ def _reference(rt: str, rid: Any, name: str, target: frozenset, values: list[Any
             out.append((rt, rid, name, None, None, ref[:512]))
         elif not target or t in target:
             out.append((rt, rid, name, t, i, None))
+
+
+def _references(rt: str, rid: Any, _name: None, users: tuple, values: list[Any], rows: dict) -> None:
+    """`_reference` for several parameters of one path ((name, target) each, as Encounter's `patient` and `subject`):
+    each reference split once; the rows are those `_reference` gives for each parameter in turn."""
+    out = rows["reference"]
+    refs = []
+    for v in values:
+        ref = v.get("reference") if isinstance(v, dict) else v if isinstance(v, str) else None
+        if isinstance(ref, str):
+            refs.append((*split_reference(ref), ref))
+    for name, target in users:
+        for t, i, ref in refs:
+            if t is None:
+                out.append((rt, rid, name, None, None, ref[:512]))
+            elif not target or t in target:
+                out.append((rt, rid, name, t, i, None))
+
+
+def _fused(users: list[tuple]) -> tuple:
+    """The (indexer, name, target) calls of one extracted path, those of several reference parameters made one."""
+    if len(users) > 1 and all(indexer is _reference for indexer, _n, _t in users):
+        return ((_references, None, tuple((name, target) for _i, name, target in users)),)
+    return tuple(users)
 
 
 def _quantity(rt: str, rid: Any, name: str, target: frozenset, values: list[Any], rows: dict) -> None:

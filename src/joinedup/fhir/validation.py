@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 
 from joinedup.fhir.errors import FhirError
-from joinedup.fhir.fastvalid import model_class  # noqa: F401 - also imported from here by other modules
+from joinedup.fhir.fastvalid import check_required_codes, is_certainly_valid, model_class
 from joinedup.fhir.nhs_number import NHS_NUMBER_SYSTEM, is_valid
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_NHS_SYSTEM_BYTES = NHS_NUMBER_SYSTEM.encode()
 
 
 def is_resource_type(name: str) -> bool:
@@ -63,19 +64,18 @@ def validate_resource(resource: Any, expected: str | None = None, *, serialized:
 
     The fast structural validator settles the common case; anything it doubts goes to the R4B models.
     """
-    from pydantic import ValidationError
-
-    from joinedup.fhir.fastvalid import check_required_codes, is_certainly_valid
-
     rtype = require_type(resource, expected)
     rid = resource.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID_RE.match(rid)):
         raise FhirError(422, f"Resource id '{rid}' is not a valid FHIR id", expression=[f"{rtype}.id"])
     if is_certainly_valid(resource):
-        if serialized is None or NHS_NUMBER_SYSTEM.encode() in serialized:
+        if serialized is None or _NHS_SYSTEM_BYTES in serialized:
             check_nhs_numbers(resource, rtype)
-        check_required_concepts(resource, rtype)
+        if rtype in _required_concepts():
+            check_required_concepts(resource, rtype)
         return rtype
+    from pydantic import ValidationError  # (the models: only for what the fast validator doubts)
+
     try:
         model_class(rtype).model_validate(resource)
     except ValidationError as exc:
