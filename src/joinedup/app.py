@@ -107,7 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         gate.flush_audit()
 
+    # FastAPI's own OpenTelemetry bridge off: nothing here configures a provider, and it asked on every request
     app = FastAPI(title="JoinedUp", version=__version__, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Open integrated care platform: FHIR R4 shared care record, bulk data, "
                               "governance and care coordination APIs.")
     app.state.settings = settings

@@ -84,3 +84,21 @@ def test_a_sealed_entry_of_a_kind_not_shown_still_says_entries_are_restricted(se
     assert s["access"]["medicines"]["restricted"] is True
     assert "restricted to the organisation that recorded them" in s["access"]["medicines"]["note"]
     assert _summary(server, person, "admin")["access"]["medicines"]["restricted"] is False
+
+
+def test_an_entry_changed_or_deleted_between_two_summaries_shows_at_once(server, api, person):
+    """The record is read again for every summary: an entry changed (a new version) or deleted since the last one
+    is never answered from what an earlier request read. SNOMED CT 35489007 |Depressive disorder (disorder)|."""
+    first = _summary(server, person)
+    again = _summary(server, person)
+    assert {k: v for k, v in again.items() if k != "generated"} == {k: v for k, v in first.items() if k != "generated"}
+    assert any(p["code"] == "35489007" for p in first["problems"])
+    r = api.get(f"/fhir/Condition/{person}-c5")
+    assert r.status_code == 200, r.text
+    changed = {**r.json(), "onsetDateTime": "2018-11-02"}
+    changed.pop("meta", None)
+    assert api.put(f"/fhir/Condition/{person}-c5", json=changed).status_code == 200
+    depression = next(p for p in _summary(server, person)["problems"] if p["code"] == "35489007")
+    assert "2018-11" in str(depression) and "2019-02" not in str(depression)
+    assert api.delete(f"/fhir/Condition/{person}-c5").status_code == 200
+    assert not any(p["code"] == "35489007" for p in _summary(server, person)["problems"])

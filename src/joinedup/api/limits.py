@@ -107,6 +107,14 @@ def declared_length(scope: Scope) -> int | None:
     return None
 
 
+def _bodiless(scope: Scope) -> bool:
+    """Whether the request declares no body at all: neither Content-Length nor Transfer-Encoding (RFC 9112 6.3)."""
+    for key, _value in scope.get("headers") or ():
+        if key == b"content-length" or key == b"transfer-encoding":
+            return False
+    return True
+
+
 class RequestLimits:
     """ASGI middleware enforcing `max_body_bytes` on every HTTP request."""
 
@@ -123,6 +131,10 @@ class RequestLimits:
             return await send_outcome(send, BodyTooLarge(limit))
         if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
             return await send_outcome(send, UnstorableText("URL"))
+        if length is None and _bodiless(scope):
+            # no Content-Length and no Transfer-Encoding: HTTP/1.1 says there is no body (most GETs, every read by
+            # id), so there is nothing to count or scan, and nothing here can refuse it: the app as it is
+            return await self.app(scope, receive, send)
         ctype = next((v for k, v in scope.get("headers") or () if k == b"content-type"), b"").lower()
         form = b"x-www-form-urlencoded" in ctype
         scan = not ctype.startswith(b"multipart/")

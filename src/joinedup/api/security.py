@@ -18,6 +18,7 @@ One pure ASGI middleware (outermost of the app's own middleware), in this order:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -248,12 +249,11 @@ class SecurityMiddleware:
             return
         path: str = scope.get("path", "")
         headers = Headers(scope=scope)
-        api = _is_prefixed(path, ("/fhir", "/api"))
         reply = self._headers_sender(scope, send, path)
         if not self.hosts.allows(headers.get("host")):
             message = ("This server does not answer for that host name (the Host header is not one of its "
                        "trusted hosts).")
-            if api:
+            if _is_prefixed(path, ("/fhir", "/api")):
                 await _respond(reply, 400, _outcome("invalid", message), "application/fhir+json")
             else:
                 await _respond(reply, 400, _page(400, "Unknown host name", escape(message)),
@@ -349,12 +349,12 @@ class SecurityMiddleware:
     def _headers_sender(self, scope: Scope, send: Send, path: str) -> Any:
         secure = self.secure
         keep_cacheable = path.startswith(RECORD_FREE_PREFIXES)
-        csp = _DOCS_CSP_BYTES if path in DOCS_PATHS else _CSP_BYTES
+        added = _added_headers(path in DOCS_PATHS, keep_cacheable, secure)  # built once, shared
+        drop = _REPLACED if keep_cacheable else _REPLACED_NO_STORE
 
         async def reply(message: Message) -> None:
             if message["type"] == "http.response.start":
                 reply.started = True  # type: ignore[attr-defined]
-                drop = _REPLACED if keep_cacheable else _REPLACED_NO_STORE
                 out = []
                 for k, v in message.get("headers", []):
                     name = k.lower()
@@ -363,14 +363,7 @@ class SecurityMiddleware:
                     if name == b"set-cookie" and secure and not _SECURE_ATTR.search(v):
                         v = v + b"; Secure"
                     out.append((k, v))
-                out += [(b"content-security-policy", csp), (b"x-frame-options", b"DENY"),
-                        (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                        (b"cross-origin-opener-policy", b"same-origin"),
-                        (b"permissions-policy", b"camera=(), microphone=(), geolocation=()")]
-                if not keep_cacheable:
-                    out += [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-                if secure:
-                    out.append((b"strict-transport-security", b"max-age=31536000"))
+                out += added
                 csrf: CsrfState | None = (scope.get("state") or {}).get(STATE_KEY)
                 if csrf is not None and csrf.new_login_seed and csrf.used:
                     cookie = f"{LOGIN_COOKIE}={csrf.login_seed}; Path=/; HttpOnly; SameSite=Lax"
@@ -380,6 +373,20 @@ class SecurityMiddleware:
 
         reply.started = False  # type: ignore[attr-defined]
         return reply
+
+
+@functools.cache
+def _added_headers(docs: bool, keep_cacheable: bool, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers the middleware adds to a response (after the app's own, less those it replaces)."""
+    out = [(b"content-security-policy", _DOCS_CSP_BYTES if docs else _CSP_BYTES), (b"x-frame-options", b"DENY"),
+           (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+           (b"cross-origin-opener-policy", b"same-origin"),
+           (b"permissions-policy", b"camera=(), microphone=(), geolocation=()")]
+    if not keep_cacheable:
+        out += [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+    if secure:
+        out.append((b"strict-transport-security", b"max-age=31536000"))
+    return tuple(out)
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -6,6 +6,7 @@ Only `joinedup.governance.gate` calls this module: every other path reaches data
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,8 @@ INDEX_SQL = {
 
 # how much stored JSON `Store.compartment_shared` keeps parsed per store (the oldest parsed goes first)
 PARSED_CACHE_BYTES = 16 * 1024 * 1024
+# and how many of its latest answers it keeps whole, each with the versions it was made from
+COMPARTMENTS_KEPT = 8
 
 
 def now_instant() -> tuple[str, str]:
@@ -173,6 +176,8 @@ class Store:
         self._parsed: dict[tuple[str, str], tuple] = {}
         self._parsed_size = 0
         self._parsed_lock = threading.Lock()
+        # compartment_shared(): its latest answers, by (person, types, since): (the rows read, the entries)
+        self._compartments: dict[tuple, tuple[list, list[Stored]]] = {}
         ph = "%s" if self._pg else "?"
         jsonp = "%s::jsonb" if self._pg else "?"
         self._sql_upsert = (
@@ -412,7 +417,9 @@ class Store:
         (a caller must never change a returned content, nor keep it beyond its request). One statement reads the
         rows' versions (no content); only the entries not already parsed at that (version, lastUpdated, content
         hash) are read in full. A write anywhere (any process) changes the version, so it is never stale. Each
-        entry's `extra` is a memo shared by that version's readers (e.g. the references the gate collects)."""
+        entry's `extra` is a memo shared by that version's readers (e.g. the references the gate collects). When
+        that statement finds the very versions a recent call found, the answer is that call's entries (the same
+        `Stored`s, READ ONLY too), without building one per entry again (a lifetime record has thousands)."""
         ph = self._ph
         where = f"patient_id = {ph} AND deleted = {ph}"
         args: list[Any] = [patient_id, False]
@@ -431,7 +438,11 @@ class Store:
                                 f" WHERE {where}{' ORDER BY res_type, id' if self._pg else ''}", tuple(args))
             if not self._pg:
                 rows.sort(key=lambda x: (x[0], x[1]))
+            asked = (patient_id, tuple(sorted(types)) if types else None, since)
             with self._parsed_lock:
+                answered = self._compartments.get(asked)
+                if answered is not None and answered[0] == rows:  # the same versions of the same entries
+                    return list(answered[1])
                 held = [cache.get((x[0], x[1])) for x in rows]
             missing = [x for x, h in zip(rows, held) if h is None or h[0] != (x[2], x[3], x[5])]
             fresh: dict[tuple[str, str], tuple] = {}
@@ -470,7 +481,13 @@ class Store:
                     cache[key] = h
                 while self._parsed_size > PARSED_CACHE_BYTES and cache:
                     self._parsed_size -= cache.pop(next(iter(cache)))[3]
-        return out
+        if len(out) == len(rows):  # none deleted meanwhile: the next read of the same versions is this answer
+            with self._parsed_lock:
+                self._compartments.pop(asked, None)
+                self._compartments[asked] = (rows, out)
+                while len(self._compartments) > COMPARTMENTS_KEPT:
+                    self._compartments.pop(next(iter(self._compartments)))
+        return list(out)
 
     def iter_type(self, rtype: str, *, since: str | None = None, batch: int = 2000) -> Iterator[Stored]:
         """Stream every current resource of a type (keyset paging, constant memory)."""
@@ -778,11 +795,13 @@ class Store:
                     ix.create(conn, checkfirst=True)
             return
         # SQLite: the sort spills to a temporary file and the table is read without memory-mapping it, so building
-        # the indexes takes the same memory (the page cache) whatever the store's size
+        # the indexes takes the same memory (the page cache) whatever the store's size; the sort of each index runs
+        # on every core (nothing else writes meanwhile: the load has ended)
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection
             raw.execute("PRAGMA temp_store=FILE")
             raw.execute("PRAGMA mmap_size=0")
+            raw.execute(f"PRAGMA threads={min(8, os.cpu_count() or 1)}")
             try:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -796,6 +815,7 @@ class Store:
             finally:
                 raw.execute(f"PRAGMA temp_store={SQLITE_PRAGMAS['temp_store']}")
                 raw.execute(f"PRAGMA mmap_size={SQLITE_PRAGMAS['mmap_size']}")
+                raw.execute("PRAGMA threads=0")
 
     def repair_indexes(self) -> list[str]:
         """Build the search-index tables' indexes that are missing when no bulk load is running (a load killed

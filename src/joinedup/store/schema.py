@@ -26,7 +26,9 @@ resource = sa.Table(
     # hash of the NDJSON line a bulk import wrote this version from (revision 0011); empty after any other write
     sa.Column("line_hash", sa.String(40)),
 )
-sa.Index("ix_resource_patient", resource.c.patient_id)
+# one person's entries with their versions, answered from the index alone (revision 0012: the summary's first read)
+sa.Index("ix_resource_patient_versions", resource.c.patient_id, resource.c.deleted, resource.c.res_type, resource.c.id,
+         resource.c.version, resource.c.last_updated, resource.c.source, resource.c.content_hash)
 sa.Index("ix_resource_type_updated", resource.c.res_type, resource.c.last_updated)
 sa.Index("ix_resource_source", resource.c.source)
 
