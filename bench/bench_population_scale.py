@@ -33,8 +33,9 @@ Run: python -m bench.bench_population_scale [--sizes 5000,20000,100000] [--spark
        (every measure (each with every breakdown), every register with its care processes and risk bands, and the
         cost, on DuckDB and on Spark at each size: wall seconds, this process's CPU and the CPU of Spark's JVM (read
         from /proc for the java process among this process's children), whether both engines gave the same results,
-        and where straight lines through the two largest sizes cross; Spark warmed up once on the first chunk;
-        writes bench/results/population_scale_spark.json)
+        and where straight lines through the two largest sizes cross, in wall and in CPU seconds; Spark warmed up
+        once on the first chunk; writes bench/results/population_scale_spark.json; --derive-spark recomputes the
+        projections of that file)
 """
 
 from __future__ import annotations
@@ -531,19 +532,33 @@ def spark_all(args: argparse.Namespace) -> None:
             figures["runs"].append(run)
             print(json.dumps(run["same_results"]), flush=True)
             write_result("population_scale_spark", figures)  # each size kept as soon as measured
+    spark_projections(figures)
+    write_result("population_scale_spark", figures)
+
+
+def spark_projections(figures: dict[str, Any]) -> None:
+    """Each run's CPU seconds (every measure, register and the cost: DuckDB's process; Spark's JVM and this
+    process), and straight lines through the two largest sizes, in wall seconds and in CPU seconds (the CPU line does
+    not depend on the machine's load, which the wall line does), projected to 1,000,000 people."""
     runs = figures["runs"]
-    if len(runs) >= 2:
-        (n1, d1, s1), (n2, d2, s2) = [(r["size"], r["duckdb"]["all_seconds"], r["spark"]["all_seconds"])
-                                      for r in runs[-2:]]
+    for r in runs:
+        for engine in ("duckdb", "spark"):
+            e = r[engine]
+            e["all_cpu_seconds"] = round(sum(e[k].get("cpu_seconds_all", e[k]["cpu_seconds"])
+                                             for k in ("every_register", "every_measure", "cost")), 2)
+    if len(runs) < 2:
+        return
+    for name, key, what in (("spark_cut_over", "all_seconds", "wall seconds"),
+                            ("spark_cut_over_cpu", "all_cpu_seconds", "CPU seconds")):
+        (n1, d1, s1), (n2, d2, s2) = [(r["size"], r["duckdb"][key], r["spark"][key]) for r in runs[-2:]]
         dd, ds = (d2 - d1) / (n2 - n1), (s2 - s1) / (n2 - n1)
         if dd <= 0 or ds <= 0:  # time fell with size: warm-up or the machine's load, not the engines' growth
-            figures["spark_cut_over"] = {"people": None, "why": "a time fell from the smaller size to the larger "
-                                         "(warm-up or load): no growth to project; measure larger sizes"}
-            write_result("population_scale_spark", figures)
-            return
-        figures["spark_cut_over"] = _cut_over(n2, d2, s2, dd, ds, "every measure, register and the cost, wall "
-                                                                  "seconds")
-    write_result("population_scale_spark", figures)
+            figures[name] = {"people": None, "why": "a time fell from the smaller size to the larger "
+                             "(warm-up or load): no growth to project; measure larger sizes"}
+            continue
+        figures[name] = _cut_over(n2, d2, s2, dd, ds, f"every measure, register and the cost, {what}")
+        figures[name]["projected_1000000"] = {"duckdb": round(d2 + dd * (1_000_000 - n2)),
+                                              "spark": round(s2 + ds * (1_000_000 - n2))}
 
 
 def _cut_over(n2: int, d2: float, s2: float, dd: float, ds: float, what: str) -> dict[str, Any]:
@@ -618,6 +633,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--person-path", action="store_true", default=os.environ.get("BENCH_SCALE_PERSON_PATH") == "1",
                     help="also time the registers person by person (the person view's path, as before the SQL pass)")
     ap.add_argument("--derive-only", action="store_true", help="recompute the derived figures of the last results")
+    ap.add_argument("--derive-spark", action="store_true",
+                    help="recompute the projections of the last --spark-all results")
     args = ap.parse_args(argv if argv is not None else [])
     if args.derive_only:
         from bench.common import RESULTS
@@ -631,6 +648,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.spark_all:
         spark_all(args)
+        return
+    if args.derive_spark:
+        from bench.common import RESULTS
+
+        path = RESULTS / "population_scale_spark.json"
+        doc = json.loads(path.read_text())
+        spark_projections(doc)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
         return
     from joinedup.synth import service as synth
 

@@ -4,7 +4,8 @@ differ taken from `views/dialect.py`), run for real on Spark in local mode (Debi
 hundred people. Spark must reproduce the ICS's ground truth (the expected value of each measure, who is on each
 register) and give the same figures as DuckDB, measure by measure, breakdown by breakdown, person by person.
 
-Slow: one Spark session serves the module (tuned for tiny data: no code generation), one ICS is generated."""
+Slow: one Spark session serves the test session (`spark_session`, tuned for tiny data: no code generation),
+one ICS is generated."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import pytest
 from joinedup.population.measures import definitions as defs
 from joinedup.population.measures import engine
 from joinedup.population.registers import population
-from joinedup.population.views import spark
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,6 @@ def today(ics) -> date:
     return date.fromisoformat(json.loads((ics / "manifest.json").read_text())["today"])
 
 
-@pytest.fixture(scope="module")
-def session():
-    return spark.session(small=True)
-
-
 def _truth(ics: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (ics / "ground-truth.ndjson").read_text().splitlines()) if r["kind"] == kind]
 
@@ -58,7 +53,7 @@ def _same(a, b, where=()):
         assert a == b, where
 
 
-def test_every_measure_on_spark_is_the_ground_truth_and_duckdb(ics, today, session):
+def test_every_measure_on_spark_is_the_ground_truth_and_duckdb(ics, today, spark_session):
     chosen = list(defs.measures().values())
     on_spark = engine.Flattened(ics, "spark")
     on_duck = engine.Flattened(ics)
@@ -82,7 +77,7 @@ def test_every_measure_on_spark_is_the_ground_truth_and_duckdb(ics, today, sessi
     assert compared >= 2 * len(chosen)  # every breakdown of every measure
 
 
-def test_every_register_on_spark_is_the_ground_truth_and_duckdb(ics, today, session):
+def test_every_register_on_spark_is_the_ground_truth_and_duckdb(ics, today, spark_session):
     with population.Population(ics, today, engine="spark") as pop:
         people, tallies = pop.people(), pop.tallies()
     with population.Population(ics, today) as pop:

@@ -33,7 +33,7 @@ MEDICATIONS = {
 
 
 @pytest.fixture(scope="session")
-def spark_suite() -> dict[tuple[str, str], object]:
+def spark_suite(spark_session) -> dict[tuple[str, str], object]:
     results = spark.run_suite(SUITE)
     return {(r.file, r.name): r for r in results}
 

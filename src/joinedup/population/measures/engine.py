@@ -1,7 +1,8 @@
 """Compute the outcome measures: the ViewDefinitions in `views/` flatten the FHIR resources into tables (the SQL on
 FHIR engine), then one SQL query per measure turns them into units (a discharge, a request, a person) with their
-numerator and denominator contributions, aggregated in total and by one breakdown. No Python loop over the
-population: Python only writes the resources to NDJSON and reads back the aggregates.
+numerator and denominator contributions, aggregated in total and by breakdown (a measure's breakdowns in one query,
+`Flattened.figures_all`). No Python loop over the population: Python only writes the resources to NDJSON and reads
+back the aggregates.
 
 The same views and the same SQL run on DuckDB (the default) or on Spark (`engine="spark"`, for populations beyond
 one machine): what the two spell differently comes from the dialect (`views/dialect.py`), where the tables live from
@@ -11,6 +12,7 @@ one machine): what the two spell differently comes from the dialect (`views/dial
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
@@ -44,6 +46,7 @@ class Flattened:
         self.db = open_tables(engine)
         self.d = d = self.db.dialect
         self._units_made: dict[tuple[str, date, date, date], str] = {}
+        self._figures_made: dict[tuple[str, date], dict[str | None, Any]] = {}
         try:
             self._make(folder, d)
         except Exception:
@@ -183,32 +186,60 @@ class Flattened:
 
     # -- aggregation -----------------------------------------------------------------------------------------------
     def figures(self, defn: dict[str, Any], *, today: date, by: str | None) -> dict[str, Any]:
+        """The measure's total and, with `by`, its figures by that breakdown. On Spark, whose cost is per query
+        rather than per row, the first call computes every breakdown of the measure in the same query and later
+        calls read them back (`figures_all`); on DuckDB only the breakdown asked for."""
+        if self.db.engine == "spark" and (by is None or by in defn["breakdowns"]):
+            key = (defn["id"], today)
+            done = self._figures_made.get(key)
+            if done is None:
+                done = self._figures_made[key] = self.figures_all(defn, today=today,
+                                                                  bys=[None, *defn["breakdowns"]])
+            return copy.deepcopy(done[by])  # the caller's own copy (publishing may change it)
+        return self.figures_all(defn, today=today, bys=[by])[by]
+
+    def figures_all(self, defn: dict[str, Any], *, today: date, bys: list[str | None]) -> dict[str | None, Any]:
+        """The measure's figures for each breakdown in `bys` (None: the total alone), in one query: the units with
+        each breakdown's group beside them (one copy of a unit per breakdown, a unit without a date of its own in
+        every month of a trend), aggregated by breakdown and group."""
         first, last = defs.period(defn, today)
         units = self._units_table(defn, first, last, today)
         d = self.d
-        key = _key_sql(defn, by, last, d)
-        source = f"""(SELECT u.*, {key} AS grp FROM {units} AS u
-                      JOIN person p ON p.id = u.patient
-                      LEFT JOIN v_organization po ON po.id = u.provider)"""
         select = _aggregates(defn, d)
-        total = self.db.fetch(f"SELECT {select} FROM {source} AS _all")
-        if by == "month":  # units without a date of their own (a population) count in every month
+        joined = f"""{units} AS u JOIN person p ON p.id = u.patient LEFT JOIN v_organization po ON po.id = u.provider"""
+        plain = ["", *dict.fromkeys(b for b in bys if b is not None and b != "month")]  # "": the total
+        keys = " ".join(f"WHEN {_q(b)} THEN {_key_sql(defn, b or None, last, d)}" for b in plain)
+        parts = [f"""SELECT _b.b AS _by, CASE _b.b {keys} END AS grp, u.num, u.den, u.value
+                     FROM {joined} CROSS JOIN {d.values(plain, 'b')} AS _b"""]
+        if "month" in bys:  # units without a date of their own (a population) count in every month
             months = (f"SELECT {d.year_month('m')} AS month FROM "
                       f"{d.months(_d(first.replace(day=1)), _d(last), 't', 'm')}")
-            source = f"""(SELECT s.patient, s.day, s.provider, s.num, s.den, s.value, coalesce(s.grp, m.month) AS grp
-                          FROM {source} s JOIN ({months}) m ON s.grp IS NULL OR s.grp = m.month)"""
-        out: dict[str, Any] = {"total": {"all": _row(defn, total[0])},
-                               "period": {"all": {"first": first.toordinal(), "last": last.toordinal()}}}
-        if by:
-            rows = self.db.fetch(f"SELECT grp, {select} FROM {source} AS _all GROUP BY grp ORDER BY grp")
-            out["groups"] = {str(r[0]) if r[0] is not None else "unknown": _row(defn, r[1:]) for r in rows}
-            if by == "month":  # every month of the trend, with nothing counted where nothing happened
-                empty = _row(defn, (0, 0, 0, None, None) if defn["method"] == "advice_response" else (0, None, 0))
-                y, m = first.year, first.month
-                while (y, m) <= (last.year, last.month):
-                    out["groups"].setdefault(f"{y}-{m:02d}", dict(empty))
-                    y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-                out["groups"] = dict(sorted(out["groups"].items()))
+            parts.append(f"""SELECT 'month' AS _by, coalesce(s.grp, m.month) AS grp, s.num, s.den, s.value
+                             FROM (SELECT u.num, u.den, u.value, {_key_sql(defn, 'month', last, d)} AS grp
+                                   FROM {joined}) s
+                             JOIN ({months}) m ON s.grp IS NULL OR s.grp = m.month""")
+        rows = self.db.fetch(f"SELECT _by, grp, {select} FROM ({' UNION ALL '.join(parts)}) AS _all GROUP BY _by, grp")
+        # groups in order, absent ones last (DuckDB's ORDER BY; the same whichever engine computed them)
+        rows.sort(key=lambda r: (r[0], r[1] is None, "" if r[1] is None else str(r[1])))
+        grouped: dict[str, list[tuple]] = {}
+        for r in rows:
+            grouped.setdefault(r[0], []).append(r)
+        total = grouped.get("", [("", "all", *([None] * _n_aggregates(defn)))])[0]  # no units: no row
+        out: dict[str | None, Any] = {}
+        for by in bys:
+            fig: dict[str, Any] = {"total": {"all": _row(defn, total[2:])},
+                                   "period": {"all": {"first": first.toordinal(), "last": last.toordinal()}}}
+            if by:
+                fig["groups"] = {str(r[1]) if r[1] is not None else "unknown": _row(defn, r[2:])
+                                 for r in grouped.get(by, [])}
+                if by == "month":  # every month of the trend, with nothing counted where nothing happened
+                    empty = _row(defn, (0, 0, 0, None, None) if defn["method"] == "advice_response" else (0, None, 0))
+                    y, m = first.year, first.month
+                    while (y, m) <= (last.year, last.month):
+                        fig["groups"].setdefault(f"{y}-{m:02d}", dict(empty))
+                        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+                    fig["groups"] = dict(sorted(fig["groups"].items()))
+            out[by] = fig
         return out
 
 
@@ -245,6 +276,13 @@ def _aggregates(defn: dict[str, Any], d: Any) -> str:
     if defn["method"] == "delayed_discharge":
         return "sum(num), sum(den), sum(value)"
     return "sum(num), sum(den)"
+
+
+def _n_aggregates(defn: dict[str, Any]) -> int:
+    """How many figures `_aggregates` gives."""
+    if defn["method"] == "advice_response":
+        return 5
+    return 3 if defn["method"] == "delayed_discharge" and defn["kind"] != "mean_index" else 2
 
 
 def _row(defn: dict[str, Any], r: tuple) -> dict[str, Any]:

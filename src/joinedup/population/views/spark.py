@@ -228,13 +228,15 @@ def _write_rows(compiled: CompiledView, rows: list[tuple], out: Path, fmt: str) 
 
 
 _SPARK_TYPES = {"VARCHAR": "string", "INTEGER": "int", "DOUBLE": "double", "DATE": "date"}
+_INLINE_ROWS = 2000  # a table loaded from Python with at most this many rows is written into the SQL
 
 
 class SparkTables:
     """The population engines' tables on Spark (`tables.Tables`): temporary views of a session of their own (so two
     computations never see each other's tables; the Spark context and its JVM are shared), each checkpointed as it
     is made (`localCheckpoint`: computed once and kept by the executors, however often it is read, and its plan cut
-    to the stored rows, so that later queries neither re-plan nor print the whole lineage of the tables before it);
+    to the stored rows, so that later queries neither re-plan nor print the whole lineage of the tables before it),
+    except a small table loaded from Python, written into the SQL as literal rows (a local relation: no Spark job);
     `close` drops them."""
 
     engine = "spark"
@@ -281,8 +283,37 @@ class SparkTables:
         self._cache(name, self._sql(select))
 
     def load(self, name: str, columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) <= _INLINE_ROWS:  # rows written into the statement: a local relation, no Spark job
+            self._plain_view(name, self.spark.sql(self._inline(columns, rows)))
+            return
         schema = ", ".join(f"{c} {_SPARK_TYPES[t]}" for c, t in columns)
         self._cache(name, self.spark.createDataFrame(list(rows), schema))
+
+    def _inline(self, columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> str:
+        """A SELECT of the rows (typed as the columns) written as literals."""
+        def literal(value: Any, kind: str) -> str:
+            if value is None:
+                return f"CAST(NULL AS {_SPARK_TYPES[kind]})"
+            if kind == "VARCHAR":
+                return self.dialect.q(str(value))
+            if kind == "INTEGER":
+                return f"CAST({int(value)} AS INT)"
+            if kind == "DOUBLE":
+                return f"CAST({self.dialect.q(repr(float(value)))} AS DOUBLE)"
+            return f"DATE {self.dialect.q(value.isoformat())}"
+
+        cast = ", ".join(f"CAST(_c{i} AS {_SPARK_TYPES[t]}) AS `{c}`" for i, (c, t) in enumerate(columns))
+        if not rows:
+            nulls = ", ".join(f"CAST(NULL AS {_SPARK_TYPES[t]}) AS _c{i}" for i, (_c, t) in enumerate(columns))
+            return f"SELECT {cast} FROM (SELECT {nulls}) AS _t WHERE false"
+        values = ", ".join("(" + ", ".join(literal(v, t) for v, (_c, t) in zip(row, columns)) + ")" for row in rows)
+        names = ", ".join(f"_c{i}" for i in range(len(columns)))
+        return f"SELECT {cast} FROM VALUES {values} AS _t({names})"
+
+    def _plain_view(self, name: str, frame) -> None:
+        frame.createOrReplaceTempView(name)
+        if name not in self._cached:
+            self._cached.append(name)
 
     def load_csv(self, name: str, path: Path, columns: list[str], *, header: bool) -> None:
         schema = ", ".join(f"{c} string" for c in columns)
