@@ -135,17 +135,56 @@ class Server:
 
 
 # The files that take longest start first, so that under pytest-xdist (`--dist loadfile`, one file per worker at a
-# time) no worker is left running a long file after the others have finished. Only the order of files changes: the
-# tests inside each file, and every other file, keep pytest's order (tests never depend on the order of files).
-LONGEST_FIRST = ("governance/test_authorization_matrix.py", "security/test_fuzz.py", "population/test_population_spark.py",
-                 "browser/test_roles_crawl.py",
-                 "browser/test_accessibility.py", "population/test_dashboard.py", "browser/test_workforce.py",
-                 "population/test_measures.py", "browser/test_population_dashboard.py",
-                 "interop/test_import_deferred_indexes.py", "interop/linkage/test_nicknames.py",
-                 "browser/test_role_pages.py", "browser/test_pathways.py", "browser/test_person_view.py",
-                 "browser/test_virtual_wards.py", "interop/linkage/test_unlink.py", "security/test_limits.py",
-                 "interop/linkage/test_governance.py", "record/test_summary_api.py", "population/test_spark.py",
-                 "security/test_audit_chain_attacks.py", "browser/test_portal.py", "security/test_web_security.py")
+# time) no worker is left running a long file after the others have finished: the order of the files' summed
+# durations in a full run (`--durations`, December 2026), the Spark and linkage group (SAME_WORKER) first. Only the
+# order of files changes: the tests inside each file, and every other file, keep pytest's order (tests never depend
+# on the order of files). pytest-xdist's own reordering (by number of tests) is turned off for this.
+LONGEST_FIRST = ("population/test_population_spark.py", "governance/test_authorization_matrix.py",
+                 "security/test_fuzz.py", "browser/test_accessibility.py", "browser/test_roles_crawl.py",
+                 "browser/test_person_view.py", "interop/test_import_deferred_indexes.py",
+                 "browser/test_population_dashboard.py", "browser/test_portal.py", "population/test_dashboard.py",
+                 "security/test_signin.py", "browser/test_pathways.py", "browser/test_virtual_wards.py",
+                 "browser/test_workforce.py", "browser/test_role_pages.py", "interop/hl7/test_processes.py",
+                 "browser/test_directory_and_assessment.py", "population/test_cost.py",
+                 "security/test_audit_durability.py", "browser/test_care_plan_journey.py",
+                 "security/test_web_security.py", "population/test_views_files.py",
+                 "interop/test_import_guarantees.py", "security/test_limits.py", "browser/test_advice_and_mdt.py",
+                 "conflicts/test_screen.py", "record/test_summary_api.py", "fhir/test_compartments_http.py",
+                 "record/test_summary_synthea.py", "security/test_audit_chain_attacks.py")
+
+
+# Files that share an expensive per-process resource run on one worker, as one unit of work: Spark's JVM (seconds to
+# start, and its first queries run slow until the JIT warms up) and the linkage population and trained model
+# (`once_per_database` in tests/interop/linkage/conftest.py), which each worker would otherwise build again.
+SAME_WORKER = {name: "spark-and-linkage" for name in (
+    "population/test_spark.py", "population/test_population_spark.py", "population/test_measures.py",
+    "interop/linkage/test_api.py", "interop/linkage/test_browser.py", "interop/linkage/test_cli.py",
+    "interop/linkage/test_governance.py", "interop/linkage/test_model.py", "interop/linkage/test_nicknames.py",
+    "interop/linkage/test_unlink.py")}
+
+
+class _Scheduling:
+    """A plugin for pytest-xdist's scheduler hook (registered only when xdist is loaded: `-p no:xdist` runs work)."""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        """`--dist loadfile`, except that the files of SAME_WORKER go to one worker together."""
+        from xdist.scheduler import LoadFileScheduling
+
+        class FilesAndGroups(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                file = nodeid.split("::", 1)[0]
+                return SAME_WORKER.get(file.removeprefix("tests/"), file)
+
+        if config.getvalue("dist") == "loadfile":
+            config.option.loadscopereorder = False  # keep LONGEST_FIRST (xdist orders units by their test count)
+            return FilesAndGroups(config, log)
+        return None
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_Scheduling(), "joinedup-scheduling")
 
 
 @pytest.hookimpl(trylast=True)
@@ -155,6 +194,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 _SERVERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _axe_once_per_page(request):
+    """axe (tests/browser/axe.py) checks the pages of a test on its SQLite pass only: the PostgreSQL pass renders
+    the same markup from the same data."""
+    from tests.browser import axe
+
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    axe.RUN["axe"] = params.get("db_url") != "postgresql"
+    yield
+    axe.RUN["axe"] = True
 
 
 @pytest.fixture(scope="session", autouse=True)

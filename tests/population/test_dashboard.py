@@ -27,9 +27,14 @@ SCT = "http://snomed.info/sct"
 DIABETES = "44054006"  # SNOMED CT Diabetes mellitus type 2 (in the QOF diabetes register code list)
 
 
-@pytest.fixture()
-def computed(server, api, uid):
-    """Twelve people with type 2 diabetes at one practice of one PCN, then the figures precomputed."""
+@pytest.fixture(scope="module")
+def computed(server):
+    """Twelve people with type 2 diabetes at one practice of one PCN, then the figures precomputed - once per
+    database: precomputing reads the whole store, and no test here changes what it computes from (the CLI test
+    computes the same figures again)."""
+    import uuid
+
+    uid = uuid.uuid4().hex[:10]
     pcn, gp = f"pcn-{uid}", f"prac-{uid}"
     rows = [{"resourceType": "Organization", "id": pcn, "name": f"Dash PCN {uid}",
              "identifier": [{"system": ODS, "value": f"U{uid[:5].upper()}"}]},
@@ -46,7 +51,8 @@ def computed(server, api, uid):
                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"}, "subject": {"reference": f"Patient/{pid}"},
                   "period": {"start": "2026-03-01T10:00:00Z", "end": "2026-03-01T14:00:00Z"},
                   "serviceProvider": {"reference": f"Organization/{gp}"}}]
-    load(api, rows)
+    with server.client("admin") as api:
+        load(api, rows)
     doc = precompute.run(server.gate, SYSTEM, today=TODAY)
     return {"doc": doc, "practice": f"Y{uid[:5].upper()}", "pcn": f"U{uid[:5].upper()}"}
 

@@ -44,6 +44,7 @@ def session(*, small: bool = False):
                        .config("spark.sql.session.timeZone", "UTC"))
             if small:  # tests and the conformance suite: tiny data, where planning dominates
                 builder = (builder.config("spark.sql.codegen.wholeStage", "false")
+                           .config("spark.sql.shuffle.partitions", "1").config("spark.default.parallelism", "1")
                            .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
                            .config("spark.sql.adaptive.enabled", "false"))
             try:  # one session per process serves record linkage too: its string-similarity jar is static config
