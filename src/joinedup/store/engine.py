@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ USAGE = "use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB"
 # memory, reads through the OS page cache via mmap (shared by processes)
 SQLITE_PRAGMAS = {"temp_store": "MEMORY", "mmap_size": 8589934592}
 PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable PostgreSQL host is an error, not a hang
+PG_PING_AFTER_IDLE_S = 2.0  # a pooled connection idle this long is tested before use (see _ping_after_idle)
 
 
 class DatabaseUnavailable(Exception):
@@ -97,9 +99,35 @@ def make_engine(url: str) -> sa.Engine:
     if "connect_timeout" not in parsed.query:
         kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
     try:
-        return sa.create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True, **kwargs)
+        engine = sa.create_engine(url, pool_size=16, max_overflow=32, **kwargs)
     except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as exc:
         raise DatabaseUnavailable(f"'{masked(url)}': {_one_line(exc)}") from None
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: sa.Engine) -> None:
+    """Test a pooled PostgreSQL connection before use only when it has sat idle for PG_PING_AFTER_IDLE_S: one that
+    the server closed meanwhile (a restart, an idle timeout) is replaced by a fresh one and nobody sees an error.
+    A connection in steady use skips the test, which would cost a round trip on every read (SQLAlchemy's
+    `pool_pre_ping` tests every checkout: 0.37 against 0.26 ms for a read by id here)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn, record) -> None:  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _test_if_idle(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        if time.monotonic() - record.info.get("idle_since", time.monotonic()) < PG_PING_AFTER_IDLE_S:
+            return
+        try:
+            if not engine.dialect.do_ping(dbapi_conn):
+                raise sa.exc.DisconnectionError("the connection did not answer")
+        except Exception as exc:
+            if isinstance(exc, sa.exc.DisconnectionError) or engine.dialect.is_disconnect(exc, dbapi_conn, None) \
+                    or getattr(dbapi_conn, "closed", False):
+                raise sa.exc.DisconnectionError(str(exc)) from exc  # the pool connects afresh and tries again
+            raise
 
 
 def migrate(engine: sa.Engine) -> None:

@@ -214,20 +214,27 @@ class Store:
     # -- connections ---------------------------------------------------------------------------
     @contextmanager
     def reading(self) -> Iterator[sa.Connection]:
-        """A connection for reads (inside `reads_together`, this thread's shared one)."""
+        """A connection for reads (inside `reads_together`, this thread's shared one). On PostgreSQL it is in
+        autocommit mode: at READ COMMITTED each statement reads its own snapshot whether or not a transaction is
+        open, so an open transaction would add nothing but a BEGIN and a ROLLBACK round trip to every read."""
         pinned = getattr(self._pinned, "conn", None)
         if pinned is not None:
             yield pinned
             return
-        with self.engine.connect() as conn:
+        with self._reader() as conn:
             yield conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT") if self._pg else conn
 
     def point(self, sql: str, params: tuple) -> Any:
         """The first row of a plain one-row lookup (a bearer token, a resource by id: the statements behind every
         API read), or None. SQLite: on this thread's own connection, kept open and in autocommit mode (each
         statement reads the newest committed state; nothing is held between statements), so a lookup costs no pool
         checkout and reset, and the driver's statement cache keeps it prepared. PostgreSQL: a pooled connection
-        (`reading`), on the driver's cursor."""
+        in autocommit mode (`reading`), on the driver's cursor."""
         if self._pg or getattr(self._pinned, "conn", None) is not None:
             with self.reading() as conn:
                 return _fetch(conn, sql, params, one=True)
@@ -259,7 +266,7 @@ class Store:
         if getattr(self._pinned, "conn", None) is not None:
             yield
             return
-        with self.engine.connect() as conn:
+        with self._reader() as conn:
             self._pinned.conn = conn
             try:
                 yield
