@@ -196,18 +196,6 @@ def pytest_collection_modifyitems(config, items):
 _SERVERS: list = []
 
 
-@pytest.fixture(autouse=True)
-def _axe_once_per_page(request):
-    """axe (tests/browser/axe.py) checks the pages of a test on its SQLite pass only: the PostgreSQL pass renders
-    the same markup from the same data."""
-    from tests.browser import axe
-
-    params = getattr(getattr(request.node, "callspec", None), "params", {})
-    axe.RUN["axe"] = params.get("db_url") != "postgresql"
-    yield
-    axe.RUN["axe"] = True
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _stop_servers():
     """Stop every test server at the end of the session (servers outlive a switch of backend: see

@@ -15,7 +15,7 @@ TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 # axe checks markup, and the markup of a page does not depend on the store behind it: each test that runs on both
 # backends renders the same templates from the same data twice. So axe runs on the SQLite pass only
-# (tests/conftest.py clears this while a PostgreSQL-parametrised test runs); the PostgreSQL pass still loads every
+# (tests/browser/conftest.py clears this while a PostgreSQL-parametrised test runs); the PostgreSQL pass still loads every
 # page and makes every other check. Without PostgreSQL configured, every test runs axe.
 RUN = {"axe": True}
 

@@ -116,3 +116,15 @@ def shot(page, name: str, *, full_page: bool = False) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _axe_once_per_page(request):
+    """axe (tests/browser/axe.py, used only by these tests) checks the pages of a test on its SQLite pass only: the
+    PostgreSQL pass renders the same markup from the same data."""
+    from tests.browser import axe
+
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    axe.RUN["axe"] = params.get("db_url") != "postgresql"
+    yield
+    axe.RUN["axe"] = True

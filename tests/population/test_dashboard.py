@@ -9,6 +9,7 @@ import csv
 import io
 import re
 import time
+import uuid
 from datetime import date
 
 import duckdb
@@ -32,8 +33,6 @@ def computed(server):
     """Twelve people with type 2 diabetes at one practice of one PCN, then the figures precomputed - once per
     database: precomputing reads the whole store, and no test here changes what it computes from (the CLI test
     computes the same figures again)."""
-    import uuid
-
     uid = uuid.uuid4().hex[:10]
     pcn, gp = f"pcn-{uid}", f"prac-{uid}"
     rows = [{"resourceType": "Organization", "id": pcn, "name": f"Dash PCN {uid}",
