@@ -6,7 +6,9 @@ Data sets (realistic only; `bench.datagen` stays a labelled micro-benchmark in b
   * ics-N: the synthetic integrated care system of `joinedup generate` for N people (JOINEDUP_BENCH_ICS_PEOPLE,
     default "20000"; "20000,100000" for the issue's full set).
 Databases: SQLite always; PostgreSQL when JOINEDUP_BENCH_DATABASE_URL names a server database (it is dropped and
-re-created as <name>_bench).
+re-created as <name>_bench). JOINEDUP_BENCH_IMPORT_DATABASES=postgresql (or sqlite) keeps one of them only, and
+JOINEDUP_BENCH_SYNTHEA_RESOURCES=0 or JOINEDUP_BENCH_ICS_PEOPLE="" leaves out a data set (an A/B of one row;
+JOINEDUP_BENCH_IMPORT_RESULT=NAME writes it to bench/results/NAME.json instead of import.json).
 
 For each data set and database the benchmark prints and records:
   * baseline: the same NDJSON lines loaded unvalidated into one table with no indexes (SQLite executemany in one
@@ -201,13 +203,15 @@ def main() -> dict:
     people = [int(x) for x in os.environ.get("JOINEDUP_BENCH_ICS_PEOPLE", "20000").split(",") if x.strip()]
     workers = int(os.environ.get("JOINEDUP_BENCH_IMPORT_WORKERS", "2"))
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("JOINEDUP_BENCH_DATABASE_URL") else [])
+    if os.environ.get("JOINEDUP_BENCH_IMPORT_DATABASES"):  # e.g. "postgresql": one database's rows only
+        kinds = [k for k in kinds if k in os.environ["JOINEDUP_BENCH_IMPORT_DATABASES"].split(",")]
     runs = []
     with tempfile.TemporaryDirectory(prefix="joinedup-bench-import-") as tmp_name:
         tmp = Path(tmp_name)
         sets = []
-        folder = tmp / "synthea"
-        n = synthea_shaped(folder, target)
-        sets.append(("synthea", folder, n))
+        if target > 0:  # JOINEDUP_BENCH_SYNTHEA_RESOURCES=0: the ICS sets only
+            folder = tmp / "synthea"
+            sets.append(("synthea", folder, synthea_shaped(folder, target)))
         for p in people:
             folder = tmp / f"ics-{p}"
             sets.append((f"ics-{p}", folder, ics(folder, p)))
@@ -218,7 +222,7 @@ def main() -> dict:
             shutil.rmtree(folder)
     figures = {"runs": runs, "targets": {"import_per_s": 10000, "reimport_per_s": 50000},
                "note": "baseline = the same lines loaded unvalidated into one unindexed table in one transaction"}
-    write_result("import", figures)
+    write_result(os.environ.get("JOINEDUP_BENCH_IMPORT_RESULT", "import"), figures)
     return figures
 
 

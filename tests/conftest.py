@@ -81,6 +81,17 @@ def fresh_database(backend: str, tmp_path: Path, tag: str) -> str:
     return base.set(database=name).render_as_string(hide_password=False)
 
 
+def drop_database(url: str) -> None:
+    """Drop a PostgreSQL database that `fresh_database` made (its connections are closed by force)."""
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(url)
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{base.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def _reset_postgres(url: str) -> None:
     import sqlalchemy as sa
 

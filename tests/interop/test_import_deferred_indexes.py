@@ -18,7 +18,7 @@ from bench.bench_import import synthea_shaped
 from joinedup.governance.gate import get_gate
 from joinedup.governance.identity import SYSTEM
 from joinedup.store.schema import INDEX_TABLES
-from tests.conftest import BACKENDS, fresh_database
+from tests.conftest import BACKENDS, drop_database, fresh_database
 
 # every secondary index of the six search tables, as the schema declares them
 SEARCH_INDEXES = sorted({ix.name for table in set(INDEX_TABLES.values()) for ix in table.indexes})
@@ -103,12 +103,4 @@ def test_a_killed_bulk_load_leaves_a_store_that_rebuilds_its_search_indexes(back
     assert gate.search(SYSTEM, "Condition", [("_total", "accurate")]).total == conditions
     if url.startswith("postgresql"):
         gate.store_for_tests.engine.dispose()
-        _drop(url)
-
-
-def _drop(url: str) -> None:
-    base = sa.engine.make_url(url)
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{base.database}" WITH (FORCE)'))
-    admin.dispose()
+        drop_database(url)

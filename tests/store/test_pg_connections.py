@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from joinedup.store import engine as store_engine
 from joinedup.store.repository import Store
-from tests.conftest import PG_URL, fresh_database
+from tests.conftest import PG_URL, drop_database, fresh_database
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="needs JOINEDUP_TEST_DATABASE_URL (PostgreSQL)")
 
@@ -26,10 +26,7 @@ def store(tmp_path):
     s = Store(url)
     yield s
     s.engine.dispose()
-    admin, name = _admin(url)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(url)
 
 
 def _admin(url: str):

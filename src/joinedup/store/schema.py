@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = sa.MetaData()
 
-JsonDoc = sa.JSON().with_variant(JSONB(), "postgresql")
+
+class JsonText(sa.types.TypeDecorator):
+    """A JSON document held as text on PostgreSQL (revision 0013; it was JSONB): dicts in, dicts out, as `sa.JSON`.
+
+    Nothing queries inside a stored document (search has its own index tables), so JSONB's binary form bought
+    nothing and cost the server a parse of every document on every write - twice per write, the current row and the
+    version row - which was most of a bulk import's database time. Text keeps the document exactly as written (key
+    order included), and readers parse it with orjson. SQLite held JSON as text already."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else orjson.dumps(value).decode()
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else orjson.loads(value)
+
+
+JsonDoc = sa.JSON().with_variant(JsonText(), "postgresql")
 Id = sa.String(64)
 Type = sa.String(64)
 
