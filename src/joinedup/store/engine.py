@@ -17,7 +17,7 @@ _lock = threading.Lock()
 USAGE = "use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB"
 # connection settings the store changes for a while and restores (bulk index builds): temp tables and sorts in
 # memory, reads through the OS page cache via mmap (shared by processes)
-SQLITE_PRAGMAS = {"temp_store": "MEMORY", "mmap_size": 8589934592}
+SQLITE_PRAGMAS = {"temp_store": "MEMORY", "mmap_size": 8589934592, "cache_size": -262144}
 PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable PostgreSQL host is an error, not a hang
 PG_PING_AFTER_IDLE_S = 2.0  # a pooled connection idle this long is tested before use (see _ping_after_idle)
 
@@ -83,7 +83,7 @@ def make_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache per connection, grown on demand
+            cur.execute(f"PRAGMA cache_size={SQLITE_PRAGMAS['cache_size']}")  # 256 MiB per connection, grown on demand
             cur.execute(f"PRAGMA temp_store={SQLITE_PRAGMAS['temp_store']}")
             cur.execute(f"PRAGMA mmap_size={SQLITE_PRAGMAS['mmap_size']}")  # reads through the OS page cache
             cur.execute("PRAGMA wal_autocheckpoint=10000")  # fewer checkpoints during bulk loads

@@ -816,12 +816,15 @@ class Store:
                     done.result()
             return
         # SQLite: the sort spills to a temporary file and the table is read without memory-mapping it, so building
-        # the indexes takes the same memory (the page cache) whatever the store's size; the sort of each index runs
-        # on every core (nothing else writes meanwhile: the load has ended)
+        # the indexes takes the same memory whatever the store's size; the sort of each index runs on every core
+        # (nothing else writes meanwhile: the load has ended). The sorter takes as much memory as the page cache
+        # allows, per thread: with the store's 256 MiB cache the build of 100,000 people's indexes peaked at 1.0 GB
+        # and took 64.8 s; with a 32 MiB cache, 176 MB and 51.0 s (smaller sorted runs merge as fast here).
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection
             raw.execute("PRAGMA temp_store=FILE")
             raw.execute("PRAGMA mmap_size=0")
+            raw.execute(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_KIB}")
             raw.execute(f"PRAGMA threads={min(8, os.cpu_count() or 1)}")
             try:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -836,6 +839,7 @@ class Store:
             finally:
                 raw.execute(f"PRAGMA temp_store={SQLITE_PRAGMAS['temp_store']}")
                 raw.execute(f"PRAGMA mmap_size={SQLITE_PRAGMAS['mmap_size']}")
+                raw.execute(f"PRAGMA cache_size={SQLITE_PRAGMAS['cache_size']}")
                 raw.execute("PRAGMA threads=0")
 
     def _index_shares(self, wanted: list[sa.Index], n: int) -> list[list[sa.Index]]:
@@ -938,6 +942,7 @@ _PG_BY_KEY = ("SELECT k.id, r.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATE
               " WHERE res_type = %s AND id = k.id LIMIT 1{lock}) AS r")
 
 
+INDEX_BUILD_CACHE_KIB = 32 * 1024  # SQLite page cache while the deferred indexes are built (see _create_indexes)
 BULK_DEFER_MIN = 10_000  # entries: below this, a load keeps its indexes (building them again costs more)
 BULK_LOCK_KEY = 0x4A55424C  # PostgreSQL advisory lock held by the process that has the indexes deferred
 
