@@ -53,11 +53,13 @@ def _has_lz4(bind) -> bool:
     """Whether the server was built with lz4 (PostgreSQL 14 and later, `--with-lz4`, as Debian's and most are)."""
     if bind.dialect.server_version_info < (14,):
         return False
-    with bind.begin_nested():
-        try:
-            bind.exec_driver_sql("SET LOCAL default_toast_compression = lz4")
-        except sa.exc.DBAPIError:
-            return False
+    savepoint = bind.begin_nested()
+    try:
+        bind.exec_driver_sql("SET LOCAL default_toast_compression = lz4")
+    except sa.exc.DBAPIError:  # not built with lz4: the columns keep the server's default (pglz)
+        savepoint.rollback()
+        return False
+    savepoint.commit()
     return True
 
 
