@@ -4,8 +4,9 @@
 Nothing queries inside a stored document (search has its own index tables), so the binary form bought nothing, and
 the server parsed every document on every write - twice per write (the current row and its version row), which was
 most of a bulk import's database time. Text keeps each document exactly as it was written; readers parse it with
-orjson. Existing documents are converted in place (`content::text`, a valid JSON text of the same document).
-SQLite already holds JSON as text: nothing changes there.
+orjson. Existing documents are converted in place (`content::text`, a valid JSON text of the same document): the
+three tables are rewritten, which on a large store is a long step to plan for (the store is locked meanwhile). SQLite
+already holds JSON as text: nothing changes there.
 
 Revision ID: 0013
 Revises: 0012
