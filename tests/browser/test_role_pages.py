@@ -143,6 +143,7 @@ def test_analyst_runs_the_summary_and_downloads_an_extract(demo, page):
     assert page.url.endswith("/analytics")
     page.get_by_role("button", name="Run the summary").click()
     table = page.get_by_role("table", name="By decade of birth")
+    table.locator("tbody td:nth-child(2)").first.wait_for()  # the summary's page has loaded (reading does not wait)
     cells = [c for c in table.locator("tbody td:nth-child(2)").all_inner_texts()]
     # published counts: small numbers suppressed, others rounded to 5 (governance.md)
     assert cells and all(c == "*" or int(c) % 5 == 0 for c in cells)
