@@ -295,62 +295,50 @@ def _peers(con, argv: list[str], synthea: Path, ics: Path) -> dict:
     python = _peer_venv() if "--peers" in argv else None
     reference = Path(argv[argv.index("--reference") + 1]).resolve() if "--reference" in argv else None
     for name, view in VIEWS.items():
-        compiled = compile_view(view)
         # Only the files named for the type: sqlonfhir fails on a line with no resourceType (the ICS's ground truth).
-        files = [str(f) for f in ndjson_files(ics if compiled.resource == "Observation" else synthea,
-                                              compiled.resource) if f.name.startswith(compiled.resource)]
-        sql = compiled.query(ndjson_relation([Path(f) for f in files]))
-        cursor = con.execute(sql)
-        columns = [d[0] for d in cursor.description]
-        ours = _rows([dict(zip(columns, r)) for r in cursor.fetchall()], columns)
-        view_file = Path(tempfile.mkdtemp()) / f"{name}.json"
-        view_file.write_text(json.dumps(view), encoding="utf-8")
+        resource = view["resource"]
+        files = [str(f) for f in ndjson_files(ics if resource == "Observation" else synthea, resource)
+                 if f.name.startswith(resource)]
         entry: dict[str, object] = {}
         if python is not None:
-            entry["sqlonfhir"] = _sqlonfhir(con, python, name, view, files)
+            cannot = SQLONFHIR_CANNOT.get(name, {})
+            entry["sqlonfhir"] = _beside(con, [str(python), str(PEERS / "sqlonfhir_run.py")], name,
+                                         {**view, "select": _without(view["select"], set(cannot))}, files,
+                                         timed_runs=True) | {"columns_left_out": cannot}
             print(f"{name}: sqlonfhir {entry['sqlonfhir']}", flush=True)
         if reference is not None:
-            got = _run_peer(["node", str(PEERS / "sof_run.mjs"), str(reference), str(view_file), *files])
-            if "error" in got:
-                entry["sof_js"] = {"error": got["error"]}
-            else:
-                theirs = _rows(got["rows"], columns)
-                differ = sum(((Counter(theirs) - Counter(ours)) + (Counter(ours) - Counter(theirs))).values())
-                engine = timed(con, sql)
-                entry["sof_js"] = {"seconds": round(got["seconds"], 2), "engine_seconds": round(engine, 3),
-                                   "rows": len(theirs), "rows_identical": theirs == ours, "rows_differing": differ,
-                                   "engine_faster_by": round(got["seconds"] / engine, 1)}
+            entry["sof_js"] = _beside(con, ["node", str(PEERS / "sof_run.mjs"), str(reference)], name, view, files,
+                                      timed_runs=False)
             print(f"{name}: sof-js {entry['sof_js']}", flush=True)
-        shutil.rmtree(view_file.parent, ignore_errors=True)
         out[name] = entry
     return out
 
 
-def _sqlonfhir(con, python: Path, name: str, view: dict, files: list[str]) -> dict:
-    """The best sqlonfhir run beside the best engine run, on the view less what sqlonfhir cannot do."""
-    cannot = SQLONFHIR_CANNOT.get(name, {})
-    view = {**view, "select": _without(view["select"], set(cannot))}
-    compiled = compile_view(view)
-    sql = compiled.query(ndjson_relation([Path(f) for f in files]))
+def _beside(con, command: list[str], name: str, view: dict, files: list[str], *, timed_runs: bool) -> dict:
+    """One peer (`command VIEW.json FILE...`, printing {"seconds", "rows"}) beside the engine on the same view and
+    files: the peer's rows compared with the engine's, and both timed (the peer's best of at least REPEATS runs when
+    `timed_runs`, else its one run: sof-js takes minutes a view)."""
+    sql = compile_view(view).query(ndjson_relation([Path(f) for f in files]))
     cursor = con.execute(sql)
     columns = [d[0] for d in cursor.description]
     ours = _rows([dict(zip(columns, r)) for r in cursor.fetchall()], columns)
     view_file = Path(tempfile.mkdtemp()) / f"{name}.json"
     view_file.write_text(json.dumps(view), encoding="utf-8")
     try:
-        best, identical, runs, spent = float("inf"), None, 0, 0.0
-        while not _enough(runs, spent):
-            got = _run_peer([str(python), str(PEERS / "sqlonfhir_run.py"), str(view_file), *files])
+        best, got, runs, spent = float("inf"), {}, 0, 0.0
+        while runs == 0 or (timed_runs and not _enough(runs, spent)):
+            got = _run_peer([*command, str(view_file), *files])
             if "error" in got:
-                return {"error": got["error"], "columns_left_out": cannot}
+                return {"error": got["error"]}
             runs, spent, best = runs + 1, spent + got["seconds"], min(best, got["seconds"])
-            identical = _rows(got["rows"], columns) == ours
     finally:
         shutil.rmtree(view_file.parent, ignore_errors=True)
+    theirs = _rows(got["rows"], columns)  # the last run's rows (every run evaluates the same view on the same files)
     engine = timed(con, sql)
-    return {"seconds": round(best, 3), "engine_seconds": round(engine, 4), "rows_identical": identical,
-            "engine_faster_by": round(best / engine, 1), "runs": runs,
-            "columns_left_out": cannot}
+    return {"seconds": round(best, 3), "engine_seconds": round(engine, 4), "runs": runs, "rows": len(theirs),
+            "rows_identical": theirs == ours,
+            "rows_differing": sum(((Counter(theirs) - Counter(ours)) + (Counter(ours) - Counter(theirs))).values()),
+            "engine_faster_by": round(best / engine, 1)}
 
 
 def _spark(synthea: Path, ics: Path) -> dict:
