@@ -141,3 +141,24 @@ def _another_council_record(population: Population) -> None:
     doc = dict(population.patients[council_id])
     doc["id"] = f"{council_id}-{uuid.uuid4().hex[:8]}"
     population.gate.update(SYSTEM, "Patient", doc["id"], doc)
+
+
+def second_registration(population: Population) -> tuple[dict, dict, str]:
+    """Another practice registers someone with the name, date of birth, sex and address of a registered patient of
+    one practice, without an NHS number (written through the gate as the integration account). Returns (the new
+    record, the known patient's record, the other practice's reference)."""
+    import uuid
+
+    from joinedup.governance.identity import SYSTEM
+
+    known = next(p for i, p in sorted(population.patients.items()) if i.startswith(f"{PREFIX}p-")
+                 and any(x.get("system") == "https://fhir.nhs.uk/Id/nhs-number" for x in p.get("identifier") or ()))
+    practice = next(g["reference"] for g in known["generalPractitioner"] if g["reference"].startswith("Organization/"))
+    other = next(g["reference"] for p in population.patients.values() for g in p.get("generalPractitioner") or ()
+                 if g["reference"].startswith("Organization/") and g["reference"] != practice)
+    doc = {k: v for k, v in known.items() if k not in ("identifier", "link", "meta")}
+    doc["id"] = f"{PREFIX}reg-{uuid.uuid4().hex[:8]}"
+    doc["meta"] = {"source": other}
+    doc["generalPractitioner"] = [{"reference": other}]
+    population.gate.update(SYSTEM, "Patient", doc["id"], doc)
+    return doc, known, other

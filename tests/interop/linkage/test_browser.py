@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from tests.browser.conftest import shot
-from tests.interop.linkage.conftest import queue_pair
+from tests.interop.linkage.conftest import queue_pair, second_registration
 
 
 def login(page, url: str, user: str, password: str) -> None:
@@ -67,3 +67,21 @@ def test_gp_and_patient_are_refused(page, population, server):
         assert page.get_by_role("link", name="Record linkage review", exact=True).count() == 0
         shot(page, f"linkage-review-refused-{user}")
         page.context.clear_cookies()
+
+
+def test_a_possible_duplicate_registration_is_shown_with_its_caution(page, population, model_file):
+    from joinedup.governance.identity import SYSTEM
+    from joinedup.interop.linkage import service
+
+    doc, known, other = second_registration(population)
+    service.run(population.gate, SYSTEM, path=model_file, organisation=other)
+    request = next(q["id"] for q in service.review_queue(population.gate, SYSTEM)
+                   if {q["patient"], q["other_patient"]} == {f"Patient/{doc['id']}", f"Patient/{known['id']}"})
+    login(page, population.url, "po-linkage", "po-linkage-pw")
+    page.goto(f"{population.url}/linkage/review")
+    card = page.locator("article", has=page.locator(f"form[action='/linkage/review/{request}']"))
+    caution = card.get_by_role("note")
+    assert "registered with one practice at a time" in caution.inner_text()
+    assert "duplicate registration" in caution.inner_text()
+    card.scroll_into_view_if_needed()
+    shot(page, "linkage-review-two-registrations")

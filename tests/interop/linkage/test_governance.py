@@ -11,7 +11,7 @@ import pytest
 from joinedup.fhir.errors import FhirError
 from joinedup.governance.identity import SYSTEM, Principal
 from joinedup.interop.linkage import service
-from tests.interop.linkage.conftest import COUNCIL, gp_for, queue_pair
+from tests.interop.linkage.conftest import COUNCIL, gp_for, queue_pair, second_registration
 
 
 def _actions(gate, patient_id: str) -> list[tuple[str, str]]:
@@ -110,3 +110,21 @@ def test_confident_matches_become_confirmed_links_with_reach(population, model_f
                                        != population.patients[other]["generalPractitioner"][0]), "gp-linkage-4")
     with pytest.raises(FhirError):
         gate.read(stranger, "Patient", sc)
+
+
+def test_two_practices_registrations_of_one_name_are_not_linked(population, model_file, tmp_path):
+    """A second practice registers someone with the very name, date of birth, sex and address of a registered
+    patient of another practice, without an NHS number: a person is registered with one practice at a time, so the
+    run confirms nothing between them; the pair waits for review with a caution saying why."""
+    gate = population.gate
+    doc, known, other = second_registration(population)
+    out = service.run(gate, SYSTEM, path=model_file, organisation=other, report=tmp_path / "pairs.ndjson")
+    pair = next(p for p in out["pairs"] if {p["unlinked"], p["reference"]} == {doc["id"], known["id"]})
+    assert pair["match_probability"] >= 0.95 and pair["decision"] == "review" and pair["outcome"] == "queued"
+    assert not any(p["outcome"] == "confirmed" and known["id"] in (p["unlinked"], p["reference"]) for p in out["pairs"])
+    assert _links(gate, doc["id"]) == []
+    queued = next(q for q in service.review_queue(gate, SYSTEM) if {q["patient"], q["other_patient"]}
+                  == {f"Patient/{doc['id']}", f"Patient/{known['id']}"})
+    assert "registered with one practice at a time" in queued["caution"]
+    reported = [json.loads(x) for x in (tmp_path / "pairs.ndjson").read_text().splitlines()]
+    assert any("caution" in x for x in reported)

@@ -26,9 +26,9 @@ def test_comparison_row_reads_the_patient_resource():
                    "gender": "female", "birthDate": "1941-03-07",
                    "address": [{"use": "work", "line": ["1 Work St"]},
                                {"use": "home", "line": ["12 Mill Lane"], "postalCode": "ls6 2ab"}]})
-    assert r == {"unique_id": "x", "organisation": "o1", "first_name": "ROISIN", "surname": "O BRIEN",
-                 "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB", "address": "12 MILL LANE",
-                 "first_name_groups": ["ROISIN"], "nhs_number": None}
+    assert r == {"unique_id": "x", "organisation": "o1", "registered_at": None, "first_name": "ROISIN",
+                 "surname": "O BRIEN", "dob": "1941-03-07", "sex": "female", "postcode": "LS6 2AB",
+                 "address": "12 MILL LANE", "first_name_groups": ["ROISIN"], "nhs_number": None}
     assert model.agreement(r, {**r, "dob": "1941-07-03", "postcode": None})["dob"] == "differs"
     assert model.agreement(r, {**r, "postcode": None})["postcode"] == "missing"
     assert model.differences(r, {**r, "dob": "1941-07-03", "postcode": "LS6 9ZZ"}) == {
@@ -124,3 +124,40 @@ def test_two_records_without_an_nhs_number_are_linked_to_each_other(population, 
     # each pair once, never a record with itself
     assert len({frozenset((p["unlinked"], p["reference"])) for p in pairs}) == len(pairs)
     assert all(p["unlinked"] != p["reference"] for p in pairs)
+
+
+def test_a_practice_own_registration_record_is_known_by_its_practice():
+    gp_record = {"resourceType": "Patient", "id": "a", "meta": {"source": "Organization/gp-1"},
+                 "generalPractitioner": [{"reference": "Organization/gp-1"}, {"reference": "Practitioner/pr-1"}]}
+    assert model.registered_at(gp_record) == "gp-1"
+    assert model.row(gp_record)["registered_at"] == "gp-1"
+    # a hospital's or a council's record naming the practice (PD1-3) is not the practice's own: it may be stale
+    hospital = {**gp_record, "meta": {"source": "Organization/trust-1"}}
+    assert model.registered_at(hospital) is None
+    # a practice's record that names only a practitioner, or another practice, is not a registration it holds
+    assert model.registered_at({**gp_record, "generalPractitioner": [{"reference": "Practitioner/pr-1"}]}) is None
+    assert model.registered_at({**gp_record, "generalPractitioner": [{"reference": "Organization/gp-2"}]}) is None
+    assert model.registered_at({"resourceType": "Patient", "id": "c"}) is None
+
+
+def _registered(a: str, b: str, weight: float, at: tuple[str | None, str | None]) -> dict:
+    return {**_pair(a, b, weight), "registered_at": list(at)}
+
+
+def test_two_practices_registrations_are_never_linked_automatically():
+    # a person is registered with one practice at a time: two practices' own registration records are two people
+    # (or a duplicate registration for a records manager), however alike
+    alike, faint = service.decide([_registered("gp-b-1", "gp-a-1", 20, ("gp-b", "gp-a")),
+                                   _registered("gp-b-1", "gp-a-2", 2, ("gp-b", "gp-a"))], 0.95, 0.2)
+    assert alike["decision"] == "review" and "one practice at a time" in alike["caution"]
+    assert "Organization/gp-b" in alike["caution"] and "Organization/gp-a" in alike["caution"]
+    assert faint["decision"] == "below-threshold"
+    # one practice's two records of a person, or a practice's record and a council's, are linked as before
+    same_practice, = service.decide([_registered("gp-a-9", "gp-a-1", 20, ("gp-a", "gp-a"))], 0.95, 0.2)
+    council, = service.decide([_registered("sc-1", "gp-a-1", 20, (None, "gp-a"))], 0.95, 0.2)
+    assert same_practice["decision"] == council["decision"] == "confirm"
+    # and such a pair is no rival: the council record's match to the practice record without an NHS number stands
+    pairs = service.decide([_registered("sc-1", "gp-b-1", 12, (None, "gp-b")),
+                            _registered("gp-b-1", "gp-a-1", 12, ("gp-b", "gp-a"))], 0.95, 0.2)
+    assert [p["decision"] for p in pairs] == ["confirm", "review"]
+    assert pairs[0]["exclusive_probability"] == pytest.approx(4096 / 4097)

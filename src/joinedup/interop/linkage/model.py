@@ -123,12 +123,28 @@ def row(patient: dict) -> dict[str, Any]:
     birth = patient.get("birthDate")
     sex = patient.get("gender")
     first = _norm(given[0]) if given else None
-    return {"unique_id": patient.get("id"), "organisation": organisation_of(patient),
+    holder = organisation_of(patient)
+    return {"unique_id": patient.get("id"), "organisation": holder, "registered_at": registered_at(patient, holder),
             "first_name": first, "surname": _norm(name.get("family")),
             "dob": birth[:10] if isinstance(birth, str) and _DATE.match(birth[:10]) else None,
             "sex": sex if sex in ("male", "female") else None,
             "postcode": postcode(addr.get("postalCode")), "address": _norm(" ".join(lines)) if lines else None,
             "first_name_groups": name_groups(first), "nhs_number": nhs_number(patient)}
+
+
+def registered_at(patient: dict, holder: str | None = None) -> str | None:
+    """The practice whose own registration record this is: the holding organisation, when the record names it as
+    the person's general practice (Patient.generalPractitioner). A person is registered with one GP practice at a
+    time (registering with a new practice removes them from the old one's list), so two such records at different
+    practices are two people, or a duplicate registration for a records manager to resolve - never one person to
+    link automatically (see `service.decide`). A hospital's or council's record that names a practice is not the
+    practice's own and may be out of date: None."""
+    holder = holder if holder is not None else organisation_of(patient)
+    if holder is None:
+        return None
+    own = f"Organization/{holder}"
+    return holder if any(isinstance(g, dict) and g.get("reference") == own
+                         for g in patient.get("generalPractitioner") or ()) else None
 
 
 def split(patients: Iterable[dict]) -> tuple[list[dict], list[dict]]:
@@ -415,6 +431,7 @@ def score(model: Trained, unlinked: list[dict], reference: list[dict], *, thresh
     linker = _linker(unlinked, reference, _for_backend(model.settings, backend), backend, spark)
     df = linker.inference.predict(threshold_match_probability=threshold,
                                  warning_mode="never").as_pandas_dataframe()
+    registered = {r["unique_id"]: r.get("registered_at") for r in (*unlinked, *reference)}
     out = []
     seen: set[tuple[str, str]] = set()
     for r in df.to_dict("records"):
@@ -430,6 +447,7 @@ def score(model: Trained, unlinked: list[dict], reference: list[dict], *, thresh
         out.append({
             "unlinked": a, "reference": b,
             "organisations": [org_u, org_r],
+            "registered_at": [registered.get(a), registered.get(b)],
             "match_weight": round(float(r["match_weight"]), 3),
             "match_probability": float(r["match_probability"]),
             "fields": {f: [_clean(r.get(f"{f}_{side[0]}")), _clean(r.get(f"{f}_{side[1]}"))] for f in FIELDS},

@@ -77,10 +77,17 @@ def decide(pairs: list[dict[str, Any]], confirm: float, review: float,
     do not compete. Taken on both sides (the record to link's candidates and the other record's), the smaller
     counts. A pair is confirmed when its exclusive probability is at or above `confirm`; a pair at or above
     `review` (by its own probability) goes to review, so does a confident pair whose exclusive probability falls
-    short; the rest are below threshold."""
+    short; the rest are below threshold.
+
+    Two GP practices' own registration records (`registered_at`, see `model.registered_at`) are never one person
+    to link: a person is registered with one practice at a time. Such a pair is no rival to anyone's candidates; it
+    goes to review only when its own probability reaches `confirm` (a possible duplicate registration, with a
+    caution saying so), else it is below threshold."""
     person = person or {}
     best: dict[tuple[str, str], float] = {}  # (record, candidate person) -> odds of the likeliest of its records
     for p in pairs:
+        if two_registrations(p):
+            continue
         o = _odds(p)
         for rec, other in ((p["unlinked"], p["reference"]), (p["reference"], p["unlinked"])):
             k = (rec, person.get(other, other))
@@ -89,6 +96,14 @@ def decide(pairs: list[dict[str, Any]], confirm: float, review: float,
     for (rec, _), o in best.items():
         total[rec] = total.get(rec, 0.0) + o
     for p in pairs:
+        if two_registrations(p):
+            p["exclusive_probability"] = 0.0
+            p["decision"] = "review" if p["match_probability"] >= confirm else "below-threshold"
+            at = p["registered_at"]
+            p["caution"] = (f"both records are GP registrations, at Organization/{at[0]} and Organization/{at[1]}: a "
+                            "person is registered with one practice at a time, so these are two people or a duplicate "
+                            "registration")
+            continue
         o = _odds(p)
         exclusive = min(o / (1 + o + total[rec] - best[(rec, person.get(other, other))])
                         for rec, other in ((p["unlinked"], p["reference"]), (p["reference"], p["unlinked"])))
@@ -98,6 +113,12 @@ def decide(pairs: list[dict[str, Any]], confirm: float, review: float,
     return pairs
 
 
+def two_registrations(pair: dict[str, Any]) -> bool:
+    """Both records of the pair are GP practices' own registration records, at different practices."""
+    a, b = (pair.get("registered_at") or (None, None))
+    return a is not None and b is not None and a != b
+
+
 def _odds(pair: dict[str, Any]) -> float:
     """A pair's match odds (2 ** match weight, which Splink keeps where the probability rounds to 1)."""
     return 2.0 ** min(float(pair["match_weight"]), 200.0)
@@ -105,6 +126,8 @@ def _odds(pair: dict[str, Any]) -> float:
 
 def reason_for(pair: dict[str, Any]) -> str:
     doc = {"fields": pair["fields"], "organisations": pair["organisations"]}
+    if pair.get("caution"):
+        doc["caution"] = pair["caution"]
     return (f"{REASON_PREFIX}: match probability {pair['match_probability']:.4f}, match weight "
             f"{pair['match_weight']:.2f} | {json.dumps(doc, separators=(',', ':'))}")
 
@@ -119,7 +142,8 @@ def parse_reason(reason: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return {"match_probability": float(m.group("p")), "match_weight": float(m.group("w")),
-            "fields": doc.get("fields") or {}, "organisations": doc.get("organisations") or []}
+            "fields": doc.get("fields") or {}, "organisations": doc.get("organisations") or [],
+            "caution": doc.get("caution") if isinstance(doc.get("caution"), str) else None}
 
 
 def run(gate: Gate, who: Principal, *, path: Path | None = None, confirm: float | None = None,
@@ -183,7 +207,8 @@ def write_report(path: Path, pairs: list[dict[str, Any]]) -> None:
             fh.write(json.dumps({"unlinked": f"Patient/{p['unlinked']}", "reference": f"Patient/{p['reference']}",
                                  "match_weight": p["match_weight"], "match_probability": p["match_probability"],
                                  "exclusive_probability": p.get("exclusive_probability"), "decision": p["decision"],
-                                 "outcome": p.get("outcome"), "fields": p["fields"]}) + "\n")
+                                 "outcome": p.get("outcome"), "fields": p["fields"],
+                                 **({"caution": p["caution"]} if p.get("caution") else {})}) + "\n")
 
 
 def write_links(gate: Gate, a: str, b: str) -> None:
