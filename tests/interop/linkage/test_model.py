@@ -161,3 +161,25 @@ def test_two_practices_registrations_are_never_linked_automatically():
                             _registered("gp-b-1", "gp-a-1", 12, ("gp-b", "gp-a"))], 0.95, 0.2)
     assert [p["decision"] for p in pairs] == ["confirm", "review"]
     assert pairs[0]["exclusive_probability"] == pytest.approx(4096 / 4097)
+
+
+def _rowd(uid: str, org: str, first: str, surname: str, dob: str, postcode: str = "ZX1 1AA") -> dict:
+    return {"unique_id": uid, "organisation": org, "first_name": first, "surname": surname, "dob": dob,
+            "postcode": postcode}
+
+
+def test_each_pair_of_organisations_gets_the_prior_its_records_show():
+    # the council's 12 records to link each agree on name and date of birth with a GP record at practice A (the
+    # deterministic rules find 12 pairs); practice B's 20 registrations without a number agree with nothing
+    council = [_rowd(f"sc-{i}", "la", "ANN", f"SURNAME{i}", f"1940-01-{i + 1:02d}") for i in range(12)]
+    practice_a = [_rowd(f"a-{i}", "gp-a", "ANN", f"SURNAME{i}", f"1940-01-{i + 1:02d}") for i in range(12)] + \
+        [_rowd(f"a-x{i}", "gp-a", "TOM", f"OTHER{i}", "1970-05-05") for i in range(38)]
+    practice_b = [_rowd(f"b-{i}", "gp-b", "JOE", f"NOBODY{i}", "1980-02-02", "ZY9 9ZZ") for i in range(20)]
+    to_link = council + practice_b
+    priors = model.organisation_priors(to_link, [*practice_a, *to_link], rule_recall=0.4)
+    # (pairs found / recall) / pairs compared: the council's 12 records x practice A's 50 candidates
+    assert priors == {model.organisation_key("la", "gp-a"): pytest.approx((12 / 0.4) / (12 * 50))}
+    assert model.organisation_key("gp-a", "la") == model.organisation_key("la", "gp-a")
+    # fewer pairs than MIN_PRIOR_HITS: no prior of their own (the model's is used)
+    few = model.organisation_priors(council[:5], practice_a, rule_recall=0.4)
+    assert few == {}

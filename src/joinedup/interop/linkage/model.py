@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
 import unicodedata
 import uuid
@@ -423,13 +424,88 @@ def _for_backend(settings: dict[str, Any], backend: str) -> dict[str, Any]:
     return fresh
 
 
+MIN_PRIOR_HITS = 10  # deterministic-rule pairs a pair of organisations needs for a prior of its own (else the model's)
+
+
+def organisation_priors(unlinked: list[dict], reference: list[dict], rule_recall: float) -> dict[tuple, float]:
+    """The prior of a pair - the probability that a record to link and a candidate record, of two given
+    organisations, are one person - for each pair of organisations with at least MIN_PRIOR_HITS record pairs found by
+    the deterministic rules: (those pairs / the rules' recall) / (the record pairs of those organisations that are
+    compared), as Splink estimates the one prior of a whole population (`estimate_probability_two_random_records_
+    match`), but per pair of organisations (unordered: `organisation_key`). It differs widely between them: nearly
+    every council record of a person without an NHS number has a GP record somewhere, while a GP registration
+    without a number rarely has a partner at another practice, so one prior for all pairs undervalues the first
+    kind and overvalues the second. Estimated on the records being linked, from the rules alone (never from known
+    answers); `reference` holds every candidate (the records to link among them or not)."""
+    import duckdb
+    import pandas as pd
+
+    cols = ["unique_id", "organisation", "first_name", "surname", "dob", "postcode"]
+    con = duckdb.connect()
+    try:
+        con.register("u", pd.DataFrame([[r.get(c) for c in cols] for r in unlinked], columns=cols).astype(object))
+        con.register("c", pd.DataFrame([[r.get(c) for c in cols] for r in reference], columns=cols).astype(object))
+        joins = " UNION ".join(
+            "SELECT least(u.unique_id, c.unique_id) AS a, greatest(u.unique_id, c.unique_id) AS b, u.organisation AS s,"
+            " c.organisation AS t FROM u JOIN c ON " + " AND ".join(f"u.{col} = c.{col}" for col in rule)
+            + " WHERE u.unique_id <> c.unique_id AND u.organisation IS DISTINCT FROM c.organisation"
+            for rule in DETERMINISTIC_RULES)
+        hits = con.execute(f"SELECT s, t, a, b FROM ({joins})").fetchall()
+    finally:
+        con.close()
+    found: dict[tuple, set] = {}
+    for s, t, a, b in hits:
+        found.setdefault(organisation_key(s, t), set()).add((a, b))
+    to_link: dict[Any, int] = {}
+    candidates: dict[Any, int] = {}
+    both: dict[Any, int] = {}  # records to link that are candidates too
+    ids = {r.get("unique_id") for r in reference}
+    for r in unlinked:
+        org = r.get("organisation")
+        to_link[org] = to_link.get(org, 0) + 1
+        if r.get("unique_id") in ids:
+            both[org] = both.get(org, 0) + 1
+    for r in reference:
+        candidates[r.get("organisation")] = candidates.get(r.get("organisation"), 0) + 1
+    out = {}
+    for key, pairs in found.items():
+        if len(pairs) < MIN_PRIOR_HITS:
+            continue
+        s, t = key
+        u_s, u_t = to_link.get(s, 0), to_link.get(t, 0)
+        # record pairs compared: S's records to link with T's candidates and T's with S's, a pair of two records to
+        # link counted once
+        compared = u_s * candidates.get(t, 0) + u_t * candidates.get(s, 0) - both.get(s, 0) * both.get(t, 0)
+        if compared > 0:
+            out[key] = min(len(pairs) / rule_recall, compared / 2) / compared
+    return out
+
+
+def organisation_key(a: Any, b: Any) -> tuple:
+    """A pair of organisations, either way round."""
+    return (a, b) if str(a) <= str(b) else (b, a)
+
+
+def _logit2(p: float) -> float:
+    return math.log2(p / (1 - p))
+
+
 def score(model: Trained, unlinked: list[dict], reference: list[dict], *, threshold: float = 0.001,
           backend: str = "duckdb", spark: Any = None) -> list[dict[str, Any]]:
     """Every blocked pair at or above `threshold` match probability, highest first:
-    {unlinked, reference, organisations, match_weight, match_probability, fields {name: (left, right)}}."""
+    {unlinked, reference, organisations, registered_at, prior, match_weight, match_probability,
+    fields {name: (left, right)}}. Each pair's weight is taken at the prior of its two organisations
+    (`organisation_priors`; the model's own prior where a pair of organisations has too few rule pairs)."""
     logging.getLogger("splink").setLevel(logging.WARNING)
-    linker = _linker(unlinked, reference, _for_backend(model.settings, backend), backend, spark)
-    df = linker.inference.predict(threshold_match_probability=threshold,
+    settings = _for_backend(model.settings, backend)
+    base = float(settings["probability_two_random_records_match"])
+    recall = float(model.trained_on.get("deterministic_rule_recall") or ASSUMED_RULE_RECALL)
+    priors = organisation_priors(unlinked, reference, recall)
+    # predict down to the weight from which the largest prior could still lift a pair to the threshold
+    lift = max([_logit2(x) - _logit2(base) for x in priors.values()] + [0.0])
+    floor = -math.inf if threshold <= 0 else _logit2(min(threshold, 1 - 1e-15))
+    linker = _linker(unlinked, reference, settings, backend, spark)
+    df = linker.inference.predict(threshold_match_weight=None if threshold <= 0 else floor - lift,
                                  warning_mode="never").as_pandas_dataframe()
     registered = {r["unique_id"]: r.get("registered_at") for r in (*unlinked, *reference)}
     out = []
@@ -443,13 +519,18 @@ def score(model: Trained, unlinked: list[dict], reference: list[dict], *, thresh
         a, b = str(r[f"unique_id_{side[0]}"]), str(r[f"unique_id_{side[1]}"])
         if a == b or (b, a) in seen:
             continue  # a record itself, or a pair of two records to link already met the other way round
+        prior = priors.get(organisation_key(org_u, org_r), base)
+        weight = float(r["match_weight"]) - _logit2(base) + _logit2(prior)
+        if weight < floor:
+            continue
         seen.add((a, b))
         out.append({
             "unlinked": a, "reference": b,
             "organisations": [org_u, org_r],
             "registered_at": [registered.get(a), registered.get(b)],
-            "match_weight": round(float(r["match_weight"]), 3),
-            "match_probability": float(r["match_probability"]),
+            "prior": prior,
+            "match_weight": round(weight, 3),
+            "match_probability": 1.0 if weight > 60 else 2.0 ** weight / (1 + 2.0 ** weight),
             "fields": {f: [_clean(r.get(f"{f}_{side[0]}")), _clean(r.get(f"{f}_{side[1]}"))] for f in FIELDS},
         })
     out.sort(key=lambda p: (-p["match_probability"], p["unlinked"], p["reference"]))
