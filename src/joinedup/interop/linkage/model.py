@@ -450,7 +450,7 @@ def organisation_priors(unlinked: list[dict], reference: list[dict], rule_recall
             " c.organisation AS t FROM u JOIN c ON " + " AND ".join(f"u.{col} = c.{col}" for col in rule)
             + " WHERE u.unique_id <> c.unique_id AND u.organisation IS DISTINCT FROM c.organisation"
             for rule in DETERMINISTIC_RULES)
-        hits = con.execute(f"SELECT s, t, a, b FROM ({joins})").fetchall()
+        hits = con.sql(f"SELECT s, t, a, b FROM ({joins})").fetchall()  # rows in memory, not the store
     finally:
         con.close()
     found: dict[tuple, set] = {}
