@@ -32,7 +32,8 @@ def test_dry_run_links_nothing_and_reports_every_pair(population, model_file, tm
     out = service.run(population.gate, SYSTEM, path=model_file, dry_run=True, report=report, organisation=COUNCIL)
     lines = [json.loads(x) for x in report.read_text().splitlines()]
     assert len(lines) == out["pairs_scored"] > 0
-    assert {"match_weight", "match_probability", "decision"} <= set(lines[0])
+    assert {"match_weight", "match_probability", "prior", "decision"} <= set(lines[0])
+    assert all(0 < x["prior"] < 1 for x in lines)
     assert {x["decision"] for x in lines} <= set(service.DECISIONS)
     assert all(x["outcome"] in (None, "dry-run") for x in lines)
     assert out["outcomes"]["confirmed"] == out["outcomes"]["queued"] == 0

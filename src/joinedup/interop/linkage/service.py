@@ -206,6 +206,7 @@ def write_report(path: Path, pairs: list[dict[str, Any]]) -> None:
         for p in pairs:
             fh.write(json.dumps({"unlinked": f"Patient/{p['unlinked']}", "reference": f"Patient/{p['reference']}",
                                  "match_weight": p["match_weight"], "match_probability": p["match_probability"],
+                                 "prior": p.get("prior"),
                                  "exclusive_probability": p.get("exclusive_probability"), "decision": p["decision"],
                                  "outcome": p.get("outcome"), "fields": p["fields"],
                                  **({"caution": p["caution"]} if p.get("caution") else {})}) + "\n")
