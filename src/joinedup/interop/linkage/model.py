@@ -24,6 +24,7 @@ import math
 import re
 import unicodedata
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -456,26 +457,18 @@ def organisation_priors(unlinked: list[dict], reference: list[dict], rule_recall
     found: dict[tuple, set] = {}
     for s, t, a, b in hits:
         found.setdefault(organisation_key(s, t), set()).add((a, b))
-    to_link: dict[Any, int] = {}
-    candidates: dict[Any, int] = {}
-    both: dict[Any, int] = {}  # records to link that are candidates too
     ids = {r.get("unique_id") for r in reference}
-    for r in unlinked:
-        org = r.get("organisation")
-        to_link[org] = to_link.get(org, 0) + 1
-        if r.get("unique_id") in ids:
-            both[org] = both.get(org, 0) + 1
-    for r in reference:
-        candidates[r.get("organisation")] = candidates.get(r.get("organisation"), 0) + 1
+    to_link = Counter(r.get("organisation") for r in unlinked)
+    candidates = Counter(r.get("organisation") for r in reference)
+    both = Counter(r.get("organisation") for r in unlinked if r.get("unique_id") in ids)  # to link and candidates
     out = {}
     for key, pairs in found.items():
         if len(pairs) < MIN_PRIOR_HITS:
             continue
         s, t = key
-        u_s, u_t = to_link.get(s, 0), to_link.get(t, 0)
         # record pairs compared: S's records to link with T's candidates and T's with S's, a pair of two records to
         # link counted once
-        compared = u_s * candidates.get(t, 0) + u_t * candidates.get(s, 0) - both.get(s, 0) * both.get(t, 0)
+        compared = to_link[s] * candidates[t] + to_link[t] * candidates[s] - both[s] * both[t]
         if compared > 0:
             out[key] = min(len(pairs) / rule_recall, compared / 2) / compared
     return out
