@@ -26,7 +26,7 @@ from typing import Any
 
 from . import dialect as dialects
 from . import fhirpath as fp
-from . import model
+from . import model, shapes
 
 MAX_REPEAT_DEPTH = 10  # the same on both engines; Spark plans grow with the unrolled depth
 
@@ -91,6 +91,7 @@ class Val:
     klass: type | None = None
     choice: model.Choice | None = None
     is_resource: bool = False
+    elem: int | None = None  # base holds elements (one, or a list when base_list) of typed list `elem` (shapes.py)
 
     @property
     def many(self) -> bool:
@@ -130,11 +131,106 @@ class _Rows:
 
 
 class _Compiler:
-    def __init__(self, view: Any, dialect: str = "duckdb") -> None:
+    def __init__(self, view: Any, dialect: str = "duckdb", plan: dict[int, shapes.Field] | None = None) -> None:
         self.view = view
         self.d = dialects.get(dialect)
         self.constants: dict[str, fp.Literal] = {}
         self.warnings: list[str] = []
+        # typed lists (shapes.py): the first run records (plan None), the second compiles with the plan
+        self.plan = plan
+        self.usages: dict[int, shapes.Usage] = {}
+        self._lists = 0
+        self._quiet = 0
+
+    # -- typed lists --
+    def typed_list(self, v: Val) -> tuple[str, int | None]:
+        """The list a where()/extension() filters, and the typed list it is (None: a list of JSON).
+
+        A list can be typed when it is one list of elements of a known complex type: the last step of a path with
+        no other list in it, or a list field of a typed list's element."""
+        d = self.d
+        k = None
+        if (d.name == "duckdb" and v.kind == "path" and v.choice is None and v.steps and v.klass is not None
+                and not v.is_resource and len(v.steps[-1]) == 2 and v.steps[-1][1] is True
+                and all(s[1] is not None for s in v.steps)):
+            inner = v.elem is not None
+            if inner or (not v.base_list and all(s[1] is False for s in v.steps[:-1])):
+                self._lists += 1
+                k = self._lists
+                if self.plan is None:
+                    self.usages[k] = shapes.Usage(parent=(v.elem, v.steps) if inner else None,
+                                                  container=None if inner else (v.base, v.steps))
+        if k is None:
+            return self.as_list(v), None
+        if self.plan is None or k not in self.plan:
+            self._quiet += 1  # the list's own container: its use is the list's (Usage.parent), not a field's
+            try:
+                return self.as_list(v), k  # elements of list k even when it stays JSON: both runs number alike
+            finally:
+                self._quiet -= 1
+        # NULL when absent, as the lists filtered from it: whatever takes the list's size or items takes it through
+        # as_list, which makes NULL the empty list
+        if v.elem is not None:
+            return self._typed_walk(v, self.plan[v.elem], False, container=True)[0], k
+        key = v.steps[-1][0]
+        container, _ = self._walk(replace(v, steps=v.steps[:-1] + ((key, False),)), text=False)
+        return f"json_transform({container}, {self.q(shapes.spec_text(self.plan[k]))})", k
+
+    def record(self, v: Val, steps: tuple, mode: str) -> None:
+        """First run: a use of the elements of typed list v.elem (mode "text", "json", or "whole")."""
+        u = self.usages.get(v.elem) if self.plan is None and not self._quiet else None
+        if u is None:
+            return
+        if mode == "whole" or not steps or any(s[1] is None for s in steps):
+            u.whole = True
+        else:
+            u.uses.append((steps, mode, v.ftype))
+
+    def typed(self, v: Val) -> shapes.Field | None:
+        return self.plan.get(v.elem) if self.plan is not None and v.elem is not None else None
+
+    def _typed_walk(self, v: Val, shape: shapes.Field, text: bool, *, container: bool = False) -> tuple[str, bool]:
+        """Second run: the path from typed elements, through struct fields while they are fields, then as JSON."""
+        d = self.d
+        cur, cur_list, fields = v.base, v.base_list, shape.fields
+        steps, i = v.steps, 0
+        while i < len(steps):
+            # from a list: one lambda takes the fields down to the next list, text or JSON field (`y.a.b.c`)
+            y = self.fresh("y") if cur_list else ""
+            got = y if cur_list else cur
+            while True:
+                step = steps[i]
+                f = fields.get(step[0])
+                if f is None:  # pragma: no cover - the plan holds every field the first run saw
+                    raise ViewError(f"internal: no field {step[0]} in the typed list")
+                whole_list = f.is_list and len(step) == 2
+                got = f'{got}."{step[0]}"' if len(step) == 2 else f'({got}."{step[0]}")[{step[2] + 1}]'
+                i += 1
+                if f.kind != shapes.STRUCT or whole_list or not cur_list or i == len(steps):
+                    break
+                fields = f.fields
+            if cur_list:
+                z = self.fresh("z")
+                vals = d.transform(cur, y, got)
+                cur = d.flatten(vals) if whole_list else d.filter(vals, z, f"{z} IS NOT NULL")
+            else:
+                cur, cur_list = got, whole_list
+            rest = steps[i:]
+            if f.kind == shapes.JSON_:
+                return self._walk(Val("path", base=cur, base_list=cur_list, steps=rest), text=text)
+            if f.kind == shapes.TEXT:
+                if rest:  # pragma: no cover - a text field is the end of its paths
+                    raise ViewError(f"internal: the text field {step[0]} has no elements")
+                if text:
+                    return cur, cur_list
+                if cur_list:
+                    x = self.fresh("x")
+                    return d.transform(cur, x, f"to_json({x})"), True
+                return f"to_json({cur})", False
+            fields = f.fields
+        if container:  # the structs of a typed list inside a typed element
+            return cur, cur_list
+        raise ViewError("internal: a typed element used whole")  # pragma: no cover - such a list is not typed
 
     # -- helpers --
     def fresh(self, prefix: str) -> str:
@@ -191,6 +287,11 @@ class _Compiler:
 
     def _walk(self, v: Val, *, text: bool) -> tuple[str, bool]:
         d = self.d
+        if v.elem is not None and v.choice is None:
+            self.record(v, v.steps, "text" if text else "json")
+            shape = self.typed(v)
+            if shape is not None:
+                return self._typed_walk(v, shape, text)
         if v.choice is not None:  # a choice element used without ofType(): whichever variant is present
             parts = [replace(v, steps=v.steps + ((e.name, e.is_list),), choice=None) for e in v.choice.variants]
             if v.many:
@@ -365,6 +466,22 @@ class _Compiler:
     def pick(self, v: Val, one_based: str, scope: _Scope) -> Val:
         if v.kind == "nlist":
             return Val("native", sql=self.d.at(v.sql, one_based), ftype=v.ftype)
+        if v.kind == "path" and v.elem is not None and v.choice is None:
+            if not v.steps and v.base_list:  # one of the typed elements
+                return replace(v, base=self.d.at(v.base, one_based), base_list=False)
+            if v.steps and v.ftype in model.STRING_LIKE:  # one of their texts (a string-like field)
+                self.record(v, v.steps, "text")
+                shape = self.typed(v)
+                if shape is not None and shapes.leaf_kind(shape, v.steps) == shapes.TEXT:
+                    texts, is_list = self._walk(v, text=True)  # NULL or a list ([n] of NULL is NULL)
+                    if is_list:
+                        return Val("native", sql=self.d.at(texts, one_based), ftype=v.ftype)
+                self._quiet += 1
+                try:
+                    lst = self.as_list(v)
+                finally:
+                    self._quiet -= 1
+                return Val("path", base=self.d.at(lst, one_based), ftype=v.ftype, klass=v.klass)
         lst = self.as_list(v)
         return Val("path", base=self.d.at(lst, one_based), ftype=v.ftype, klass=v.klass)
 
@@ -461,7 +578,7 @@ class _Compiler:
             if not v.many:
                 return Val("native", sql=f"(CASE WHEN ({self.as_single(v, scope)}) IS NULL THEN 0 ELSE 1 END)",
                            ftype="integer")
-            return Val("native", sql=d.size(self.as_list(v)), ftype="integer")
+            return Val("native", sql=d.size(self._elements(v) or self.as_list(v)), ftype="integer")
         if name == "first":
             return self.nth(v, 0, scope)
         if name == "last":
@@ -479,10 +596,12 @@ class _Compiler:
             ext = self.member(v, "extension", scope) if v.kind == "path" else Val("empty")
             if ext.kind == "empty":
                 return ext
-            lst = self.as_list(ext)
+            lst, k = self.typed_list(ext)
             x = self.fresh("x")
-            return Val("path", base=d.filter(lst, x, f"{d.get_text(x, '$.url')} = {url.sql}"), base_list=True,
-                       ftype="Extension", klass=ext.klass)
+            item = Val("path", base=x, ftype="Extension", klass=ext.klass, elem=k)
+            url_text = self.as_single(self.member(item, "url", scope), scope, text=True)
+            return Val("path", base=d.filter(lst, x, f"{url_text} = {url.sql}"), base_list=True,
+                       ftype="Extension", klass=ext.klass, elem=k)
         if name == "join":
             sep = "''"
             if args:
@@ -514,7 +633,13 @@ class _Compiler:
         if not v.many:
             sql, _ = self._walk(v, text=False)
             return f"(({sql}) IS NOT NULL)"
-        return f"({self.d.size(self.as_list(v))} > 0)"
+        return f"({self.d.size(self._elements(v) or self.as_list(v))} > 0)"
+
+    def _elements(self, v: Val) -> str | None:
+        """The list of a filtered list's elements as it is (structs or JSON), for its size: no use of a field."""
+        if v.kind == "path" and v.elem is not None and v.base_list and not v.steps and v.choice is None:
+            return self.d.coalesce_list(v.base)
+        return None
 
     def where(self, v: Val, criteria: Any, scope: _Scope) -> Val:
         if v.kind == "empty":
@@ -522,15 +647,15 @@ class _Compiler:
         if v.kind in ("native", "nlist"):
             raise self.fail(scope, "where() on a computed value is not supported")
         x = self.fresh("x")
-        item = Val("path", base=x, ftype=v.ftype, klass=v.klass, is_resource=v.is_resource)
+        lst, k = self.typed_list(v) if v.many else ("", None)
+        item = Val("path", base=x, ftype=v.ftype, klass=v.klass, is_resource=v.is_resource, elem=k)
         cond = self.boolean(self.node(criteria, item, scope), scope)
         if not v.many:
             one = self.as_single(v, scope)
             return Val("path", base=f"(CASE WHEN {self.d.bind(cond, x, one)} THEN {one} END)", ftype=v.ftype,
                        klass=v.klass, is_resource=v.is_resource)
-        lst = self.as_list(v)
         return Val("path", base=self.d.filter(lst, x, f"coalesce({cond}, false)"), base_list=True,
-                   ftype=v.ftype, klass=v.klass)
+                   ftype=v.ftype, klass=v.klass, elem=k)
 
     def of_type(self, v: Val, arg: Any, scope: _Scope) -> Val:
         if not isinstance(arg, fp.TypeName):
@@ -994,7 +1119,13 @@ def _spark_type(c: Column) -> str:
     return f"ARRAY<{base}>" if c.collection else base
 
 
-def compile_view(view: Any, dialect: str = "duckdb") -> CompiledView:
+def compile_view(view: Any, dialect: str = "duckdb", *, typed_lists: bool = True) -> CompiledView:
     """Compile a ViewDefinition (a parsed JSON object) to SQL for DuckDB or Spark; ViewError names what is wrong
-    and where."""
-    return _Compiler(view, dialect).compile()
+    and where. On DuckDB the lists a view filters are read as typed structs where they can be (shapes.py) unless
+    `typed_lists` is false (the same rows either way)."""
+    first = _Compiler(view, dialect)
+    compiled = first.compile()
+    plan = shapes.plan(first.usages) if first.usages and typed_lists else {}
+    if not plan:
+        return compiled
+    return _Compiler(view, dialect, plan).compile()
