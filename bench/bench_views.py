@@ -5,7 +5,10 @@ Data: the Synthea 10-patient bulk export (tests/data/synthea-10-patients) replic
 shifted per copy, so references still join) to at least 200,000 resources in a temporary directory, plus the
 Observations of a synthetic ICS (`joinedup generate`; the Synthea sample holds no Observations). Each view and its
 hand-written SQL are materialised into a table (so no column can be skipped), best of at least REPEATS runs (more for a view of milliseconds, see `_enough`), and their rows
-are checked identical. With `--spark` the same views also run on Spark (local mode).
+are checked identical. The engine runs each view as `joinedup views run` does (runner.file_queries): files named for
+the view's type are read with typed columns holding only the fields the view uses (read_json), else through JSON paths
+over the files' objects (read_ndjson_objects, as the hand-written SQL does); `engine_read` says which. With `--spark`
+the same views also run on Spark (local mode).
 
 Peers, side by side on the same files (each peer's time covers reading and parsing the files and evaluating the view,
 as the engine's does):
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from bench.common import ROOT, write_result
 from joinedup.population.views.compiler import compile_view
-from joinedup.population.views.runner import connect, ndjson_files, ndjson_relation
+from joinedup.population.views.runner import connect, file_queries, ndjson_files
 
 SAMPLES = ROOT / "tests" / "data" / "synthea-10-patients"
 PEERS = ROOT / "bench" / "peers"
@@ -204,6 +207,21 @@ def timed(con, sql: str) -> float:
     return best
 
 
+def engine_query(con, compiled, files: list[Path]) -> tuple[str, str]:
+    """The query `joinedup views run` runs over these files (runner.file_queries: the first that runs) and which
+    read it is: "typed" (read_json with typed columns) or "json paths" (read_ndjson_objects)."""
+    queries = file_queries(compiled, files)
+    for i, query in enumerate(queries):
+        try:
+            con.execute(f"SELECT count(*) FROM ({query})").fetchone()
+        except Exception:
+            if i == len(queries) - 1:
+                raise
+            continue
+        return query, "typed" if i < len(queries) - 1 else "json paths"
+    raise AssertionError("no query")  # pragma: no cover
+
+
 def rows_of(con, sql: str) -> list[tuple]:
     return sorted(con.execute(sql).fetchall(), key=repr)
 
@@ -230,16 +248,15 @@ def main(argv: list[str] | None = None) -> dict:
             compiled = compile_view(view)
             where = ics if compiled.resource == "Observation" else synthea
             files = ndjson_files(where, compiled.resource)
-            source = ndjson_relation(files)
             names = ", ".join("'" + str(p) + "'" for p in files)
             hand = HAND[name].replace("{src}", f"(SELECT json AS j FROM read_ndjson_objects([{names}]))")
-            engine_sql = compiled.query(source)
+            engine_sql, read = engine_query(con, compiled, files)
             identical = rows_of(con, engine_sql) == rows_of(con, hand)
             n_rows = con.execute(f"SELECT count(*) FROM ({engine_sql})").fetchone()[0]
             t_engine, t_hand = timed(con, engine_sql), timed(con, hand)
             figures[name] = {"resource": compiled.resource, "rows": n_rows, "engine_seconds": round(t_engine, 3),
                              "hand_written_seconds": round(t_hand, 3), "ratio": round(t_engine / t_hand, 2),
-                             "rows_identical": identical,
+                             "rows_identical": identical, "engine_read": read,
                              "rows_per_second": round(n_rows / t_engine)}
             print(f"{name}: {n_rows:,} rows, engine {t_engine:.2f}s, hand-written {t_hand:.2f}s "
                   f"(x{t_engine / t_hand:.2f}), identical rows: {identical}", flush=True)
@@ -318,7 +335,7 @@ def _beside(con, command: list[str], name: str, view: dict, files: list[str], *,
     """One peer (`command VIEW.json FILE...`, printing {"seconds", "rows"}) beside the engine on the same view and
     files: the peer's rows compared with the engine's, and both timed (the peer's best of at least REPEATS runs when
     `timed_runs`, else its one run: sof-js takes minutes a view)."""
-    sql = compile_view(view).query(ndjson_relation([Path(f) for f in files]))
+    sql, _ = engine_query(con, compile_view(view), [Path(f) for f in files])
     cursor = con.execute(sql)
     columns = [d[0] for d in cursor.description]
     ours = _rows([dict(zip(columns, r)) for r in cursor.fetchall()], columns)

@@ -8,10 +8,24 @@ answer, worked by hand from the data below.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import duckdb
 import pytest
 
-from joinedup.population.views.compiler import compile_view
-from joinedup.population.views.runner import connect, execute, load_resources
+from joinedup.population.views.compiler import ViewError, compile_view
+from joinedup.population.views.conformance import compare
+from joinedup.population.views.runner import (
+    Result,
+    connect,
+    execute,
+    file_queries,
+    load_resources,
+    materialise,
+    ndjson_files,
+    run_view_on_files,
+)
 
 RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 
@@ -202,3 +216,81 @@ def test_observation_components_as_fhirpath_does():
     assert bp["absent"] == "9999-9" and bp["measured"] == 2
     none = next(r for r in rows if r["id"] == "nocomp")
     assert none["systolic"] is None and none["measured"] == 0 and none["loinc"] is None
+
+
+# -- typed reads of NDJSON files: the official suite, each case's resources written to files named for their type --
+SUITE = Path(__file__).resolve().parents[1] / "data" / "sql-on-fhir-v2" / "tests"
+
+
+def _suite_cases() -> list:
+    out = []
+    for f in sorted(SUITE.glob("*.json")):
+        for i, test in enumerate(json.loads(f.read_text())["tests"]):
+            out.append(pytest.param(f.name, i, id=f"{f.stem}:{test['title']}"))
+    return out
+
+
+def _write_by_type(folder: Path, resources: list[dict]) -> None:
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    for rtype, items in by_type.items():
+        (folder / f"{rtype}.ndjson").write_text("".join(json.dumps(r) + "\n" for r in items))
+
+
+@pytest.mark.parametrize(("file", "index"), _suite_cases())
+def test_the_official_suite_through_typed_reads_of_files(tmp_path, file, index):
+    suite = json.loads((SUITE / file).read_text())
+    test = suite["tests"][index]
+    _write_by_type(tmp_path, suite["resources"])
+    try:
+        compiled = compile_view(test["view"])
+    except ViewError:
+        assert test.get("expectError")
+        return
+    files = ndjson_files(tmp_path, compiled.resource)
+    queries = file_queries(compiled, files)
+    con = connect()
+    try:
+        if test.get("expectError"):  # a check only the data can fail: the typed read fails it too
+            for query in queries:
+                with pytest.raises(duckdb.Error):
+                    con.sql(query).fetchall()
+            return
+        if compiled.file_sql is not None and files:
+            assert len(queries) == 2  # the typed read is tried first, and must itself give the expected rows
+            rows = con.sql(queries[0]).fetchall()
+            assert compare(test, Result([c.name for c in compiled.columns], rows)) is None
+        materialise(con, queries, "_case")
+        result = Result([c.name for c in compiled.columns], con.sql("SELECT * FROM _case").fetchall())
+        assert compare(test, result) is None, compare(test, result)
+    finally:
+        con.close()
+
+
+def test_most_of_the_suite_has_a_typed_read():
+    typed = total = 0
+    for f in sorted(SUITE.glob("*.json")):
+        for test in json.loads(f.read_text())["tests"]:
+            try:
+                compiled = compile_view(test["view"])
+            except ViewError:
+                continue
+            total += 1
+            typed += compiled.file_sql is not None
+    assert total == 124 and typed >= 100, (typed, total)
+
+
+def test_a_file_the_typed_read_cannot_take_falls_back_to_json_paths(tmp_path):
+    # not valid FHIR (name as an object, gender as a number): the typed read fails, the JSON paths read it as ever
+    (tmp_path / "Patient.ndjson").write_text(
+        json.dumps({"resourceType": "Patient", "id": "odd", "gender": 1, "name": {"family": "Object"}}) + "\n"
+        + json.dumps(PATIENTS[0]) + "\n")
+    view = {"resource": "Patient", "select": [{"column": [
+        _col("id", "getResourceKey()"), _col("gender", "gender"),
+        _col("family", "name.where(use = 'official').family.first()", type="string")]}]}
+    out = tmp_path / "out.ndjson"
+    compiled, n = run_view_on_files(view, tmp_path, out)
+    assert compiled.file_sql is not None and n == 2
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["a"]["family"] == "Smith" and rows["odd"]["gender"] == "1"

@@ -233,7 +233,7 @@ class Flattened:
             compiled = compile_view(view)
             files = runner.ndjson_files(folder, compiled.resource)
             try:
-                self.con.sql(f"CREATE TABLE v_{name} AS {compiled.query(runner.ndjson_relation(files))}")
+                runner.materialise(self.con, runner.file_queries(compiled, files), f"v_{name}", temp=False)
             except Exception as exc:  # a runtime check of the view failed on this data
                 raise runner._run_error(exc) from None
         if segments_csv is not None:

@@ -66,9 +66,16 @@ class CompiledView:
     sql: str  # with {source}: a relation with one JSON column `resource`
     columns: tuple[Column, ...]
     warnings: tuple[str, ...] = ()
+    # DuckDB, when the view uses no resource whole: the same view over NDJSON files read with typed columns (only
+    # the fields the view uses), with {files} for the list of file names
+    file_sql: str | None = None
 
     def query(self, source: str) -> str:
         return self.sql.replace("{source}", source)
+
+    def files_query(self, files: str) -> str | None:
+        """The typed read of NDJSON files (`files`: a SQL list of their names), or None when the view has none."""
+        return self.file_sql.replace("{files}", files) if self.file_sql else None
 
 
 # -- values of compiled FHIRPath -------------------------------------------------------------------------------
@@ -131,8 +138,10 @@ class _Rows:
 
 
 class _Compiler:
-    def __init__(self, view: Any, dialect: str = "duckdb", plan: dict[int, shapes.Field] | None = None) -> None:
+    def __init__(self, view: Any, dialect: str = "duckdb", plan: dict[int, shapes.Field] | None = None, *,
+                 files: bool = False) -> None:
         self.view = view
+        self.files = files  # compile for a typed read of NDJSON files (plan[0]: the resource's fields)
         self.d = dialects.get(dialect)
         self.constants: dict[str, fp.Literal] = {}
         self.warnings: list[str] = []
@@ -144,22 +153,23 @@ class _Compiler:
 
     # -- typed lists --
     def typed_list(self, v: Val) -> tuple[str, int | None]:
-        """The list a where()/extension() filters, and the typed list it is (None: a list of JSON).
+        """The list a where()/extension() filters, and the typed list it is (None: not a candidate).
 
-        A list can be typed when it is one list of elements of a known complex type: the last step of a path with
-        no other list in it, or a list field of a typed list's element."""
+        A list can be typed when its elements are of a known complex type and it is either a list field of a typed
+        element (the resource's own in a typed read of files, or an element of another typed list), or the last
+        step of a path with no other list in it (read with json_transform)."""
         d = self.d
         k = None
+        alone = not v.base_list and all(s[1] is False for s in v.steps[:-1])
         if (d.name == "duckdb" and v.kind == "path" and v.choice is None and v.steps and v.klass is not None
                 and not v.is_resource and len(v.steps[-1]) == 2 and v.steps[-1][1] is True
-                and all(s[1] is not None for s in v.steps)):
-            inner = v.elem is not None
-            if inner or (not v.base_list and all(s[1] is False for s in v.steps[:-1])):
-                self._lists += 1
-                k = self._lists
-                if self.plan is None:
-                    self.usages[k] = shapes.Usage(parent=(v.elem, v.steps) if inner else None,
-                                                  container=None if inner else (v.base, v.steps))
+                and all(s[1] is not None for s in v.steps) and (v.elem is not None or alone)):
+            self._lists += 1
+            k = self._lists
+            if self.plan is None:
+                self.usages[k] = shapes.Usage(parent=(v.elem, v.steps) if v.elem is not None else None,
+                                              container=(v.base, v.steps) if alone and v.elem in (None, 0)
+                                              else None)
         if k is None:
             return self.as_list(v), None
         if self.plan is None or k not in self.plan:
@@ -170,7 +180,7 @@ class _Compiler:
                 self._quiet -= 1
         # NULL when absent, as the lists filtered from it: whatever takes the list's size or items takes it through
         # as_list, which makes NULL the empty list
-        if v.elem is not None:
+        if v.elem is not None and v.elem in self.plan:
             return self._typed_walk(v, self.plan[v.elem], False, container=True)[0], k
         key = v.steps[-1][0]
         container, _ = self._walk(replace(v, steps=v.steps[:-1] + ((key, False),)), text=False)
@@ -760,9 +770,15 @@ class _Compiler:
         select = view.get("select")
         if not isinstance(select, list) or not select:
             raise ViewError("select: required, a list of one or more select elements")
-        self.root = Val("path", base="_r.resource", ftype=resource, klass=klass, is_resource=True)
+        # the resource is "element 0" of the typed lists (shapes.py): its fields are typed columns in a read of files
+        root_elem = 0 if self.d.name == "duckdb" else None
+        if root_elem is not None and self.plan is None:
+            self.usages[0] = shapes.Usage()
+        self.root = Val("path", base="_r" if self.files else "_r.resource", ftype=resource, klass=klass,
+                        is_resource=True, elem=root_elem)
         root_scope = _Scope(self.root, "0", "view")
-        conds = [f"{self.d.get_text('_r.resource', '$.resourceType')} = {self.q(resource)}"]
+        rtype = '_r."resourceType"' if self.files else self.d.get_text('_r.resource', '$.resourceType')
+        conds = [f"{rtype} = {self.q(resource)}"]
         where = view.get("where", [])
         if not isinstance(where, list):
             raise ViewError("where: must be a list of {path} elements")
@@ -786,7 +802,8 @@ class _Compiler:
             frag = self.select_node({"select": select}, root_scope, "view", top=True)
             columns = [c for c, _ in frag.cols]
             cols = ", ".join(f"{sql} AS {_ident(c.name)}" for c, sql in frag.cols)
-            source = self.d.root_source("{source}")
+            source = (f"read_json({{files}}, format = 'newline_delimited', columns = "
+                      f"{shapes.columns_sql(self.plan[0])})" if self.files else self.d.root_source("{source}"))
             sql = f"SELECT {cols} FROM {source} AS _r {' '.join(frag.joins)} WHERE " + " AND ".join(conds)
         names = [c.name for c in columns]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -1125,7 +1142,12 @@ def compile_view(view: Any, dialect: str = "duckdb", *, typed_lists: bool = True
     `typed_lists` is false (the same rows either way)."""
     first = _Compiler(view, dialect)
     compiled = first.compile()
-    plan = shapes.plan(first.usages) if first.usages and typed_lists else {}
-    if not plan:
+    if dialect != "duckdb" or not typed_lists:
         return compiled
-    return _Compiler(view, dialect, plan).compile()
+    plan = shapes.plan(first.usages)
+    if plan:
+        compiled = _Compiler(view, dialect, plan).compile()
+    plan = shapes.plan(first.usages, root=True)
+    if 0 in plan:
+        compiled = replace(compiled, file_sql=_Compiler(view, dialect, plan, files=True).compile().sql)
+    return compiled

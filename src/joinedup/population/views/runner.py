@@ -70,6 +70,23 @@ def ndjson_files(source: Path, resource: str) -> list[Path]:
     return out
 
 
+def file_queries(compiled: CompiledView, files: list[Path]) -> list[str]:
+    """The view's queries over NDJSON files, to be tried in order: first a typed read of only the fields the view
+    uses (DuckDB's JSON reader builds them as it parses, with no JSON text in between), then the JSON-path query
+    over the files' objects, which reads anything.
+
+    The typed read either gives the JSON paths' rows or fails: a value of another JSON type than the view's use of
+    it (a list where FHIR has an object: not valid FHIR, or another resource type's element of the same name in a
+    file of several types) stops it, and the next query runs; lines of other types are dropped by the view's
+    resourceType test in both."""
+    out = []
+    if files:
+        typed = compiled.files_query("[" + ", ".join(_sql_text(str(p)) for p in files) + "]")
+        if typed:
+            out.append(typed)
+    return out + [compiled.query(ndjson_relation(files))]
+
+
 def ndjson_relation(files: list[Path]) -> str:
     """SQL for a relation with one JSON column `resource` over NDJSON files."""
     if not files:
@@ -125,19 +142,34 @@ def load_resources(con, resources: Iterable[dict], name: str = "_resources") -> 
     return name
 
 
-def write_output(con, compiled: CompiledView, source_sql: str, out: Path) -> int:
-    """Write the view's rows to a .csv, .parquet or .ndjson file; returns the number of rows."""
+def materialise(con, queries: list[str], table: str = "_view_rows", *, temp: bool = True) -> None:
+    """CREATE the table from the first of `queries` that runs (see file_queries); the last one's error if none."""
+    for i, query in enumerate(queries):
+        try:
+            con.sql(f"CREATE {'OR REPLACE TEMP ' if temp else ''}TABLE {table} AS {query}")
+            return
+        except Exception as exc:
+            if i == len(queries) - 1 or not _is_duckdb_error(exc):
+                raise
+
+
+def _is_duckdb_error(exc: Exception) -> bool:
+    return exc.__class__.__module__.startswith("duckdb") or exc.__class__.__name__.endswith("Exception")
+
+
+def write_output(con, compiled: CompiledView, queries: list[str], out: Path) -> int:
+    """Write the view's rows to a .csv, .parquet or .ndjson file; returns the number of rows. `queries`: the
+    view's queries over its source, tried in order (file_queries)."""
     fmt = output_format(out)
     options = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet", "ndjson": "FORMAT json"}[fmt]
-    query = compiled.query(source_sql)
     tmp = out.with_name(f".{out.name}.partial{out.suffix}")
     try:
-        con.sql(f"CREATE OR REPLACE TEMP TABLE _view_rows AS {query}")
+        materialise(con, queries)
         n = con.sql("SELECT count(*) FROM _view_rows").fetchall()[0][0]
         con.sql(f"COPY _view_rows TO {_sql_text(str(tmp))} ({options})")
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        if exc.__class__.__module__.startswith("duckdb") or exc.__class__.__name__.endswith("Exception"):
+        if _is_duckdb_error(exc):
             raise _run_error(exc) from None
         raise
     os.replace(tmp, out)
@@ -157,7 +189,7 @@ def run_view_on_files(view: Any, source: Path, out: Path) -> tuple[CompiledView,
     files = ndjson_files(source, compiled.resource)
     con = connect()
     try:
-        return compiled, write_output(con, compiled, ndjson_relation(files), out)
+        return compiled, write_output(con, compiled, file_queries(compiled, files), out)
     finally:
         con.close()
 
@@ -240,7 +272,7 @@ def run_view_on_store(view: Any, gate, who, out: Path, *, purpose: str) -> tuple
             for res in resources:
                 fh.write(orjson.dumps(res) + b"\n")
         try:
-            n = write_output(con, compiled, ndjson_relation([path]), out)
+            n = write_output(con, compiled, file_queries(compiled, [path]), out)
         finally:
             con.close()
     return compiled, StoreRun(n, info["people"], info.get("path", "identifiable"), purpose)

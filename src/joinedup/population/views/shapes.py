@@ -66,14 +66,15 @@ def _at(fields: dict[str, Field], steps: tuple) -> Field | None:
     return f
 
 
-def plan(usages: dict[int, Usage]) -> dict[int, Field]:
-    """The struct shape (a list Field) of each list that can be typed."""
+def plan(usages: dict[int, Usage], *, root: bool = False) -> dict[int, Field]:
+    """The struct shape of each list that can be typed (a list Field); with `root`, also the resource's own (list
+    0, one struct: the columns of a typed read of NDJSON files), when the view uses no resource whole."""
     shapes: dict[int, Field] = {}
-    for k in sorted(usages, reverse=True):  # a list inside another is seen after it: children first
+    for k in sorted(usages, reverse=True):  # a list inside another is seen after it: children first, the root last
         u = usages[k]
-        if u.whole:
+        if u.whole or (k == 0 and not root):
             continue
-        top = Field(STRUCT, True)
+        top = Field(STRUCT, k != 0)
         for steps, kind, ftype in u.uses:
             _merge(top.fields, steps, TEXT if kind == TEXT and ftype in model.STRING_LIKE else JSON_)
         for child, cu in usages.items():
@@ -88,12 +89,20 @@ def plan(usages: dict[int, Usage]) -> dict[int, Field]:
                         _graft(f.fields, key, sub)
             else:
                 _merge(top.fields, steps, JSON_)
+        if k == 0:
+            _merge(top.fields, (("resourceType", False),), TEXT)
         if top.fields:
             shapes[k] = top
-    # lists read from the same place get one shape (the union), so that DuckDB reads each place once
+
+    def under_typed(k: int) -> bool:
+        parent = usages[k].parent
+        return parent is not None and parent[0] in shapes
+
+    # lists each read from JSON (json_transform): those read from the same place get one shape (the union), so
+    # that DuckDB reads each place once
     groups: dict[tuple, list[int]] = {}
     for k in shapes:
-        if usages[k].container is not None:
+        if k and usages[k].container is not None and not under_typed(k):
             groups.setdefault(usages[k].container, []).append(k)
     for ks in groups.values():
         union = Field(STRUCT, True)
@@ -102,12 +111,14 @@ def plan(usages: dict[int, Usage]) -> dict[int, Field]:
                 _graft(union.fields, key, sub)
         for k in ks:
             shapes[k] = union
-    # a list inside another is typed only when that one is and holds it as a list of structs: that field's shape
+    # a list inside a typed element is a field of it: typed when that field is a list of structs, with its shape
     for k in sorted(shapes):
-        parent = usages[k].parent
-        if parent is None:
+        if k == 0 or not under_typed(k):
+            if k and usages[k].container is None:
+                del shapes[k]
             continue
-        f = _at(shapes[parent[0]].fields, parent[1]) if parent[0] in shapes else None
+        parent = usages[k].parent
+        f = _at(shapes[parent[0]].fields, parent[1])
         if f is None or f.kind != STRUCT:
             del shapes[k]
         else:
@@ -134,3 +145,17 @@ def spec_text(shape: Field) -> str:
 def leaf_kind(shape: Field, steps: tuple) -> str | None:
     f = _at(shape.fields, steps)
     return f.kind if f is not None else None
+
+
+def sql_type(f: Field) -> str:
+    """The DuckDB type of a field: VARCHAR, JSON or STRUCT(...), with [] for a list."""
+    if f.kind == STRUCT:
+        inner = "STRUCT(" + ", ".join(f'"{k}" {sql_type(f.fields[k])}' for k in sorted(f.fields)) + ")"
+    else:
+        inner = "VARCHAR" if f.kind == TEXT else "JSON"
+    return inner + ("[]" if f.is_list else "")
+
+
+def columns_sql(root: Field) -> str:
+    """read_json's `columns` for the resource's fields the view uses."""
+    return "{" + ", ".join(f"'{k}': '{sql_type(root.fields[k])}'" for k in sorted(root.fields)) + "}"

@@ -106,7 +106,7 @@ class DuckTables(Tables):
 
     def flatten(self, name: str, compiled: CompiledView, files: list[Path], *, numbered: bool = False) -> None:
         try:  # a DuckDB table's rowid is its rows' order of insertion: the files' order
-            self.con.sql(f"CREATE TABLE {name} AS {compiled.query(runner.ndjson_relation(files))}")
+            runner.materialise(self.con, runner.file_queries(compiled, files), name, temp=False)
         except Exception as exc:  # a runtime check of the view failed on this data
             raise runner._run_error(exc) from None
 
