@@ -107,7 +107,7 @@ def test_upgrade_files_old_entries_under_their_person_and_indexes_them(old_db):
                                             schema.idx_token.c.code)).all())
         assert ("c1", "status", "active") in tokens and ("c1", "status", "draft") not in tokens
         assert ("o-kept", "stale", "x") not in tokens and ("o-kept", "status", "final") in tokens
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0013"  # head: 0008, then 0009 (HL7 v2), 0010, 0011, 0012, 0013
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0014"  # head: 0008, then 0009 (HL7 v2), 0010 ... 0014
 
 
 def test_upgrade_of_an_empty_database_and_downgrade(old_db):

@@ -49,9 +49,10 @@ def test_revision_0005_adds_practitioner_roles_to_an_existing_database(tmp_path)
 def test_a_new_database_goes_straight_to_head(tmp_path):
     engine = store_engine.make_engine(f"sqlite:///{tmp_path / 'new.db'}")
     command.upgrade(_config(engine), "head")
-    with engine.connect() as conn:  # ... 0011 (line hashes) -> 0012 (person's versions) -> 0013 (JSON as text)
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0013"
+    with engine.connect() as conn:  # ... 0012 (person's versions) -> 0013 (JSON as text) -> 0014 (epoch steps)
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0014"
     assert "published_figures" in sa.inspect(engine).get_table_names()
+    assert "governance_epoch_step" in sa.inspect(engine).get_table_names()
     assert "line_hash" in {c["name"] for c in sa.inspect(engine).get_columns("resource")}
 
 

@@ -2,10 +2,12 @@
 
 The facts are derived from FHIR resources as they are written (in the same database transaction) into small
 tables, and cached per process so that a policy check is a dict lookup. Every change sets a new epoch token;
-other processes see it change within `JOINEDUP_POLICY_REFRESH_MS` (default 200 ms) and reload. The writing
-process updates its cache at once and, when the change only added or removed care relationships (a feed's
-admissions and episodes), in place: it drops only the cached reach of the practitioners and organisations those
-relationships name (see `AccessFacts._bump`).
+other processes see it change within `JOINEDUP_POLICY_REFRESH_MS` (default 200 ms). The writing process updates
+its cache at once. When a change only added or removed care relationships (a feed's admissions and episodes), it is
+kept as a step (`governance_epoch_step`: the token it set, the token before, whose reach it changed), and every
+process - the writer at once, the others when they next look - follows the steps in place: it drops only the cached
+reach of the practitioners and organisations those relationships name. Any other change (choices, sealed entries,
+roles, NHS numbers, links), or steps no longer kept, makes the cache reload (see `AccessFacts._bump`, `_follow`).
 
 How the facts are read from FHIR (see docs/governance.md):
 
@@ -316,6 +318,15 @@ class _Delta:
         """Whether the reach of the principal (practitioner, organisation) may have changed."""
         return key[0] in self.practitioners or key[1] in self.organizations or (self.roles and key[0] is not None)
 
+    def dumps(self) -> str:
+        return orjson.dumps({"p": sorted(self.practitioners), "o": sorted(self.organizations),
+                             "r": self.roles}).decode()
+
+    @classmethod
+    def loads(cls, text: str) -> _Delta:
+        d = orjson.loads(text)
+        return cls(set(d["p"]), set(d["o"]), bool(d["r"]))
+
 
 # the care relationships forgotten come back (RETURNING: whose reach they were part of, see _Delta)
 _CR = schema.care_relationship
@@ -329,8 +340,13 @@ _FORGET_ONE[0] = _FORGET_ONE[0].returning(_CR.c.practitioner_id, _CR.c.organizat
 
 _BUMP = sa.text(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, :token)"
                 " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
-# the next token when the current one is the one this process last set (see AccessFacts._bump)
+# a step (see AccessFacts._bump): the current token, locked (PostgreSQL; SQLite's writer holds the database), then the
+# next one from it
+_CURRENT = sa.select(schema.governance_epoch.c.token).where(schema.governance_epoch.c.id == 1).with_for_update()
 _BUMP_FROM = sa.text(f"UPDATE {schema.governance_epoch.name} SET token = :token WHERE id = 1 AND token = :expected")
+_STEP = schema.governance_epoch_step
+KEEP_STEPS = 5000  # steps kept: a process whose cache is further behind reloads
+_PRUNE_EVERY = 500
 
 
 class AccessFacts:
@@ -344,9 +360,10 @@ class AccessFacts:
         self._lock = threading.Lock()
         self._generation = 0  # bumped by invalidate(): a load that started before it is not kept
         self._related_sql: dict[tuple, tuple] = {}  # related(): its statements per principal
-        # this process's own bumps: new token -> (the token it replaced, what changed); and the last token it set
+        # this process's own steps: new token -> (the token it replaced, what changed); others' are read from the
+        # database (governance_epoch_step)
         self._steps: dict[str, tuple[str, _Delta]] = {}
-        self._head: str | None = None
+        self._stepped = 0
 
     # -- maintenance on writes (inside the writer's transaction) -------------------------------------
     def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None, *,
@@ -505,23 +522,39 @@ class AccessFacts:
         return n > 0
 
     def _bump(self, conn, delta: _Delta | None = None) -> None:
-        """Set a new epoch token (every process's cache of the facts is stale). When the token is still the one this
-        process set last, the step is remembered with what changed (`delta`; None: anything), so that this process's
-        cache follows it in place (`snapshot`): the conditional update succeeds only then - under the write lock
-        (SQLite) or the row's lock (PostgreSQL re-reads the row it waited for) - so a step is never taken over another
-        process's change."""
+        """Set a new epoch token (every process's cache of the facts is stale). A change of care relationships only
+        (`delta`, not full) is a step from the current token, kept with what it changed, so that every process's
+        cache follows it in place (`_follow`); the current token is read under the row's lock (PostgreSQL) or the
+        writer's hold on the database (SQLite), so the steps form one chain in the order they commit. Anything else
+        (`delta` None or full) sets a token no step leads to: every cache reloads."""
         token = uuid.uuid4().hex
-        expected = self._head
-        if delta is not None and not delta.full and expected is not None and \
-                conn.execute(_BUMP_FROM, {"token": token, "expected": expected}).rowcount == 1:
-            if len(self._steps) > 10_000:
+        if delta is not None and not delta.full:
+            current = conn.execute(_CURRENT).scalar()
+            conn.execute(_STEP.insert(), {"token": token, "previous": current or "", "delta": delta.dumps()})
+            if current is None:  # the first change of all: a step from no token ("")
+                conn.execute(_BUMP, {"token": token})
+            else:
+                conn.execute(_BUMP_FROM, {"token": token, "expected": current})
+            if len(self._steps) > KEEP_STEPS:
                 self._steps.clear()
-            self._steps[token] = (expected, delta)
-        else:
-            # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
-            # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
-            conn.execute(_BUMP, {"token": token})
-        self._head = token
+            self._steps[token] = (current or "", delta)
+            self._stepped += 1
+            if self._stepped % _PRUNE_EVERY == 0:
+                self._prune(conn, KEEP_STEPS)
+            return
+        # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
+        # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
+        conn.execute(_BUMP, {"token": token})
+
+    @staticmethod
+    def _prune(conn, keep: int) -> None:
+        newest = sa.select(sa.func.max(_STEP.c.seq)).scalar_subquery()
+        conn.execute(_STEP.delete().where(_STEP.c.seq <= newest - keep))
+
+    def prune(self, keep: int = KEEP_STEPS) -> None:
+        """Keep only the last `keep` steps (a cache further behind reloads); done every few hundred steps."""
+        with self.store.writing() as conn:
+            self._prune(conn, keep)
 
     def bump(self) -> None:
         """Mark the facts changed (after writes to the break-glass table, or a reset)."""
@@ -558,28 +591,56 @@ class AccessFacts:
             snap.generation = generation
             if generation == self._generation:
                 self._snap = snap
-            if self._head is None:
-                self._head = token
         return snap
 
     def _follow(self, snap: _Snapshot, token: str | None) -> bool:
-        """Bring the cached facts from their token to `token` in place when every step between them was this
-        process's own change of care relationships only: the cached reach of the principals those name is dropped
-        (read again when next asked). False when another change came between (reload)."""
+        """Bring the cached facts from their token to `token` in place when every change between them was a step
+        (care relationships only, by this process or another): the cached reach of the principals those name is
+        dropped (read again when next asked). False when another change came between, or the steps are no longer
+        kept (reload)."""
         if snap.token == token:
             return True
-        steps = []
-        at = token
-        while at != snap.token:
-            step = self._steps.get(at) if at is not None else None
-            if step is None or len(steps) > 10_000:
+        if token is None:
+            return False
+        start = snap.token or ""  # no token yet: the first step leads from ""
+        steps = self._own_steps(start, token)
+        if steps is None:
+            steps = self._kept_steps(start, token)
+            if steps is None:
                 return False
-            at = step[0]
-            steps.append(step[1])
         for key in [k for k in list(snap.reach) if any(d.touches(k) for d in steps)]:
             snap.reach.pop(key, None)
         snap.token = token
         return True
+
+    def _own_steps(self, start: str, token: str) -> list[_Delta] | None:
+        steps, at = [], token
+        while at != start:
+            step = self._steps.get(at)
+            if step is None or len(steps) > KEEP_STEPS:
+                return None
+            at = step[0]
+            steps.append(step[1])
+        return steps
+
+    def _kept_steps(self, start: str, token: str) -> list[_Delta] | None:
+        """The steps from `start` to `token` as the database keeps them, in order; None when the chain breaks (a
+        change that is not a step came between) or has been pruned."""
+        with self.store.reading() as conn:
+            first = conn.execute(sa.select(sa.func.min(_STEP.c.seq)).where(_STEP.c.previous == start)).scalar()
+            if first is None:
+                return None
+            rows = conn.execute(sa.select(_STEP.c.token, _STEP.c.previous, _STEP.c.delta)
+                                .where(_STEP.c.seq >= first).order_by(_STEP.c.seq).limit(KEEP_STEPS)).all()
+        steps, at = [], start
+        for row_token, previous, delta in rows:
+            if previous != at:
+                return None
+            steps.append(_Delta.loads(delta))
+            at = row_token
+            if at == token:
+                return steps
+        return None
 
     def _load(self, token: str | None, now: float) -> _Snapshot:
         c, ri, bg = schema.patient_choice, schema.restricted_item, schema.break_glass

@@ -258,6 +258,18 @@ governance_epoch = sa.Table(
     sa.Column("token", sa.String(64), nullable=False),
 )
 
+# Each epoch change that only added or removed care relationships (revision 0014): the token it set, the token it
+# replaced and whose reach it changed (JSON: practitioners, organisations, whether practitioner roles), so that every
+# process - not only the writer - follows the change in its cached facts in place instead of reloading them
+# (governance.facts.AccessFacts._follow). Kept for the last few thousand changes.
+governance_epoch_step = sa.Table(
+    "governance_epoch_step", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token", sa.String(64), nullable=False),
+    sa.Column("previous", sa.String(64), nullable=False, index=True),
+    sa.Column("delta", sa.Text, nullable=False),
+)
+
 # -- Care notifications (revision 0004): the in-app inbox and per-user notification choices. Platform data,
 # not clinical FHIR: an item names its event, the person (by id only) and the resource it came from; patient
 # details are shown only by reading them through the gate when the inbox is read.
