@@ -213,7 +213,7 @@ def engine_query(con, compiled, files: list[Path]) -> tuple[str, str]:
     queries = file_queries(compiled, files)
     for i, query in enumerate(queries):
         try:
-            con.execute(f"SELECT count(*) FROM ({query})").fetchone()
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _probe AS {query}")  # every column, as the CLI writes them
         except Exception:
             if i == len(queries) - 1:
                 raise
