@@ -340,10 +340,9 @@ _FORGET_ONE[0] = _FORGET_ONE[0].returning(_CR.c.practitioner_id, _CR.c.organizat
 
 _BUMP = sa.text(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, :token)"
                 " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
-# a step (see AccessFacts._bump): the current token, locked (PostgreSQL; SQLite's writer holds the database), then the
-# next one from it
+# a step (see AccessFacts._bump) leads from the current token, read under the row's lock (PostgreSQL; SQLite's writer
+# already holds the database) until the new one is set
 _CURRENT = sa.select(schema.governance_epoch.c.token).where(schema.governance_epoch.c.id == 1).with_for_update()
-_BUMP_FROM = sa.text(f"UPDATE {schema.governance_epoch.name} SET token = :token WHERE id = 1 AND token = :expected")
 _STEP = schema.governance_epoch_step
 KEEP_STEPS = 5000  # steps kept: a process whose cache is further behind reloads
 _PRUNE_EVERY = 500
@@ -529,19 +528,14 @@ class AccessFacts:
         (`delta` None or full) sets a token no step leads to: every cache reloads."""
         token = uuid.uuid4().hex
         if delta is not None and not delta.full:
-            current = conn.execute(_CURRENT).scalar()
-            conn.execute(_STEP.insert(), {"token": token, "previous": current or "", "delta": delta.dumps()})
-            if current is None:  # the first change of all: a step from no token ("")
-                conn.execute(_BUMP, {"token": token})
-            else:
-                conn.execute(_BUMP_FROM, {"token": token, "expected": current})
+            previous = conn.execute(_CURRENT).scalar() or ""  # the first change of all: a step from no token ("")
+            conn.execute(_STEP.insert(), {"token": token, "previous": previous, "delta": delta.dumps()})
             if len(self._steps) > KEEP_STEPS:
                 self._steps.clear()
-            self._steps[token] = (current or "", delta)
+            self._steps[token] = (previous, delta)
             self._stepped += 1
             if self._stepped % _PRUNE_EVERY == 0:
                 self._prune(conn, KEEP_STEPS)
-            return
         # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
         # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
         conn.execute(_BUMP, {"token": token})

@@ -186,15 +186,16 @@ class _Compiler:
         container, _ = self._walk(replace(v, steps=v.steps[:-1] + ((key, False),)), text=False)
         return f"json_transform({container}, {self.q(shapes.spec_text(self.plan[k]))})", k
 
-    def record(self, v: Val, steps: tuple, mode: str) -> None:
-        """First run: a use of the elements of typed list v.elem (mode "text", "json", or "whole")."""
+    def record(self, v: Val, mode: str) -> None:
+        """First run: a use of the elements of typed list v.elem along v.steps (mode "text" or "json"); no steps, or
+        a step the model does not know, is a use of the element whole."""
         u = self.usages.get(v.elem) if self.plan is None and not self._quiet else None
         if u is None:
             return
-        if mode == "whole" or not steps or any(s[1] is None for s in steps):
+        if not v.steps or any(s[1] is None for s in v.steps):
             u.whole = True
         else:
-            u.uses.append((steps, mode, v.ftype))
+            u.uses.append((v.steps, mode, v.ftype))
 
     def typed(self, v: Val) -> shapes.Field | None:
         return self.plan.get(v.elem) if self.plan is not None and v.elem is not None else None
@@ -298,7 +299,7 @@ class _Compiler:
     def _walk(self, v: Val, *, text: bool) -> tuple[str, bool]:
         d = self.d
         if v.elem is not None and v.choice is None:
-            self.record(v, v.steps, "text" if text else "json")
+            self.record(v, "text" if text else "json")
             shape = self.typed(v)
             if shape is not None:
                 return self._typed_walk(v, shape, text)
@@ -480,7 +481,7 @@ class _Compiler:
             if not v.steps and v.base_list:  # one of the typed elements
                 return replace(v, base=self.d.at(v.base, one_based), base_list=False)
             if v.steps and v.ftype in model.STRING_LIKE:  # one of their texts (a string-like field)
-                self.record(v, v.steps, "text")
+                self.record(v, "text")
                 shape = self.typed(v)
                 if shape is not None and shapes.leaf_kind(shape, v.steps) == shapes.TEXT:
                     texts, is_list = self._walk(v, text=True)  # NULL or a list ([n] of NULL is NULL)

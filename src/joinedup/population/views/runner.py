@@ -115,7 +115,7 @@ def execute(con, compiled: CompiledView, source_sql: str) -> Result:
         cur = con.sql(compiled.query(source_sql))
         rows = cur.fetchall()
     except Exception as exc:  # duckdb.Error: a runtime check of the view failed, or bad data
-        if exc.__class__.__module__.startswith("duckdb") or exc.__class__.__name__.endswith("Exception"):
+        if _is_duckdb_error(exc):
             raise _run_error(exc) from None
         raise
     return Result([c.name for c in compiled.columns], rows)
