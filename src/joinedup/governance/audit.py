@@ -343,13 +343,26 @@ class Pending:
 
 
 class _Scope:
-    """Events recorded while handling one HTTP request and not yet known to be durable: {writer: newest ticket}."""
+    """Events recorded while handling one HTTP request and not yet known to be durable: {writer: newest ticket}.
 
-    __slots__ = ("open", "pending")
+    A scope that `defers` (Gate.answering for a feed's messages) keeps its events instead, {writer: [events]}, for
+    the write transaction that follows to append (`AuditWriter.append_deferred`): the reads behind a batch of HL7
+    messages commit with the batch's writes, not in a transaction of their own. What no transaction took is
+    committed when the scope ends (`settle_deferred`)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("open", "pending", "deferred")
+
+    def __init__(self, defer: bool = False) -> None:
         self.pending: dict[AuditWriter, int] = {}
         self.open = True
+        self.deferred: dict[AuditWriter, list[Pending]] | None = {} if defer else None
+
+    def settle_deferred(self) -> None:
+        """Buffer the deferred events no transaction took (to be committed by the waits that follow)."""
+        deferred, self.deferred = self.deferred or {}, None
+        for writer, events in deferred.items():
+            if events:
+                self.pending[writer] = writer._enqueue(events)
 
     async def settle(self) -> None:
         while self.pending:
@@ -448,17 +461,46 @@ class AuditWriter:
         if conn is not None:
             self._append_in(conn, [p])
             return
-        with self._lock:
-            self._ticket += 1
-            p.ticket = ticket = self._ticket
-            self._buf.append(p)
         scope = _scope.get()
+        if scope is not None and scope.open and scope.deferred is not None:
+            scope.deferred.setdefault(self, []).append(p)  # for the scope's next write transaction
+            return
+        ticket = self._enqueue([p])
         if scope is not None and scope.open:
             scope.pending[self] = ticket  # committed before the response leaves (AuditDurabilityMiddleware)
             if self._thread is None:
                 self._ensure_thread()  # also commits events of requests that end without sending anything
             return
         self.wait(ticket)
+
+    def _enqueue(self, events: list[Pending]) -> int:
+        """Buffer events for the next commit; returns the last one's ticket."""
+        with self._lock:
+            for p in events:
+                self._ticket += 1
+                p.ticket = self._ticket
+                self._buf.append(p)
+            return self._ticket
+
+    def append_deferred(self, conn: sa.Connection) -> list[Pending]:
+        """Append the events the caller's deferring scope holds for this writer (see _Scope) inside the open write
+        transaction `conn`; returns them, for `defer_again` should that transaction not commit."""
+        scope = _scope.get()
+        events = scope.deferred.pop(self, []) if scope is not None and scope.deferred else []
+        if events:
+            self._append_in(conn, events)
+        return events
+
+    def defer_again(self, events: list[Pending]) -> None:
+        """Events `append_deferred` took for a transaction that rolled back: held by the scope again (or, the scope
+        gone, buffered), never lost."""
+        if not events:
+            return
+        scope = _scope.get()
+        if scope is not None and scope.deferred is not None:
+            scope.deferred[self] = events + scope.deferred.get(self, [])
+        else:
+            self.wait(self._enqueue(events))
 
     def wait(self, ticket: int | None = None) -> None:
         """Block until `ticket` (default: everything recorded so far) is committed. The first waiter commits
@@ -512,13 +554,17 @@ class AuditWriter:
         if head is not None:
             self._checkpoint(*head[1:])
 
-    def committed(self) -> None:
+    def committed(self, *, known: bool = False) -> None:
         """After a write transaction that appended events with `record(..., conn=conn)` has committed: write the
-        checkpoint for them (checked against the database, so calling it after a rollback is harmless)."""
+        checkpoint for them (checked against the database, so calling it after a rollback is harmless; `known`:
+        the caller saw its commit succeed, no need to look)."""
         head, self._tx.head = getattr(self._tx, "head", None), None
         if head is None:
             return
         _conn, seq, h = head
+        if known:
+            self._checkpoint(seq, h)
+            return
         a = schema.audit_event
         with self.store.reading() as conn:
             row = conn.execute(sa.select(a.c.hash).where(a.c.seq == seq)).first()

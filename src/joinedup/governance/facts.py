@@ -333,16 +333,8 @@ _CR = schema.care_relationship
 _FORGET = [t.delete().where(t.c.basis.in_(sa.bindparam("bases", expanding=True)))
            for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
 _FORGET[0] = _FORGET[0].returning(_CR.c.practitioner_id, _CR.c.organization_id, _CR.c.practitioner_role_id)
-_FORGET_ONE = [t.delete().where(t.c.basis == sa.bindparam("basis"))
-               for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
-_FORGET_ONE[0] = _FORGET_ONE[0].returning(_CR.c.practitioner_id, _CR.c.organization_id, _CR.c.practitioner_role_id)
-
-
-_BUMP = sa.text(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, :token)"
-                " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
 # a step (see AccessFacts._bump) leads from the current token, read under the row's lock (PostgreSQL; SQLite's writer
 # already holds the database) until the new one is set
-_CURRENT = sa.select(schema.governance_epoch.c.token).where(schema.governance_epoch.c.id == 1).with_for_update()
 _STEP = schema.governance_epoch_step
 KEEP_STEPS = 5000  # steps kept: a process whose cache is further behind reloads
 _PRUNE_EVERY = 500
@@ -353,6 +345,14 @@ class AccessFacts:
 
     def __init__(self, store, refresh_ms: int | None = None) -> None:
         self.store = store
+        # the statements every write runs, on the driver's cursor (see _forget and _bump)
+        self._sql_forget_one = [store.sql(f"DELETE FROM {t.name} WHERE basis = ?") for t in
+                                (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+        self._sql_forget_one[0] += " RETURNING practitioner_id, organization_id, practitioner_role_id"
+        self._sql_current = store.sql(f"SELECT token FROM {schema.governance_epoch.name} WHERE id = 1") + \
+            (" FOR UPDATE" if store.dialect == "postgresql" else "")
+        self._sql_bump = store.sql(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, ?)"
+                                   " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
         self.refresh = (refresh_ms if refresh_ms is not None
                         else config.value("POLICY_REFRESH_MS")) / 1000
         self._snap: _Snapshot | None = None
@@ -506,9 +506,17 @@ class AccessFacts:
                  ([b for b in bases if b.startswith("Consent/")]), bases)
         n = 0
         for k, some in enumerate(kinds):
-            # one resource (the usual case): statements built and compiled once
-            chunks = [(_FORGET_ONE[k], {"basis": some[0]})] if len(some) == 1 else \
-                [(_FORGET[k], {"bases": some[i:i + 500]}) for i in range(0, len(some), 500)]
+            if len(some) == 1:  # one resource (the usual case: a feed's update): plain statements on the cursor
+                if k == 0:
+                    for row in self.store.rows(conn, self._sql_forget_one[k], (some[0],)):
+                        delta.add(*row)
+                        n += 1
+                    continue
+                gone = self.store.run(conn, self._sql_forget_one[k], (some[0],))
+                delta.full = delta.full or gone > 0
+                n += gone
+                continue
+            chunks = [(_FORGET[k], {"bases": some[i:i + 500]}) for i in range(0, len(some), 500)]
             for stmt, params in chunks:
                 if k == 0:
                     for row in conn.execute(stmt, params):
@@ -528,8 +536,9 @@ class AccessFacts:
         (`delta` None or full) sets a token no step leads to: every cache reloads."""
         token = uuid.uuid4().hex
         if delta is not None and not delta.full:
-            previous = conn.execute(_CURRENT).scalar() or ""  # the first change of all: a step from no token ("")
-            conn.execute(_STEP.insert(), {"token": token, "previous": previous, "delta": delta.dumps()})
+            current = self.store.rows(conn, self._sql_current)
+            previous = (current[0][0] if current else None) or ""  # the first change of all: a step from no token
+            self.store.insert(conn, _STEP, {"token": token, "previous": previous, "delta": delta.dumps()})
             if len(self._steps) > KEEP_STEPS:
                 self._steps.clear()
             self._steps[token] = (previous, delta)
@@ -538,7 +547,7 @@ class AccessFacts:
                 self._prune(conn, KEEP_STEPS)
         # one statement (SQLite and PostgreSQL): an update-then-insert let two PostgreSQL transactions that both
         # found no row insert it twice (two bulk-import workers' first batches: a unique-key violation)
-        conn.execute(_BUMP, {"token": token})
+        self.store.run(conn, self._sql_bump, (token,))
 
     @staticmethod
     def _prune(conn, keep: int) -> None:

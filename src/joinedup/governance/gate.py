@@ -97,9 +97,10 @@ class Withheld:
 class _MessageBatch:
     """One write transaction shared by several feed messages (Gate.apply_messages), a savepoint each."""
 
-    def __init__(self, conn, audit: AuditWriter) -> None:
+    def __init__(self, conn, audit: AuditWriter, store: Store) -> None:
         self.conn = conn
         self.audit = audit
+        self.store = store
         self.after: list[tuple[Principal, bool, list[dict], list[Written]]] = []
         self.rolled_back = False
         self._n = 0
@@ -109,16 +110,17 @@ class _MessageBatch:
         self._n += 1
         name = f"joinedup_msg_{self._n}"
         head = getattr(self.audit._tx, "head", None)  # the chain head appended so far (checkpointed after commit)
-        self.conn.exec_driver_sql(f"SAVEPOINT {name}")
+        plain = self.store.plain
+        plain(self.conn, f"SAVEPOINT {name}")
         try:
             yield self.conn
         except BaseException:
-            self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
-            self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+            plain(self.conn, f"ROLLBACK TO SAVEPOINT {name}")
+            plain(self.conn, f"RELEASE SAVEPOINT {name}")
             self.audit._tx.head = head  # the message's audit events went with it
             self.rolled_back = True
             raise
-        self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+        plain(self.conn, f"RELEASE SAVEPOINT {name}")
 
 
 class Gate:
@@ -147,11 +149,12 @@ class Gate:
 
     # -- what callers outside governance may ask of the gate (the store, facts and audit are private) ----------
     def record(self, who: Principal | None, action: str, *, allowed: bool, reason: str, entity: str | None = None,
-               patient_id: str | None = None, query: str | None = None, detail: dict[str, Any] | None = None
-               ) -> None:
-        """Audit one access decided by the caller (a domain's own rule, a log-in, a CSRF refusal, a download)."""
+               patient_id: str | None = None, query: str | None = None, detail: dict[str, Any] | None = None,
+               conn: Any = None) -> None:
+        """Audit one access decided by the caller (a domain's own rule, a log-in, a CSRF refusal, a download);
+        with `conn`, inside that open write transaction (kept only if it commits)."""
         self._audit.record(who, action, allowed=allowed, reason=reason, entity=entity, patient_id=patient_id,
-                           query=query, detail=detail)
+                           query=query, detail=detail, conn=conn)
 
     def flush_audit(self) -> int:
         """Commit every buffered audit event now (end of a CLI command, shutdown); returns how many."""
@@ -1080,18 +1083,22 @@ class Gate:
 
     # -- HL7 v2 feeds (interop/hl7): receipts, one transaction per message, dead letters ------------------------
     @contextmanager
-    def answering(self) -> Iterator[None]:
+    def answering(self, *, defer: bool = False) -> Iterator[None]:
         """Like an HTTP response (AuditDurabilityMiddleware): the audit events recorded inside - e.g. the reads and
-        writes behind one HL7 message - are committed together when it ends, before the caller answers (the ACK)."""
+        writes behind one HL7 message - are committed together when it ends, before the caller answers (the ACK).
+        With `defer`, the events recorded outside a write transaction are kept for the next one inside the block
+        (`apply_messages`, `deliver_inbox_batch`) to commit with its writes; what none took is committed at the
+        end as without it."""
         from joinedup.governance.audit import _Scope, _scope
 
-        holder = _Scope()
+        holder = _Scope(defer=defer)
         token = _scope.set(holder)
         try:
             yield
         finally:
             holder.open = False
             _scope.reset(token)
+            holder.settle_deferred()
             for writer, ticket in list(holder.pending.items()):
                 writer.wait(ticket)
 
@@ -1133,27 +1140,38 @@ class Gate:
 
         return self._transaction(who, bundle, "", within=within, first=first)
 
-    def apply_messages(self, items: list[tuple[Principal, dict, dict]]) -> list[BaseException | None]:
-        """Apply several feed messages - (account, transaction Bundle, receipt) each, as `apply_message` - in ONE
-        database transaction, each message in its own savepoint: a message that fails (its receipt's key already
-        taken, a refused resource, a database error) is rolled back alone and the others are kept. Returns, per
-        message, None (applied) or the exception that rolled it back. The caller keeps messages that write the same
-        resources out of one batch (each message's writes are checked against what was committed before it)."""
-        for who, _bundle, receipt in items:
+    def apply_messages(self, items: list[tuple]) -> list[BaseException | None]:
+        """Apply several feed messages - (account, transaction Bundle, receipt[, then]) each, as `apply_message` -
+        in ONE database transaction, each message in its own savepoint: a message that fails (its receipt's key
+        already taken, a refused resource, a database error) is rolled back alone and the others are kept. `then`
+        (conn) runs in the message's savepoint after its writes (e.g. its own audit event: kept only if the message
+        is). The audit events a deferring `answering` scope holds (the reads that planned the messages) are
+        appended in the same transaction. Returns, per message, None (applied) or the exception that rolled it
+        back. The caller keeps messages that write the same resources out of one batch (each message's writes are
+        checked against what was committed before it)."""
+        for who, _bundle, receipt, *_then in items:
             self.check(who, "import", None, entity=f"hl7:{receipt['facility']}:{receipt['control_id']}"[:255])
         results: list[BaseException | None] = []
-        with self._store.writing() as conn:
-            batch = _MessageBatch(conn, self._audit)
-            for who, bundle, receipt in items:
-                def first(c, receipt=receipt) -> None:
-                    c.execute(schema.hl7_message.insert(), receipt)  # one compiled insert for every message
+        deferred: list = []
+        try:
+            with self._store.writing() as conn:
+                deferred = self._audit.append_deferred(conn)
+                batch = _MessageBatch(conn, self._audit, self._store)
+                for who, bundle, receipt, *then in items:
+                    def first(c, receipt=receipt) -> None:
+                        self._store.insert(c, schema.hl7_message, receipt)
 
-                try:
-                    self._transaction(who, bundle, "", first=first, batch=batch)
-                    results.append(None)
-                except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
-                    results.append(exc)
-        self._audit.committed()
+                    try:
+                        self._transaction(who, bundle, "", first=first, within=then[0] if then else None,
+                                          batch=batch)
+                        results.append(None)
+                    except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
+                        results.append(exc)
+        except BaseException:
+            self._audit._tx.head = None  # nothing of the transaction was kept
+            self._audit.defer_again(deferred)
+            raise
+        self._audit.committed(known=True)
         if batch.rolled_back or any(changed for _w, changed, _r, _c in batch.after):
             self._facts.invalidate()
         for who, _changed, requests, committed in batch.after:

@@ -46,43 +46,80 @@ def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, A
     if who.role != "system":
         raise gate.refuse(who, "Only the notification worker delivers inbox items", action="create",
                           entity="inbox")
-    with gate._store.writing() as conn:
-        return [_deliver(conn, **d) for d in deliveries]
+    deferred: list = []
+    try:
+        with gate._store.writing() as conn:
+            # the reads that chose the recipients, held by the worker's deferring scope (Gate.answering): committed
+            # with the items
+            deferred = gate._audit.append_deferred(conn)
+            served = _deliver_all(conn, deliveries)
+    except BaseException:
+        gate._audit._tx.head = None
+        gate._audit.defer_again(deferred)
+        raise
+    gate._audit.committed(known=True)
+    return served
 
 
-# the delivery's statements, built once (they run for every recipient of every event)
+# the delivery's statements, built once (the batch's lookups are two statements, its writes two more)
 _inbox, _prefs = schema.inbox_item, schema.notification_preference
-_TURNED_OFF = sa.select(_prefs.c.user_name).where(
-    _prefs.c.user_name.in_(sa.bindparam("names", expanding=True)), _prefs.c.event_type == sa.bindparam("event"),
-    _prefs.c.enabled.is_(False))
-_SAME_ITEM = sa.select(_inbox.c.id).where(
-    _inbox.c.user_name == sa.bindparam("name"), _inbox.c.event_type == sa.bindparam("event"),
-    _inbox.c.patient_id == sa.bindparam("patient"), _inbox.c.source_ref == sa.bindparam("source"),
-    _inbox.c.last_at >= sa.bindparam("since")).order_by(_inbox.c.id.desc()).limit(1)
+_TURNED_OFF = sa.select(_prefs.c.user_name, _prefs.c.event_type).where(
+    _prefs.c.user_name.in_(sa.bindparam("names", expanding=True)), _prefs.c.enabled.is_(False))
+_KEY = (_inbox.c.user_name, _inbox.c.event_type, _inbox.c.patient_id, _inbox.c.source_ref)
 _COLLAPSE = sa.update(_inbox).where(_inbox.c.id == sa.bindparam("item")).values(
     hits=_inbox.c.hits + 1, last_at=sa.bindparam("stamp"), read_at=None, title=sa.bindparam("new_title"),
     detail=sa.bindparam("new_detail"))
 _NEW_ITEM = sa.insert(_inbox)
 
 
-def _deliver(conn, *, recipients: Iterable[str], event_type: str, patient_id: str, source_ref: str, title: str,
-             detail: str, occurred: str | None, since: str, stamp: str) -> list[str]:
-    names = sorted(set(recipients))
-    delivered: list[str] = []
-    if names:
-        off = {r[0] for r in conn.execute(_TURNED_OFF, {"names": names, "event": event_type})}
-        for name in sorted(set(names) - off):
-            row = conn.execute(_SAME_ITEM, {"name": name, "event": event_type, "patient": patient_id,
-                                            "source": source_ref, "since": since}).first()
-            if row:
-                conn.execute(_COLLAPSE, {"item": row[0], "stamp": stamp, "new_title": title, "new_detail": detail})
+def _deliver_all(conn, deliveries: list[dict[str, Any]]) -> list[list[str]]:
+    """Each delivery's items, in order, as if one after the other: a recipient who turned the event type off is
+    skipped; an item about the same event, person and source that the recipient's inbox holds (touched at or after
+    the delivery's `since`) or that an earlier delivery of the batch wrote is collapsed into (hits + 1, unread
+    again, the new title and detail); otherwise a new item."""
+    names = sorted({n for d in deliveries for n in d["recipients"]})
+    if not names:
+        return [[] for _d in deliveries]
+    off: set[tuple[str, str]] = set()
+    for i in range(0, len(names), 500):
+        off.update((r[0], r[1]) for r in conn.execute(_TURNED_OFF, {"names": names[i:i + 500]}))
+    wanted = [(d, sorted(n for n in set(d["recipients"]) if (n, d["event_type"]) not in off)) for d in deliveries]
+    keys = sorted({(n, d["event_type"], d["patient_id"], d["source_ref"]) for d, ns in wanted for n in ns},
+                  key=lambda k: tuple(x or "" for x in k))
+    held: dict[tuple, list[tuple[int, str]]] = {}  # key -> the inbox's items (id, last_at) in the oldest window
+    since = min((d["since"] for d in deliveries), default="")
+    for i in range(0, len(keys), 200):
+        chunk = keys[i:i + 200]
+        q = sa.select(_inbox.c.id, *_KEY, _inbox.c.last_at).where(sa.tuple_(*_KEY).in_(chunk),
+                                                                  _inbox.c.last_at >= since)
+        for row in conn.execute(q):
+            held.setdefault(tuple(row[1:5]), []).append((row[0], row[5]))
+    new: dict[tuple, dict[str, Any]] = {}  # key -> the row this batch inserts
+    collapses: list[dict[str, Any]] = []
+    served: list[list[str]] = []
+    for d, ns in wanted:
+        for n in ns:
+            key = (n, d["event_type"], d["patient_id"], d["source_ref"])
+            if key in new:
+                row = new[key]
+                row.update(hits=row["hits"] + 1, last_at=d["stamp"], read_at=None, title=d["title"],
+                           detail=d["detail"])
+                continue
+            ids = [item for item, last in held.get(key, ()) if last >= d["since"]]
+            if ids:
+                collapses.append({"item": max(ids), "stamp": d["stamp"], "new_title": d["title"],
+                                  "new_detail": d["detail"]})
             else:
-                conn.execute(_NEW_ITEM, {"user_name": name, "event_type": event_type, "patient_id": patient_id,
-                                         "source_ref": source_ref, "title": title, "detail": detail, "hits": 1,
-                                         "occurred": occurred, "first_at": stamp, "last_at": stamp,
-                                         "read_at": None})
-            delivered.append(name)
-    return delivered
+                new[key] = {"user_name": n, "event_type": d["event_type"], "patient_id": d["patient_id"],
+                            "source_ref": d["source_ref"], "title": d["title"], "detail": d["detail"], "hits": 1,
+                            "occurred": d["occurred"], "first_at": d["stamp"], "last_at": d["stamp"],
+                            "read_at": None}
+        served.append(ns)
+    if collapses:
+        conn.execute(_COLLAPSE, collapses)
+    if new:
+        conn.execute(_NEW_ITEM, list(new.values()))
+    return served
 
 
 def inbox_items(gate: Gate, who: Principal, *, unread_only: bool = False, limit: int = 100

@@ -209,6 +209,7 @@ class Store:
             f" AND deleted = {ph} AND id IN (SELECT res_id FROM idx_token WHERE res_type = {ph} AND param ="
             f" 'identifier' AND ({' OR '.join([f'(system = {ph} AND code = {ph})'] * n)})) ORDER BY id LIMIT {ph}")
         self._ph = ph
+        self._inserts: dict[tuple, str] = {}  # insert(): statements by (table, columns)
         self.repair_indexes()  # a bulk load killed mid-way left the search indexes dropped: build them now
 
     # -- connections ---------------------------------------------------------------------------
@@ -289,6 +290,53 @@ class Store:
                 conn.exec_driver_sql("ROLLBACK")
                 raise
             conn.exec_driver_sql("COMMIT")
+
+    def insert(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> None:
+        """One row into `table` on the driver's cursor (the statement built once per table and set of columns: no
+        SQLAlchemy compilation on a feed's hot path). A key already taken raises SQLAlchemy's IntegrityError, as
+        `conn.execute(table.insert(), row)` would."""
+        key = (table.name, tuple(row))
+        sql = self._inserts.get(key)
+        if sql is None:
+            quote = self.engine.dialect.identifier_preparer.quote
+            sql = self._inserts[key] = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in row)})"
+                                        f" VALUES ({', '.join([self._ph] * len(row))})")
+        params = tuple(row.values())
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(sql, params)
+        except self.engine.dialect.loaded_dbapi.IntegrityError as exc:
+            raise sa.exc.IntegrityError(sql, params, exc) from exc
+        finally:
+            cur.close()
+
+    def sql(self, text: str) -> str:
+        """A plain statement written with ? placeholders, in the dialect's own (for `rows` and `run`)."""
+        return text.replace("?", "%s") if self._pg else text
+
+    @staticmethod
+    def rows(conn: sa.Connection, sql: str, params: tuple = ()) -> list:
+        """The rows of a plain statement (`sql()`) on the driver's cursor."""
+        return _fetch(conn, sql, params)
+
+    @staticmethod
+    def run(conn: sa.Connection, sql: str, params: tuple = ()) -> int:
+        """A plain statement (`sql()`) on the driver's cursor; returns the rows it changed."""
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(sql, params)
+            return max(cur.rowcount or 0, 0)
+        finally:
+            cur.close()
+
+    @staticmethod
+    def plain(conn: sa.Connection, sql: str) -> None:
+        """A statement with no parameters and no rows (SAVEPOINT, RELEASE) on the driver's connection."""
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
 
     @staticmethod
     def _load(value: Any, version: int, last_updated: str) -> Any:

@@ -203,9 +203,9 @@ class Notifier:
             if stop:  # the end: what came before it is handled, nothing after it
                 items = items[:items.index(None)]
             try:
-                # the reads behind these writes' events are audited together: one audit commit for the batch
-                # (Gate.answering), not one wait per read
-                with self.gate.answering():
+                # the reads behind these writes' events are audited together, committed with the batch's inbox
+                # items (Gate.answering(defer=True), deliver_inbox_batch), not one wait per read
+                with self.gate.answering(defer=True):
                     self._handle_many(items)
             except Exception:
                 log.exception("notification audit commit failed")

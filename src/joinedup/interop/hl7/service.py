@@ -76,7 +76,8 @@ class Hl7Service:
     # -- the entry points -----------------------------------------------------------------------------------------
     def handle(self, raw: str | bytes, *, channel: str | None = None, replay_of: str | None = None) -> Outcome:
         """Apply one message (or refuse it and keep it); returns the outcome with its ER7 acknowledgement."""
-        with self.gate.answering():  # the message's audit events are committed together, before the ACK
+        # the message's audit events are committed with its writes (or together, when it is refused), before the ACK
+        with self.gate.answering(defer=True):
             out = self._handle_many([(raw, channel, replay_of)])[0]
         if isinstance(out, BaseException):
             raise out
@@ -88,7 +89,9 @@ class Hl7Service:
         fails is rolled back alone; messages about the same person or writing the same resource are applied one
         after the other, each planned from what the one before it committed. Returns, in order, each message's
         outcome with its own acknowledgement, or the unexpected exception that stopped it (nothing of it kept)."""
-        with self.gate.answering():  # the batch's audit events are committed together, before the ACKs
+        # the batch's audit events are committed with its writes (the reads that planned them included), before
+        # the ACKs
+        with self.gate.answering(defer=True):
             return self._handle_many([(raw, channel, None) for raw, channel in items])
 
     def _handle_many(self, items: list[tuple[str | bytes, str | None, str | None]]
@@ -128,8 +131,8 @@ class Hl7Service:
             for i in pending:
                 if isinstance(results[i], Outcome) and not results[i].ack:  # a duplicate, answered as applied
                     results[i] = self._done(results[i], items[i][2])
-            errors = self.gate.apply_messages([(st.who, st.bundle, st.receipt) for _i, st in staged]) \
-                if staged else []
+            errors = self.gate.apply_messages([(st.who, st.bundle, st.receipt, self._recorder(st))
+                                               for _i, st in staged]) if staged else []
             for (i, stage), error in zip(staged, errors):
                 raw, channel, replay_of = items[i]
                 try:
@@ -237,12 +240,21 @@ class Hl7Service:
         with self._lock:
             for key, lid in plan.new_places.items():
                 self._places[key] = (lid, now)
-        if plan.audit:
-            self.gate.record(who, plan.audit[0], allowed=True, reason=plan.audit[1], entity=plan.audit[2],
-                             patient_id=plan.patient_id, detail={"control_id": h.control_id, "facility": ods})
         note = "; ".join(plan.notes)
         return Outcome("AA", h, note or f"{h.trigger} applied", notes=plan.notes, patient_id=plan.patient_id,
                        encounter_id=plan.encounter_id)
+
+    def _recorder(self, stage: Staged):
+        """The message's own audit event (what it did: admitted, discharged, merged), recorded inside its savepoint
+        by `Gate.apply_messages`: kept only if the message is."""
+        h, who, ods, plan = stage.msg.header, stage.who, stage.ods, stage.plan
+
+        def then(conn) -> None:
+            if plan.audit:
+                self.gate.record(who, plan.audit[0], allowed=True, reason=plan.audit[1], entity=plan.audit[2],
+                                 patient_id=plan.patient_id, detail={"control_id": h.control_id, "facility": ods},
+                                 conn=conn)
+        return then
 
     def known_place(self, key: tuple[str, str]) -> str | None:
         """A Location an earlier message found or created (remembered for PLACE_TTL seconds: wards and beds are
