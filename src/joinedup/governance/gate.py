@@ -31,7 +31,7 @@ from joinedup.governance.audit import AuditWriter, search_events
 from joinedup.governance.facts import AccessFacts
 from joinedup.governance.identity import Principal
 from joinedup.store import schema, search
-from joinedup.store.repository import Prepared, Store, Stored, Written, new_id, prepare
+from joinedup.store.repository import Prepared, StaleWrite, Store, Stored, Written, new_id, prepare
 
 DIRECTORY_GROUP = "directory"
 # A partnership board's integration self-assessment round (a QuestionnaireResponse about no person): written only by
@@ -92,6 +92,18 @@ class Withheld:
         self.at_request = self.at_request or other.at_request
         self.sealed = self.sealed or other.sealed
         return self
+
+
+@dataclass
+class _Planned:
+    """Steps 1 and 2 of a transaction (Gate._plan): what to write, prepared, and the versions it was planned from."""
+
+    entries: list[dict]
+    order: list[int]
+    plans: dict[int, dict[str, Any]]
+    prepared: dict[int, Prepared]
+    read: dict[tuple[str, str], int | None]  # (type, id) of every entry replaced or deleted -> its version then
+    outside: bool  # planned before the write transaction began
 
 
 class _MessageBatch:
@@ -1152,18 +1164,34 @@ class Gate:
         for who, _bundle, receipt, *_then in items:
             self.check(who, "import", None, entity=f"hl7:{receipt['facility']}:{receipt['control_id']}"[:255])
         results: list[BaseException | None] = []
+        # each message planned (validated, checked, prepared) before the write lock is taken: the lock is held only
+        # for the writes; a message whose entries changed meanwhile is planned again inside it
+        plans: list[_Planned | BaseException] = []
+        for who, bundle, _receipt, *_then in items:
+            try:
+                plans.append(self._plan(who, bundle))
+            except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
+                plans.append(exc)
         deferred: list = []
         try:
             with self._store.writing() as conn:
                 deferred = self._audit.append_deferred(conn)
                 batch = _MessageBatch(conn, self._audit, self._store)
-                for who, bundle, receipt, *then in items:
+                for (who, bundle, receipt, *then), planned in zip(items, plans):
+                    if isinstance(planned, BaseException):
+                        results.append(planned)
+                        continue
+
                     def first(c, receipt=receipt) -> None:
                         self._store.insert(c, schema.hl7_message, receipt)
 
+                    within = then[0] if then else None
                     try:
-                        self._transaction(who, bundle, "", first=first, within=then[0] if then else None,
-                                          batch=batch)
+                        try:
+                            self._transaction(who, bundle, "", first=first, within=within, batch=batch,
+                                              planned=planned)
+                        except StaleWrite:  # another writer came first: planned again, in the transaction
+                            self._transaction(who, bundle, "", first=first, within=within, batch=batch)
                         results.append(None)
                     except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
                         results.append(exc)
@@ -1486,17 +1514,16 @@ class Gate:
             raise FhirError(412, f"Conditional reference '{ref}' matches {n} {rtype}", code="not-found")
         return None
 
-    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None, first=None,
-                     batch: _MessageBatch | None = None) -> dict:
-        """`within(conn)`, when given, runs inside the same database transaction after the writes, and `first(conn)`
-        before them (e.g. an HL7 message's receipt, so that two copies of one message applied at once by two
-        processes meet on the receipt's key before either writes anything): if either raises, nothing of the
-        transaction is kept. With `batch` (apply_messages) the writes go in a savepoint of the batch's transaction and
-        what follows a commit waits for the batch's."""
+    def _plan(self, who: Principal, bundle: dict, *, conn=None) -> _Planned:
+        """Steps 1 and 2 of a transaction: ids, conditional references, validation, the policy's word on every
+        write, and each resource prepared (canonical JSON, hash, index rows). With `conn` (an open write transaction)
+        the entries replaced are read in it; without, on a reading connection, before the transaction begins (the
+        writes then check the versions read: `_transaction(planned=...)`)."""
         entries = bundle.get("entry") or []
         order = sorted(range(len(entries)), key=lambda i: METHOD_ORDER[entries[i]["request"]["method"]])
         mapping: dict[str, str] = {}
         plans: dict[int, dict[str, Any]] = {}
+        read: dict[tuple[str, str], int | None] = {}  # the version of every entry replaced or deleted, as read
         # 1. assign ids, resolve conditional creates and updates
         for i in order:
             e = entries[i]
@@ -1537,7 +1564,8 @@ class Gate:
             plan = plans[i]
             if plan["kind"] not in ("create", "put"):
                 if plan["kind"] == "delete":
-                    cur = self._store.read(plan["rtype"], plan["id"])
+                    cur = self._store.read(plan["rtype"], plan["id"], conn)
+                    read[(plan["rtype"], plan["id"])] = cur.version if cur is not None else None
                     if cur is None and who.role != "system":
                         self._refuse_if_hidden(who, "delete", plan["rtype"], f"{plan['rtype']}/{plan['id']}")
                     self._check_delete(who, plan["rtype"], plan["id"], cur if cur and not cur.deleted else None)
@@ -1554,12 +1582,28 @@ class Gate:
                 validate_resource(resource, plan["rtype"])
             except FhirError as exc:
                 raise _entry_error(exc, i) from None
-            current = self._store.read(plan["rtype"], plan["id"], batch.conn if batch is not None else None) \
-                if plan["kind"] == "put" else None
+            current = self._store.read(plan["rtype"], plan["id"], conn) if plan["kind"] == "put" else None
+            if plan["kind"] == "put":
+                read[(plan["rtype"], plan["id"])] = current.version if current is not None else None
             live = current if current and not current.deleted else None
             self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live,
                               previous=current)
             prepared[i] = self._prepare(who, resource, current=current)
+        return _Planned(entries, order, plans, prepared, read, outside=conn is None)
+
+    def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None, first=None,
+                     batch: _MessageBatch | None = None, planned: _Planned | None = None) -> dict:
+        """`within(conn)`, when given, runs inside the same database transaction after the writes, and `first(conn)`
+        before them (e.g. an HL7 message's receipt, so that two copies of one message applied at once by two
+        processes meet on the receipt's key before either writes anything): if either raises, nothing of the
+        transaction is kept. With `batch` (apply_messages) the writes go in a savepoint of the batch's transaction and
+        what follows a commit waits for the batch's. `planned`: steps 1 and 2 done already, before the transaction
+        began (`_plan`): the writes check that every entry they replace or delete is still the version the plan
+        read, and raise `StaleWrite` (nothing written) when one is not."""
+        expected = planned.read if planned is not None else None
+        if planned is None:
+            planned = self._plan(who, bundle, conn=batch.conn if batch is not None else None)
+        entries, order, plans, prepared = planned.entries, planned.order, planned.plans, planned.prepared
         # 3. write everything in one database transaction
         responses: dict[int, dict] = {}
         changed = False
@@ -1568,6 +1612,11 @@ class Gate:
         with self._store.writing() if batch is None else batch.savepoint() as conn:
             if first is not None:
                 first(conn)
+            for plan in (plans[i] for i in order if expected and plans[i]["kind"] == "delete"):
+                # (the entries replaced are checked by write_prepared, which reads them anyway)
+                now = self._store.current_versions(conn, plan["rtype"], [plan["id"]], lock=True).get(plan["id"])
+                if (now[0] if now else None) != expected.get((plan["rtype"], plan["id"])):
+                    raise StaleWrite(f"{plan['rtype']}/{plan['id']} changed since the transaction was planned")
             for i in order:
                 plan = plans[i]
                 if plan["kind"] == "delete":
@@ -1583,7 +1632,8 @@ class Gate:
                     if plan.get("if_match"):
                         _check_if_match(self._store, conn, plan["rtype"], plan["id"], plan["if_match"])
                     w = self._store.write_prepared(conn, [prepared[i]], method="POST" if plan["kind"] == "create"
-                                                  else "PUT", skip_unchanged=False)[0]
+                                                  else "PUT", skip_unchanged=False,
+                                                  expected=expected if plan["kind"] == "put" else None)[0]
                     changed = self._facts.on_write(conn, [prepared[i]], [w.status], who=who,
                                                   link_requests=requests) or changed
                     committed.append(w)

@@ -135,6 +135,10 @@ def prepare(resource: dict, *, source: str | None = None, validate: bool = True,
     )
 
 
+class StaleWrite(Exception):
+    """An entry changed between the read a write was planned from and the write (another writer came first)."""
+
+
 @dataclass
 class Written:
     """Outcome of one write."""
@@ -666,8 +670,11 @@ class Store:
         return same
 
     def write_prepared(self, conn: sa.Connection, items: list[Prepared], *, method: str = "PUT",
-                       skip_unchanged: bool = True) -> list[Written]:
-        """Write prepared resources in the caller's transaction: versions, current rows, index rows."""
+                       skip_unchanged: bool = True,
+                       expected: dict[tuple[str, str], int | None] | None = None) -> list[Written]:
+        """Write prepared resources in the caller's transaction: versions, current rows, index rows. `expected`:
+        {(type, id): version or None (absent)} as the caller read them before the transaction: StaleWrite (nothing
+        written) when an item's current version is another."""
         by_type: dict[str, list[str]] = {}
         for p in items:
             by_type.setdefault(p.rtype, []).append(p.id)
@@ -675,6 +682,11 @@ class Store:
         for t, ids in by_type.items():
             for i, v in self.current_versions(conn, t, ids, lock=True).items():
                 existing[(t, i)] = v
+        if expected:
+            for p in items:
+                key = (p.rtype, p.id)
+                if key in expected and (existing[key][0] if key in existing else None) != expected[key]:
+                    raise StaleWrite(f"{p.rtype}/{p.id} changed since the write was planned")
         meta_instant, column_instant = now_instant()
         upserts, inserts, versions, unindex = [], [], [], []
         index_rows: dict[str, list[tuple]] = {k: [] for k in INDEX_SQL}
