@@ -574,9 +574,13 @@ class AuditWriter:
     def _append_in(self, conn: sa.Connection, batch: list[Pending]) -> None:
         if not self._open_transaction(conn):
             raise RuntimeError("record(conn=...) needs an open write transaction (store.writing())")
+        head = getattr(self._tx, "head", None)
+        # the head this transaction appended last (kept right across savepoints rolled back: _MessageBatch) is still
+        # the chain's head: the write lock (SQLite) or the table lock (PostgreSQL) taken with it is held
+        after = (head[1], head[2]) if head is not None and head[0] is conn else None
         cur = conn.connection.driver_connection.cursor()
         try:
-            seq, h = self._append_rows(cur, batch)
+            seq, h = self._append_rows(cur, batch, after=after)
         finally:
             cur.close()
         self._tx.head = (conn, seq, h)
@@ -715,14 +719,18 @@ class AuditWriter:
         with self._lock:
             return bool(self._buf) and bool(self._waiters)
 
-    def _append_rows(self, cur, batch: list[Pending]) -> tuple[int, str]:
+    def _append_rows(self, cur, batch: list[Pending], *, after: tuple[int, str] | None = None) -> tuple[int, str]:
         """Append the events after the chain head within the transaction `cur` belongs to; returns the new head.
-        PostgreSQL: the table lock orders concurrent appenders (held to the end of the transaction)."""
-        if self._pg:
-            cur.execute("LOCK TABLE audit_event IN EXCLUSIVE MODE")
-        cur.execute("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
-        last = cur.fetchone()
-        seq, prev = (last[0], last[1]) if last else (0, GENESIS)
+        PostgreSQL: the table lock orders concurrent appenders (held to the end of the transaction). `after`: the
+        head as this transaction left it (already locked), instead of reading it."""
+        if after is not None:
+            seq, prev = after
+        else:
+            if self._pg:
+                cur.execute("LOCK TABLE audit_event IN EXCLUSIVE MODE")
+            cur.execute("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+            last = cur.fetchone()
+            seq, prev = (last[0], last[1]) if last else (0, GENESIS)
         kid, secret = self.keys.active
         rows = []
         for p in batch:  # little work here: the write lock is held
