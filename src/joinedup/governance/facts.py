@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -345,14 +346,6 @@ class AccessFacts:
 
     def __init__(self, store, refresh_ms: int | None = None) -> None:
         self.store = store
-        # the statements every write runs, on the driver's cursor (see _forget and _bump)
-        self._sql_forget_one = [store.sql(f"DELETE FROM {t.name} WHERE basis = ?") for t in
-                                (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
-        self._sql_forget_one[0] += " RETURNING practitioner_id, organization_id, practitioner_role_id"
-        self._sql_current = store.sql(f"SELECT token FROM {schema.governance_epoch.name} WHERE id = 1") + \
-            (" FOR UPDATE" if store.dialect == "postgresql" else "")
-        self._sql_bump = store.sql(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, ?)"
-                                   " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
         self.refresh = (refresh_ms if refresh_ms is not None
                         else config.value("POLICY_REFRESH_MS")) / 1000
         self._snap: _Snapshot | None = None
@@ -363,6 +356,24 @@ class AccessFacts:
         # database (governance_epoch_step)
         self._steps: dict[str, tuple[str, _Delta]] = {}
         self._stepped = 0
+
+    # the statements every write runs, on the driver's cursor (see _forget and _bump), built on first use
+    @cached_property
+    def _sql_forget_one(self) -> list[str]:
+        out = [self.store.sql(f"DELETE FROM {t.name} WHERE basis = ?")
+               for t in (schema.care_relationship, schema.patient_choice, schema.restricted_item)]
+        out[0] += " RETURNING practitioner_id, organization_id, practitioner_role_id"
+        return out
+
+    @cached_property
+    def _sql_current(self) -> str:
+        return self.store.sql(f"SELECT token FROM {schema.governance_epoch.name} WHERE id = 1") + \
+            (" FOR UPDATE" if self.store.dialect == "postgresql" else "")
+
+    @cached_property
+    def _sql_bump(self) -> str:
+        return self.store.sql(f"INSERT INTO {schema.governance_epoch.name} (id, token) VALUES (1, ?)"
+                              " ON CONFLICT (id) DO UPDATE SET token = excluded.token")
 
     # -- maintenance on writes (inside the writer's transaction) -------------------------------------
     def on_write(self, conn, items: Iterable[Prepared], statuses: Iterable[str] | None = None, *,
