@@ -46,16 +46,18 @@ def _receipt(uid: str, n: int) -> dict:
             "applied": "2026-12-07T00:00:00Z", "patient_id": None, "note": None}
 
 
-def _feed(uid: str) -> Principal:
-    return Principal(name=f"hl7:T{uid}", role="system", display="test feed", organization_id=f"org-{uid}")
+def _person(gate: Gate, family: str) -> tuple[str, str, Principal]:
+    """A new record (version 1) and a feed's integration account to write to it: (uid, patient id, account)."""
+    uid = uuid.uuid4().hex[:8]
+    pid = f"p-{uid}"
+    gate.update(SYSTEM, "Patient", pid, _patient(pid, family))
+    return uid, pid, Principal(name=f"hl7:T{uid}", role="system", display="test feed",
+                               organization_id=f"org-{uid}")
 
 
 def test_two_messages_of_one_batch_updating_one_record_apply_one_after_the_other(two):
     gate, _ = two
-    uid = uuid.uuid4().hex[:8]
-    pid = f"p-{uid}"
-    gate.update(SYSTEM, "Patient", pid, _patient(pid, "First"))
-    who = _feed(uid)
+    uid, pid, who = _person(gate, "First")
     # both planned from version 1 before the lock; the second finds version 2 written by the first
     errors = gate.apply_messages([(who, _put(_patient(pid, "Second")), _receipt(uid, 1)),
                                   (who, _put(_patient(pid, "Third")), _receipt(uid, 2))])
@@ -68,10 +70,7 @@ def test_two_messages_of_one_batch_updating_one_record_apply_one_after_the_other
 
 def test_a_plan_overtaken_by_another_process_writes_nothing(two, db_url):
     gate, other = two
-    uid = uuid.uuid4().hex[:8]
-    pid = f"p-{uid}"
-    gate.update(SYSTEM, "Patient", pid, _patient(pid, "Before"))
-    who = _feed(uid)
+    uid, pid, who = _person(gate, "Before")
     planned = gate._plan(who, _put(_patient(pid, "Planned")))  # outside any transaction, from version 1
     other.update(SYSTEM, "Patient", pid, _patient(pid, "Meanwhile"))  # the other process: version 2
     store = Store(db_url)
@@ -89,10 +88,7 @@ def test_a_plan_overtaken_by_another_process_writes_nothing(two, db_url):
 
 def test_the_batchs_reads_and_each_kept_messages_own_event_commit_with_its_writes(two, db_url):
     gate, _ = two
-    uid = uuid.uuid4().hex[:8]
-    pid = f"p-{uid}"
-    gate.update(SYSTEM, "Patient", pid, _patient(pid, "Audit"))
-    who = _feed(uid)
+    uid, pid, who = _person(gate, "Audit")
 
     def own_event(n: int):
         return lambda conn: gate.record(who, "hl7-a08", allowed=True, reason=f"message {n}",

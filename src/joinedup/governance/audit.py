@@ -546,25 +546,29 @@ class AuditWriter:
     # -- appending inside the caller's write transaction -------------------------------------------------------
     @contextmanager
     def writing(self) -> Iterator[sa.Connection]:
-        """`store.writing()` whose audit events (record(..., conn=conn)) are checkpointed once it commits."""
+        """`store.writing()` whose audit events (record(..., conn=conn)) are checkpointed once it commits. The
+        events a deferring scope holds (see _Scope) are appended first, and held again if it does not commit."""
         self._tx.head = None
-        with self.store.writing() as conn:
-            yield conn
+        deferred: list[Pending] = []
+        try:
+            with self.store.writing() as conn:
+                deferred = self.append_deferred(conn)
+                yield conn
+        except BaseException:
+            self._tx.head = None  # nothing of the transaction was kept
+            self.defer_again(deferred)
+            raise
         head, self._tx.head = getattr(self._tx, "head", None), None
         if head is not None:
             self._checkpoint(*head[1:])
 
-    def committed(self, *, known: bool = False) -> None:
+    def committed(self) -> None:
         """After a write transaction that appended events with `record(..., conn=conn)` has committed: write the
-        checkpoint for them (checked against the database, so calling it after a rollback is harmless; `known`:
-        the caller saw its commit succeed, no need to look)."""
+        checkpoint for them (checked against the database, so calling it after a rollback is harmless)."""
         head, self._tx.head = getattr(self._tx, "head", None), None
         if head is None:
             return
         _conn, seq, h = head
-        if known:
-            self._checkpoint(seq, h)
-            return
         a = schema.audit_event
         with self.store.reading() as conn:
             row = conn.execute(sa.select(a.c.hash).where(a.c.seq == seq)).first()

@@ -103,7 +103,6 @@ class _Planned:
     plans: dict[int, dict[str, Any]]
     prepared: dict[int, Prepared]
     read: dict[tuple[str, str], int | None]  # (type, id) of every entry replaced or deleted -> its version then
-    outside: bool  # planned before the write transaction began
 
 
 class _MessageBatch:
@@ -122,7 +121,7 @@ class _MessageBatch:
         self._n += 1
         name = f"joinedup_msg_{self._n}"
         head = getattr(self.audit._tx, "head", None)  # the chain head appended so far (checkpointed after commit)
-        plain = self.store.plain
+        plain = self.store.run
         plain(self.conn, f"SAVEPOINT {name}")
         try:
             yield self.conn
@@ -1172,34 +1171,26 @@ class Gate:
                 plans.append(self._plan(who, bundle))
             except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
                 plans.append(exc)
-        deferred: list = []
-        try:
-            with self._store.writing() as conn:
-                deferred = self._audit.append_deferred(conn)
-                batch = _MessageBatch(conn, self._audit, self._store)
-                for (who, bundle, receipt, *then), planned in zip(items, plans):
-                    if isinstance(planned, BaseException):
-                        results.append(planned)
-                        continue
+        with self._audit.writing() as conn:  # the deferred reads first, then the messages; checkpointed on commit
+            batch = _MessageBatch(conn, self._audit, self._store)
+            for (who, bundle, receipt, *then), planned in zip(items, plans):
+                if isinstance(planned, BaseException):
+                    results.append(planned)
+                    continue
 
-                    def first(c, receipt=receipt) -> None:
-                        self._store.insert(c, schema.hl7_message, receipt)
+                def first(c, receipt=receipt) -> None:
+                    self._store.insert(c, schema.hl7_message, receipt)
 
-                    within = then[0] if then else None
+                within = then[0] if then else None
+                try:
                     try:
-                        try:
-                            self._transaction(who, bundle, "", first=first, within=within, batch=batch,
-                                              planned=planned)
-                        except StaleWrite:  # another writer came first: planned again, in the transaction
-                            self._transaction(who, bundle, "", first=first, within=within, batch=batch)
-                        results.append(None)
-                    except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
-                        results.append(exc)
-        except BaseException:
-            self._audit._tx.head = None  # nothing of the transaction was kept
-            self._audit.defer_again(deferred)
-            raise
-        self._audit.committed(known=True)
+                        self._transaction(who, bundle, "", first=first, within=within, batch=batch,
+                                          planned=planned)
+                    except StaleWrite:  # another writer came first: planned again, in the transaction
+                        self._transaction(who, bundle, "", first=first, within=within, batch=batch)
+                    results.append(None)
+                except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
+                    results.append(exc)
         if batch.rolled_back or any(changed for _w, changed, _r, _c in batch.after):
             self._facts.invalidate()
         for who, _changed, requests, committed in batch.after:
@@ -1589,7 +1580,7 @@ class Gate:
             self._check_write(who, "update" if plan["kind"] == "put" else "create", resource, current=live,
                               previous=current)
             prepared[i] = self._prepare(who, resource, current=current)
-        return _Planned(entries, order, plans, prepared, read, outside=conn is None)
+        return _Planned(entries, order, plans, prepared, read)
 
     def _transaction(self, who: Principal, bundle: dict, base_url: str, *, within=None, first=None,
                      batch: _MessageBatch | None = None, planned: _Planned | None = None) -> dict:

@@ -46,19 +46,10 @@ def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, A
     if who.role != "system":
         raise gate.refuse(who, "Only the notification worker delivers inbox items", action="create",
                           entity="inbox")
-    deferred: list = []
-    try:
-        with gate._store.writing() as conn:
-            # the reads that chose the recipients, held by the worker's deferring scope (Gate.answering): committed
-            # with the items
-            deferred = gate._audit.append_deferred(conn)
-            served = _deliver_all(conn, deliveries)
-    except BaseException:
-        gate._audit._tx.head = None
-        gate._audit.defer_again(deferred)
-        raise
-    gate._audit.committed(known=True)
-    return served
+    # the reads that chose the recipients, held by the worker's deferring scope (Gate.answering), commit with the
+    # items (AuditWriter.writing)
+    with gate._audit.writing() as conn:
+        return _deliver_all(conn, deliveries)
 
 
 # the delivery's statements, built once (the batch's lookups are two statements, its writes two more)

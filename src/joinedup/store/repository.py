@@ -334,15 +334,6 @@ class Store:
             cur.close()
 
     @staticmethod
-    def plain(conn: sa.Connection, sql: str) -> None:
-        """A statement with no parameters and no rows (SAVEPOINT, RELEASE) on the driver's connection."""
-        cur = conn.connection.driver_connection.cursor()
-        try:
-            cur.execute(sql)
-        finally:
-            cur.close()
-
-    @staticmethod
     def _load(value: Any, version: int, last_updated: str) -> Any:
         """Stored JSON → resource, with meta.versionId and meta.lastUpdated from the row."""
         if value is None:
