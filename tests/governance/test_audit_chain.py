@@ -313,3 +313,29 @@ def test_genesis_and_links_of_the_real_chain(server, traffic):
         rows = conn.execute(sa.select(a.c.seq, a.c.prev_hash, a.c.hash).order_by(a.c.seq).limit(3)).all()
     assert rows[0][0] == 1 and rows[0][1] == GENESIS
     assert rows[1][1] == rows[0][2] and rows[2][1] == rows[1][2]
+
+
+def test_event_ids_are_uuid_version_7_in_time_order(server, traffic):
+    """Each AuditEvent id is an RFC 9562 UUID version 7 (section 5.7): variant 10, version 7, the first 48 bits the
+    Unix time in milliseconds at which it was recorded. Ids therefore grow with time, and the unique index on them
+    grows at its right edge."""
+    import time
+    from datetime import datetime
+
+    from joinedup.store import schema
+
+    a = schema.audit_event
+    with server.gate.store_for_tests.reading() as conn:
+        rows = conn.execute(sa.select(a.c.seq, a.c.id, a.c.recorded, a.c.content)
+                            .order_by(a.c.seq.desc()).limit(50)).all()
+    assert len(rows) >= 10
+    for _seq, eid, recorded, content in rows:
+        u = uuid.UUID(eid)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122), eid
+        assert json.loads(content)["id"] == eid
+        when = datetime.fromisoformat(recorded.replace("Z", "+00:00")).timestamp() * 1000
+        assert abs((u.int >> 80) - when) < 60_000, (eid, recorded)  # made when it was recorded
+        assert (u.int >> 80) <= time.time() * 1000 + 1
+    stamps = [uuid.UUID(eid).int >> 80 for _s, eid, _r, _c in sorted(rows)]
+    # in chain order the millisecond stamps never go back by more than the clock may between threads
+    assert all(later >= earlier - 1000 for earlier, later in zip(stamps, stamps[1:]))

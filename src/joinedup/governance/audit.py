@@ -329,7 +329,7 @@ class Pending:
 
     def prepare(self) -> None:
         """Serialise everything that does not depend on the chain head, outside any lock."""
-        self.id = str(uuid.uuid4())
+        self.id = uuid7()
         try:
             self.head, self.tail = _halves(AuditWriter.build_event(self))
         except Exception as exc:  # noqa: BLE001 - an event is never dropped for being odd
@@ -340,6 +340,17 @@ class Pending:
         return (f'{self.head},"extension":[{{"extension":[{{"url":"sequence","valueInteger":{seq}}},'
                 f'{{"url":"previousHash","valueString":"{prev}"}},{{"url":"key","valueString":"{kid}"}}],'
                 f'"url":"{CHAIN_URL}"}}],"id":"{self.id}",{self.tail}')
+
+
+def uuid7() -> str:
+    """A UUID version 7 (RFC 9562 section 5.7): 48 bits of Unix time in milliseconds, the version, 74 random bits
+    and the variant. Python has `uuid.uuid7` only from 3.14. Ids that grow with time are added at the right edge
+    of the unique index on the event id, instead of on a random page of it (uuid4): about one page fewer written
+    per event."""
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b, 6 unused
+    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64
+             | 0b10 << 62 | rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
 
 
 class _Scope:

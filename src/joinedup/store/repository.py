@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import SearchParameters, registry
 from joinedup.fhir.validation import validate_resource
 from joinedup.store.engine import SQLITE_PRAGMAS, engine_for
+from joinedup.store.turns import write_turn
 
 INDEX_SQL = {
     "token": ("idx_token", ("param", "system", "code", "text")),
@@ -287,13 +288,20 @@ class Store:
                     yield conn
                 return
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
+            with self._turn():  # the writers of this file take turns, waking as soon as it is free (turns.py)
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
+
+    def _turn(self) -> AbstractContextManager[None]:
+        path = self.engine.url.database or ""
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return nullcontext()
+        return write_turn(path)
 
     def insert(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> None:
         """One row into `table` on the driver's cursor (the statement built once per table and set of columns: no

@@ -143,3 +143,32 @@ def test_a_registration_the_feed_adds_or_moves_is_followed_at_once(feed):
     assert feed.send_one(feed.msg("A31", f"3-{uid}", extra=[pd1(1)])).code == "AA"
     assert not gate.relationship_of(gp_a, pid_id) and gate.relationship_of(gp_b, pid_id) == "registered"
     assert facts.related(gp_a, [pid_id]) == set() and facts.related(gp_b, [pid_id]) == {pid_id}
+
+
+def test_the_listener_tells_after_the_ack_and_flush_waits_for_it(feed):
+    """The listener raises a batch's notifications itself, right after sending the batch's ACKs and before taking
+    the next batch (`Notifier.holding`), instead of the notification worker's thread. The ACK may come first, but
+    once the notifier's flush() returns the GP's inbox already holds the admission, at the first read."""
+    gate, uid = feed.gate, feed.uid.lower()
+    practice, gp, pid = f"prac-{uid}", f"gp-{uid}", f"pat-{uid}"
+    gate.update(SYSTEM, "Organization", practice, {"resourceType": "Organization", "id": practice, "name": "Surgery"})
+    gate.update(SYSTEM, "Practitioner", gp, {"resourceType": "Practitioner", "id": gp, "name": [{"family": gp}]})
+    gate.update(SYSTEM, "Patient", pid, {
+        "resourceType": "Patient", "id": pid, "meta": {"source": f"Organization/{practice}"},
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": feed.nhs}],
+        "name": [{"family": "SMITH", "given": ["JANE"]}], "birthDate": "1950-01-01",
+        "generalPractitioner": [{"reference": f"Organization/{practice}"}, {"reference": f"Practitioner/{gp}"}]})
+    gp_user = add_user(gate, name=f"gp-held-{uid}", role="gp", practitioner=gp, organization=practice)
+    notifier = notifications.notifier_for(gate)
+    assert notifier is not None and notifier.flush(10)
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    for n in range(3):  # three admissions, one after the other on one connection
+        ack = feed.send_one(feed.msg("A01", f"h{n}-{feed.uid}", pv1={2: "I", 3: "WARD 2", 19: f"VH{n}{feed.uid}",
+                                                                   44: now}, evn_time=now))
+        assert ack.code == "AA"
+    assert notifier.flush(10)
+    items = notifications.inbox(gate=gate, who=gp_user)["items"]
+    encounters = {e.id for e in feed.search("Encounter", [("subject", f"Patient/{pid}")])}
+    assert len(encounters) == 3
+    assert sorted((i["event"], i["source"]) for i in items) == sorted(("admission", f"Encounter/{e}")
+                                                                      for e in encounters)

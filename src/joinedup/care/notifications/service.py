@@ -174,20 +174,47 @@ class Notifier:
         self._seen_findings: dict[str, set[str]] = {}
         self._no_user: dict[str, float] = {}
         self._place_names: dict[str, tuple[str | None, float]] = {}  # Location id -> (name, when read)
+        self._local = threading.local()  # .held: the writes of a thread that notifies them itself (holding())
+        self._busy = threading.Lock()  # one batch handled at a time, by the worker or by a holding thread
+        self._busy_count = threading.Lock()
+        self._held = 0  # writes held by threads that notify them themselves, not yet handled (flush waits for them)
         self._thread = threading.Thread(target=self._run, name="joinedup-notifier", daemon=True)
         self._thread.start()
 
     # called on the writer's thread: must be cheap
     def listener(self, who: Principal, written: list) -> None:
         if written:
-            self.queue.put((who, [(w.rtype, w.id, w.status, w.resource) for w in written], time.time()))
+            item = (who, [(w.rtype, w.id, w.status, w.resource) for w in written], time.time())
+            held = getattr(self._local, "held", None)
+            if held is not None:
+                with self._busy_count:
+                    self._held += 1
+                held.append(item)
+            else:
+                self.queue.put(item)
+
+    def holding(self) -> Held:
+        """The writes committed on this thread while the returned `Held` is entered are kept in it instead of going
+        to the worker, and handled on this thread by `Held.deliver()`: a feed that applies batch after batch on one
+        thread notifies each batch right after it (after its acknowledgements are sent) and before the next, instead
+        of a second thread contending with it for the interpreter and for the database's write lock."""
+        return Held(self)
+
+    def _handle_items(self, items: list[tuple]) -> None:
+        """Handle writes queued together: the reads behind their events audited together and committed with the
+        batch's inbox items (Gate.answering(defer=True), deliver_inbox_batch), not one wait per read."""
+        try:
+            with self._busy, self.gate.answering(defer=True):
+                self._handle_many(items)
+        except Exception:
+            log.exception("notification audit commit failed")
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far has been handled (for tests and benchmarks)."""
         deadline = time.time() + timeout
-        while self.queue.unfinished_tasks and time.time() < deadline:
+        while (self.queue.unfinished_tasks or self._held) and time.time() < deadline:
             time.sleep(0.01)
-        return not self.queue.unfinished_tasks
+        return not (self.queue.unfinished_tasks or self._held)
 
     def _run(self) -> None:
         while True:
@@ -203,12 +230,7 @@ class Notifier:
             if stop:  # the end: what came before it is handled, nothing after it
                 items = items[:items.index(None)]
             try:
-                # the reads behind these writes' events are audited together, committed with the batch's inbox
-                # items (Gate.answering(defer=True), deliver_inbox_batch), not one wait per read
-                with self.gate.answering(defer=True):
-                    self._handle_many(items)
-            except Exception:
-                log.exception("notification audit commit failed")
+                self._handle_items(items)
             finally:
                 for _ in range(drained):
                     self.queue.task_done()
@@ -443,6 +465,31 @@ class Notifier:
         return platform.deliver_inbox_items(self.gate, SYSTEM, recipients=users, event_type=ev.type,
                                             patient_id=ev.patient_id, source_ref=ev.source_ref, title=ev.title,
                                             detail=ev.detail, occurred=ev.occurred, since=since, stamp=stamp)
+
+
+class Held:
+    """Writes committed on one thread, kept to be notified on that thread (`Notifier.holding`)."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.items: list[tuple] = []
+
+    def __enter__(self) -> Held:
+        self.notifier._local.held = self.items
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.notifier._local.held = None
+
+    def deliver(self) -> None:
+        """Handle the kept writes now, on this thread (never raises: a failure is logged, as the worker's are)."""
+        items, self.items = self.items, []
+        if items:
+            try:
+                self.notifier._handle_items(items)
+            finally:
+                with self.notifier._busy_count:
+                    self.notifier._held -= len(items)
 
 
 _notifiers: dict[int, Notifier] = {}
