@@ -419,6 +419,48 @@ class Gate:
         self._audit_lookup(who, decision.reason, rtype, page, query_text)
         return page
 
+    def find_by_references(self, who: Principal, rtype: str, param: str, targets: list[str], *, count: int = 100
+                           ) -> dict[str, list[Stored]]:
+        """`find_by_reference` for several targets of one type at once (the care teams of every person a batch of
+        notifications is about): one plain statement for all of them, each target's matches checked and audited as
+        its own `param=target` search (inside `reads_as_one`, together: one event per person). Anyone else, or
+        anything `find_by_reference` would not answer itself, goes target by target."""
+        targets = list(dict.fromkeys(targets))
+        split = [split_reference(t) for t in targets]
+        ttypes = {tt for tt, _i in split}
+        sp = self._store.params.params(rtype).get(param) if is_resource_type(rtype) else None
+        if who.role != "system" or len(ttypes) != 1 or not all(tt and ti and len(ti) <= 255 for tt, ti in split) \
+                or not 0 < count <= 1000 or sp is None or sp.type != "reference" or \
+                (sp.target and next(iter(ttypes)) not in sp.target):
+            return {t: self.find_by_reference(who, rtype, param, t, count=count) for t in targets}
+        found = self._store.by_references(rtype, param, next(iter(ttypes)), [ti for _t, ti in split])
+        out: dict[str, list[Stored]] = {}
+        for target, (_tt, tid) in zip(targets, split):
+            query = f"{rtype}?{param}={tid}&_count={count}"
+            page = found.get(tid, [])
+            if len(page) > count:  # more than a page: the search pages them (and counts them)
+                out[target] = self.search(who, rtype, [(param, target), ("_count", str(count))],
+                                          query_text=query).matches
+                continue
+            decision = self.check(who, "search", rtype, query=query)
+            self._audit_lookup(who, decision.reason, rtype, page, query)
+            out[target] = page
+        return out
+
+    def find_by_ids(self, who: Principal, rtype: str, ids: list[str]) -> list[Stored]:
+        """The current entries of one type with these ids (those that exist), for the integration account's
+        lookups of many people at once (the records behind a batch of notifications): checked and audited as the
+        search `_id=...` (inside `reads_as_one`, together: one event per person). Anyone else gets `search`."""
+        ids = sorted(set(ids))
+        query = f"{rtype}?_id={','.join(ids)}"
+        if who.role != "system" or not is_resource_type(rtype) or any(len(i) > 255 for i in ids):
+            return [s for chunk in range(0, len(ids), 100) for s in self.search(
+                who, rtype, [("_id", ",".join(ids[chunk:chunk + 100])), ("_count", "100")]).matches]
+        decision = self.check(who, "search", rtype, query=query[:1000])
+        page = sorted(self._store.read_many([(rtype, i) for i in ids]), key=lambda s: s.id) if ids else []
+        self._audit_lookup(who, decision.reason, rtype, page, query[:1000])
+        return page
+
     def _audit_lookup(self, who: Principal, reason: str, rtype: str, page: list[Stored], query_text: str | None
                       ) -> None:
         gathered = _gathered_reads.get()

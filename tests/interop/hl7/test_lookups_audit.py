@@ -102,3 +102,43 @@ def test_find_by_reference_answers_what_the_search_answers(db_url):
         [f"fbr-ct1-{uid}", f"fbr-ct2-{uid}"]
     # a page larger than asked for is paged by the search: never more than `count`
     assert len(gate.find_by_reference(SYSTEM, "CareTeam", "patient", f"Patient/{a}", count=1)) == 1
+
+
+def test_lookups_of_many_people_answer_what_one_by_one_answers_and_each_is_in_their_log(db_url):
+    """`Gate.find_by_references` and `Gate.find_by_ids` (the notification worker's lookups for a batch of events)
+    answer, for each person, what `find_by_reference` / reading the record answer one by one - current entries only,
+    nobody else's - and inside `reads_as_one` each person gets one `search` event in their own access log naming
+    the queries and their own records."""
+    gate = get_gate(db_url)
+    uid = uuid.uuid4().hex[:8]
+    a, b, c = (f"fbm-{x}-{uid}" for x in "abc")
+    for pid in (a, b, c):
+        gate.update(SYSTEM, "Patient", pid, {"resourceType": "Patient", "id": pid, "name": [{"family": pid}]})
+    for n, pid in ((1, a), (2, a), (3, a), (4, b)):
+        gate.update(SYSTEM, "CareTeam", f"fbm-ct{n}-{uid}", {
+            "resourceType": "CareTeam", "id": f"fbm-ct{n}-{uid}", "status": "active",
+            "subject": {"reference": f"Patient/{pid}"}})
+    gate.delete(SYSTEM, "CareTeam", f"fbm-ct3-{uid}")
+    gate.delete(SYSTEM, "Patient", c)
+    targets = [f"Patient/{p}" for p in (a, b, c)]
+    with gate.reads_as_one(SYSTEM, entity=f"batch-{uid}", purpose="who to tell"):
+        teams = gate.find_by_references(SYSTEM, "CareTeam", "patient", targets)
+        records = gate.find_by_ids(SYSTEM, "Patient", [a, b, c, f"nobody-{uid}"])
+    for t in targets:
+        assert [s.id for s in teams.get(t, [])] == [s.id for s in gate.find_by_reference(SYSTEM, "CareTeam",
+                                                                                          "patient", t)]
+    assert [s.id for s in teams[f"Patient/{a}"]] == [f"fbm-ct1-{uid}", f"fbm-ct2-{uid}"]
+    assert teams.get(f"Patient/{c}", []) == []
+    assert [s.id for s in records] == [a, b]  # a deleted record and one that never was are not returned
+    assert records[0].content["name"] == [{"family": a}]
+    gate.flush_audit()
+    for pid, refs in ((a, {f"Patient/{a}", f"CareTeam/fbm-ct1-{uid}", f"CareTeam/fbm-ct2-{uid}"}),
+                      (b, {f"Patient/{b}", f"CareTeam/fbm-ct4-{uid}"})):
+        events = [e.content for e in gate.search(SYSTEM, "AuditEvent", [
+            ("patient", pid), ("subtype", "search"), ("_count", "100")]).matches if _entity(e.content) ==
+            f"batch-{uid}"]
+        assert len(events) == 1, events
+        named = ", ".join(v for k, v in _detail(events[0]).items() if k.startswith("records")).split(", ")
+        assert set(named) == refs
+        assert f"CareTeam?patient=Patient/{pid}" in _query(events[0]) or f"CareTeam?patient={pid}" in \
+            _query(events[0])

@@ -296,24 +296,29 @@ class Notifier:
         return None if found.has_more else {s.id: s.content for s in found.matches}
 
     def _deliver_many(self, events: list[tuple[Event, list[tuple]]]) -> None:
-        # the wards named (directory data) remembered for a few minutes, those not known read in one search; each
-        # person's record and care teams are still read per event, so that every read of a person's record stays in
-        # their own access log
+        # the wards named (directory data) remembered for a few minutes, those not known read in one search; the
+        # records and care teams of the batch's people read in one lookup each, audited as one event per person
+        # (Gate.reads_as_one), so that every read of a person's record is in their own access log
         places = {id(ev): loc for ev, written in events if (loc := self._place_of(ev, written))}
         names = self._names_of(set(places.values()))
+        people = sorted({ev.patient_id for ev, _w in events if ev.patient_id})
+        with self.gate.reads_as_one(SYSTEM, entity="notifications", purpose="who to tell about the person"):
+            records = {s.id: s.content for s in self.gate.find_by_ids(SYSTEM, "Patient", people)}
+            teams = self.gate.find_by_references(SYSTEM, "CareTeam", "patient", [f"Patient/{p}" for p in people])
         candidates: list[dict[str, Principal]] = []
         for ev, written in events:
             if names is None:
                 self._resolve_place(ev, written)
             elif id(ev) in places and (name := names.get(places[id(ev)])):
                 ev.detail = name if not ev.detail else f"{name} ({ev.detail})"
-            candidates.append(self.recipients(ev))
+            candidates.append(self._recipients(ev, records.get(ev.patient_id), [
+                s.content for s in teams.get(f"Patient/{ev.patient_id}", [])]))
         # who of them still has a legitimate relationship with the person: asked once per recipient for the batch
-        people: dict[str, tuple[Principal, set[str]]] = {}
+        asked: dict[str, tuple[Principal, set[str]]] = {}
         for (ev, _w), users in zip(events, candidates):
             for n, u in users.items():
-                people.setdefault(n, (u, set()))[1].add(ev.patient_id)
-        related = {n: self.gate.related(u, pids) for n, (u, pids) in people.items()}
+                asked.setdefault(n, (u, set()))[1].add(ev.patient_id)
+        related = {n: self.gate.related(u, pids) for n, (u, pids) in asked.items()}
         stamp = now_iso()
         since = (datetime.now(UTC) - self.window).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         deliveries = []
