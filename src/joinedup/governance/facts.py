@@ -583,9 +583,8 @@ class AccessFacts:
 
     # -- the cache ------------------------------------------------------------------------------------
     def _token(self) -> str | None:
-        e = schema.governance_epoch
-        with self.store.reading() as conn:
-            row = conn.execute(sa.select(e.c.token).where(e.c.id == 1)).first()
+        # a plain one-row lookup (Store.point): asked after every write that changed the facts, by every process
+        row = self.store.point("SELECT token FROM governance_epoch WHERE id = 1", ())
         return row[0] if row else None
 
     def snapshot(self) -> _Snapshot:
@@ -640,12 +639,14 @@ class AccessFacts:
     def _kept_steps(self, start: str, token: str) -> list[_Delta] | None:
         """The steps from `start` to `token` as the database keeps them, in order; None when the chain breaks (a
         change that is not a step came between) or has been pruned."""
+        sql = self.store.sql  # plain statements: every process follows the others' steps after each of their writes
         with self.store.reading() as conn:
-            first = conn.execute(sa.select(sa.func.min(_STEP.c.seq)).where(_STEP.c.previous == start)).scalar()
+            first = self.store.rows(conn, sql("SELECT min(seq) FROM governance_epoch_step WHERE previous = ?"),
+                                    (start,))[0][0]
             if first is None:
                 return None
-            rows = conn.execute(sa.select(_STEP.c.token, _STEP.c.previous, _STEP.c.delta)
-                                .where(_STEP.c.seq >= first).order_by(_STEP.c.seq).limit(KEEP_STEPS)).all()
+            rows = self.store.rows(conn, sql("SELECT token, previous, delta FROM governance_epoch_step WHERE seq >= ?"
+                                             " ORDER BY seq LIMIT ?"), (first, KEEP_STEPS))
         steps, at = [], start
         for row_token, previous, delta in rows:
             if previous != at:

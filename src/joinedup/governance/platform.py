@@ -49,21 +49,18 @@ def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, A
     # the reads that chose the recipients, held by the worker's deferring scope (Gate.answering), commit with the
     # items (AuditWriter.writing)
     with gate._audit.writing() as conn:
-        return _deliver_all(conn, deliveries)
+        return _deliver_all(gate._store, conn, deliveries)
 
 
 # the delivery's statements, built once (the batch's lookups are two statements, its writes two more)
-_inbox, _prefs = schema.inbox_item, schema.notification_preference
-_TURNED_OFF = sa.select(_prefs.c.user_name, _prefs.c.event_type).where(
-    _prefs.c.user_name.in_(sa.bindparam("names", expanding=True)), _prefs.c.enabled.is_(False))
-_KEY = (_inbox.c.user_name, _inbox.c.event_type, _inbox.c.patient_id, _inbox.c.source_ref)
+_inbox = schema.inbox_item
 _COLLAPSE = sa.update(_inbox).where(_inbox.c.id == sa.bindparam("item")).values(
     hits=_inbox.c.hits + 1, last_at=sa.bindparam("stamp"), read_at=None, title=sa.bindparam("new_title"),
     detail=sa.bindparam("new_detail"))
 _NEW_ITEM = sa.insert(_inbox)
 
 
-def _deliver_all(conn, deliveries: list[dict[str, Any]]) -> list[list[str]]:
+def _deliver_all(store, conn, deliveries: list[dict[str, Any]]) -> list[list[str]]:
     """Each delivery's items, in order, as if one after the other: a recipient who turned the event type off is
     skipped; an item about the same event, person and source that the recipient's inbox holds (touched at or after
     the delivery's `since`) or that an earlier delivery of the batch wrote is collapsed into (hits + 1, unread
@@ -71,19 +68,26 @@ def _deliver_all(conn, deliveries: list[dict[str, Any]]) -> list[list[str]]:
     names = sorted({n for d in deliveries for n in d["recipients"]})
     if not names:
         return [[] for _d in deliveries]
+    # the two lookups are plain statements (a compiled IN of a new length each time cost more than the rest)
     off: set[tuple[str, str]] = set()
     for i in range(0, len(names), 500):
-        off.update((r[0], r[1]) for r in conn.execute(_TURNED_OFF, {"names": names[i:i + 500]}))
+        chunk = names[i:i + 500]
+        off.update((r[0], r[1]) for r in store.rows(conn, store.sql(
+            f"SELECT user_name, event_type FROM notification_preference WHERE user_name IN"
+            f" ({', '.join(['?'] * len(chunk))}) AND enabled = ?"), (*chunk, False)))
     wanted = [(d, sorted(n for n in set(d["recipients"]) if (n, d["event_type"]) not in off)) for d in deliveries]
     keys = sorted({(n, d["event_type"], d["patient_id"], d["source_ref"]) for d, ns in wanted for n in ns},
                   key=lambda k: tuple(x or "" for x in k))
     held: dict[tuple, list[tuple[int, str]]] = {}  # key -> the inbox's items (id, last_at) in the oldest window
     since = min((d["since"] for d in deliveries), default="")
     for i in range(0, len(keys), 200):
-        chunk = keys[i:i + 200]
-        q = sa.select(_inbox.c.id, *_KEY, _inbox.c.last_at).where(sa.tuple_(*_KEY).in_(chunk),
-                                                                  _inbox.c.last_at >= since)
-        for row in conn.execute(q):
+        chunk = [k for k in keys[i:i + 200] if None not in k]  # an item with no person or source never collapses
+        if not chunk:
+            continue
+        match = " OR ".join(["(user_name = ? AND event_type = ? AND patient_id = ? AND source_ref = ?)"] * len(chunk))
+        for row in store.rows(conn, store.sql(
+                f"SELECT id, user_name, event_type, patient_id, source_ref, last_at FROM inbox_item"
+                f" WHERE ({match}) AND last_at >= ?"), (*(x for k in chunk for x in k), since)):
             held.setdefault(tuple(row[1:5]), []).append((row[0], row[5]))
     new: dict[tuple, dict[str, Any]] = {}  # key -> the row this batch inserts
     collapses: list[dict[str, Any]] = []
