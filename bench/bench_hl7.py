@@ -18,7 +18,9 @@ written (the item's `first` stamp, read back through the inbox service), as p50/
 Targets (issue 15): >= 500 messages/s and p99 <= 1 s. Loopback only.
 
 The store is a SQLite file; with JOINEDUP_BENCH_HL7_DATABASE=postgresql it is `<name>_hl7` (dropped and created
-again) on the PostgreSQL server JOINEDUP_BENCH_DATABASE_URL names, and the figures go to hl7-postgresql.json.
+again) on the PostgreSQL server JOINEDUP_BENCH_DATABASE_URL names, and the figures go to hl7-postgresql.json. With
+JOINEDUP_BENCH_HL7_PROCESSES=N (N > 1) the server is `joinedup hl7 listen --processes N` and the figures go to
+hl7-N-processes.json.
 """
 
 from __future__ import annotations
@@ -236,7 +238,9 @@ def main() -> None:
                 "listen --processes N`); server CPU counts every listener process; the machine (2 cores) is shared "
                 "with other jobs (see the load average)",
     }
-    write_result("hl7" if kind == "sqlite" else f"hl7-{kind}", figures)
+    # one file per configuration: hl7.json (one process, SQLite), hl7-2-processes.json, hl7-postgresql.json, ...
+    write_result("hl7" + (f"-{processes}-processes" if processes > 1 else "")
+                 + ("" if kind == "sqlite" else f"-{kind}"), figures)
 
 
 if __name__ == "__main__":

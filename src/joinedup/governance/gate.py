@@ -6,6 +6,7 @@ Each method asks the policy decision point, writes to the audit, and only then t
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,6 +33,8 @@ from joinedup.governance.facts import AccessFacts
 from joinedup.governance.identity import Principal
 from joinedup.store import schema, search
 from joinedup.store.repository import Prepared, StaleWrite, Store, Stored, Written, new_id, prepare
+
+log = logging.getLogger("joinedup.gate")
 
 DIRECTORY_GROUP = "directory"
 # A partnership board's integration self-assessment round (a QuestionnaireResponse about no person): written only by
@@ -1193,7 +1196,8 @@ class Gate:
 
         return self._transaction(who, bundle, "", within=within, first=first)
 
-    def apply_messages(self, items: list[tuple]) -> list[BaseException | None]:
+    def apply_messages(self, items: list[tuple], *, also: Callable[[Any], None] | None = None
+                       ) -> list[BaseException | None]:
         """Apply several feed messages - (account, transaction Bundle, receipt[, then]) each, as `apply_message` -
         in ONE database transaction, each message in its own savepoint: a message that fails (its receipt's key
         already taken, a refused resource, a database error) is rolled back alone and the others are kept. `then`
@@ -1201,7 +1205,9 @@ class Gate:
         is). The audit events a deferring `answering` scope holds (the reads that planned the messages) are
         appended in the same transaction. Returns, per message, None (applied) or the exception that rolled it
         back. The caller keeps messages that write the same resources out of one batch (each message's writes are
-        checked against what was committed before it)."""
+        checked against what was committed before it). `also(conn)` runs after the messages in a savepoint of its
+        own (the inbox items of the batch before: `platform.deliver_inbox_batch(conn=...)`); if it fails it is
+        rolled back alone and logged, and its owner finds it unfinished."""
         for who, _bundle, receipt, *_then in items:
             self.check(who, "import", None, entity=f"hl7:{receipt['facility']}:{receipt['control_id']}"[:255])
         results: list[BaseException | None] = []
@@ -1233,6 +1239,12 @@ class Gate:
                     results.append(None)
                 except Exception as exc:  # noqa: BLE001 - this message only: handed back to the caller
                     results.append(exc)
+            if also is not None:
+                try:
+                    with batch.savepoint() as c:
+                        also(c)
+                except Exception:  # noqa: BLE001 - the messages are kept; `also`'s owner sees it unfinished
+                    log.exception("writes made with a batch of messages failed; they are made on their own")
         if batch.rolled_back or any(changed for _w, changed, _r, _c in batch.after):
             self._facts.invalidate()
         for who, _changed, requests, committed in batch.after:

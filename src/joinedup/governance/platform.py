@@ -40,12 +40,17 @@ def deliver_inbox_items(gate: Gate, who: Principal, *, recipients: Iterable[str]
         detail=detail, occurred=occurred, since=since, stamp=stamp)])[0]
 
 
-def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, Any]]) -> list[list[str]]:
+def deliver_inbox_batch(gate: Gate, who: Principal, deliveries: list[dict[str, Any]], *, conn: Any = None
+                        ) -> list[list[str]]:
     """`deliver_inbox_items` for several events (each a dict of its keyword arguments), in order, in ONE write
-    transaction (the notification worker's batch); returns the user names served for each."""
+    transaction (the notification worker's batch) - or, given `conn`, in that write transaction (the gate's, which
+    a feed's next batch of messages has open: `Gate.apply_messages(also=...)`); returns the user names served for
+    each."""
     if who.role != "system":
         raise gate.refuse(who, "Only the notification worker delivers inbox items", action="create",
                           entity="inbox")
+    if conn is not None:
+        return _deliver_all(gate._store, conn, deliveries)
     # the reads that chose the recipients, held by the worker's deferring scope (Gate.answering), commit with the
     # items (AuditWriter.writing)
     with gate._audit.writing() as conn:

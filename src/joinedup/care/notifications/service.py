@@ -259,15 +259,7 @@ class Notifier:
         """The events of writes queued together, delivered together: the wards they name read in one search, each
         recipient's relationships checked once for the batch, and every inbox item written in one transaction (a
         feed's burst of admissions is delivered as fast as it is applied); then each write's rest-hooks."""
-        now = datetime.now(UTC)
-        events: list[tuple[Event, list[tuple]]] = []
-        for _who, written, queued_at in items:
-            try:
-                for ev in self._events(written, now):
-                    ev.queued_at = queued_at
-                    events.append((ev, written))
-            except Exception:
-                log.exception("notification handling failed")
+        events = self._events_of(items)
         if events:
             details = [ev.detail for ev, _w in events]
             try:
@@ -281,6 +273,22 @@ class Notifier:
                         self.deliver(ev)
                     except Exception:
                         log.exception("notification handling failed")
+        self._hooks(items)
+
+    def _events_of(self, items: list[tuple]) -> list[tuple[Event, list[tuple]]]:
+        now = datetime.now(UTC)
+        events: list[tuple[Event, list[tuple]]] = []
+        for _who, written, queued_at in items:
+            try:
+                for ev in self._events(written, now):
+                    ev.queued_at = queued_at
+                    events.append((ev, written))
+            except Exception:
+                log.exception("notification handling failed")
+        return events
+
+    def _hooks(self, items: list[tuple]) -> None:
+        """Each write's rest-hooks (after its commit)."""
         for _who, written, _queued_at in items:
             try:
                 self.hooks.dispatch([(rtype, rid, res) for rtype, rid, status, res in written if status != "deleted"],
@@ -296,6 +304,12 @@ class Notifier:
         return None if found.has_more else {s.id: s.content for s in found.matches}
 
     def _deliver_many(self, events: list[tuple[Event, list[tuple]]]) -> None:
+        deliveries = self._plan_deliveries(events)
+        if deliveries:
+            platform.deliver_inbox_batch(self.gate, SYSTEM, deliveries)
+
+    def _plan_deliveries(self, events: list[tuple[Event, list[tuple]]]) -> list[dict[str, Any]]:
+        """Who is told what about these events (reads only): the deliveries for `platform.deliver_inbox_batch`."""
         # the wards named (directory data) remembered for a few minutes, those not known read in one search; the
         # records and care teams of the batch's people read in one lookup each, audited as one event per person
         # (Gate.reads_as_one), so that every read of a person's record is in their own access log
@@ -328,8 +342,7 @@ class Notifier:
                 deliveries.append(dict(recipients=users, event_type=ev.type, patient_id=ev.patient_id,
                                        source_ref=ev.source_ref, title=ev.title, detail=ev.detail,
                                        occurred=ev.occurred, since=since, stamp=stamp))
-        if deliveries:
-            platform.deliver_inbox_batch(self.gate, SYSTEM, deliveries)
+        return deliveries
 
     def _names_of(self, ids: set[str]) -> dict[str, str | None] | None:
         """The names of these Locations: remembered for PLACE_TTL seconds, the others read in one search (None when
@@ -490,11 +503,54 @@ class Held:
         """Handle the kept writes now, on this thread (never raises: a failure is logged, as the worker's are)."""
         items, self.items = self.items, []
         if items:
-            try:
-                self.notifier._handle_items(items)
-            finally:
-                with self.notifier._busy_count:
-                    self.notifier._held -= len(items)
+            Ready(self.notifier, items).finish()
+
+    def ready(self) -> Ready | None:
+        """The kept writes, to have their inbox items written by the next write transaction of this thread
+        (`Ready`), or None when there are none."""
+        items, self.items = self.items, []
+        return Ready(self.notifier, items) if items else None
+
+
+class Ready:
+    """Held writes whose inbox items go into another write transaction of the same thread: the HL7 listener writes
+    one batch's notifications with the next batch's messages (`Hl7Service.handle_many(also=...)`), one commit for
+    both instead of one each. `prepare()` chooses who is told what (reads only; inside the caller's deferring
+    `Gate.answering` scope, so the reads' audit commits with that transaction), `write(conn)` writes the items in
+    the caller's transaction, and `finish()`, after it commits, dispatches the rest-hooks - or, when the items were
+    not written there (no transaction came, or it failed), delivers them in a transaction of their own."""
+
+    def __init__(self, notifier: Notifier, items: list[tuple]) -> None:
+        self.notifier = notifier
+        self.items = items
+        self.deliveries: list[dict[str, Any]] | None = None
+        self.written = False
+
+    def prepare(self) -> None:
+        try:
+            events = self.notifier._events_of(self.items)
+            self.deliveries = self.notifier._plan_deliveries(events) if events else []
+        except Exception:  # noqa: BLE001 - delivered on their own by finish(), one at a time if need be
+            log.exception("notification batch could not be planned; it is delivered on its own")
+            self.deliveries = None
+
+    def write(self, conn: Any) -> None:
+        if self.deliveries is None:
+            return
+        if self.deliveries:
+            platform.deliver_inbox_batch(self.notifier.gate, SYSTEM, self.deliveries, conn=conn)
+        self.written = True
+
+    def finish(self) -> None:
+        """After the transaction: the rest-hooks, or the whole delivery if it was not written (never raises)."""
+        try:
+            if self.written:
+                self.notifier._hooks(self.items)
+            else:
+                self.notifier._handle_items(self.items)
+        finally:
+            with self.notifier._busy_count:
+                self.notifier._held -= len(self.items)
 
 
 _notifiers: dict[int, Notifier] = {}

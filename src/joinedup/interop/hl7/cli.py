@@ -99,11 +99,13 @@ def _end_with_parent() -> None:
 @app.command("listen")
 def listen(host: str = typer.Option(None, help="Interface to listen on (default JOINEDUP_HL7_HOST)."),
            port: int = typer.Option(2575, help="TCP port (2575 is the port registered for HL7 over MLLP)."),
-           processes: int = typer.Option(1, help="Listener processes sharing the port (SO_REUSEPORT, Linux): the "
-                                                 "kernel gives each new connection to one of them, so a "
-                                                 "connection's messages are still applied in order."),
-           shared: bool = typer.Option(False, "--shared-port", hidden=True,
-                                       help="Bind with SO_REUSEPORT (the extra processes of --processes).")) -> None:
+           processes: int = typer.Option(1, help="Listener processes: this one accepts every connection and "
+                                                 "deals them out in turn (itself included), so each serves an "
+                                                 "equal share and a connection's messages are still applied in "
+                                                 "order by one process."),
+           handed: int = typer.Option(-1, "--handed", hidden=True,
+                                      help="Serve the connections handed over on this file descriptor (the "
+                                           "other processes of --processes).")) -> None:
     """Listen for HL7 v2 ADT messages over MLLP and acknowledge each one."""
     import signal
     import socket
@@ -116,11 +118,10 @@ def listen(host: str = typer.Option(None, help="Interface to listen on (default 
     host = host or config.value("HL7_HOST")
     if processes < 1:
         _fail("--processes must be at least 1")
-    if processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
-        _fail("--processes needs SO_REUSEPORT, which this system does not have: use --processes 1")
-    if processes > 1 and port == 0:
-        _fail("--processes needs a fixed --port (the processes share it)")
-    if not shared:
+    if processes > 1 and not hasattr(socket, "send_fds"):
+        _fail("--processes needs connections handed between processes (SCM_RIGHTS), which this system does not "
+              "have: use --processes 1")
+    if handed < 0:
         check_port(host, port)
     else:
         _end_with_parent()
@@ -132,12 +133,18 @@ def listen(host: str = typer.Option(None, help="Interface to listen on (default 
 
     if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
         signal.signal(signal.SIGTERM, stop)
-    others = [subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", host, "--port",
-                                str(port), "--shared-port"], stdout=subprocess.DEVNULL)
-              for _ in range(processes - 1)]
+    others, hand_to = [], []
+    for _ in range(processes - 1 if handed < 0 else 0):  # each gets its connections over a Unix socket of its own
+        mine, theirs = mllp.handing()
+        others.append(subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", host,
+                                        "--port", str(port), "--handed", str(theirs.fileno())],
+                                       stdout=subprocess.DEVNULL, pass_fds=[theirs.fileno()]))
+        theirs.close()
+        hand_to.append(mine)
     try:
         mllp.run(service, host=host, port=port, max_bytes=config.value("HL7_MAX_MESSAGE_BYTES"),
-                 frame_timeout=config.value("HL7_FRAME_TIMEOUT"), reuse_port=shared or processes > 1,
+                 frame_timeout=config.value("HL7_FRAME_TIMEOUT"), hand_to=hand_to,
+                 handed_from=socket.socket(fileno=handed) if handed >= 0 else None,
                  ready=lambda addr: out.print(f"listening for HL7 v2 (MLLP) on {addr[0]}:{addr[1]}"
                                               + (f" ({processes} processes)" if processes > 1 else ""),
                                               highlight=False))

@@ -20,7 +20,9 @@ and leaving the rest for a batch of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,10 +55,9 @@ class MllpServer:
 
     def __init__(self, service: Hl7Service, *, host: str = "127.0.0.1", port: int = 2575,
                  max_bytes: int = 1_048_576, frame_timeout: float = 30.0, workers: int = 4,
-                 on_outcome: Callable[[Outcome, float], None] | None = None, reuse_port: bool = False) -> None:
+                 on_outcome: Callable[[Outcome, float], None] | None = None) -> None:
         self.service = service
         self.host, self.port = host, port
-        self.reuse_port = reuse_port  # SO_REUSEPORT: listener processes share the port (`hl7 listen --processes`)
         self.max_bytes = max_bytes
         self.frame_timeout = frame_timeout
         self.on_outcome = on_outcome
@@ -64,13 +65,13 @@ class MllpServer:
         self._server: asyncio.AbstractServer | None = None
         self._waiting: list[tuple[str, bytes, asyncio.Future]] = []  # frames for the next batch
         self._drainer: asyncio.Task | None = None
+        self._carry: notifications.Ready | None = None  # a batch's notifications, for the next batch to write
         self._open: set[str] = set()  # connections open now (peer addresses)
         self._arrived: asyncio.Event | None = None  # set whenever a frame joins the waiting ones
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 16,
-                                                  reuse_port=self.reuse_port or None)
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 16)
         sock = self._server.sockets[0].getsockname()
         self.bound = (sock[0], sock[1])
 
@@ -85,6 +86,8 @@ class MllpServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._carry is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._settle)
         self._pool.shutdown(wait=True)
 
     async def _handle(self, peer: str, body: bytes, received: float) -> Outcome:
@@ -121,6 +124,9 @@ class MllpServer:
                     except TimeoutError:
                         break
                 if not self._waiting:
+                    if self._carry is not None:  # nothing to write them with: on their own (frames may come meanwhile)
+                        await loop.run_in_executor(self._pool, self._settle)
+                        continue
                     break
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 expected = {peer for peer, _body, _fut in batch}
@@ -129,23 +135,39 @@ class MllpServer:
         finally:
             self._drainer = None
 
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted by another process (the dispatching listener of `hl7 listen --processes`)."""
+        sock.setblocking(False)
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        except OSError:
+            sock.close()
+            return
+        await self._client(reader, writer)
+
     def _apply(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[str, bytes, asyncio.Future]],
                items: list[tuple[bytes, str]]) -> None:
         """Apply one batch (in a worker thread), have its acknowledgements sent, then raise its notifications on
         this same thread before the next batch (`Notifier.holding`)."""
         notifier = notifications.notifier_for(self.service.gate)
         held = notifier.holding() if notifier is not None else None
+        carry, self._carry = self._carry, None  # the last batch's notifications: written with this batch
         try:
-            if held is not None:
-                with held:
-                    outs: list = self.service.handle_many(items)
-            else:
-                outs = self.service.handle_many(items)
+            with held if held is not None else contextlib.nullcontext():
+                outs: list = self.service.handle_many(items, also=carry)
         except Exception as exc:  # noqa: BLE001 - told to every connection of the batch
             outs = [exc] * len(batch)
         loop.call_soon_threadsafe(_answer, batch, outs)
+        if carry is not None:
+            carry.finish()  # its rest-hooks; or, not written with this batch, delivered now on its own
         if held is not None:
-            held.deliver()
+            self._carry = held.ready()
+
+    def _settle(self) -> None:
+        """No batch follows: the last batch's notifications are delivered on their own."""
+        carry, self._carry = self._carry, None
+        if carry is not None:
+            carry.finish()
 
     async def _hold(self, peer: str, body: bytes, reason: str) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -246,18 +268,28 @@ class MllpServer:
 
 
 def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_timeout: float,
-        ready: Callable[[tuple[str, int]], None] | None = None, reuse_port: bool = False) -> None:
-    """Serve until interrupted (the `joinedup hl7 listen` command). `reuse_port`: bind with SO_REUSEPORT, so that
-    several listener processes share the port and the kernel hands each new connection to one of them."""
+        ready: Callable[[tuple[str, int]], None] | None = None, hand_to: list[socket.socket] | None = None,
+        handed_from: socket.socket | None = None) -> None:
+    """Serve until interrupted (the `joinedup hl7 listen` command).
+
+    With `hand_to` (the other listener processes of `hl7 listen --processes N`, a Unix socket to each: `handing()`), this process
+    accepts every connection and deals them out in turn - itself included - passing the connection itself
+    (SCM_RIGHTS), so each process serves the same share of the connections and a connection's messages are still
+    applied in order by one process. With `handed_from`, this process listens on no port and serves the connections
+    handed to it there, until that socket closes (the dispatching process has ended)."""
 
     async def main() -> None:
-        server = MllpServer(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout,
-                            reuse_port=reuse_port)
-        await server.start()
-        if ready and server.bound:
-            ready(server.bound)
+        server = MllpServer(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout)
         try:
-            await server.serve_forever()
+            if handed_from is not None:
+                await _serve_handed(server, handed_from)
+            elif hand_to:
+                await _deal_out(server, host, port, hand_to, ready)
+            else:
+                await server.start()
+                if ready and server.bound:
+                    ready(server.bound)
+                await server.serve_forever()
         finally:
             await server.close()
 
@@ -265,6 +297,74 @@ def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_time
     # acknowledgements cost about half what they do on the pure-Python loop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+async def _deal_out(server: MllpServer, host: str, port: int, others: list[socket.socket],
+                    ready: Callable[[tuple[str, int]], None] | None) -> None:
+    """Accept every connection and give each, in turn, to this process or to one of the others."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server((host, port), backlog=128)
+    listener.setblocking(False)
+    bound = listener.getsockname()
+    server.bound = (bound[0], bound[1])
+    if ready:
+        ready(server.bound)
+    targets: list[socket.socket | None] = [None, *others]
+    tasks: set[asyncio.Task] = set()
+    turn = 0
+    try:
+        while True:
+            conn, _addr = await loop.sock_accept(listener)
+            while True:
+                target = targets[turn % len(targets)]
+                turn += 1
+                if target is None:
+                    task = asyncio.ensure_future(server.adopt(conn))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    break
+                try:
+                    socket.send_fds(target, [b"c"], [conn.fileno()])
+                    conn.close()  # the other process holds it now
+                    break
+                except OSError:  # that process has gone: the others (this one at least) serve its share
+                    log.warning("an HL7 listener process has gone; its share of new connections goes to the others")
+                    targets.remove(target)
+                    target.close()
+    finally:
+        listener.close()
+
+
+async def _serve_handed(server: MllpServer, source: socket.socket) -> None:
+    """Serve the connections handed over on `source` until it closes."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+    done = asyncio.Event()
+
+    def receive() -> None:  # blocking reads of the handed connections, on a thread of their own
+        while True:
+            try:
+                _msg, fds, _flags, _addr = socket.recv_fds(source, 16, 8)
+            except OSError:
+                fds = []
+            if not fds:
+                loop.call_soon_threadsafe(done.set)
+                return
+            for fd in fds:
+                loop.call_soon_threadsafe(serve, socket.socket(fileno=fd))
+
+    def serve(sock: socket.socket) -> None:
+        task = loop.create_task(server.adopt(sock))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    threading.Thread(target=receive, name="joinedup-mllp-handed", daemon=True).start()
+    await done.wait()
+
+
+def handing() -> tuple[socket.socket, socket.socket]:
+    """A pair of connected Unix sockets to hand connections over (one message, with its connection, at a time)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
 def start_in_thread(service: Hl7Service, *, host: str, port: int, max_bytes: int,

@@ -83,18 +83,21 @@ class Hl7Service:
             raise out
         return out
 
-    def handle_many(self, items: list[tuple[str | bytes, str | None]]) -> list[Outcome | BaseException]:
+    def handle_many(self, items: list[tuple[str | bytes, str | None]], *, also: Any = None
+                    ) -> list[Outcome | BaseException]:
         """Apply messages that arrived together (on different connections): (raw, channel) each. Their writes share
         one database transaction, each message in its own savepoint (`Gate.apply_messages`), so a message that
         fails is rolled back alone; messages about the same person or writing the same resource are applied one
         after the other, each planned from what the one before it committed. Returns, in order, each message's
-        outcome with its own acknowledgement, or the unexpected exception that stopped it (nothing of it kept)."""
+        outcome with its own acknowledgement, or the unexpected exception that stopped it (nothing of it kept).
+        `also` (the notifications of the batch before, `notifications.Ready`) is planned with the batch and its
+        inbox items written in the batch's transaction, when there is one."""
         # the batch's audit events are committed with its writes (the reads that planned them included), before
         # the ACKs
         with self.gate.answering(defer=True):
-            return self._handle_many([(raw, channel, None) for raw, channel in items])
+            return self._handle_many([(raw, channel, None) for raw, channel in items], also=also)
 
-    def _handle_many(self, items: list[tuple[str | bytes, str | None, str | None]]
+    def _handle_many(self, items: list[tuple[str | bytes, str | None, str | None]], also: Any = None
                      ) -> list[Outcome | BaseException]:
         results: list[Outcome | BaseException | None] = [None] * len(items)
         pending = list(range(len(items)))
@@ -131,8 +134,13 @@ class Hl7Service:
             for i in pending:
                 if isinstance(results[i], Outcome) and not results[i].ack:  # a duplicate, answered as applied
                     results[i] = self._done(results[i], items[i][2])
-            errors = self.gate.apply_messages([(st.who, st.bundle, st.receipt, self._recorder(st))
-                                               for _i, st in staged]) if staged else []
+            errors: list = []
+            if staged:
+                if also is not None:  # its reads are audited with this transaction (the deferring scope)
+                    also.prepare()
+                errors = self.gate.apply_messages([(st.who, st.bundle, st.receipt, self._recorder(st))
+                                                   for _i, st in staged], also=also.write if also else None)
+                also = None
             for (i, stage), error in zip(staged, errors):
                 raw, channel, replay_of = items[i]
                 try:
