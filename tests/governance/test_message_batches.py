@@ -115,3 +115,47 @@ def test_the_batchs_reads_and_each_kept_messages_own_event_commit_with_its_write
     gate.flush_audit()
     report = gate.verify_audit()
     assert report.ok, report.summary
+
+
+def _inbox_rows(gate: Gate, source: str) -> list:
+    i = schema.inbox_item
+    with gate.store_for_tests.reading() as conn:
+        return conn.execute(sa.select(i.c.user_name, i.c.event_type).where(i.c.source_ref == source)).all()
+
+
+def _delivery(uid: str, n: int) -> dict:
+    return dict(recipients=[f"gp-{uid}"], event_type="admission", patient_id=f"p-{uid}",
+                source_ref=f"Encounter/also-{uid}-{n}", title="Admitted", detail="", occurred=None,
+                since="2000-01-01T00:00:00Z", stamp="2026-12-07T00:00:00.000000Z")
+
+
+def test_writes_made_with_a_batch_commit_with_it_and_fail_alone(db_url):
+    """`apply_messages(also=...)`: the inbox items of the batch before are written in this batch's transaction, after
+    its messages, in a savepoint of their own. They commit with the messages; when they fail they are rolled back
+    alone - the messages are kept - and their owner finds them not done (and delivers them on its own)."""
+    from joinedup.governance import platform
+
+    gate = get_gate(db_url)
+    uid, pid, who = _person(gate, "Also")
+    done: list[str] = []
+
+    def write(conn) -> None:
+        platform.deliver_inbox_batch(gate, SYSTEM, [_delivery(uid, 1)], conn=conn)
+        done.append("written")
+
+    assert gate.apply_messages([(who, _put(_patient(pid, "Kept")), _receipt(uid, 1))], also=write) == [None]
+    assert done == ["written"]
+    assert _inbox_rows(gate, f"Encounter/also-{uid}-1") == [(f"gp-{uid}", "admission")]
+
+    def fail(conn) -> None:
+        platform.deliver_inbox_batch(gate, SYSTEM, [_delivery(uid, 2)], conn=conn)
+        raise RuntimeError("the inbox write failed")
+
+    assert gate.apply_messages([(who, _put(_patient(pid, "Kept too")), _receipt(uid, 2))], also=fail) == [None]
+    assert gate.read(SYSTEM, "Patient", pid).content["name"] == [{"family": "Kept too"}]  # the message is kept
+    assert _inbox_rows(gate, f"Encounter/also-{uid}-2") == []  # its companion's item went with its savepoint
+    with pytest.raises(Exception):  # noqa: B017 - only the system account delivers, in a transaction or not
+        platform.deliver_inbox_batch(gate, who.__class__(name="gp", role="gp"), [_delivery(uid, 3)], conn=object())
+    gate.flush_audit()
+    report = gate.verify_audit()
+    assert report.ok, report.summary
