@@ -32,7 +32,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -350,7 +349,8 @@ def uuid7() -> str:
     rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b, 6 unused
     value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64
              | 0b10 << 62 | rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # the canonical 8-4-4-4-12 form, without building a UUID object for each event
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Scope:
