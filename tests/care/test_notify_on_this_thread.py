@@ -1,6 +1,6 @@
-"""`Notifier.holding()`: a thread that applies batch after batch (the HL7 listener) raises its own writes'
-notifications right after each batch, on its own thread, instead of the worker thread. Nothing is lost or sent twice,
-the same people are told, and `flush()` waits for what a thread holds as for what is queued."""
+"""`Notifier.holding()`: a thread that applies batch after batch (the HL7 listener) raises its own writes' notifications
+on its own thread (with its next batch, or on their own), instead of the worker thread. Nothing is lost or sent
+twice, the same people are told, and `flush()` waits for what a thread holds as for what is queued."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ def test_held_writes_are_told_on_delivery_once_and_flush_waits_for_them(server, 
         # held, not queued: nobody is told yet, and flush says it is not done
         assert not notifier.flush(0.3)
         assert [i for i in _inbox(gate, f"gp.{uid}") if i["source"] == ref] == []
-        held.deliver()
+        held.ready().finish()  # delivered on their own (no transaction to write them with)
         assert notifier.flush(0.1)
         for who in ("gp", "cons", "kw", "nurse"):
             got = [i for i in _inbox(gate, f"{who}.{uid}") if i["source"] == ref]
             assert [(i["event"], i["count"]) for i in got] == [("admission", 1)], who
         assert _inbox(gate, f"out.{uid}") == []
-        held.deliver()  # delivering again tells nobody twice
+        assert held.ready() is None  # handed over once: nothing left to tell twice
         assert [i["count"] for i in _inbox(gate, f"gp.{uid}") if i["source"] == ref] == [1]
         # a write on another thread (or after the block) still goes to the worker
         enc2 = gate.create(SYSTEM, admission(world))

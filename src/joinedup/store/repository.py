@@ -23,7 +23,7 @@ from joinedup.fhir.errors import FhirError
 from joinedup.fhir.search_params import SearchParameters, registry
 from joinedup.fhir.validation import validate_resource
 from joinedup.store.engine import SQLITE_PRAGMAS, engine_for
-from joinedup.store.turns import write_turn
+from joinedup.store.turns import turns_for
 
 INDEX_SQL = {
     "token": ("idx_token", ("param", "system", "code", "text")),
@@ -178,7 +178,10 @@ class Store:
         self._pg = self.dialect == "postgresql"
         self._pinned = threading.local()  # reads_together(): this thread's reads share one connection
         self._point = threading.local()  # point(): this thread's own SQLite connection for one-row lookups
-        self._checkpoints = _Checkpoints(self) if self._turn() is not nullcontext_turn else None
+        # SQLite files: the writers take turns (turns.py) and the WAL is checkpointed off the writers' path
+        path = "" if self._pg else (self.engine.url.database or "")
+        self._turns = turns_for(path) if path and path != ":memory:" and not path.startswith("file:") else None
+        self._checkpoints = _Checkpoints(self) if self._turns is not None else None
         # compartment_shared(): parsed contents by (type, id), each with its (version, lastUpdated, hash)
         self._parsed: dict[tuple[str, str], tuple] = {}
         self._parsed_size = 0
@@ -301,10 +304,7 @@ class Store:
                 self._checkpoints.committed()
 
     def _turn(self) -> AbstractContextManager[None]:
-        path = self.engine.url.database or ""
-        if not path or path == ":memory:" or path.startswith("file:"):
-            return nullcontext_turn
-        return write_turn(path)
+        return self._turns.turn() if self._turns is not None else nullcontext()
 
     def insert(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> None:
         """One row into `table` on the driver's cursor (the statement built once per table and set of columns: no
@@ -1037,14 +1037,11 @@ def _chunks(seq: list, n: int) -> Iterator[list]:
         yield seq[i:i + n]
 
 
-nullcontext_turn = nullcontext()  # no turns: an in-memory database, or one named by a URI
-
-
 class _Checkpoints:
     """WAL checkpoints on a thread of their own. SQLite copies the write-ahead log back into the database file once
     it holds `wal_autocheckpoint` pages, at the end of the COMMIT that crossed the line: that commit then also
     writes and syncs tens of megabytes, with the write turn still held, so every other writer waits tens of ms.
-    Here a passive checkpoint runs every CHECKPOINT_EVERY commits on a daemon thread's own connection instead,
+    Here a passive checkpoint runs every EVERY commits on a daemon thread's own connection instead,
     outside any write transaction, while the writers go on (the automatic one stays as the backstop for a process
     that commits faster than this keeps up)."""
 

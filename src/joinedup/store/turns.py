@@ -126,11 +126,17 @@ _by_path: dict[str, _Turns] = {}
 _guard = threading.Lock()
 
 
-def write_turn(path: str) -> AbstractContextManager[None]:
-    """The turn at the database file `path` (a context manager held around one write transaction)."""
+def turns_for(path: str) -> _Turns:
+    """The turns at the database file `path` in this process (one per file, however it is named): its `turn()` is
+    held around one write transaction. Looked up once per store, not per write (the path is resolved on disk)."""
     key = os.path.realpath(path)
     turns = _by_path.get(key)
     if turns is None:
         with _guard:
             turns = _by_path.setdefault(key, _Turns(key))
-    return turns.turn()
+    return turns
+
+
+def write_turn(path: str) -> AbstractContextManager[None]:
+    """The turn at the database file `path` (a context manager held around one write transaction)."""
+    return turns_for(path).turn()

@@ -79,19 +79,25 @@ def test_lookups_of_a_refused_message_are_audited_too(feed):
     assert f"NOSUCH-{feed.uid}" in _query(events[0])
 
 
+def _people_with_teams(gate, prefix: str, uid: str, letters: str) -> list[str]:
+    """A person per letter; care teams 1-3 for the first (team 3 deleted) and team 4 for the second."""
+    people = [f"{prefix}-{x}-{uid}" for x in letters]
+    for pid in people:
+        gate.update(SYSTEM, "Patient", pid, {"resourceType": "Patient", "id": pid, "name": [{"family": pid}]})
+    for n, pid in ((1, people[0]), (2, people[0]), (3, people[0]), (4, people[1])):
+        gate.update(SYSTEM, "CareTeam", f"{prefix}-ct{n}-{uid}", {
+            "resourceType": "CareTeam", "id": f"{prefix}-ct{n}-{uid}", "status": "active",
+            "subject": {"reference": f"Patient/{pid}"}})
+    gate.delete(SYSTEM, "CareTeam", f"{prefix}-ct3-{uid}")
+    return people
+
+
 def test_find_by_reference_answers_what_the_search_answers(db_url):
     """`Gate.find_by_reference` (the notification worker's care-team lookup) returns what `CareTeam?patient=` returns:
     current, not deleted, only that person's; and anyone but the integration account goes through the search."""
     gate = get_gate(db_url)
     uid = uuid.uuid4().hex[:8]
-    a, b = f"fbr-a-{uid}", f"fbr-b-{uid}"
-    for pid in (a, b):
-        gate.update(SYSTEM, "Patient", pid, {"resourceType": "Patient", "id": pid, "name": [{"family": pid}]})
-    for n, pid in ((1, a), (2, a), (3, a), (4, b)):
-        gate.update(SYSTEM, "CareTeam", f"fbr-ct{n}-{uid}", {
-            "resourceType": "CareTeam", "id": f"fbr-ct{n}-{uid}", "status": "active",
-            "subject": {"reference": f"Patient/{pid}"}})
-    gate.delete(SYSTEM, "CareTeam", f"fbr-ct3-{uid}")
+    a, b = _people_with_teams(gate, "fbr", uid, "ab")
     for pid in (a, b):
         want = sorted(s.id for s in gate.search(SYSTEM, "CareTeam", [("patient", pid), ("_count", "100")]).matches)
         got = [s.id for s in gate.find_by_reference(SYSTEM, "CareTeam", "patient", f"Patient/{pid}")]
@@ -111,14 +117,7 @@ def test_lookups_of_many_people_answer_what_one_by_one_answers_and_each_is_in_th
     the queries and their own records."""
     gate = get_gate(db_url)
     uid = uuid.uuid4().hex[:8]
-    a, b, c = (f"fbm-{x}-{uid}" for x in "abc")
-    for pid in (a, b, c):
-        gate.update(SYSTEM, "Patient", pid, {"resourceType": "Patient", "id": pid, "name": [{"family": pid}]})
-    for n, pid in ((1, a), (2, a), (3, a), (4, b)):
-        gate.update(SYSTEM, "CareTeam", f"fbm-ct{n}-{uid}", {
-            "resourceType": "CareTeam", "id": f"fbm-ct{n}-{uid}", "status": "active",
-            "subject": {"reference": f"Patient/{pid}"}})
-    gate.delete(SYSTEM, "CareTeam", f"fbm-ct3-{uid}")
+    a, b, c = _people_with_teams(gate, "fbm", uid, "abc")
     gate.delete(SYSTEM, "Patient", c)
     targets = [f"Patient/{p}" for p in (a, b, c)]
     with gate.reads_as_one(SYSTEM, entity=f"batch-{uid}", purpose="who to tell"):

@@ -75,15 +75,7 @@ def test_admission_and_discharge_reach_the_gp_and_care_team_like_fhir_writes(fee
     """The person's own record (held by their practice, found by NHS number) gets the hospital's Encounter; the
     registered GP and the key worker in the care team are told, as for a FHIR Encounter write."""
     gate, uid = feed.gate, feed.uid.lower()
-    practice, gp, kw, pid = f"prac-{uid}", f"gp-{uid}", f"kw-{uid}", f"pat-{uid}"
-    gate.update(SYSTEM, "Organization", practice, {"resourceType": "Organization", "id": practice, "name": "Surgery"})
-    for pr in (gp, kw):
-        gate.update(SYSTEM, "Practitioner", pr, {"resourceType": "Practitioner", "id": pr, "name": [{"family": pr}]})
-    gate.update(SYSTEM, "Patient", pid, {
-        "resourceType": "Patient", "id": pid, "meta": {"source": f"Organization/{practice}"},
-        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": feed.nhs}],
-        "name": [{"family": "SMITH", "given": ["JANE"]}], "birthDate": "1950-01-01",
-        "generalPractitioner": [{"reference": f"Organization/{practice}"}, {"reference": f"Practitioner/{gp}"}]})
+    practice, gp, kw, pid = _registered(feed, f"kw-{uid}")
     gate.update(SYSTEM, "CareTeam", f"ct-{uid}", {
         "resourceType": "CareTeam", "id": f"ct-{uid}", "status": "active", "subject": {"reference": f"Patient/{pid}"},
         "participant": [{"member": {"reference": f"Practitioner/{kw}"}}]})
@@ -146,18 +138,11 @@ def test_a_registration_the_feed_adds_or_moves_is_followed_at_once(feed):
 
 
 def test_the_listener_tells_after_the_ack_and_flush_waits_for_it(feed):
-    """The listener raises a batch's notifications itself, right after sending the batch's ACKs and before taking
-    the next batch (`Notifier.holding`), instead of the notification worker's thread. The ACK may come first, but
-    once the notifier's flush() returns the GP's inbox already holds the admission, at the first read."""
+    """The listener raises a batch's notifications itself (`Notifier.holding`), with its next batch or - the feed
+    quiet, as here between messages - on their own, instead of the notification worker's thread. The ACK may come
+    first, but once the notifier's flush() returns the GP's inbox already holds the admissions, at the first read."""
     gate, uid = feed.gate, feed.uid.lower()
-    practice, gp, pid = f"prac-{uid}", f"gp-{uid}", f"pat-{uid}"
-    gate.update(SYSTEM, "Organization", practice, {"resourceType": "Organization", "id": practice, "name": "Surgery"})
-    gate.update(SYSTEM, "Practitioner", gp, {"resourceType": "Practitioner", "id": gp, "name": [{"family": gp}]})
-    gate.update(SYSTEM, "Patient", pid, {
-        "resourceType": "Patient", "id": pid, "meta": {"source": f"Organization/{practice}"},
-        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": feed.nhs}],
-        "name": [{"family": "SMITH", "given": ["JANE"]}], "birthDate": "1950-01-01",
-        "generalPractitioner": [{"reference": f"Organization/{practice}"}, {"reference": f"Practitioner/{gp}"}]})
+    practice, gp, pid = _registered(feed)
     gp_user = add_user(gate, name=f"gp-held-{uid}", role="gp", practitioner=gp, organization=practice)
     notifier = notifications.notifier_for(gate)
     assert notifier is not None and notifier.flush(10)
@@ -172,3 +157,19 @@ def test_the_listener_tells_after_the_ack_and_flush_waits_for_it(feed):
     assert len(encounters) == 3
     assert sorted((i["event"], i["source"]) for i in items) == sorted(("admission", f"Encounter/{e}")
                                                                       for e in encounters)
+
+
+def _registered(feed, *others: str) -> tuple[str, ...]:
+    """A practice, its GP (and any other practitioners named) and a person registered with both, found by the feed's
+    NHS number: (practice, GP, *others, patient id)."""
+    gate, uid = feed.gate, feed.uid.lower()
+    practice, gp, pid = f"prac-{uid}", f"gp-{uid}", f"pat-{uid}"
+    gate.update(SYSTEM, "Organization", practice, {"resourceType": "Organization", "id": practice, "name": "Surgery"})
+    for pr in (gp, *others):
+        gate.update(SYSTEM, "Practitioner", pr, {"resourceType": "Practitioner", "id": pr, "name": [{"family": pr}]})
+    gate.update(SYSTEM, "Patient", pid, {
+        "resourceType": "Patient", "id": pid, "meta": {"source": f"Organization/{practice}"},
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": feed.nhs}],
+        "name": [{"family": "SMITH", "given": ["JANE"]}], "birthDate": "1950-01-01",
+        "generalPractitioner": [{"reference": f"Organization/{practice}"}, {"reference": f"Practitioner/{gp}"}]})
+    return (practice, gp, *others, pid)

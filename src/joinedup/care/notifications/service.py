@@ -176,7 +176,7 @@ class Notifier:
         self._place_names: dict[str, tuple[str | None, float]] = {}  # Location id -> (name, when read)
         self._local = threading.local()  # .held: the writes of a thread that notifies them itself (holding())
         self._busy = threading.Lock()  # one batch handled at a time, by the worker or by a holding thread
-        self._busy_count = threading.Lock()
+        self._held_lock = threading.Lock()
         self._held = 0  # writes held by threads that notify them themselves, not yet handled (flush waits for them)
         self._thread = threading.Thread(target=self._run, name="joinedup-notifier", daemon=True)
         self._thread.start()
@@ -187,7 +187,7 @@ class Notifier:
             item = (who, [(w.rtype, w.id, w.status, w.resource) for w in written], time.time())
             held = getattr(self._local, "held", None)
             if held is not None:
-                with self._busy_count:
+                with self._held_lock:
                     self._held += 1
                 held.append(item)
             else:
@@ -195,9 +195,9 @@ class Notifier:
 
     def holding(self) -> Held:
         """The writes committed on this thread while the returned `Held` is entered are kept in it instead of going
-        to the worker, and handled on this thread by `Held.deliver()`: a feed that applies batch after batch on one
-        thread notifies each batch right after it (after its acknowledgements are sent) and before the next, instead
-        of a second thread contending with it for the interpreter and for the database's write lock."""
+        to the worker, and handled on this thread (`Held.ready()`, then `Ready`): a feed that applies batch after
+        batch on one thread notifies each batch with the next one, instead of a second thread contending with it
+        for the interpreter and for the database's write lock."""
         return Held(self)
 
     def _handle_items(self, items: list[tuple]) -> None:
@@ -499,12 +499,6 @@ class Held:
     def __exit__(self, *exc: object) -> None:
         self.notifier._local.held = None
 
-    def deliver(self) -> None:
-        """Handle the kept writes now, on this thread (never raises: a failure is logged, as the worker's are)."""
-        items, self.items = self.items, []
-        if items:
-            Ready(self.notifier, items).finish()
-
     def ready(self) -> Ready | None:
         """The kept writes, to have their inbox items written by the next write transaction of this thread
         (`Ready`), or None when there are none."""
@@ -549,7 +543,7 @@ class Ready:
             else:
                 self.notifier._handle_items(self.items)
         finally:
-            with self.notifier._busy_count:
+            with self.notifier._held_lock:
                 self.notifier._held -= len(self.items)
 
 

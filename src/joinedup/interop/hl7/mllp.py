@@ -147,8 +147,8 @@ class MllpServer:
 
     def _apply(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[str, bytes, asyncio.Future]],
                items: list[tuple[bytes, str]]) -> None:
-        """Apply one batch (in a worker thread), have its acknowledgements sent, then raise its notifications on
-        this same thread before the next batch (`Notifier.holding`)."""
+        """Apply one batch (in a worker thread) with the inbox items of the batch before, have its acknowledgements
+        sent, and keep its own notifications for the next batch (`Notifier.holding`, `notifications.Ready`)."""
         notifier = notifications.notifier_for(self.service.gate)
         held = notifier.holding() if notifier is not None else None
         carry, self._carry = self._carry, None  # the last batch's notifications: written with this batch
@@ -272,9 +272,9 @@ def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_time
         handed_from: socket.socket | None = None) -> None:
     """Serve until interrupted (the `joinedup hl7 listen` command).
 
-    With `hand_to` (the other listener processes of `hl7 listen --processes N`, a Unix socket to each: `handing()`), this process
-    accepts every connection and deals them out in turn - itself included - passing the connection itself
-    (SCM_RIGHTS), so each process serves the same share of the connections and a connection's messages are still
+    With `hand_to` (the other listener processes of `hl7 listen --processes N`, a Unix socket to each: `handing()`),
+    this process accepts every connection and deals them out in turn - itself included - passing the connection
+    itself (SCM_RIGHTS), so each process serves the same share of the connections and a connection's messages are still
     applied in order by one process. With `handed_from`, this process listens on no port and serves the connections
     handed to it there, until that socket closes (the dispatching process has ended)."""
 
