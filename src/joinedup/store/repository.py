@@ -985,6 +985,20 @@ class Store:
             else:
                 conn.exec_driver_sql("PRAGMA analysis_limit=4000")
                 conn.exec_driver_sql("ANALYZE")
+                # A table that held a handful of rows when analysed is costed as that small until the next ANALYZE:
+                # SQLite then scans it rather than search its indexes, however large it has grown (a new site's
+                # inbox or audit trail, scanned at every delivery or access-log read). Such tables keep SQLite's
+                # defaults (a large table, indexes worth using) instead.
+                small = [r[0] for r in conn.exec_driver_sql(
+                    "SELECT tbl FROM sqlite_stat1 GROUP BY tbl HAVING max(CAST(stat AS INTEGER)) < ?",
+                    (PLANNER_MIN_ROWS,))]
+                if small:
+                    marks = ", ".join("?" * len(small))
+                    stats = [r[0] for r in conn.exec_driver_sql(
+                        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'sqlite_stat%'")]
+                    for stat in stats:  # sqlite_stat4 too, where SQLite was built with it
+                        conn.exec_driver_sql(f"DELETE FROM {stat} WHERE tbl IN ({marks})", tuple(small))
+                    conn.exec_driver_sql("ANALYZE sqlite_schema")  # this connection reads the statistics again
                 conn.commit()
 
     def reset(self) -> None:
@@ -1021,6 +1035,7 @@ _PG_BY_KEY = ("SELECT k.id, r.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATE
 
 
 INDEX_BUILD_CACHE_KIB = 32 * 1024  # SQLite page cache while the deferred indexes are built (see _create_indexes)
+PLANNER_MIN_ROWS = 1000  # a table analysed with fewer rows keeps no statistics (see optimize)
 BULK_DEFER_MIN = 10_000  # entries: below this, a load keeps its indexes (building them again costs more)
 BULK_LOCK_KEY = 0x4A55424C  # PostgreSQL advisory lock held by the process that has the indexes deferred
 
