@@ -2,15 +2,22 @@
 size it had when analysed. SQLite costs a table by its row count in sqlite_stat1 until the next ANALYZE
 (https://www.sqlite.org/lang_analyze.html: "statistics ... are not automatically updated as the content of the
 database changes"): a table of one row is scanned rather than searched by its index, however large it grows. A new
-site's inbox and audit trail start that small and are looked up at every delivery and every access-log read."""
+site's inbox and audit trail start that small and are looked up at every delivery and every access-log read.
+PostgreSQL analyses changed tables itself when autovacuum is on; when it is off, the store does (`_Statistics`)."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
 
 from joinedup.governance.gate import get_gate
 from joinedup.governance.identity import SYSTEM
-from joinedup.store.repository import PLANNER_MIN_ROWS
+from joinedup.store.repository import PLANNER_MIN_ROWS, _Statistics
+from tests.conftest import PG_URL, drop_database, fresh_database
 
 # the notification worker's collapse lookup (governance/platform.py _deliver_all) and a person's access log
 INBOX_LOOKUP = ("SELECT id FROM inbox_item WHERE ((user_name = ? AND event_type = ? AND patient_id = ? AND source_ref"
@@ -63,3 +70,33 @@ def test_statistics_of_a_table_analysed_at_size_are_kept(tmp_path):
         stats = dict(db.execute("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'inbox_item'").fetchall())
     assert stats["ix_inbox_item_collapse"].split()[0] == str(PLANNER_MIN_ROWS + 500)
     assert "USING INDEX ix_inbox_item_collapse" in _plan(path, INBOX_LOOKUP)
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs JOINEDUP_TEST_DATABASE_URL (PostgreSQL)")
+def test_postgresql_without_autovacuum_the_store_analyses_the_tables_it_changed(tmp_path):
+    url = fresh_database("postgresql", tmp_path, f"stats_{uuid.uuid4().hex[:6]}")
+    gate = get_gate(url)
+    admin = sa.create_engine(sa.engine.make_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.exec_driver_sql("SHOW autovacuum").scalar() == "on":
+                pytest.skip("the server's autovacuum keeps the statistics: the store leaves them to it")
+        # a new site: every table empty, then one commit after another (the server's counters of changed rows,
+        # which the store reads, lag its commits by up to a second)
+        deadline, i, analysed = time.time() + 60, 0, {}
+        while time.time() < deadline and "resource" not in analysed:
+            for _ in range(50):
+                gate.update(SYSTEM, "Organization", f"org-{i}",
+                            {"resourceType": "Organization", "id": f"org-{i}", "name": f"Surgery {i}"})
+                i += 1
+            with admin.connect() as conn:
+                analysed = dict(conn.exec_driver_sql(
+                    "SELECT c.relname, c.reltuples FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+                    " WHERE s.last_analyze IS NOT NULL").all())
+        assert i >= _Statistics.EVERY  # not before a round of commits
+        assert analysed.get("resource", 0) >= _Statistics.EVERY  # planned at the size it had then
+        assert "resource_version" in analysed and "idx_string" in analysed
+        assert "export_job" not in analysed  # unchanged tables are left alone
+    finally:
+        admin.dispose()
+        drop_database(url)

@@ -181,7 +181,10 @@ class Store:
         # SQLite files: the writers take turns (turns.py) and the WAL is checkpointed off the writers' path
         path = "" if self._pg else (self.engine.url.database or "")
         self._turns = turns_for(path) if path and path != ":memory:" and not path.startswith("file:") else None
-        self._checkpoints = _Checkpoints(self) if self._turns is not None else None
+        # the upkeep done every so many commits, off the writers' path: SQLite's WAL checkpoints, PostgreSQL's
+        # planner statistics where autovacuum is off
+        self._upkeep: _Upkeep | None = (_Statistics(self) if self._pg else
+                                        _Checkpoints(self) if self._turns is not None else None)
         # compartment_shared(): parsed contents by (type, id), each with its (version, lastUpdated, hash)
         self._parsed: dict[tuple[str, str], tuple] = {}
         self._parsed_size = 0
@@ -290,6 +293,8 @@ class Store:
             if self._pg:
                 with conn.begin():
                     yield conn
+                if self._upkeep is not None:
+                    self._upkeep.committed()
                 return
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             with self._turn():  # the writers of this file take turns, waking as soon as it is free (turns.py)
@@ -300,8 +305,8 @@ class Store:
                     conn.exec_driver_sql("ROLLBACK")
                     raise
                 conn.exec_driver_sql("COMMIT")
-            if self._checkpoints is not None:
-                self._checkpoints.committed()
+            if self._upkeep is not None:
+                self._upkeep.committed()
 
     def _turn(self) -> AbstractContextManager[None]:
         return self._turns.turn() if self._turns is not None else nullcontext()
@@ -757,24 +762,32 @@ class Store:
         raw = conn.connection.driver_connection
         cur = raw.cursor()
         try:
-            if unindex:
-                self._unindex(cur, unindex)
-            if self._pg:  # COPY: one stream per table instead of a statement per row
+            if self._pg and len(versions) + sum(map(len, index_rows.values())) >= PG_COPY_MIN_ROWS:
+                if unindex:
+                    self._unindex(cur, unindex)
+                # COPY: one stream per table instead of a statement per row
                 _copy(cur, "resource_version", _VERSION_COLUMNS, versions)
                 _copy(cur, "resource", _RESOURCE_COLUMNS, inserts)
                 for kind, rows in index_rows.items():
                     if rows:
                         table, cols = INDEX_SQL[kind]
                         _copy(cur, table, ("res_type", "res_id", *cols), rows)
-            else:
+                if upserts:
+                    cur.executemany(self._sql_upsert, upserts)
+                return
+            # a few rows (PostgreSQL: every statement sent at once and answered together, one round trip instead of
+            # one or two for each table - psycopg's pipeline mode; an error is raised when the pipeline ends)
+            with raw.pipeline() if self._pg else nullcontext():
+                if unindex:
+                    self._unindex(cur, unindex)
                 cur.executemany(self._sql_version, versions)
                 if inserts:
                     cur.executemany(self._sql_upsert, inserts)
                 for kind, rows in index_rows.items():
                     if rows:
                         cur.executemany(self._sql_index[kind], rows)
-            if upserts:
-                cur.executemany(self._sql_upsert, upserts)
+                if upserts:
+                    cur.executemany(self._sql_upsert, upserts)
         finally:
             cur.close()
 
@@ -1035,6 +1048,7 @@ _PG_BY_KEY = ("SELECT k.id, r.* FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATE
 
 
 INDEX_BUILD_CACHE_KIB = 32 * 1024  # SQLite page cache while the deferred indexes are built (see _create_indexes)
+PG_COPY_MIN_ROWS = 200  # rows a write puts in the version and index tables: from this many, COPY (see _flush)
 PLANNER_MIN_ROWS = 1000  # a table analysed with fewer rows keeps no statistics (see optimize)
 BULK_DEFER_MIN = 10_000  # entries: below this, a load keeps its indexes (building them again costs more)
 BULK_LOCK_KEY = 0x4A55424C  # PostgreSQL advisory lock held by the process that has the indexes deferred
@@ -1052,15 +1066,13 @@ def _chunks(seq: list, n: int) -> Iterator[list]:
         yield seq[i:i + n]
 
 
-class _Checkpoints:
-    """WAL checkpoints on a thread of their own. SQLite copies the write-ahead log back into the database file once
-    it holds `wal_autocheckpoint` pages, at the end of the COMMIT that crossed the line: that commit then also
-    writes and syncs tens of megabytes, with the write turn still held, so every other writer waits tens of ms.
-    Here a passive checkpoint runs every EVERY commits on a daemon thread's own connection instead,
-    outside any write transaction, while the writers go on (the automatic one stays as the backstop for a process
-    that commits faster than this keeps up)."""
+class _Upkeep:
+    """Work on the store's upkeep, done every EVERY commits on a daemon thread with a connection of its own, outside
+    any write transaction, while the writers go on; `_work(db)` on the driver's connection (autocommit). A failure
+    is tried afresh next time, on a new connection."""
 
     EVERY = 32
+    NAME = "joinedup-upkeep"
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -1070,14 +1082,17 @@ class _Checkpoints:
         self.guard = threading.Lock()
 
     def committed(self) -> None:
-        self.count += 1  # a lost update between threads only moves the next checkpoint by a commit
+        self.count += 1  # a lost update between threads only moves the next round by a commit
         if self.count >= self.EVERY:
             self.count = 0
             with self.guard:
                 if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(target=self._run, name="joinedup-wal-checkpoint", daemon=True)
+                    self.thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
                     self.thread.start()
             self.due.set()
+
+    def _work(self, db) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         db = None
@@ -1089,15 +1104,62 @@ class _Checkpoints:
                     raw = self.store.engine.raw_connection()
                     db = raw.driver_connection
                     raw.detach()  # this thread's for good
-                    db.isolation_level = None
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except Exception:  # noqa: BLE001 - the automatic checkpoint remains; try afresh next time
+                    if self.store._pg:
+                        db.autocommit = True
+                    else:
+                        db.isolation_level = None
+                self._work(db)
+            except Exception:  # noqa: BLE001 - tried afresh next time
                 if db is not None:
                     try:
                         db.close()
                     except Exception:  # noqa: BLE001 - it is being thrown away
                         pass
                 db = None
+
+
+class _Checkpoints(_Upkeep):
+    """SQLite: WAL checkpoints on a thread of their own. SQLite copies the write-ahead log back into the database
+    file once it holds `wal_autocheckpoint` pages, at the end of the COMMIT that crossed the line: that commit then
+    also writes and syncs tens of megabytes, with the write turn still held, so every other writer waits tens of ms.
+    Here a passive checkpoint runs every EVERY commits instead (the automatic one stays as the backstop for a
+    process that commits faster than this keeps up)."""
+
+    EVERY = 32
+    NAME = "joinedup-wal-checkpoint"
+
+    def _work(self, db) -> None:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+class _Statistics(_Upkeep):
+    """PostgreSQL with autovacuum off: the planner's statistics kept by the store. Without them a table is planned
+    at the size it had when last analysed, and a statement prepared while it was empty keeps its sequential scan
+    however large the table grows (a new site's inbox and its governance steps, read at every delivery and every
+    write). Every EVERY commits, the tables changed by more than autovacuum's own analyze threshold since they
+    were last analysed (autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x their rows) are analysed;
+    that also makes the server plan again the statements prepared on them. With autovacuum on, it does this itself
+    and this does nothing."""
+
+    EVERY = 200
+    NAME = "joinedup-statistics"
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.needed: bool | None = None
+
+    def _work(self, db) -> None:
+        if self.needed is None:
+            self.needed = db.execute("SELECT current_setting('autovacuum')").fetchone()[0] != "on"
+        if not self.needed:
+            return
+        stale = [r[0] for r in db.execute(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(relname) FROM pg_stat_user_tables"
+            " WHERE n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float"
+            " + current_setting('autovacuum_analyze_scale_factor')::float * greatest(n_live_tup, 0)"
+            " ORDER BY relname").fetchall()]
+        for table in stale:
+            db.execute(f"ANALYZE {table}")
 
 
 def _fetch(conn: sa.Connection, sql: str, params: tuple, *, one: bool = False) -> Any:
