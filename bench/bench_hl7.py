@@ -21,8 +21,9 @@ Targets (issue 15): >= 500 messages/s and p99 <= 1 s. Loopback only.
 
 The store is a SQLite file; with JOINEDUP_BENCH_HL7_DATABASE=postgresql it is `<name>_hl7` (dropped and created
 again) on the PostgreSQL server JOINEDUP_BENCH_DATABASE_URL names, and the figures go to hl7-postgresql.json. With
-JOINEDUP_BENCH_HL7_PROCESSES=N (N > 1) the server is `joinedup hl7 listen --processes N` and the figures go to
-hl7-N-processes.json.
+N listener processes (JOINEDUP_HL7_PROCESSES=N, as `joinedup hl7 listen --processes N` runs them) the figures go to
+hl7-N-processes.json. The bench runs one process, then one per core; JOINEDUP_BENCH_HL7_PROCESSES=N runs
+only N.
 """
 
 from __future__ import annotations
@@ -144,12 +145,19 @@ def _read_ack(sock: socket.socket) -> bytes:
 
 
 def main() -> None:
+    """One process (the listener beside the web server), then one listener process per core, unless
+    JOINEDUP_BENCH_HL7_PROCESSES names one configuration."""
+    chosen = os.environ.get("JOINEDUP_BENCH_HL7_PROCESSES")
+    for processes in [int(chosen)] if chosen else sorted({1, os.cpu_count() or 1}):
+        run(processes)
+
+
+def run(processes: int) -> None:
     from joinedup.interop.hl7.mapping import safe_id
 
     patients = int(os.environ.get("JOINEDUP_BENCH_HL7_PATIENTS", "5000"))
     limit = min(int(os.environ.get("JOINEDUP_BENCH_HL7_MESSAGES", "20000")), MAX_MESSAGES)
     conns = int(os.environ.get("JOINEDUP_BENCH_HL7_CONNECTIONS", "8"))
-    processes = int(os.environ.get("JOINEDUP_BENCH_HL7_PROCESSES", "1"))
     kind = os.environ.get("JOINEDUP_BENCH_HL7_DATABASE", "sqlite")
     tmp = Path(tempfile.mkdtemp(prefix="joinedup-bench-hl7-"))
     db_url = fresh_database(kind, tmp, "hl7")
@@ -165,10 +173,9 @@ def main() -> None:
         lanes[zlib.crc32(person.encode()) % conns].append(msg)
     port = free_port()
     env["JOINEDUP_HL7_PORT"] = str(port)
-    if processes > 1:  # listener processes (the first deals the connections out), each with its notification worker
-        command = ["hl7", "listen", "--port", str(port), "--processes", str(processes)]
-    else:
-        command = ["serve", "--port", str(free_port()), "--workers", "1"]
+    # with N > 1, listener processes (serve's deals the connections out), each with its notification worker
+    env["JOINEDUP_HL7_PROCESSES"] = str(processes)
+    command = ["serve", "--port", str(free_port()), "--workers", "1"]
     proc = subprocess.Popen([joinedup_bin(), *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cpu_seen: dict[int, float] = {}
     sent_at: dict[str, float] = {}
@@ -263,11 +270,11 @@ def main() -> None:
         "targets": {"messages_per_second": 500, "p99_ms": 1000},
         "load_average_1m": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "host_cpu_stolen_percent": _stolen(host0, host1),
-        "server": "joinedup " + " ".join(command[:2] + command[4:] if processes > 1 else command[:1] + command[3:]),
+        "server": "joinedup serve --workers 1" + (f", JOINEDUP_HL7_PROCESSES={processes}" if processes > 1 else ""),
         "database": kind,
         "note": f"one {'PostgreSQL' if kind == 'postgresql' else 'SQLite'} store; `joinedup serve --workers 1` "
-                "with the MLLP listener in the same process (or, with JOINEDUP_BENCH_HL7_PROCESSES=N, `joinedup hl7 "
-                "listen --processes N`); server CPU counts every listener process; the machine (2 cores) is shared "
+                "with the MLLP listener in the same process (or, with JOINEDUP_BENCH_HL7_PROCESSES=N, in N processes: "
+                "JOINEDUP_HL7_PROCESSES); server CPU counts every listener process; the machine (2 cores) is shared "
                 "with other jobs (see the load average)",
     }
     # one file per configuration: hl7.json (one process, SQLite), hl7-2-processes.json, hl7-postgresql.json, ...

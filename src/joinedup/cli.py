@@ -153,12 +153,20 @@ def _start_hl7_listener(gate) -> None:
     from joinedup.interop.hl7.service import Hl7Service
 
     host = config.value("HL7_HOST")
+    processes = config.value("HL7_PROCESSES")
+    if processes < 1:
+        fail(f"JOINEDUP_HL7_PROCESSES must be at least 1, not {processes}")
+    if processes > 1 and not hasattr(socket, "send_fds"):
+        fail("JOINEDUP_HL7_PROCESSES above 1 needs connections handed between processes (SCM_RIGHTS), which this "
+             "system does not have: set it to 1")
     check_port(host, port)
     notifications.install(gate)
+    hand_to, _others = mllp.start_processes(processes - 1, host=host, port=port)  # they end with this process
     _, bound = mllp.start_in_thread(Hl7Service(gate), host=host, port=port,
                                     max_bytes=config.value("HL7_MAX_MESSAGE_BYTES"),
-                                    frame_timeout=config.value("HL7_FRAME_TIMEOUT"))
-    console.print(f"listening for HL7 v2 (MLLP) on {bound[0]}:{bound[1]}", highlight=False)
+                                    frame_timeout=config.value("HL7_FRAME_TIMEOUT"), hand_to=hand_to)
+    console.print(f"listening for HL7 v2 (MLLP) on {bound[0]}:{bound[1]}"
+                  + (f" ({processes} processes)" if processes > 1 else ""), highlight=False)
 
 
 def _trust_bound_host(host: str) -> None:

@@ -84,6 +84,10 @@ REGISTRY: tuple[Setting, ...] = (
     Setting("HL7_PORT", "0", "`joinedup serve` also listens for HL7 v2 ADT over MLLP on this TCP port (0: not).",
             int),
     Setting("HL7_HOST", "127.0.0.1", "Interface the HL7 v2 MLLP listener binds (serve, and `hl7 listen`)."),
+    Setting("HL7_PROCESSES", "1",
+            "Processes of the MLLP listener `joinedup serve` starts: it accepts every connection and deals them out "
+            "in turn to itself and the others, as `hl7 listen --processes` does (a feed then uses more cores).",
+            int),
     Setting("HL7_MAX_MESSAGE_BYTES", "1048576", "Largest HL7 v2 message accepted in one MLLP frame (bytes).", int),
     Setting("HL7_FRAME_TIMEOUT", "30",
             "Seconds to wait for the end of an MLLP frame before the partial message is kept and refused (AR).",

@@ -194,3 +194,51 @@ def test_connections_are_dealt_out_evenly_and_each_process_applies_its_own(feed,
             s.close()
     assert all(feed.search("Encounter", [("identifier", f"VE{n}-{feed.uid}")])[0].content["status"] == "finished"
                for n in range(8))
+
+
+def test_serve_runs_its_listener_in_the_processes_it_is_told(feed, db_url):
+    """`joinedup serve` with JOINEDUP_HL7_PROCESSES=2: its listener deals the connections out to itself and one more
+    process, as `hl7 listen --processes 2` does; and that process ends when the server is stopped."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "joinedup.cli", "serve", "--port", str(_free_port())],
+                            env={**os.environ, "JOINEDUP_DATABASE_URL": db_url, "JOINEDUP_HL7_PORT": str(port),
+                                 "JOINEDUP_HL7_PROCESSES": "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid) or not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(2)  # the second process is serving once it has started
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
+        for n, s in enumerate(socks):
+            s.sendall(mllp.frame(feed.msg("A01", f"S{n}-{feed.uid}", pid=feed.pid(mrn=f"S{n}{feed.uid}", nhs=None),
+                                          pv1={2: "I", 3: "WARD 5", 19: f"VS{n}-{feed.uid}",
+                                               44: "20261204100000"})))
+        assert [Ack(read_frame(s)).code for s in socks] == ["AA"] * 4
+        others = _children(proc.pid)
+        assert len(others) == 1
+        assert (_established(proc.pid, port), _established(others[0], port)) == (2, 2)
+        assert all(feed.search("Encounter", [("identifier", f"VS{n}-{feed.uid}")])[0].content["status"]
+                   == "in-progress" for n in range(4))
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in others) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in others), "a listener process outlived the server that started it"
+
+
+def test_serve_refuses_fewer_than_one_listener_process(db_url):
+    done = subprocess.run([sys.executable, "-m", "joinedup.cli", "serve", "--port", str(_free_port())],
+                          env={**os.environ, "JOINEDUP_DATABASE_URL": db_url, "JOINEDUP_HL7_PORT": str(_free_port()),
+                               "JOINEDUP_HL7_PROCESSES": "0"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "JOINEDUP_HL7_PROCESSES must be at least 1" in done.stderr + done.stdout, done.stderr
+    assert len((done.stderr + done.stdout).strip().splitlines()) == 1

@@ -133,14 +133,8 @@ def listen(host: str = typer.Option(None, help="Interface to listen on (default 
 
     if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
         signal.signal(signal.SIGTERM, stop)
-    others, hand_to = [], []
-    for _ in range(processes - 1 if handed < 0 else 0):  # each gets its connections over a Unix socket of its own
-        mine, theirs = mllp.handing()
-        others.append(subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", host,
-                                        "--port", str(port), "--handed", str(theirs.fileno())],
-                                       stdout=subprocess.DEVNULL, pass_fds=[theirs.fileno()]))
-        theirs.close()
-        hand_to.append(mine)
+    # each other process gets its connections over a Unix socket of its own
+    hand_to, others = mllp.start_processes(processes - 1 if handed < 0 else 0, host=host, port=port)
     try:
         mllp.run(service, host=host, port=port, max_bytes=config.value("HL7_MAX_MESSAGE_BYTES"),
                  frame_timeout=config.value("HL7_FRAME_TIMEOUT"), hand_to=hand_to,

@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -367,17 +369,34 @@ def handing() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def start_in_thread(service: Hl7Service, *, host: str, port: int, max_bytes: int,
-                    frame_timeout: float) -> tuple[threading.Thread, tuple[str, int]]:
+def start_processes(n: int, *, host: str, port: int) -> tuple[list[socket.socket], list[subprocess.Popen]]:
+    """Start `n` more listener processes (`joinedup hl7 listen --handed`), each serving the connections handed to
+    it over a Unix socket of its own; returns this process's ends of those sockets (for `run(hand_to=...)`) and the
+    processes. Each ends when the thread that started it does (the parent-death signal), or when its socket
+    closes."""
+    hand_to, procs = [], []
+    for _ in range(n):
+        mine, theirs = handing()
+        procs.append(subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", host,
+                                       "--port", str(port), "--handed", str(theirs.fileno())],
+                                      stdout=subprocess.DEVNULL, pass_fds=[theirs.fileno()]))
+        theirs.close()
+        hand_to.append(mine)
+    return hand_to, procs
+
+
+def start_in_thread(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_timeout: float,
+                    hand_to: list[socket.socket] | None = None) -> tuple[threading.Thread, tuple[str, int]]:
     """Start a listener on its own event loop in a daemon thread (beside the web server in `joinedup serve`);
-    returns once it is listening, with the address it is bound to."""
+    returns once it is listening, with the address it is bound to. With `hand_to`, it deals the connections out
+    to those processes and itself in turn (see `run`)."""
     bound: list[tuple[str, int]] = []
     failed: list[BaseException] = []
     ready = threading.Event()
 
     def target() -> None:
         try:
-            run(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout,
+            run(service, host=host, port=port, max_bytes=max_bytes, frame_timeout=frame_timeout, hand_to=hand_to,
                 ready=lambda addr: (bound.append(addr), ready.set()))
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             failed.append(exc)
