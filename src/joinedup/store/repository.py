@@ -1073,6 +1073,7 @@ class _Upkeep:
 
     EVERY = 32
     NAME = "joinedup-upkeep"
+    KEEP_CONNECTION = True  # False: a connection of its own for each round, closed after it
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -1109,6 +1110,9 @@ class _Upkeep:
                     else:
                         db.isolation_level = None
                 self._work(db)
+                if not self.KEEP_CONNECTION:
+                    db.close()
+                    db = None
             except Exception:  # noqa: BLE001 - tried afresh next time
                 if db is not None:
                     try:
@@ -1143,6 +1147,7 @@ class _Statistics(_Upkeep):
 
     EVERY = 200
     NAME = "joinedup-statistics"
+    KEEP_CONNECTION = False  # a server's connections are few: none held between rounds
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
