@@ -2,8 +2,8 @@
 in the recipient's inbox.
 
 The feed is the synthetic acute trust's own: `joinedup generate --patients N --hl7` (N = JOINEDUP_BENCH_HL7_PATIENTS,
-default 5,000: about 13,000 messages) writes the population and `hl7/adt-feed.hl7` (A01/A03 per inpatient stay, A04/A03 per A&E attendance,
-v2.4, in time order). A fresh SQLite store gets the directory and the people through `joinedup import`
+default 5,000: about 13,000 messages) writes the population and `hl7/adt-feed.hl7` (A01/A03 per inpatient stay,
+A04/A03 per A&E attendance, v2.4, in time order). A fresh SQLite store gets the directory and the people through `joinedup import`
 (Organization, Practitioner, PractitionerRole, Location, HealthcareService, Patient, CareTeam - not the Encounters,
 so the feed creates them as a live feed would) and a user account for every GP (the notifications' recipients).
 `joinedup serve` then runs with JOINEDUP_HL7_PORT set, so its MLLP listener runs beside the web server as in
@@ -19,11 +19,11 @@ admission (A01, inpatient) and A&E registration (A04) the time from sending the 
 written (the item's `first` stamp, read back through the inbox service), as p50/p99/max.
 Targets (issue 15): >= 500 messages/s and p99 <= 1 s. Loopback only.
 
-The store is a SQLite file; with JOINEDUP_BENCH_HL7_DATABASE=postgresql it is `<name>_hl7` (dropped and created
-again) on the PostgreSQL server JOINEDUP_BENCH_DATABASE_URL names, and the figures go to hl7-postgresql.json. With
-N listener processes (JOINEDUP_HL7_PROCESSES=N, as `joinedup hl7 listen --processes N` runs them) the figures go to
-hl7-N-processes.json. The bench runs one process, then one per core; JOINEDUP_BENCH_HL7_PROCESSES=N runs
-only N.
+The store is a SQLite file; with JOINEDUP_BENCH_HL7_DATABASE=postgresql it is `<name>_hl7` (`<name>_hl7_N` for N
+processes; dropped and created again) on the PostgreSQL server JOINEDUP_BENCH_DATABASE_URL names, and the figures go
+to hl7-postgresql.json. With N listener processes (JOINEDUP_HL7_PROCESSES=N, as `joinedup hl7 listen --processes N`
+runs them) the figures go to hl7-N-processes.json. The bench runs one process, then one per core;
+JOINEDUP_BENCH_HL7_PROCESSES=N runs only N.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def run(processes: int) -> None:
     conns = int(os.environ.get("JOINEDUP_BENCH_HL7_CONNECTIONS", "8"))
     kind = os.environ.get("JOINEDUP_BENCH_HL7_DATABASE", "sqlite")
     tmp = Path(tempfile.mkdtemp(prefix="joinedup-bench-hl7-"))
-    db_url = fresh_database(kind, tmp, "hl7")
+    db_url = fresh_database(kind, tmp, "hl7" if processes == 1 else f"hl7_{processes}")
     env = dict(os.environ, JOINEDUP_DATABASE_URL=db_url, JOINEDUP_AUDIT_CHECKPOINT_FILE=str(tmp / "cp.log"),
                JOINEDUP_AUDIT_KEY_FILE=str(tmp / "audit.key"))
     os.environ.update({k: env[k] for k in ("JOINEDUP_AUDIT_CHECKPOINT_FILE", "JOINEDUP_AUDIT_KEY_FILE")})

@@ -132,7 +132,9 @@ def fresh_database(kind: str, tmp: Path, tag: str) -> str:
     name = f"{url.database}_{tag}".replace("-", "_")
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        # FORCE: the run before (in this process too: a bench reads its results through the gate) may still be
+        # connected to it
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
