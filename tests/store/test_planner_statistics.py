@@ -3,7 +3,7 @@ size it had when analysed. SQLite costs a table by its row count in sqlite_stat1
 (https://www.sqlite.org/lang_analyze.html: "statistics ... are not automatically updated as the content of the
 database changes"): a table of one row is scanned rather than searched by its index, however large it grows. A new
 site's inbox and audit trail start that small and are looked up at every delivery and every access-log read.
-PostgreSQL analyses changed tables itself when autovacuum is on; when it is off, the store does (`_Statistics`)."""
+PostgreSQL analyses changed tables itself when autovacuum is on; when it is off, the store does (`_statistics`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from joinedup.governance.gate import get_gate
 from joinedup.governance.identity import SYSTEM
-from joinedup.store.repository import PLANNER_MIN_ROWS, _Statistics
+from joinedup.store.repository import PLANNER_MIN_ROWS, STATISTICS_EVERY
 from tests.conftest import PG_URL, drop_database, fresh_database
 
 # the notification worker's collapse lookup (governance/platform.py _deliver_all) and a person's access log
@@ -93,8 +93,8 @@ def test_postgresql_without_autovacuum_the_store_analyses_the_tables_it_changed(
                 analysed = dict(conn.exec_driver_sql(
                     "SELECT c.relname, c.reltuples FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
                     " WHERE s.last_analyze IS NOT NULL").all())
-        assert i >= _Statistics.EVERY  # not before a round of commits
-        assert analysed.get("resource", 0) >= _Statistics.EVERY  # planned at the size it had then
+        assert i >= STATISTICS_EVERY  # not before a round of commits
+        assert analysed.get("resource", 0) >= STATISTICS_EVERY  # planned at the size it had then
         assert "resource_version" in analysed and "idx_string" in analysed
         assert "export_job" not in analysed  # unchanged tables are left alone
     finally:

@@ -9,7 +9,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -183,8 +183,8 @@ class Store:
         self._turns = turns_for(path) if path and path != ":memory:" and not path.startswith("file:") else None
         # the upkeep done every so many commits, off the writers' path: SQLite's WAL checkpoints, PostgreSQL's
         # planner statistics where autovacuum is off
-        self._upkeep: _Upkeep | None = (_Statistics(self) if self._pg else
-                                        _Checkpoints(self) if self._turns is not None else None)
+        self._upkeep: _Upkeep | None = (_statistics(self) if self._pg else
+                                        _checkpoints(self) if self._turns is not None else None)
         # compartment_shared(): parsed contents by (type, id), each with its (version, lastUpdated, hash)
         self._parsed: dict[tuple[str, str], tuple] = {}
         self._parsed_size = 0
@@ -1067,50 +1067,48 @@ def _chunks(seq: list, n: int) -> Iterator[list]:
 
 
 class _Upkeep:
-    """Work on the store's upkeep, done every EVERY commits on a daemon thread with a connection of its own, outside
-    any write transaction, while the writers go on; `_work(db)` on the driver's connection (autocommit). A failure
-    is tried afresh next time, on a new connection."""
+    """Upkeep of the store done every `every` commits on a daemon thread with a connection of its own, outside any
+    write transaction, while the writers go on: `work(db)` on the driver's connection (autocommit), kept between
+    rounds or (`keep_connection=False`) opened for each. A round that fails is tried afresh next time, on a new
+    connection; `work` returning False ends the upkeep (nothing for it to do on this database)."""
 
-    EVERY = 32
-    NAME = "joinedup-upkeep"
-    KEEP_CONNECTION = True  # False: a connection of its own for each round, closed after it
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, work: Callable[[Any], bool | None], *, every: int, name: str,
+                 keep_connection: bool = True) -> None:
+        self.store, self.work, self.every, self.name, self.keep = store, work, every, name, keep_connection
         self.count = 0
+        self.ended = False
         self.due = threading.Event()
         self.thread: threading.Thread | None = None
         self.guard = threading.Lock()
 
     def committed(self) -> None:
+        if self.ended:
+            return
         self.count += 1  # a lost update between threads only moves the next round by a commit
-        if self.count >= self.EVERY:
+        if self.count >= self.every:
             self.count = 0
             with self.guard:
                 if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
+                    self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                     self.thread.start()
             self.due.set()
 
-    def _work(self, db) -> None:
-        raise NotImplementedError
-
     def _run(self) -> None:
         db = None
-        while True:
+        while not self.ended:
             self.due.wait()
             self.due.clear()
             try:
                 if db is None:
                     raw = self.store.engine.raw_connection()
                     db = raw.driver_connection
-                    raw.detach()  # this thread's for good
+                    raw.detach()  # this thread's, not the pool's
                     if self.store._pg:
                         db.autocommit = True
                     else:
                         db.isolation_level = None
-                self._work(db)
-                if not self.KEEP_CONNECTION:
+                self.ended = self.work(db) is False
+                if not self.keep or self.ended:
                     db.close()
                     db = None
             except Exception:  # noqa: BLE001 - tried afresh next time
@@ -1122,42 +1120,36 @@ class _Upkeep:
                 db = None
 
 
-class _Checkpoints(_Upkeep):
+CHECKPOINT_EVERY = 32  # commits between SQLite's passive WAL checkpoints (see _checkpoints)
+STATISTICS_EVERY = 200  # commits between PostgreSQL's looks for tables to analyse (see _statistics)
+
+
+def _checkpoints(store: Store) -> _Upkeep:
     """SQLite: WAL checkpoints on a thread of their own. SQLite copies the write-ahead log back into the database
     file once it holds `wal_autocheckpoint` pages, at the end of the COMMIT that crossed the line: that commit then
     also writes and syncs tens of megabytes, with the write turn still held, so every other writer waits tens of ms.
-    Here a passive checkpoint runs every EVERY commits instead (the automatic one stays as the backstop for a
-    process that commits faster than this keeps up)."""
+    Here a passive checkpoint runs every CHECKPOINT_EVERY commits instead (the automatic one stays as the backstop
+    for a process that commits faster than this keeps up)."""
 
-    EVERY = 32
-    NAME = "joinedup-wal-checkpoint"
-
-    def _work(self, db) -> None:
+    def work(db) -> None:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    return _Upkeep(store, work, every=CHECKPOINT_EVERY, name="joinedup-wal-checkpoint")
 
-class _Statistics(_Upkeep):
+
+def _statistics(store: Store) -> _Upkeep:
     """PostgreSQL with autovacuum off: the planner's statistics kept by the store. Without them a table is planned
     at the size it had when last analysed, and a statement prepared while it was empty keeps its sequential scan
     however large the table grows (a new site's inbox and its governance steps, read at every delivery and every
-    write). Every EVERY commits, the tables changed by more than autovacuum's own analyze threshold since they
-    were last analysed (autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x their rows) are analysed;
-    that also makes the server plan again the statements prepared on them. With autovacuum on, it does this itself
-    and this does nothing."""
+    write). Every STATISTICS_EVERY commits, the tables changed by more than autovacuum's own analyze threshold since
+    they were last analysed (autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x their rows) are
+    analysed; that also makes the server plan again the statements prepared on them. With autovacuum on, the server
+    does this itself, and the upkeep ends at its first round. A connection for each round: a server's connections
+    are few, and none is held between rounds."""
 
-    EVERY = 200
-    NAME = "joinedup-statistics"
-    KEEP_CONNECTION = False  # a server's connections are few: none held between rounds
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
-        self.needed: bool | None = None
-
-    def _work(self, db) -> None:
-        if self.needed is None:
-            self.needed = db.execute("SELECT current_setting('autovacuum')").fetchone()[0] != "on"
-        if not self.needed:
-            return
+    def work(db) -> bool:
+        if db.execute("SELECT current_setting('autovacuum')").fetchone()[0] == "on":
+            return False
         stale = [r[0] for r in db.execute(
             "SELECT quote_ident(schemaname) || '.' || quote_ident(relname) FROM pg_stat_user_tables"
             " WHERE n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float"
@@ -1165,6 +1157,9 @@ class _Statistics(_Upkeep):
             " ORDER BY relname").fetchall()]
         for table in stale:
             db.execute(f"ANALYZE {table}")
+        return True
+
+    return _Upkeep(store, work, every=STATISTICS_EVERY, name="joinedup-statistics", keep_connection=False)
 
 
 def _fetch(conn: sa.Connection, sql: str, params: tuple, *, one: bool = False) -> Any:

@@ -44,28 +44,39 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture
-def listener(db_url):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "joinedup.cli", "hl7", "listen", "--host", "127.0.0.1", "--port",
-                             str(port), "--processes", "2"], env={**os.environ, "JOINEDUP_DATABASE_URL": db_url},
+def _start(args: list[str], env: dict[str, str], port: int, others: int) -> subprocess.Popen:
+    """`joinedup ARGS`, once it listens for MLLP on `port` and has started `others` more listener processes."""
+    proc = subprocess.Popen([sys.executable, "-m", "joinedup.cli", *args], env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not _children(proc.pid) or not _listening(port):
+    while len(_children(proc.pid)) < others or not _listening(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"the listener did not start: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.2)
-    time.sleep(2)  # the second process is serving once it has started
+    if others:
+        time.sleep(2)  # the other processes are serving once they have started
+    return proc
+
+
+def _assert_ended(pids: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "a listener process outlived the process that started it"
+
+
+@pytest.fixture
+def listener(db_url):
+    port = _free_port()
+    proc = _start(["hl7", "listen", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"],
+                  {"JOINEDUP_DATABASE_URL": db_url}, port, 1)
     yield proc, port
     children = _children(proc.pid)
     if proc.poll() is None:
         proc.kill()  # not even a chance to stop its other processes: they end with it all the same
         proc.wait(30)
-    deadline = time.monotonic() + 30
-    while any(_alive(c) for c in children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(c) for c in children), "a listener process outlived the listener that started it"
+    _assert_ended(children)
 
 
 def _listening(port: int) -> bool:
@@ -135,10 +146,7 @@ def test_both_processes_apply_different_people_and_stop_together(feed, listener)
     assert len(others) == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in others) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(p) for p in others)
+    _assert_ended(others)
     assert not _listening(port)
 
 
@@ -202,20 +210,11 @@ def test_serve_runs_its_listener_in_the_processes_it_is_told(feed, db_url, proce
     process, as `hl7 listen --processes 2` does; and that process ends when the server is stopped. With 1 (the
     default, as `make demo` runs it) the server serves every connection itself."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "joinedup.cli", "serve", "--port", str(_free_port())],
-                            env={**os.environ, "JOINEDUP_DATABASE_URL": db_url, "JOINEDUP_HL7_PORT": str(port),
-                                 "JOINEDUP_HL7_PROCESSES": str(processes)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _start(["serve", "--port", str(_free_port())], {"JOINEDUP_DATABASE_URL": db_url, "JOINEDUP_HL7_PORT":
+                  str(port), "JOINEDUP_HL7_PROCESSES": str(processes)}, port, processes - 1)
     socks: list[socket.socket] = []
     others: list[int] = []
     try:
-        deadline = time.monotonic() + 60
-        while len(_children(proc.pid)) < processes - 1 or not _listening(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
-        time.sleep(2)  # the second process is serving once it has started
         socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
         for n, s in enumerate(socks):
             s.sendall(mllp.frame(feed.msg("A01", f"S{n}-{feed.uid}", pid=feed.pid(mrn=f"S{n}{feed.uid}", nhs=None),
@@ -233,10 +232,7 @@ def test_serve_runs_its_listener_in_the_processes_it_is_told(feed, db_url, proce
             s.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in others) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(p) for p in others), "a listener process outlived the server that started it"
+    _assert_ended(others)
 
 
 def test_serve_refuses_fewer_than_one_listener_process(db_url):

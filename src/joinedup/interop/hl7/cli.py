@@ -81,7 +81,7 @@ def discover(paths: list[Path]) -> list[Path]:
 
 
 def _end_with_parent() -> None:
-    """An extra listener process (--shared-port) ends when the listener that started it ends, however that ends
+    """An extra listener process (--handed) ends when the listener that started it ends, however that ends
     (a SIGKILL included): Linux's parent-death signal; where that is unavailable it ends with its parent's SIGTERM."""
     import ctypes
     import os

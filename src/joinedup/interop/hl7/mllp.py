@@ -272,9 +272,10 @@ class MllpServer:
 def run(service: Hl7Service, *, host: str, port: int, max_bytes: int, frame_timeout: float,
         ready: Callable[[tuple[str, int]], None] | None = None, hand_to: list[socket.socket] | None = None,
         handed_from: socket.socket | None = None) -> None:
-    """Serve until interrupted (the `joinedup hl7 listen` command).
+    """Serve until interrupted (`joinedup hl7 listen`; `joinedup serve` runs it in a thread: `start_in_thread`).
 
-    With `hand_to` (the other listener processes of `hl7 listen --processes N`, a Unix socket to each: `handing()`),
+    With `hand_to` (the other listener processes of `hl7 listen --processes N` or of serve's JOINEDUP_HL7_PROCESSES,
+    a Unix socket to each: `start_processes`),
     this process accepts every connection and deals them out in turn - itself included - passing the connection
     itself (SCM_RIGHTS), so each process serves the same share of the connections and a connection's messages are still
     applied in order by one process. With `handed_from`, this process listens on no port and serves the connections
