@@ -112,9 +112,18 @@ def _load_demo(server, tmp_root: Path) -> Demo:
 
 def shot(page, name: str, *, full_page: bool = False) -> Path:
     """Keep a screenshot as a test artefact (test-artifacts/ is git-ignored)."""
+    from playwright.sync_api import Error
+
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
+    for attempt in range(3):
+        try:
+            page.screenshot(path=str(path), full_page=full_page)
+            return path
+        except Error as exc:  # Chromium's "Unable to capture screenshot" when the renderer is busy: try again
+            if "Unable to capture screenshot" not in str(exc) or attempt == 2:
+                raise
+            page.wait_for_timeout(500)
     return path
 
 

@@ -134,17 +134,20 @@ def feed(db_url) -> Feed:
     gate.update(SYSTEM, "Organization", org_id, {
         "resourceType": "Organization", "id": org_id, "name": f"Test Hospital {uid}", "active": True,
         "identifier": [{"system": ODS, "value": ods}]})
-    return Feed(gate, port, ods, org_id, uid, new_nhs_number())
+    return Feed(gate, port, ods, org_id, uid, new_nhs_number(gate))
 
 
-def new_nhs_number() -> str:
-    """A valid NHS number in the 999 test range (modulus 11 check digit, NHS Data Dictionary), unique per test."""
+def new_nhs_number(gate) -> str:
+    """A valid NHS number in the 999 test range (modulus 11 check digit, NHS Data Dictionary) that no person in the
+    store holds (the database is shared with other tests' populations, which use the same range)."""
     import random
 
+    from joinedup.fhir import codes
     from joinedup.fhir.nhs_number import check_digit
 
     while True:
         nine = "999" + "".join(random.choice("0123456789") for _ in range(6))
         digit = check_digit(nine)
-        if digit is not None:
+        if digit is not None and not gate.search(SYSTEM, "Patient", [
+                ("identifier", f"{codes.NHS_NUMBER}|{nine}{digit}")]).matches:
             return nine + str(digit)

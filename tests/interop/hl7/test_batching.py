@@ -20,7 +20,7 @@ from .test_adt import encounter, visit
 
 
 def admit(feed, n: str, *, nhs: str | None = None) -> str:
-    return feed.msg("A01", f"B{n}-{feed.uid}", pid=feed.pid(mrn=f"M{n}{feed.uid}", nhs=nhs or new_nhs_number()),
+    return feed.msg("A01", f"B{n}-{feed.uid}", pid=feed.pid(mrn=f"M{n}{feed.uid}", nhs=nhs or new_nhs_number(feed.gate)),
                     pv1=visit(feed, n))
 
 
@@ -58,7 +58,7 @@ def test_connections_sending_at_once_each_get_their_acks_in_order(feed):
     twice = admit(feed, "T")
 
     def sender(n: str) -> None:
-        nhs = new_nhs_number()
+        nhs = new_nhs_number(feed.gate)
         a01 = admit(feed, n, nhs=nhs)
         a03 = feed.msg("A03", f"D{n}-{feed.uid}", pid=feed.pid(mrn=f"M{n}{feed.uid}", nhs=nhs),
                        pv1=visit(feed, n, f45="20261204160000"))

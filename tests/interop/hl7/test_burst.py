@@ -63,7 +63,7 @@ def held(feed, control_id: str) -> list[dict]:
 def test_frames_sent_back_to_back_on_one_connection_are_answered_in_order_and_only_the_malformed_one_is_kept(feed):
     """Five frames in one write; the third is an ADT^A01 without its PV1 segment (ADT_A01 requires PV1)."""
     controls = [f"P{k}-{feed.uid}" for k in range(1, 6)]
-    frames = [admit(feed, str(k), controls[k - 1], nhs=new_nhs_number()) for k in range(1, 6)]
+    frames = [admit(feed, str(k), controls[k - 1], nhs=new_nhs_number(feed.gate)) for k in range(1, 6)]
     frames[2] = "\r".join(s for s in frames[2].split("\r") if not s.startswith("PV1")) + "\r"
     with socket.create_connection(("127.0.0.1", feed.port), timeout=60) as s:
         s.sendall(b"".join(mllp.frame(f) for f in frames))
@@ -91,7 +91,7 @@ def test_a_burst_across_connections_with_a_malformed_message_in_the_middle(feed)
 
     def sender(n: str) -> None:
         try:
-            nhs = new_nhs_number()
+            nhs = new_nhs_number(feed.gate)
             msgs = [admit(feed, n, f"A{n}-{feed.uid}", nhs=nhs)]
             if n == "3":
                 msgs.append("\r".join(feed.msg("A03", f"X{n}-{feed.uid}").split("\r")[:2]) + "\r")

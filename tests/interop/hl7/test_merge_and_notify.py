@@ -17,7 +17,7 @@ from .conftest import new_nhs_number
 
 
 def test_merge_links_the_records_for_the_view_and_the_gate_and_unmerge_restores(feed):
-    old_nhs, new_nhs = new_nhs_number(), new_nhs_number()
+    old_nhs, new_nhs = new_nhs_number(feed.gate), new_nhs_number(feed.gate)
     old_pid = feed.pid(mrn=f"OLD{feed.uid}", nhs=old_nhs, family="SMYTH")
     new_pid = feed.pid(mrn=f"NEW{feed.uid}", nhs=new_nhs)
     acks = feed.send(feed.msg("A28", f"1-{feed.uid}", pid=old_pid),
